@@ -1,0 +1,232 @@
+"""Settings shared by every environment. Everything comes from the environment (see
+`.env.example`); the defaults are the embedded ones a new user gets: SQLite, local libvirt,
+Redis on loopback, the project's own guest image."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+
+env = environ.Env()
+# A local .env is a convenience for developers; real deployments set the environment.
+env_file = BASE_DIR / ".env"
+if env_file.exists():
+    environ.Env.read_env(str(env_file))
+
+
+def env_secret(name: str, default: str | None = None) -> str | None:
+    """NAME, or the contents of the file named by NAME_FILE (for container secrets)."""
+    file_path = env.str(f"{name}_FILE", default="")
+    if file_path:
+        return Path(file_path).read_text().strip()
+    return env.str(name, default=default)
+
+
+DATA_DIR = Path(env.str("VSB_DATA_DIR", default="/var/lib/virsh-sandbox"))
+
+SECRET_KEY = env_secret("DJANGO_SECRET_KEY", "insecure-dev-key-change-me")
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "channels",
+    "sandboxes",
+    "approvals",
+    "audit",
+    "terminals",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": env.db("DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'db.sqlite3'}"),
+}
+DATABASES["default"]["ATOMIC_REQUESTS"] = False
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Web server threads and the worker share one SQLite file: wait for the lock instead of
+    # failing at once, and use WAL so readers never block the writer.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"}
+    )
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(env.str("VSB_STATIC_ROOT", default=str(DATA_DIR / "static")))
+STATICFILES_DIRS = [BASE_DIR / "static"]
+
+# --- Redis, Celery, Channels -------------------------------------------------------------
+REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
+CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=REDIS_URL)
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_RESULT_EXPIRES = 3600
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = "control"
+# Longer than the longest task (a command may run an hour), so Redis never redelivers a
+# message whose worker is still busy with it.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 2 * 3600}
+CELERY_TASK_TIME_LIMIT = 3900
+CELERY_TASK_SOFT_TIME_LIMIT = 3800
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULE = {
+    "reap-expired-sandboxes": {
+        "task": "sandboxes.reap_expired_sandboxes",
+        "schedule": env.float("VSB_REAPER_INTERVAL_SECONDS", default=30.0),
+        "options": {"queue": "control", "expires": 25},
+    },
+    "fail-stuck-operations": {
+        "task": "sandboxes.fail_stuck_operations",
+        "schedule": env.float("VSB_REAPER_INTERVAL_SECONDS", default=30.0),
+        "options": {"queue": "control", "expires": 25},
+    },
+    "host-heartbeat-check": {
+        "task": "sandboxes.check_host_heartbeats",
+        "schedule": 60.0,
+        "options": {"queue": "control", "expires": 55},
+    },
+}
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1500, "expiry": 30},
+    },
+}
+
+# --- REST API -----------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "sandboxes.api.authentication.ApiKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "sandboxes.api.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "sandboxes.api.errors.exception_handler",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "virsh-sandbox API",
+    "DESCRIPTION": "Disposable VMs for AI agents: create, run commands, snapshot, review.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Served from static files: the docs page must work with no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- Logging ------------------------------------------------------------------------------
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {
+        "paramiko": {"level": "CRITICAL"},
+        "django.db.backends": {"level": "WARNING"},
+    },
+}
+
+# --- Sandboxes ----------------------------------------------------------------------------
+VSB = {
+    # This machine's KVM host: its Host row and the Celery queue its worker consumes.
+    "HOST_NAME": env.str("VSB_HOST_NAME", default=socket.gethostname().split(".")[0]),
+    "LIBVIRT_URI": env.str("VSB_LIBVIRT_URI", default="qemu:///system"),
+    # auto: probe once whether KVM really runs guests, else fall back to TCG.
+    "DOMAIN_TYPE": env.str("VSB_DOMAIN_TYPE", default="auto"),
+    "SANDBOX_DIR": env.str("VSB_SANDBOX_DIR", default=str(DATA_DIR / "sandboxes")),
+    "IMAGE_CACHE": env.str("VSB_IMAGE_CACHE", default="/var/cache/virsh-sandbox/images"),
+    "KVM_PROBE_CACHE": env.str("VSB_KVM_PROBE_CACHE", default="/run/virsh-sandbox/kvm-probe.json"),
+    "SSH_CA_KEY": env.str("VSB_SSH_CA_KEY", default=str(DATA_DIR / "ssh" / "ca")),
+    "CERT_TTL_SECONDS": env.int("VSB_CERT_TTL_SECONDS", default=300),
+    # port_forward: QEMU user networking, SSH at 127.0.0.1:<port> on the KVM host.
+    # network / bridge: a NIC on a libvirt network or bridge, IP found by lease/agent/ARP.
+    "NETWORK_MODE": env.str("VSB_NETWORK_MODE", default="port_forward"),
+    "LIBVIRT_NETWORK": env.str("VSB_LIBVIRT_NETWORK", default="default"),
+    "IP_SOURCES": env.list("VSB_IP_SOURCES", default=["agent", "lease", "arp"]),
+    "PORT_RANGE": tuple(int(p) for p in env.str("VSB_PORT_RANGE", default="42000-42999").split("-")),
+    "DEFAULT_VCPUS": env.int("VSB_DEFAULT_VCPUS", default=1),
+    "DEFAULT_MEMORY_MB": env.int("VSB_DEFAULT_MEMORY_MB", default=256),
+    "MAX_VCPUS": env.int("VSB_MAX_VCPUS", default=8),
+    "MIN_MEMORY_MB": env.int("VSB_MIN_MEMORY_MB", default=128),
+    "MAX_MEMORY_MB": env.int("VSB_MAX_MEMORY_MB", default=16384),
+    "MAX_TTL_SECONDS": env.int("VSB_MAX_TTL_SECONDS", default=7 * 24 * 3600),
+    "DEFAULT_TTL_SECONDS": env.int("VSB_DEFAULT_TTL_SECONDS", default=0),
+    "READY_TIMEOUT_SECONDS": env.int("VSB_READY_TIMEOUT_SECONDS", default=180),
+    "READY_POLL_SECONDS": env.float("VSB_READY_POLL_SECONDS", default=0.25),
+    "SHUTDOWN_TIMEOUT_SECONDS": env.int("VSB_SHUTDOWN_TIMEOUT_SECONDS", default=30),
+    "COMMAND_TIMEOUT_SECONDS": env.int("VSB_COMMAND_TIMEOUT_SECONDS", default=600),
+    "MAX_COMMAND_TIMEOUT_SECONDS": env.int("VSB_MAX_COMMAND_TIMEOUT_SECONDS", default=3600),
+    "COMMAND_OUTPUT_LIMIT": env.int("VSB_COMMAND_OUTPUT_LIMIT", default=1024 * 1024),
+    # An operation whose worker stopped reporting for this long is taken as dead.
+    "OPERATION_STALE_SECONDS": env.int("VSB_OPERATION_STALE_SECONDS", default=600),
+    "TASK_MAX_ATTEMPTS": env.int("VSB_TASK_MAX_ATTEMPTS", default=5),
+    # Which hypervisor driver to build: "libvirt" or "fake" (unit tests only).
+    "DRIVER": env.str("VSB_DRIVER", default="libvirt"),
+}

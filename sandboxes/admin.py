@@ -1,0 +1,65 @@
+from django.contrib import admin
+
+from .models import ApiKey, Command, Host, Operation, Sandbox, SourceVM
+
+
+@admin.register(Host)
+class HostAdmin(admin.ModelAdmin):
+    list_display = ["name", "queue_name", "enabled", "capacity", "domain_type", "last_heartbeat"]
+    readonly_fields = ["queue_name", "last_heartbeat", "domain_type"]
+
+
+@admin.register(SourceVM)
+class SourceVMAdmin(admin.ModelAdmin):
+    list_display = ["name", "kind", "host", "disk_path", "enabled"]
+
+
+class OperationInline(admin.TabularInline):
+    model = Operation
+    extra = 0
+    can_delete = False
+    fields = ["kind", "status", "progress", "message", "error", "attempt", "created_at", "finished_at"]
+    readonly_fields = fields
+    show_change_link = True
+
+
+@admin.register(Sandbox)
+class SandboxAdmin(admin.ModelAdmin):
+    list_display = ["name", "agent_id", "owner", "state", "host", "source", "ssh_port", "created_at"]
+    list_filter = ["state", "host", "source"]
+    search_fields = ["name", "agent_id", "id"]
+    readonly_fields = [f.name for f in Sandbox._meta.fields]
+    inlines = [OperationInline]
+
+    def has_add_permission(self, request):
+        return False  # sandboxes are made through the API, so a worker builds them
+
+
+@admin.register(Operation)
+class OperationAdmin(admin.ModelAdmin):
+    list_display = ["id", "kind", "status", "sandbox", "host", "progress", "attempt", "created_at"]
+    list_filter = ["status", "kind", "host"]
+    readonly_fields = [f.name for f in Operation._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(Command)
+class CommandAdmin(admin.ModelAdmin):
+    list_display = ["started_at", "sandbox", "short_command", "status", "exit_code", "duration_ms"]
+    list_filter = ["status"]
+    readonly_fields = [f.name for f in Command._meta.fields]
+
+    @admin.display(description="command")
+    def short_command(self, obj):
+        return obj.command[:80]
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ["prefix", "user", "name", "created_at", "last_used_at", "revoked_at"]
+    readonly_fields = ["prefix", "key_hash", "created_at", "last_used_at"]

@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from ..models import Command, Host, Operation, Sandbox, SourceVM
+
+
+class StrictInputSerializer(serializers.Serializer):
+    """Input serializers refuse fields they do not know, so a typo is an error that names
+    the field instead of a silently ignored setting. `aliases` map the original's names."""
+
+    aliases: dict[str, str] = {}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, dict):
+            raise serializers.ValidationError({"non_field_errors": ["Expected a JSON object."]})
+        data = dict(data)
+        for old, new in self.aliases.items():
+            if old in data and new not in data:
+                data[new] = data.pop(old)
+        unknown = sorted(set(data) - set(self.fields) - set(self.aliases))
+        if unknown:
+            raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+        return super().to_internal_value(data)
+
+
+class SandboxSerializer(serializers.ModelSerializer):
+    host = serializers.CharField(source="host.name", read_only=True)
+    source_vm_name = serializers.CharField(source="source.name", read_only=True)
+    # The original's names, kept so its clients keep working.
+    sandbox_name = serializers.CharField(source="name", read_only=True)
+    base_image = serializers.CharField(source="source.name", read_only=True)
+
+    class Meta:
+        model = Sandbox
+        fields = [
+            "id", "name", "sandbox_name", "agent_id", "state", "state_changed_at", "error",
+            "host", "source_vm_name", "base_image", "vcpus", "memory_mb", "ttl_seconds",
+            "expires_at", "network_mode", "ssh_host", "ssh_port", "ssh_username", "ip_address",
+            "host_key", "created_at", "ready_at", "destroyed_at",
+        ]
+        read_only_fields = fields
+
+
+class CreateSandboxSerializer(StrictInputSerializer):
+    aliases = {"cpu": "vcpus"}
+    source_vm_name = serializers.CharField(max_length=100)
+    agent_id = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    vcpus = serializers.IntegerField(required=False, allow_null=True, default=None)
+    memory_mb = serializers.IntegerField(required=False, allow_null=True, default=None)
+    ttl_seconds = serializers.IntegerField(required=False, allow_null=True, default=None)
+    auto_start = serializers.BooleanField(required=False, default=True)
+    wait_for_ip = serializers.BooleanField(required=False, default=False)
+
+
+class WaitSerializer(StrictInputSerializer):
+    wait_for_ip = serializers.BooleanField(required=False, default=False)
+    wait = serializers.BooleanField(required=False, default=False)
+
+
+class OperationSerializer(serializers.ModelSerializer):
+    host = serializers.CharField(source="host.name", read_only=True)
+    sandbox_id = serializers.UUIDField(read_only=True)
+
+    class Meta:
+        model = Operation
+        fields = [
+            "id", "kind", "status", "sandbox_id", "host", "queue", "attempt", "progress",
+            "message", "error", "result", "created_at", "started_at", "finished_at", "deadline",
+        ]
+        read_only_fields = fields
+
+
+class SandboxOperationSerializer(serializers.Serializer):
+    sandbox = SandboxSerializer()
+    operation = OperationSerializer()
+
+
+class RunCommandSerializer(StrictInputSerializer):
+    aliases = {"timeout_sec": "timeout_seconds"}
+    command = serializers.CharField(trim_whitespace=False, allow_blank=True, max_length=1_000_000)
+    timeout_seconds = serializers.IntegerField(required=False, allow_null=True, default=None)
+    env = serializers.DictField(child=serializers.CharField(allow_blank=True, trim_whitespace=False),
+                                required=False, default=dict)
+    cwd = serializers.CharField(required=False, allow_blank=True, default="", max_length=1000)
+
+
+class CommandSerializer(serializers.ModelSerializer):
+    sandbox_id = serializers.UUIDField(read_only=True)
+
+    class Meta:
+        model = Command
+        fields = [
+            "id", "sandbox_id", "command", "env", "cwd", "timeout_seconds", "status",
+            "exit_code", "stdout", "stderr", "stdout_truncated", "stderr_truncated",
+            "timed_out", "duration_ms", "error", "started_at", "finished_at",
+        ]
+        read_only_fields = fields
+
+
+class CommandResultSerializer(serializers.Serializer):
+    command = CommandSerializer()
+
+
+class SourceVMSerializer(serializers.ModelSerializer):
+    host = serializers.CharField(source="host.name", read_only=True, allow_null=True)
+
+    class Meta:
+        model = SourceVM
+        fields = ["name", "kind", "host", "disk_path", "disk_format", "domain_name", "description", "enabled"]
+        read_only_fields = fields
+
+
+class HostSerializer(serializers.ModelSerializer):
+    alive = serializers.BooleanField(source="is_alive", read_only=True)
+
+    class Meta:
+        model = Host
+        fields = ["name", "queue_name", "capacity", "enabled", "last_heartbeat", "domain_type", "alive"]
+        read_only_fields = fields
+
+
+class VMListSerializer(serializers.Serializer):
+    vms = SourceVMSerializer(many=True)
+    hosts = HostSerializer(many=True)
+
+
+class HealthSerializer(serializers.Serializer):
+    status = serializers.CharField()
+    database = serializers.CharField()
+    broker = serializers.CharField()
+    hosts = HostSerializer(many=True)
+
+
+class ErrorSerializer(serializers.Serializer):
+    class Inner(serializers.Serializer):
+        code = serializers.CharField()
+        message = serializers.CharField()
+        fields = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
+
+    error = Inner()

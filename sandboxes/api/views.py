@@ -1,0 +1,239 @@
+"""The agent-facing REST API. Views parse, authorise, call one service and serialise."""
+
+from __future__ import annotations
+
+import django_filters
+from django.db import connection
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from .. import services
+from ..choices import OperationStatus
+from ..exceptions import ServiceError
+from ..models import Host, Operation, Sandbox, SourceVM
+from ..runtime import vsb
+from .serializers import (
+    CommandResultSerializer,
+    CommandSerializer,
+    CreateSandboxSerializer,
+    ErrorSerializer,
+    HealthSerializer,
+    HostSerializer,
+    OperationSerializer,
+    RunCommandSerializer,
+    SandboxOperationSerializer,
+    SandboxSerializer,
+    SourceVMSerializer,
+    VMListSerializer,
+    WaitSerializer,
+)
+
+ERRORS = {400: ErrorSerializer, 401: ErrorSerializer, 404: ErrorSerializer, 409: ErrorSerializer}
+
+
+class OperationFailed(ServiceError):
+    status_code = 502
+    code = "operation_failed"
+
+
+def _waited(op: Operation, timeout: float) -> Operation:
+    op = services.wait_for_operation(op, timeout)
+    if op.status != OperationStatus.SUCCEEDED:
+        raise OperationFailed(f"{op.kind} failed: {op.error} (operation {op.id})")
+    return op
+
+
+class SandboxFilter(django_filters.FilterSet):
+    state = django_filters.CharFilter()
+    agent_id = django_filters.CharFilter()
+    source_vm_name = django_filters.CharFilter(field_name="source__name")
+    base_image = django_filters.CharFilter(field_name="source__name")
+    host = django_filters.CharFilter(field_name="host__name")
+    vm_name = django_filters.CharFilter(field_name="name")
+
+    class Meta:
+        model = Sandbox
+        fields = ["state", "agent_id", "source_vm_name", "host", "vm_name"]
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List your sandboxes", responses={200: SandboxSerializer(many=True)}),
+    retrieve=extend_schema(
+        summary="Get a sandbox",
+        parameters=[OpenApiParameter("include_commands", bool, description="Also return the command history.")],
+        responses={200: SandboxSerializer, **ERRORS},
+    ),
+)
+class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Sandboxes: disposable VMs, linked clones of a source VM, that only you can see."""
+
+    serializer_class = SandboxSerializer
+    filterset_class = SandboxFilter
+    lookup_value_regex = "[^/]+"
+
+    def get_queryset(self):
+        return services.visible_sandboxes(self.request.user)
+
+    def retrieve(self, request, *args, **kwargs):
+        sandbox = self.get_object()
+        body = {"sandbox": SandboxSerializer(sandbox).data}
+        if request.query_params.get("include_commands") in ("1", "true", "True"):
+            body["commands"] = CommandSerializer(sandbox.commands.all()[:500], many=True).data
+        return Response(body)
+
+    @extend_schema(
+        summary="Create a sandbox",
+        description=(
+            "Clones the source VM on a KVM host's worker. Answers 202 with the create operation; "
+            "with `wait_for_ip: true` it answers 201 once the sandbox is ready (SSH answers)."
+        ),
+        request=CreateSandboxSerializer,
+        responses={201: SandboxOperationSerializer, 202: SandboxOperationSerializer, **ERRORS},
+    )
+    def create(self, request):
+        params = CreateSandboxSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        data = dict(params.validated_data)
+        wait = data.pop("wait_for_ip")
+        op = services.create_sandbox(request.user, **data)
+        code = status.HTTP_202_ACCEPTED
+        if wait and data.get("auto_start", True):
+            op = _waited(op, vsb("READY_TIMEOUT_SECONDS") + 30)
+            code = status.HTTP_201_CREATED
+        return self._sandbox_op(op, code)
+
+    def _sandbox_op(self, op: Operation, code: int) -> Response:
+        sandbox = Sandbox.objects.select_related("host", "source").get(pk=op.sandbox_id)
+        body = {"sandbox": SandboxSerializer(sandbox).data, "operation": OperationSerializer(op).data}
+        if sandbox.ip_address or sandbox.ssh_host:
+            body["ip_address"] = sandbox.ip_address or sandbox.ssh_host
+        return Response(body, status=code)
+
+    @extend_schema(summary="Destroy a sandbox", responses={202: SandboxOperationSerializer, **ERRORS})
+    def destroy(self, request, *args, **kwargs):
+        op = services.destroy_sandbox(self.get_object(), request.user)
+        return self._sandbox_op(op, status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        summary="Start a stopped sandbox",
+        request=WaitSerializer,
+        responses={200: SandboxOperationSerializer, 202: SandboxOperationSerializer, **ERRORS},
+    )
+    @action(detail=True, methods=["post"])
+    def start(self, request, pk=None):
+        params = WaitSerializer(data=request.data or {})
+        params.is_valid(raise_exception=True)
+        op = services.start_sandbox(self.get_object(), request.user)
+        if params.validated_data["wait_for_ip"] or params.validated_data["wait"]:
+            return self._sandbox_op(_waited(op, vsb("READY_TIMEOUT_SECONDS") + 30), status.HTTP_200_OK)
+        return self._sandbox_op(op, status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        summary="Stop a sandbox (ACPI shutdown, then force off)",
+        request=WaitSerializer,
+        responses={200: SandboxOperationSerializer, 202: SandboxOperationSerializer, **ERRORS},
+    )
+    @action(detail=True, methods=["post"])
+    def stop(self, request, pk=None):
+        params = WaitSerializer(data=request.data or {})
+        params.is_valid(raise_exception=True)
+        op = services.stop_sandbox(self.get_object(), request.user)
+        if params.validated_data["wait"] or params.validated_data["wait_for_ip"]:
+            return self._sandbox_op(_waited(op, vsb("SHUTDOWN_TIMEOUT_SECONDS") + 60), status.HTTP_200_OK)
+        return self._sandbox_op(op, status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        summary="Run a command in the sandbox",
+        description=(
+            "Runs `command` with /bin/sh over SSH as root and waits for it. A non-zero exit code is "
+            "still 200; `timed_out` and the `*_truncated` flags tell when output is partial."
+        ),
+        request=RunCommandSerializer,
+        responses={200: CommandResultSerializer, **ERRORS},
+    )
+    @action(detail=True, methods=["post"], url_path="command")
+    def command(self, request, pk=None):
+        params = RunCommandSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        cmd = services.run_command(self.get_object(), request.user, **params.validated_data)
+        return Response({"command": CommandSerializer(cmd).data})
+
+    @extend_schema(
+        summary="Run a command (the original's path)",
+        request=RunCommandSerializer,
+        responses={200: CommandResultSerializer, **ERRORS},
+    )
+    @action(detail=True, methods=["post"], url_path="run")
+    def run(self, request, pk=None):
+        return self.command(request, pk)
+
+    @extend_schema(summary="Command history", responses={200: CommandSerializer(many=True)})
+    @action(detail=True, methods=["get"])
+    def commands(self, request, pk=None):
+        sandbox = self.get_object()
+        page = self.paginate_queryset(sandbox.commands.all())
+        return self.get_paginated_response(CommandSerializer(page, many=True).data)
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List your operations"),
+    retrieve=extend_schema(summary="Get an operation (poll this for slow verbs)"),
+)
+class OperationViewSet(viewsets.ReadOnlyModelViewSet):
+    """Slow steps (create, start, stop, destroy) done by a host's worker."""
+
+    serializer_class = OperationSerializer
+    filterset_fields = ["status", "kind", "sandbox"]
+
+    def get_queryset(self):
+        return services.visible_operations(self.request.user)
+
+
+class VMListView(APIView):
+    """Source VMs that sandboxes can be cloned from, and the KVM hosts."""
+
+    @extend_schema(summary="List source VMs", responses={200: VMListSerializer})
+    def get(self, request):
+        return Response(
+            {
+                "vms": SourceVMSerializer(SourceVM.objects.filter(enabled=True).select_related("host"), many=True).data,
+                "hosts": HostSerializer(Host.objects.all(), many=True).data,
+            }
+        )
+
+
+class HealthView(APIView):
+    """Liveness of the database, the broker and the hosts' workers."""
+
+    permission_classes = [AllowAny]
+    authentication_classes: list = []
+
+    @extend_schema(summary="Health", responses={200: HealthSerializer, 503: HealthSerializer})
+    def get(self, request):
+        from config.celery import app
+
+        db = broker = "ok"
+        try:
+            connection.ensure_connection()
+        except Exception as exc:  # noqa: BLE001
+            db = f"error: {exc}"
+        try:
+            with app.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, timeout=2)
+        except Exception as exc:  # noqa: BLE001
+            broker = f"error: {exc}"
+        hosts = list(Host.objects.all()) if db == "ok" else []
+        healthy = db == "ok" and broker == "ok"
+        return Response(
+            {
+                "status": "ok" if healthy else "degraded",
+                "database": db,
+                "broker": broker,
+                "hosts": HostSerializer(hosts, many=True).data,
+            },
+            status=200 if healthy else 503,
+        )

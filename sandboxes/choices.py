@@ -1,0 +1,48 @@
+from django.db import models
+
+
+class SandboxState(models.TextChoices):
+    REQUESTED = "requested"
+    PROVISIONING = "provisioning"
+    BOOTING = "booting"
+    WAITING_FOR_IP = "waiting_for_ip"
+    READY = "ready"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    DESTROYING = "destroying"
+    DESTROYED = "destroyed"
+    ERROR = "error"
+
+
+class OperationKind(models.TextChoices):
+    CREATE = "create"
+    START = "start"
+    STOP = "stop"
+    DESTROY = "destroy"
+
+
+class OperationStatus(models.TextChoices):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    # failed: an expected failure a person can act on; errored: a bug or the unexpected.
+    FAILED = "failed"
+    ERRORED = "errored"
+
+
+class CommandStatus(models.TextChoices):
+    RUNNING = "running"
+    FINISHED = "finished"
+    TIMED_OUT = "timed_out"
+    FAILED = "failed"
+
+
+class SourceKind(models.TextChoices):
+    IMAGE = "image", "disk image (direct kernel boot)"
+    DOMAIN = "domain", "shut-off libvirt domain"
+
+
+class NetworkMode(models.TextChoices):
+    PORT_FORWARD = "port_forward"
+    NETWORK = "network"
+    BRIDGE = "bridge"

@@ -1,0 +1,133 @@
+"""The hypervisor driver interface.
+
+Drivers know nothing of Django: everything they need arrives through constructors and
+arguments, and everything that goes wrong leaves as a typed error that says whether trying
+again may help (transient) or a person has to act (permanent).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class DriverError(Exception):
+    """Base of every driver error. `transient` tells the caller whether a retry may help."""
+
+    transient: bool = False
+
+
+class TransientDriverError(DriverError):
+    """The hypervisor is busy or unreachable right now; retry with backoff."""
+
+    transient = True
+
+
+class PermanentDriverError(DriverError):
+    """Retrying will not help; the message says what a person has to fix."""
+
+
+class DomainNotFound(PermanentDriverError):
+    """No domain of that name exists on this host."""
+
+
+class SourceNotUsable(PermanentDriverError):
+    """The source VM cannot be cloned as asked (running, no disk, missing file...)."""
+
+
+# Domain states as plain strings, so callers need not import libvirt.
+RUNNING = "running"
+SHUTOFF = "shutoff"
+PAUSED = "paused"
+CRASHED = "crashed"
+OTHER = "other"
+
+
+@dataclass(frozen=True)
+class PortForward:
+    """QEMU user networking with a host forward: the guest's port 22 is reachable only at
+    bind_address:host_port on the KVM host. The guest can reach nothing (restrict=on)."""
+
+    host_port: int
+    bind_address: str = "127.0.0.1"
+    guest_port: int = 22
+
+
+@dataclass(frozen=True)
+class LibvirtNetwork:
+    """A NIC on a libvirt network (e.g. `default` NAT) or a host bridge; the guest IP is
+    found by DHCP lease, guest agent or ARP."""
+
+    name: str = "default"
+    kind: str = "network"  # "network" or "bridge"
+
+
+@dataclass(frozen=True)
+class CloneSpec:
+    """Everything needed to define a sandbox domain as a linked clone of a source disk."""
+
+    name: str  # domain name, e.g. "sbx-1a2b3c4d"
+    source_disk: str  # absolute path of the (read-only) backing image
+    workdir: str  # directory owned by this sandbox: overlay, console log
+    vcpus: int = 1
+    memory_mb: int = 256
+    source_format: str = "qcow2"
+    kernel: str | None = None  # direct kernel boot when set
+    initrd: str | None = None
+    cmdline: str | None = None
+    network: PortForward | LibvirtNetwork = field(default_factory=LibvirtNetwork)
+    mac: str | None = None  # random 52:54:00:xx:xx:xx when None
+    # Written into the domain's <metadata>; lets a retried task recognise its own domain.
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    name: str
+    uuid: str
+    state: str  # one of RUNNING, SHUTOFF, PAUSED, CRASHED, OTHER
+    persistent: bool = True
+    disks: tuple[str, ...] = ()
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class HypervisorDriver(Protocol):
+    """What the service layer needs from a hypervisor. Every method is safe to call twice."""
+
+    def list_domains(self) -> list[DomainInfo]: ...
+
+    def get_domain(self, name: str) -> DomainInfo | None: ...
+
+    def source_disk(self, domain_name: str) -> str:
+        """Path of the first disk of a (shut off) golden domain; SourceNotUsable if running."""
+        ...
+
+    def clone(self, spec: CloneSpec) -> DomainInfo:
+        """Create the qcow2 overlay in spec.workdir and define the domain. If a domain with
+        spec.name already exists carrying the same tags, return it unchanged."""
+        ...
+
+    def start(self, name: str) -> None: ...
+
+    def shutdown(self, name: str, timeout: float = 30.0) -> None:
+        """ACPI shutdown, then force off after `timeout` seconds. No-op when already off."""
+        ...
+
+    def destroy(self, name: str, workdir: str | None = None) -> None:
+        """Force off, undefine (with snapshot metadata) and remove only files inside
+        `workdir`. A missing domain is success."""
+        ...
+
+    def state(self, name: str) -> str: ...
+
+    def interface_addresses(self, name: str, source: str) -> list[str]:
+        """IPv4 addresses of the guest from `source` in ("lease", "agent", "arp")."""
+        ...
+
+    def guest_ping(self, name: str) -> bool:
+        """True when the qemu-guest-agent answers."""
+        ...
+
+    def set_guest_time(self, name: str) -> None:
+        """Set the guest clock to the host's now through the guest agent."""
+        ...

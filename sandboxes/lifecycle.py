@@ -1,0 +1,56 @@
+"""The sandbox lifecycle: which state may follow which, and one race-free way to move.
+
+    requested → provisioning → booting → waiting_for_ip → ready ⇄ (stopping →) stopped
+    any → destroying → destroyed;  transitional → error
+
+A transition is a conditional UPDATE (compare-and-set): of many workers on many hosts that
+try the same move, exactly one sees `True`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from django.utils import timezone
+
+from .choices import SandboxState as S
+from .models import Sandbox
+
+ALLOWED: dict[str, set[str]] = {
+    S.REQUESTED: {S.PROVISIONING, S.DESTROYING, S.ERROR},
+    S.PROVISIONING: {S.BOOTING, S.STOPPED, S.DESTROYING, S.ERROR},
+    S.BOOTING: {S.WAITING_FOR_IP, S.STOPPING, S.DESTROYING, S.ERROR},
+    S.WAITING_FOR_IP: {S.READY, S.STOPPING, S.DESTROYING, S.ERROR},
+    S.READY: {S.STOPPING, S.BOOTING, S.DESTROYING, S.ERROR},
+    S.STOPPING: {S.STOPPED, S.DESTROYING, S.ERROR},
+    S.STOPPED: {S.BOOTING, S.DESTROYING, S.ERROR},
+    S.ERROR: {S.DESTROYING, S.BOOTING, S.STOPPING},
+    S.DESTROYING: {S.DESTROYED, S.ERROR},
+    S.DESTROYED: set(),
+}
+
+
+class IllegalTransition(ValueError):
+    pass
+
+
+def sources_for(target: str) -> list[str]:
+    return [state for state, targets in ALLOWED.items() if target in targets]
+
+
+def transition(
+    sandbox_id, target: str, *, expected: Iterable[str] | None = None, **fields
+) -> bool:
+    """Move the sandbox to `target` if it is in one of `expected` (default: every state
+    allowed to reach target). Returns whether this caller made the move."""
+    allowed_from = sources_for(target)
+    expected = list(expected) if expected is not None else allowed_from
+    illegal = set(expected) - set(allowed_from)
+    if illegal:
+        raise IllegalTransition(f"{sorted(illegal)} cannot move to {target}")
+    now = timezone.now()
+    fields.setdefault("error", "" if target != S.ERROR else fields.get("error", ""))
+    updated = Sandbox.objects.filter(pk=sandbox_id, state__in=expected).update(
+        state=target, state_changed_at=now, updated_at=now, **fields
+    )
+    return updated == 1

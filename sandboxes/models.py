@@ -1,0 +1,275 @@
+"""Rows for KVM hosts, golden sources, sandboxes, their slow operations and commands.
+
+Models hold fields, constraints and pure helpers only: every write goes through
+`sandboxes.services`, and nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from .choices import (
+    CommandStatus,
+    NetworkMode,
+    OperationKind,
+    OperationStatus,
+    SandboxState,
+    SourceKind,
+)
+
+host_name_validator = RegexValidator(
+    r"^[a-z0-9][a-z0-9-]{0,62}$", "Lower-case letters, digits and dashes, up to 63."
+)
+
+TRANSITIONAL_STATES = (
+    SandboxState.REQUESTED,
+    SandboxState.PROVISIONING,
+    SandboxState.BOOTING,
+    SandboxState.WAITING_FOR_IP,
+    SandboxState.STOPPING,
+    SandboxState.DESTROYING,
+)
+
+
+class Host(models.Model):
+    """A KVM host. Its worker consumes only `queue_name` and refreshes `last_heartbeat`."""
+
+    name = models.CharField(max_length=63, unique=True, validators=[host_name_validator])
+    libvirt_uri = models.CharField(max_length=255, default="qemu:///system")
+    queue_name = models.CharField(max_length=80, unique=True, editable=False)
+    capacity = models.PositiveIntegerField(
+        default=8, help_text="Most sandboxes (not destroyed) this host accepts."
+    )
+    enabled = models.BooleanField(default=True)
+    last_heartbeat = models.DateTimeField(null=True, blank=True)
+    domain_type = models.CharField(
+        max_length=8, blank=True, help_text="kvm or qemu (TCG), as the worker found it."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @staticmethod
+    def queue_for(name: str) -> str:
+        return f"kvm.{name}"
+
+    def save(self, *args, **kwargs) -> None:
+        self.queue_name = self.queue_for(self.name)
+        super().save(*args, **kwargs)
+
+    def is_alive(self, within_seconds: int = 90) -> bool:
+        return bool(
+            self.last_heartbeat
+            and self.last_heartbeat > timezone.now() - timedelta(seconds=within_seconds)
+        )
+
+
+class SourceVM(models.Model):
+    """A golden VM that sandboxes are linked clones of: a disk image with a kernel to boot
+    directly (the project's own `debian-base`), or a shut-off libvirt domain."""
+
+    name = models.CharField(
+        max_length=100,
+        unique=True,
+        validators=[RegexValidator(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", "Letters, digits, ._-")],
+    )
+    kind = models.CharField(max_length=10, choices=SourceKind.choices, default=SourceKind.IMAGE)
+    host = models.ForeignKey(
+        Host,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        help_text="Host that holds the disk; empty when every host has it at the same path.",
+    )
+    disk_path = models.CharField(max_length=500, blank=True)
+    disk_format = models.CharField(max_length=10, default="qcow2")
+    domain_name = models.CharField(max_length=100, blank=True)
+    kernel = models.CharField(max_length=500, blank=True)
+    initrd = models.CharField(max_length=500, blank=True)
+    cmdline = models.CharField(max_length=1000, blank=True)
+    description = models.TextField(blank=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "source VM"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Sandbox(models.Model):
+    """One disposable VM: a linked clone of a SourceVM on one Host, owned by one agent."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=63, unique=True)
+    agent_id = models.CharField(max_length=200, help_text="The caller's own label for its agent.")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="sandboxes"
+    )
+    host = models.ForeignKey(Host, on_delete=models.PROTECT, related_name="sandboxes")
+    source = models.ForeignKey(SourceVM, on_delete=models.PROTECT, related_name="sandboxes")
+    state = models.CharField(
+        max_length=20, choices=SandboxState.choices, default=SandboxState.REQUESTED, db_index=True
+    )
+    state_changed_at = models.DateTimeField(default=timezone.now)
+    error = models.TextField(blank=True)
+    vcpus = models.PositiveSmallIntegerField(default=1)
+    memory_mb = models.PositiveIntegerField(default=256)
+    ttl_seconds = models.PositiveIntegerField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    network_mode = models.CharField(
+        max_length=20, choices=NetworkMode.choices, default=NetworkMode.PORT_FORWARD
+    )
+    ssh_host = models.CharField(max_length=255, blank=True)
+    ssh_port = models.PositiveIntegerField(null=True, blank=True)
+    ssh_username = models.CharField(max_length=32, default="root")
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    mac_address = models.CharField(max_length=17, blank=True)
+    host_key = models.TextField(blank=True, help_text="Pinned SSH host key of the guest.")
+    workdir = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    ready_at = models.DateTimeField(null=True, blank=True)
+    destroyed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # A forwarded port belongs to one live sandbox per host.
+            models.UniqueConstraint(
+                fields=["host", "ssh_port"],
+                condition=Q(ssh_port__isnull=False) & ~Q(state="destroyed"),
+                name="unique_live_port_per_host",
+            ),
+        ]
+        indexes = [models.Index(fields=["owner", "state"])]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def principal(self) -> str:
+        """The only SSH certificate principal this sandbox's guest accepts."""
+        return f"sandbox-{self.id.hex}"
+
+    @property
+    def is_live(self) -> bool:
+        return self.state not in (SandboxState.DESTROYED,)
+
+
+class Operation(models.Model):
+    """One slow step done by a worker: what clients poll and the UI shows."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    kind = models.CharField(max_length=20, choices=OperationKind.choices)
+    status = models.CharField(
+        max_length=12,
+        choices=OperationStatus.choices,
+        default=OperationStatus.PENDING,
+        db_index=True,
+    )
+    sandbox = models.ForeignKey(
+        Sandbox, null=True, blank=True, on_delete=models.CASCADE, related_name="operations"
+    )
+    host = models.ForeignKey(Host, on_delete=models.PROTECT, related_name="operations")
+    queue = models.CharField(max_length=80)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    attempt = models.PositiveSmallIntegerField(default=0)
+    progress = models.PositiveSmallIntegerField(default=0, help_text="0-100")
+    message = models.CharField(max_length=300, blank=True, help_text="Current step, for people.")
+    error = models.TextField(blank=True)
+    input = models.JSONField(default=dict, blank=True)
+    result = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    deadline = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["host", "status"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.status}"
+
+    @property
+    def is_done(self) -> bool:
+        return self.status in (
+            OperationStatus.SUCCEEDED,
+            OperationStatus.FAILED,
+            OperationStatus.ERRORED,
+        )
+
+
+class Command(models.Model):
+    """A command run in a sandbox over SSH, with its separate output streams."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    sandbox = models.ForeignKey(Sandbox, on_delete=models.CASCADE, related_name="commands")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    command = models.TextField()
+    env = models.JSONField(default=dict, blank=True)
+    cwd = models.CharField(max_length=1000, blank=True)
+    timeout_seconds = models.PositiveIntegerField()
+    status = models.CharField(
+        max_length=12, choices=CommandStatus.choices, default=CommandStatus.RUNNING
+    )
+    exit_code = models.IntegerField(null=True, blank=True)
+    stdout = models.TextField(blank=True)
+    stderr = models.TextField(blank=True)
+    stdout_truncated = models.BooleanField(default=False)
+    stderr_truncated = models.BooleanField(default=False)
+    timed_out = models.BooleanField(default=False)
+    error = models.TextField(blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["started_at"]
+        indexes = [models.Index(fields=["sandbox", "started_at"])]
+
+    def __str__(self) -> str:
+        return self.command[:60]
+
+
+class ApiKey(models.Model):
+    """An agent's API key. Only a SHA-256 of the secret is stored: keys are 256-bit random,
+    so a slow password hash would buy nothing and cost every request."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=12, unique=True)
+    key_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user})"
+
+    @staticmethod
+    def hash_secret(secret: str) -> str:
+        return hashlib.sha256(secret.encode()).hexdigest()

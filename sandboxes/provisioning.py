@@ -1,0 +1,155 @@
+"""Worker-side steps that turn a Sandbox row into a running guest and back. Called only by
+tasks on the sandbox's own host; every step checks reality first so a redelivered task is
+harmless."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from . import lifecycle, services
+from .choices import NetworkMode, SandboxState, SourceKind
+from .drivers.base import CloneSpec, LibvirtNetwork, PortForward
+from .models import Sandbox
+from .runtime import get_ca, get_driver, get_ssh_pool, vsb
+
+log = logging.getLogger(__name__)
+HOSTKEY_RE = re.compile(r"vsb-hostkey: (ssh-[a-z0-9-]+ [A-Za-z0-9+/=]+)")
+
+
+def driver_for(sandbox: Sandbox):
+    return get_driver(sandbox.host.libvirt_uri)
+
+
+def console_log_path(sandbox: Sandbox) -> Path:
+    return Path(sandbox.workdir) / "console.log"
+
+
+def console_tail(sandbox: Sandbox, lines: int = 15) -> str:
+    try:
+        text = console_log_path(sandbox).read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def console_host_key(sandbox: Sandbox) -> str | None:
+    """The host key the guest printed on its serial console at this boot, if any."""
+    try:
+        text = console_log_path(sandbox).read_text(errors="replace")
+    except OSError:
+        return None
+    found = HOSTKEY_RE.findall(text)
+    return found[-1] if found else None
+
+
+def clone_spec(sandbox: Sandbox) -> CloneSpec:
+    source = sandbox.source
+    driver = driver_for(sandbox)
+    if source.kind == SourceKind.DOMAIN:
+        disk = driver.source_disk(source.domain_name)
+        kernel = initrd = cmdline = None
+    else:
+        disk = source.disk_path
+        kernel, initrd = source.kernel or None, source.initrd or None
+        cmdline = None
+        if kernel:
+            ca_type, ca_b64 = get_ca().public_key_line().split()[:2]
+            # The guest's first-boot script reads these: trust our CA, accept only this
+            # sandbox's principal, and take the sandbox's name.
+            cmdline = (
+                f"{source.cmdline} vsb.ca={ca_type}:{ca_b64} "
+                f"vsb.principals={sandbox.principal} vsb.hostname={sandbox.name}"
+            ).strip()
+    if sandbox.network_mode == NetworkMode.PORT_FORWARD:
+        network = PortForward(host_port=sandbox.ssh_port, bind_address=sandbox.ssh_host or "127.0.0.1")
+    else:
+        network = LibvirtNetwork(
+            name=vsb("LIBVIRT_NETWORK"),
+            kind="bridge" if sandbox.network_mode == NetworkMode.BRIDGE else "network",
+        )
+    return CloneSpec(
+        name=sandbox.name,
+        source_disk=disk,
+        source_format=source.disk_format or "qcow2",
+        workdir=sandbox.workdir,
+        vcpus=sandbox.vcpus,
+        memory_mb=sandbox.memory_mb,
+        kernel=kernel,
+        initrd=initrd,
+        cmdline=cmdline,
+        network=network,
+        mac=sandbox.mac_address or None,
+        tags={"sandbox": str(sandbox.id)},
+    )
+
+
+def ensure_free_port(sandbox: Sandbox) -> None:
+    """The port was chosen from the database; something outside us may still hold it."""
+    if sandbox.network_mode != NetworkMode.PORT_FORWARD:
+        return
+    if services.port_is_free(sandbox.ssh_port, sandbox.ssh_host or "127.0.0.1"):
+        return
+    if driver_for(sandbox).get_domain(sandbox.name):
+        return  # our own domain already holds it (a retried task)
+    low, high = vsb("PORT_RANGE")
+    taken = set(
+        Sandbox.objects.filter(host=sandbox.host, ssh_port__isnull=False)
+        .exclude(state=SandboxState.DESTROYED)
+        .values_list("ssh_port", flat=True)
+    )
+    for port in range(low, high + 1):
+        if port not in taken and services.port_is_free(port):
+            services.set_sandbox_fields(sandbox.pk, ssh_port=port)
+            sandbox.ssh_port = port
+            return
+    raise RuntimeError(f"no free port in {low}-{high} on host {sandbox.host.name}")
+
+
+def ssh_target(sandbox: Sandbox, pinned: str | None):
+    from .remote.ssh import SSHTarget
+
+    return SSHTarget(
+        host=sandbox.ssh_host or sandbox.ip_address,
+        port=sandbox.ssh_port or 22,
+        username=sandbox.ssh_username,
+        pinned_host_key=pinned,
+    )
+
+
+def credential_factory(sandbox: Sandbox):
+    def issue():
+        return get_ca().issue(
+            [sandbox.principal],
+            ttl_seconds=vsb("CERT_TTL_SECONDS"),
+            identity=f"sandbox:{sandbox.id}",
+        )
+
+    return issue
+
+
+def pooled_client(sandbox: Sandbox):
+    """A live SSH connection to the sandbox, reused across commands on this worker."""
+    return get_ssh_pool().get(
+        str(sandbox.id), ssh_target(sandbox, sandbox.host_key or None), credential_factory(sandbox)
+    )
+
+
+def discover_address(sandbox: Sandbox) -> str | None:
+    """Guest IPv4 for bridged/NAT sandboxes: guest agent, then DHCP lease, then ARP."""
+    driver = driver_for(sandbox)
+    for source in vsb("IP_SOURCES"):
+        addresses = driver.interface_addresses(sandbox.name, source)
+        if addresses:
+            return addresses[0]
+    return None
+
+
+def teardown(sandbox: Sandbox) -> None:
+    get_ssh_pool().discard(str(sandbox.id))
+    driver_for(sandbox).destroy(sandbox.name, sandbox.workdir)
+
+
+def mark_error(sandbox: Sandbox, reason: str) -> None:
+    lifecycle.transition(sandbox.pk, SandboxState.ERROR, error=reason[:4000])

@@ -1,0 +1,65 @@
+"""Builds the driver-layer objects (hypervisor driver, SSH certificate authority, SSH
+connection pool) from Django settings, once per process. The drivers themselves never read
+settings: this module is the only bridge."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from functools import lru_cache
+
+from django.conf import settings
+
+from .drivers.base import HypervisorDriver
+
+log = logging.getLogger(__name__)
+_lock = threading.Lock()
+_drivers: dict[str, HypervisorDriver] = {}
+
+
+def vsb(key: str):
+    return settings.VSB[key]
+
+
+def get_driver(libvirt_uri: str | None = None) -> HypervisorDriver:
+    """The driver for a host's libvirt URI (one instance per URI and process)."""
+    uri = libvirt_uri or vsb("LIBVIRT_URI")
+    kind = vsb("DRIVER")
+    key = f"{kind}:{uri}"
+    with _lock:
+        driver = _drivers.get(key)
+        if driver is None:
+            if kind == "fake":
+                from .drivers.fake import FakeDriver
+
+                driver = FakeDriver()
+            else:
+                from .drivers.libvirt_driver import LibvirtDriver
+
+                driver = LibvirtDriver(
+                    uri, domain_type=vsb("DOMAIN_TYPE"), probe_cache=vsb("KVM_PROBE_CACHE")
+                )
+            _drivers[key] = driver
+        return driver
+
+
+def reset_drivers() -> None:
+    """Forget cached drivers (tests switch settings between cases)."""
+    with _lock:
+        _drivers.clear()
+
+
+@lru_cache(maxsize=1)
+def get_ca():
+    from .remote.ca import CertificateAuthority
+
+    ca = CertificateAuthority(vsb("SSH_CA_KEY"))
+    ca.ensure()
+    return ca
+
+
+@lru_cache(maxsize=1)
+def get_ssh_pool():
+    from .remote.ssh import ConnectionPool
+
+    return ConnectionPool()

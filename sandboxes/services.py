@@ -1,0 +1,504 @@
+"""The sandbox service layer: the only writer of hosts, sandboxes, operations, commands and
+API keys. Views, admin, CLI and tasks call these functions; tasks are enqueued only after
+the surrounding transaction commits, on the queue of the sandbox's own host."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import socket
+import time
+import uuid
+from datetime import timedelta
+
+from django.db import IntegrityError, transaction
+from django.db.models import Count, F, Q
+from django.utils import timezone
+
+from config.celery import app as celery_app
+
+from . import lifecycle
+from .choices import (
+    CommandStatus,
+    NetworkMode,
+    OperationKind,
+    OperationStatus,
+    SandboxState,
+)
+from .exceptions import Conflict, InvalidInput, NotFound, OperationTimeout, Unavailable
+from .models import ApiKey, Command, Host, Operation, Sandbox, SourceVM
+from .runtime import vsb
+
+log = logging.getLogger(__name__)
+
+QUEUE_RE = re.compile(r"^kvm\.[a-z0-9][a-z0-9-]{0,62}$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+# --- Hosts ---------------------------------------------------------------------------------
+
+
+def ensure_host(name: str | None = None, libvirt_uri: str | None = None) -> Host:
+    """The Host row for `name` (default: this machine), created on first use."""
+    name = name or vsb("HOST_NAME")
+    host, _ = Host.objects.get_or_create(
+        name=name, defaults={"libvirt_uri": libvirt_uri or vsb("LIBVIRT_URI")}
+    )
+    return host
+
+
+def record_heartbeat(host: Host, domain_type: str = "") -> None:
+    fields = {"last_heartbeat": timezone.now()}
+    if domain_type:
+        fields["domain_type"] = domain_type
+    Host.objects.filter(pk=host.pk).update(**fields)
+
+
+def choose_host(source: SourceVM) -> Host:
+    """The least loaded enabled host with a live worker and room, or Unavailable."""
+    candidates = Host.objects.filter(enabled=True)
+    if source.host_id:
+        candidates = candidates.filter(pk=source.host_id)
+    candidates = candidates.annotate(
+        live=Count("sandboxes", filter=~Q(sandboxes__state=SandboxState.DESTROYED))
+    ).order_by("live", "name")
+    hosts = list(candidates)
+    if not hosts:
+        raise Unavailable("No enabled KVM host can hold this source VM.", code="no_host")
+    alive = [h for h in hosts if h.is_alive()]
+    if not alive:
+        raise Unavailable(
+            f"No worker is running for host {hosts[0].name} (no heartbeat in the last 90 s). "
+            f"Start it with: celery -A config worker -Q {hosts[0].queue_name}",
+            code="no_worker",
+        )
+    roomy = [h for h in alive if h.live < h.capacity]
+    if not roomy:
+        raise Unavailable(
+            f"Host {alive[0].name} is full ({alive[0].live}/{alive[0].capacity} sandboxes).",
+            code="capacity",
+        )
+    return roomy[0]
+
+
+def enqueue(task_name: str, host: Host, *args, countdown: float | None = None) -> None:
+    """Send a task to the host's own queue once the current transaction commits. A queue
+    name that is not a host's fails here, loudly, instead of creating a queue nobody reads."""
+    queue = host.queue_name
+    if not QUEUE_RE.match(queue) or queue != Host.queue_for(host.name):
+        raise ValueError(f"refusing to enqueue {task_name} on unknown queue {queue!r}")
+
+    def send() -> None:
+        celery_app.send_task(task_name, args=list(args), queue=queue, countdown=countdown)
+
+    transaction.on_commit(send)
+
+
+# --- API keys ------------------------------------------------------------------------------
+
+
+def create_api_key(user, name: str = "") -> tuple[ApiKey, str]:
+    """A new key for `user`. The secret is returned once and never stored."""
+    prefix = secrets.token_hex(4)
+    secret = f"vsb_{prefix}_{secrets.token_urlsafe(32)}"
+    key = ApiKey.objects.create(
+        user=user, name=name, prefix=prefix, key_hash=ApiKey.hash_secret(secret)
+    )
+    return key, secret
+
+
+def authenticate_api_key(secret: str):
+    """The user owning this key, or None for a malformed, unknown or revoked key."""
+    parts = secret.split("_", 2)
+    if len(parts) != 3 or parts[0] != "vsb":
+        return None
+    key = (
+        ApiKey.objects.select_related("user")
+        .filter(prefix=parts[1], revoked_at__isnull=True)
+        .first()
+    )
+    if key is None or not secrets.compare_digest(key.key_hash, ApiKey.hash_secret(secret)):
+        return None
+    if not key.user.is_active:
+        return None
+    now = timezone.now()
+    # Touch at most once a minute: a write per request would cost every command call.
+    if key.last_used_at is None or key.last_used_at < now - timedelta(minutes=1):
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+    return key.user
+
+
+# --- Queries -------------------------------------------------------------------------------
+
+
+def visible_sandboxes(user):
+    """Sandboxes `user` may see: its own, or all for staff. Another agent's is a 404."""
+    qs = Sandbox.objects.select_related("host", "source", "owner")
+    if user.is_staff:
+        return qs
+    return qs.filter(owner=user)
+
+
+def visible_operations(user):
+    qs = Operation.objects.select_related("sandbox", "host")
+    if user.is_staff:
+        return qs
+    return qs.filter(Q(requested_by=user) | Q(sandbox__owner=user))
+
+
+# --- Sandbox lifecycle ---------------------------------------------------------------------
+
+
+def _new_operation(kind: str, sandbox: Sandbox, user, *, deadline_seconds: int, **input) -> Operation:
+    return Operation.objects.create(
+        kind=kind,
+        sandbox=sandbox,
+        host=sandbox.host,
+        queue=sandbox.host.queue_name,
+        requested_by=user,
+        input=input,
+        deadline=timezone.now() + timedelta(seconds=deadline_seconds),
+        message="queued",
+    )
+
+
+def _allocate_port(host: Host) -> int:
+    low, high = vsb("PORT_RANGE")
+    used = set(
+        Sandbox.objects.filter(host=host, ssh_port__isnull=False)
+        .exclude(state=SandboxState.DESTROYED)
+        .values_list("ssh_port", flat=True)
+    )
+    for port in range(low, high + 1):
+        if port not in used:
+            return port
+    raise Unavailable(f"Host {host.name} has no free SSH port in {low}-{high}.", code="capacity")
+
+
+def port_is_free(port: int, address: str = "127.0.0.1") -> bool:
+    """Whether nothing on this machine listens on address:port (checked by the worker,
+    which runs on the sandbox's host)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+def validate_sizes(vcpus: int | None, memory_mb: int | None, ttl_seconds: int | None) -> tuple[int, int, int | None]:
+    vcpus = vsb("DEFAULT_VCPUS") if vcpus is None else vcpus
+    memory_mb = vsb("DEFAULT_MEMORY_MB") if memory_mb is None else memory_mb
+    if not 1 <= vcpus <= vsb("MAX_VCPUS"):
+        raise InvalidInput.field("vcpus", f"must be between 1 and {vsb('MAX_VCPUS')}.")
+    if not vsb("MIN_MEMORY_MB") <= memory_mb <= vsb("MAX_MEMORY_MB"):
+        raise InvalidInput.field(
+            "memory_mb", f"must be between {vsb('MIN_MEMORY_MB')} and {vsb('MAX_MEMORY_MB')} MiB."
+        )
+    if ttl_seconds is None and vsb("DEFAULT_TTL_SECONDS"):
+        ttl_seconds = vsb("DEFAULT_TTL_SECONDS")
+    if ttl_seconds is not None and not 0 < ttl_seconds <= vsb("MAX_TTL_SECONDS"):
+        raise InvalidInput.field(
+            "ttl_seconds", f"must be between 1 and {vsb('MAX_TTL_SECONDS')} seconds (or omitted)."
+        )
+    return vcpus, memory_mb, ttl_seconds
+
+
+def create_sandbox(
+    owner,
+    *,
+    source_vm_name: str,
+    agent_id: str = "",
+    vcpus: int | None = None,
+    memory_mb: int | None = None,
+    ttl_seconds: int | None = None,
+    auto_start: bool = True,
+) -> Operation:
+    """Register a sandbox and enqueue its creation on the chosen host. Returns the create
+    Operation; its sandbox is in `requested` until the worker picks it up."""
+    source = SourceVM.objects.filter(name=source_vm_name, enabled=True).first()
+    if source is None:
+        known = ", ".join(SourceVM.objects.filter(enabled=True).values_list("name", flat=True))
+        raise InvalidInput.field(
+            "source_vm_name",
+            f"unknown source VM {source_vm_name!r}; known: {known or 'none (run manage.py build_guest_image)'}.",
+        )
+    vcpus, memory_mb, ttl_seconds = validate_sizes(vcpus, memory_mb, ttl_seconds)
+    host = choose_host(source)
+    mode = vsb("NETWORK_MODE")
+    for _ in range(5):
+        sandbox_id = uuid.uuid4()
+        try:
+            with transaction.atomic():
+                sandbox = Sandbox.objects.create(
+                    id=sandbox_id,
+                    name=f"sbx-{sandbox_id.hex[:8]}",
+                    agent_id=agent_id or owner.get_username(),
+                    owner=owner,
+                    host=host,
+                    source=source,
+                    vcpus=vcpus,
+                    memory_mb=memory_mb,
+                    ttl_seconds=ttl_seconds,
+                    expires_at=timezone.now() + timedelta(seconds=ttl_seconds) if ttl_seconds else None,
+                    network_mode=mode,
+                    ssh_host="127.0.0.1" if mode == NetworkMode.PORT_FORWARD else "",
+                    ssh_port=_allocate_port(host) if mode == NetworkMode.PORT_FORWARD else None,
+                    workdir=f"{vsb('SANDBOX_DIR').rstrip('/')}/sbx-{sandbox_id.hex[:8]}",
+                )
+                op = _new_operation(
+                    OperationKind.CREATE,
+                    sandbox,
+                    owner,
+                    deadline_seconds=vsb("READY_TIMEOUT_SECONDS") + 120,
+                    auto_start=auto_start,
+                )
+                enqueue("sandboxes.provision_sandbox", host, str(op.id))
+            log.info("sandbox requested", extra={"sandbox_id": str(sandbox.id), "host": host.name})
+            return op
+        except IntegrityError:
+            # Another request took the same port (or name) at the same moment: pick again.
+            continue
+    raise Unavailable("Could not allocate a port for the sandbox; try again.", code="busy")
+
+
+def _lifecycle_op(sandbox: Sandbox, user, kind: str, target: str, task: str, deadline: int, **input) -> Operation:
+    with transaction.atomic():
+        if not lifecycle.transition(sandbox.pk, target):
+            sandbox.refresh_from_db(fields=["state"])
+            raise Conflict(
+                f"Sandbox {sandbox.name} is {sandbox.state}; cannot {kind} it now.",
+                code="invalid_state",
+            )
+        sandbox.refresh_from_db()
+        op = _new_operation(kind, sandbox, user, deadline_seconds=deadline, **input)
+        enqueue(task, sandbox.host, str(op.id))
+    return op
+
+
+def start_sandbox(sandbox: Sandbox, user) -> Operation:
+    if sandbox.state == SandboxState.READY:
+        raise Conflict(f"Sandbox {sandbox.name} is already running.", code="invalid_state")
+    return _lifecycle_op(
+        sandbox, user, OperationKind.START, SandboxState.BOOTING, "sandboxes.start_sandbox",
+        vsb("READY_TIMEOUT_SECONDS") + 60,
+    )
+
+
+def stop_sandbox(sandbox: Sandbox, user) -> Operation:
+    return _lifecycle_op(
+        sandbox, user, OperationKind.STOP, SandboxState.STOPPING, "sandboxes.stop_sandbox",
+        vsb("SHUTDOWN_TIMEOUT_SECONDS") + 120,
+    )
+
+
+def destroy_sandbox(sandbox: Sandbox, user) -> Operation:
+    if sandbox.state == SandboxState.DESTROYING:
+        existing = sandbox.operations.filter(kind=OperationKind.DESTROY).first()
+        if existing:
+            return existing
+    if sandbox.state == SandboxState.DESTROYED:
+        raise Conflict(f"Sandbox {sandbox.name} is already destroyed.", code="invalid_state")
+    return _lifecycle_op(
+        sandbox, user, OperationKind.DESTROY, SandboxState.DESTROYING, "sandboxes.destroy_sandbox",
+        vsb("SHUTDOWN_TIMEOUT_SECONDS") + 300,
+    )
+
+
+def wait_for_operation(op: Operation, timeout: float, poll: float = 0.05) -> Operation:
+    """Block until the operation is done or `timeout` passes (then OperationTimeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        op.refresh_from_db()
+        if op.is_done:
+            return op
+        if time.monotonic() >= deadline:
+            raise OperationTimeout(
+                f"Operation {op.kind} is still {op.status} ({op.message}) after {timeout:.0f} s; "
+                f"poll GET /v1/operations/{op.id}.",
+                code="timeout",
+            )
+        time.sleep(min(poll * 2, 0.2) if time.monotonic() + poll < deadline else poll)
+
+
+# --- Commands ------------------------------------------------------------------------------
+
+
+def validate_command_input(command: str, timeout_seconds: int | None, env: dict | None, cwd: str) -> int:
+    if not command or not command.strip():
+        raise InvalidInput.field("command", "must not be empty.")
+    if "\x00" in command:
+        raise InvalidInput.field("command", "must not contain NUL bytes.")
+    timeout = vsb("COMMAND_TIMEOUT_SECONDS") if timeout_seconds is None else timeout_seconds
+    if not 1 <= timeout <= vsb("MAX_COMMAND_TIMEOUT_SECONDS"):
+        raise InvalidInput.field(
+            "timeout_seconds", f"must be between 1 and {vsb('MAX_COMMAND_TIMEOUT_SECONDS')}."
+        )
+    for name, value in (env or {}).items():
+        if not ENV_NAME_RE.match(name):
+            raise InvalidInput.field("env", f"{name!r} is not a valid variable name.")
+        if not isinstance(value, str) or "\x00" in value:
+            raise InvalidInput.field("env", f"value of {name} must be a string without NUL bytes.")
+    if cwd and not cwd.startswith("/"):
+        raise InvalidInput.field("cwd", "must be an absolute path.")
+    return timeout
+
+
+def run_command(
+    sandbox: Sandbox,
+    user,
+    *,
+    command: str,
+    timeout_seconds: int | None = None,
+    env: dict[str, str] | None = None,
+    cwd: str = "",
+) -> Command:
+    """Run `command` in the sandbox on its host's worker and wait for the result. The
+    Command row is written before the run and completed by the worker, so the history keeps
+    it even if the caller goes away."""
+    timeout = validate_command_input(command, timeout_seconds, env, cwd)
+    if sandbox.state != SandboxState.READY:
+        raise Conflict(
+            f"Sandbox {sandbox.name} is {sandbox.state}; commands need it ready.",
+            code="invalid_state",
+        )
+    cmd = Command.objects.create(
+        sandbox=sandbox,
+        requested_by=user,
+        command=command,
+        env=env or {},
+        cwd=cwd,
+        timeout_seconds=timeout,
+    )
+    result = celery_app.send_task(
+        "sandboxes.run_command", args=[str(cmd.id)], queue=sandbox.host.queue_name
+    )
+    try:
+        # The worker enforces the command timeout itself; the margin covers connecting.
+        result.get(timeout=timeout + 60, propagate=False, disable_sync_subtasks=False)
+    except Exception as exc:  # noqa: BLE001 - a lost worker must not lose the row
+        log.warning("command %s: no answer from worker: %s", cmd.id, exc)
+    finally:
+        result.forget()
+    cmd.refresh_from_db()
+    if cmd.status == CommandStatus.RUNNING:
+        raise OperationTimeout(
+            f"The worker of host {sandbox.host.name} did not answer; command {cmd.id} may still run.",
+            code="worker_timeout",
+        )
+    return cmd
+
+
+def finish_command(cmd_id, *, status: str, result=None, error: str = "") -> None:
+    fields = {"status": status, "finished_at": timezone.now(), "error": error}
+    if result is not None:
+        fields.update(
+            exit_code=result.exit_code,
+            stdout=result.stdout.decode("utf-8", "replace"),
+            stderr=result.stderr.decode("utf-8", "replace"),
+            stdout_truncated=result.stdout_truncated,
+            stderr_truncated=result.stderr_truncated,
+            timed_out=result.timed_out,
+            duration_ms=result.duration_ms,
+        )
+    Command.objects.filter(pk=cmd_id, status=CommandStatus.RUNNING).update(**fields)
+
+
+# --- Operations (called by tasks) ----------------------------------------------------------
+
+
+def claim_operation(op_id) -> Operation | None:
+    """Mark the operation running for this attempt; None when it is already finished."""
+    now = timezone.now()
+    updated = Operation.objects.filter(
+        pk=op_id, status__in=[OperationStatus.PENDING, OperationStatus.RUNNING]
+    ).update(
+        status=OperationStatus.RUNNING,
+        attempt=F("attempt") + 1,
+        heartbeat_at=now,
+    )
+    if not updated:
+        return None
+    Operation.objects.filter(pk=op_id, started_at__isnull=True).update(started_at=now)
+    return Operation.objects.select_related("sandbox", "sandbox__source", "host").get(pk=op_id)
+
+
+def report_progress(op_id, progress: int, message: str) -> None:
+    Operation.objects.filter(pk=op_id, status=OperationStatus.RUNNING).update(
+        progress=progress, message=message[:300], heartbeat_at=timezone.now()
+    )
+
+
+def finish_operation(op_id, status: str, *, error: str = "", message: str = "", result: dict | None = None) -> bool:
+    """Close a running (or pending) operation; False if someone else closed it first."""
+    fields = {
+        "status": status,
+        "error": error,
+        "finished_at": timezone.now(),
+        "message": (message or status)[:300],
+    }
+    if status == OperationStatus.SUCCEEDED:
+        fields["progress"] = 100
+    if result is not None:
+        fields["result"] = result
+    return bool(
+        Operation.objects.filter(
+            pk=op_id, status__in=[OperationStatus.PENDING, OperationStatus.RUNNING]
+        ).update(**fields)
+    )
+
+
+def set_sandbox_fields(sandbox_id, **fields) -> None:
+    Sandbox.objects.filter(pk=sandbox_id).update(updated_at=timezone.now(), **fields)
+
+
+def orphaned_work(host: Host) -> tuple[list[Operation], int]:
+    """Called when the host's (only) worker starts: every operation it had running died
+    with the previous process. Commands that were running are marked failed, since running
+    them again could repeat side effects."""
+    failed = Command.objects.filter(
+        sandbox__host=host, status=CommandStatus.RUNNING
+    ).update(
+        status=CommandStatus.FAILED,
+        finished_at=timezone.now(),
+        error="The worker restarted while this command ran; it may or may not have completed.",
+    )
+    ops = list(
+        Operation.objects.filter(
+            host=host, status__in=[OperationStatus.PENDING, OperationStatus.RUNNING]
+        ).order_by("created_at")
+    )
+    return ops, failed
+
+
+def fail_stuck_operations() -> int:
+    """Fail operations past their deadline, and their sandboxes if those are mid-transition."""
+    now = timezone.now()
+    stuck = Operation.objects.filter(
+        status__in=[OperationStatus.PENDING, OperationStatus.RUNNING], deadline__lt=now
+    ).select_related("sandbox", "host")
+    count = 0
+    for op in stuck:
+        reason = (
+            f"{op.kind} did not finish before its deadline ({op.message}); "
+            f"is the worker for host {op.host.name} running?"
+        )
+        if finish_operation(op.pk, OperationStatus.ERRORED, error=reason):
+            count += 1
+            if op.sandbox_id:
+                lifecycle.transition(
+                    op.sandbox_id,
+                    SandboxState.ERROR,
+                    expected=[s for s in lifecycle.sources_for(SandboxState.ERROR)
+                              if s not in (SandboxState.READY, SandboxState.STOPPED)],
+                    error=reason,
+                )
+    return count
+
+
+def expired_sandboxes():
+    return Sandbox.objects.filter(expires_at__lt=timezone.now()).exclude(
+        state__in=[SandboxState.DESTROYING, SandboxState.DESTROYED]
+    ).select_related("host")

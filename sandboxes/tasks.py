@@ -1,0 +1,333 @@
+"""Celery tasks: thin wrappers that take ids, reload, check that the work is still wanted,
+call the driver through `provisioning`, and record the outcome through `services`.
+
+Every task here runs on the sandbox host's own queue (`kvm.<host>`), except the periodic
+sweeps, which run on `control` and only enqueue work for the hosts."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from django.utils import timezone
+
+from . import lifecycle, provisioning, services
+from .choices import CommandStatus, OperationKind, OperationStatus, SandboxState, SourceKind
+from .drivers.base import RUNNING, DriverError
+from .models import Command, Operation
+from .runtime import vsb
+
+log = logging.getLogger(__name__)
+
+TASK_FOR_KIND = {
+    OperationKind.CREATE: "sandboxes.provision_sandbox",
+    OperationKind.START: "sandboxes.start_sandbox",
+    OperationKind.STOP: "sandboxes.stop_sandbox",
+    OperationKind.DESTROY: "sandboxes.destroy_sandbox",
+}
+TASK_OPTIONS = {"bind": True, "acks_late": True, "reject_on_worker_lost": True, "ignore_result": True}
+
+
+def _is_transient(exc: Exception) -> bool:
+    return bool(getattr(exc, "transient", False))
+
+
+def _retry_or_fail(task, op: Operation, exc: Exception, on_fail) -> None:
+    """Transient errors are retried with exponential backoff, a bounded number of times;
+    anything else (or the last attempt) fails the operation with the error's message."""
+    if _is_transient(exc) and op.attempt < vsb("TASK_MAX_ATTEMPTS"):
+        services.report_progress(op.pk, op.progress, f"retrying after: {exc}")
+        raise task.retry(exc=exc, countdown=min(2 ** op.attempt, 30), max_retries=None)
+    on_fail(f"{exc}")
+
+
+def _fail_create(op: Operation, reason: str) -> None:
+    """A create that cannot finish leaves nothing behind: no domain, no disk."""
+    sandbox = op.sandbox
+    tail = provisioning.console_tail(sandbox)
+    try:
+        provisioning.teardown(sandbox)
+    except DriverError as exc:
+        reason = f"{reason} (cleanup also failed: {exc})"
+    if tail:
+        reason = f"{reason}\n--- console (last lines) ---\n{tail}"
+    provisioning.mark_error(sandbox, reason)
+    services.finish_operation(op.pk, OperationStatus.FAILED, error=reason, message="failed")
+
+
+def _fail_keep(op: Operation, reason: str) -> None:
+    """A failed start/stop keeps the disk: the agent's work is on it."""
+    tail = provisioning.console_tail(op.sandbox) if op.kind == OperationKind.START else ""
+    if tail:
+        reason = f"{reason}\n--- console (last lines) ---\n{tail}"
+    provisioning.mark_error(op.sandbox, reason)
+    services.finish_operation(op.pk, OperationStatus.FAILED, error=reason, message="failed")
+
+
+def _failer(op: Operation):
+    return (lambda reason: _fail_create(op, reason)) if op.kind == OperationKind.CREATE else (
+        lambda reason: _fail_keep(op, reason)
+    )
+
+
+def _enqueue_wait(op: Operation, countdown: float) -> None:
+    wait_ready.apply_async((str(op.pk),), countdown=countdown, queue=op.queue)
+
+
+@shared_task(name="sandboxes.provision_sandbox", **TASK_OPTIONS)
+def provision_sandbox(self, op_id: str) -> None:
+    op = services.claim_operation(op_id)
+    if op is None:
+        return
+    sandbox = op.sandbox
+    if op.attempt > vsb("TASK_MAX_ATTEMPTS"):
+        _fail_create(op, f"gave up after {op.attempt - 1} attempts")
+        return
+    if sandbox.state in (SandboxState.DESTROYING, SandboxState.DESTROYED, SandboxState.ERROR):
+        services.finish_operation(
+            op.pk, OperationStatus.FAILED, error=f"sandbox became {sandbox.state} before it was created"
+        )
+        return
+    try:
+        if sandbox.state == SandboxState.REQUESTED:
+            lifecycle.transition(sandbox.pk, SandboxState.PROVISIONING, expected=[SandboxState.REQUESTED])
+        services.report_progress(op.pk, 10, "cloning disk (qcow2 linked clone)")
+        provisioning.ensure_free_port(sandbox)
+        info = provisioning.driver_for(sandbox).clone(provisioning.clone_spec(sandbox))
+        sandbox.refresh_from_db()
+        if sandbox.state not in (SandboxState.PROVISIONING, SandboxState.BOOTING, SandboxState.WAITING_FOR_IP):
+            # Destroyed while we were cloning: do not leave our domain behind.
+            provisioning.teardown(sandbox)
+            services.finish_operation(op.pk, OperationStatus.FAILED, error=f"sandbox became {sandbox.state}")
+            return
+        if not op.input.get("auto_start", True):
+            lifecycle.transition(sandbox.pk, SandboxState.STOPPED, expected=[SandboxState.PROVISIONING])
+            services.finish_operation(op.pk, OperationStatus.SUCCEEDED, message="created (not started)",
+                                      result={"domain": info.name})
+            return
+        services.report_progress(op.pk, 30, "starting VM")
+        provisioning.driver_for(sandbox).start(sandbox.name)
+        lifecycle.transition(sandbox.pk, SandboxState.BOOTING, expected=[SandboxState.PROVISIONING])
+        services.report_progress(op.pk, 40, "booting: waiting for SSH")
+    except Exception as exc:  # noqa: BLE001 - every failure must end in a recorded state
+        log.exception("provision of %s failed", sandbox.name)
+        _retry_or_fail(self, op, exc, lambda reason: _fail_create(op, reason))
+        return
+    _enqueue_wait(op, countdown=1.0)
+
+
+@shared_task(name="sandboxes.start_sandbox", **TASK_OPTIONS)
+def start_sandbox(self, op_id: str) -> None:
+    op = services.claim_operation(op_id)
+    if op is None:
+        return
+    sandbox = op.sandbox
+    if sandbox.state != SandboxState.BOOTING:
+        services.finish_operation(op.pk, OperationStatus.FAILED, error=f"sandbox is {sandbox.state}")
+        return
+    try:
+        services.report_progress(op.pk, 20, "starting VM")
+        provisioning.driver_for(sandbox).start(sandbox.name)
+        services.report_progress(op.pk, 40, "booting: waiting for SSH")
+    except Exception as exc:  # noqa: BLE001
+        _retry_or_fail(self, op, exc, lambda reason: _fail_keep(op, reason))
+        return
+    _enqueue_wait(op, countdown=1.0)
+
+
+@shared_task(name="sandboxes.wait_ready", **TASK_OPTIONS)
+def wait_ready(self, op_id: str) -> None:
+    """One readiness check; re-enqueues itself until the guest answers SSH or the deadline
+    passes. It never sleeps in the worker."""
+    from .remote import ssh
+
+    op = Operation.objects.select_related("sandbox", "sandbox__source", "sandbox__host").filter(pk=op_id).first()
+    if op is None or op.is_done:
+        return
+    sandbox = op.sandbox
+    poll = vsb("READY_POLL_SECONDS")
+    fail = _failer(op)
+    if sandbox.state not in (SandboxState.BOOTING, SandboxState.WAITING_FOR_IP):
+        services.finish_operation(op.pk, OperationStatus.FAILED, error=f"sandbox became {sandbox.state} while booting")
+        return
+    started = op.started_at or op.created_at
+    if (timezone.now() - started).total_seconds() > vsb("READY_TIMEOUT_SECONDS"):
+        fail(f"the guest did not answer SSH within {vsb('READY_TIMEOUT_SECONDS')} s")
+        return
+    try:
+        state = provisioning.driver_for(sandbox).state(sandbox.name)
+    except Exception as exc:  # noqa: BLE001
+        if _is_transient(exc):
+            _enqueue_wait(op, poll * 4)
+        else:
+            fail(f"cannot read the domain state: {exc}")
+        return
+    if state != RUNNING:
+        fail(f"the guest stopped while booting (domain state: {state})")
+        return
+    if sandbox.state == SandboxState.BOOTING:
+        lifecycle.transition(sandbox.pk, SandboxState.WAITING_FOR_IP, expected=[SandboxState.BOOTING])
+        services.report_progress(op.pk, 50, "waiting for the guest's network and SSH")
+    services.report_progress(op.pk, op.progress, op.message)  # heartbeat
+
+    if sandbox.network_mode != "port_forward":
+        address = provisioning.discover_address(sandbox)
+        if not address:
+            _enqueue_wait(op, poll * 4)
+            return
+        services.set_sandbox_fields(sandbox.pk, ip_address=address, ssh_host=address)
+        sandbox.ip_address = sandbox.ssh_host = address
+
+    console_key = provisioning.console_host_key(sandbox)
+    expects_console_key = sandbox.source.kind == SourceKind.IMAGE and bool(sandbox.source.kernel)
+    if expects_console_key and console_key is None:
+        _enqueue_wait(op, poll)
+        return
+    if sandbox.host_key and console_key and console_key != sandbox.host_key:
+        fail(
+            "the guest presented a different SSH host key than the one pinned at its first boot "
+            f"(pinned {ssh.fingerprint(sandbox.host_key)}, now {ssh.fingerprint(console_key)})"
+        )
+        return
+    pinned = sandbox.host_key or console_key
+    if not ssh.probe_ssh_banner(sandbox.ssh_host, sandbox.ssh_port or 22, timeout=0.5):
+        _enqueue_wait(op, poll)
+        return
+    try:
+        sandbox.host_key = pinned or ""
+        client = provisioning.pooled_client(sandbox)
+    except ssh.RemoteError as exc:
+        if exc.transient:
+            _enqueue_wait(op, poll)
+        else:
+            fail(f"SSH to the guest failed: {exc}")
+        return
+    if not pinned:
+        pinned = ssh.host_key_line(client.get_transport().get_remote_server_key())
+    if lifecycle.transition(
+        sandbox.pk, SandboxState.READY, expected=[SandboxState.WAITING_FOR_IP],
+        host_key=pinned, ready_at=timezone.now(),
+    ):
+        services.finish_operation(
+            op.pk, OperationStatus.SUCCEEDED, message="ready",
+            result={"ssh_host": sandbox.ssh_host, "ssh_port": sandbox.ssh_port},
+        )
+    else:
+        sandbox.refresh_from_db(fields=["state"])
+        services.finish_operation(op.pk, OperationStatus.FAILED, error=f"sandbox became {sandbox.state}")
+
+
+@shared_task(name="sandboxes.stop_sandbox", **TASK_OPTIONS)
+def stop_sandbox(self, op_id: str) -> None:
+    from .remote.ssh import ConnectionPool  # noqa: F401 - import errors surface here, not mid-stop
+
+    op = services.claim_operation(op_id)
+    if op is None:
+        return
+    sandbox = op.sandbox
+    try:
+        provisioning.get_ssh_pool().discard(str(sandbox.id))
+        services.report_progress(op.pk, 30, "shutting down (ACPI, then force off)")
+        provisioning.driver_for(sandbox).shutdown(sandbox.name, timeout=vsb("SHUTDOWN_TIMEOUT_SECONDS"))
+    except Exception as exc:  # noqa: BLE001
+        _retry_or_fail(self, op, exc, lambda reason: _fail_keep(op, reason))
+        return
+    lifecycle.transition(sandbox.pk, SandboxState.STOPPED, expected=[SandboxState.STOPPING])
+    services.finish_operation(op.pk, OperationStatus.SUCCEEDED, message="stopped")
+
+
+@shared_task(name="sandboxes.destroy_sandbox", **TASK_OPTIONS)
+def destroy_sandbox(self, op_id: str) -> None:
+    op = services.claim_operation(op_id)
+    if op is None:
+        return
+    sandbox = op.sandbox
+    try:
+        services.report_progress(op.pk, 30, "destroying domain and disks")
+        provisioning.teardown(sandbox)
+    except Exception as exc:  # noqa: BLE001
+        def give_up(reason: str) -> None:
+            lifecycle.transition(sandbox.pk, SandboxState.ERROR, error=f"destroy failed: {reason}")
+            services.finish_operation(op.pk, OperationStatus.FAILED, error=reason)
+
+        _retry_or_fail(self, op, exc, give_up)
+        return
+    lifecycle.transition(
+        sandbox.pk, SandboxState.DESTROYED, expected=[SandboxState.DESTROYING],
+        destroyed_at=timezone.now(),
+    )
+    services.finish_operation(op.pk, OperationStatus.SUCCEEDED, message="destroyed")
+
+
+@shared_task(name="sandboxes.run_command", bind=True, acks_late=False, ignore_result=False)
+def run_command(self, command_id: str) -> dict:
+    """Run one command. Not acks_late: a command must never run twice because a worker died."""
+    from .remote import ssh
+
+    cmd = Command.objects.select_related("sandbox", "sandbox__host", "sandbox__source").filter(pk=command_id).first()
+    if cmd is None or cmd.status != CommandStatus.RUNNING:
+        return {"status": getattr(cmd, "status", "missing")}
+    sandbox = cmd.sandbox
+    if sandbox.state != SandboxState.READY:
+        services.finish_command(cmd.pk, status=CommandStatus.FAILED, error=f"sandbox is {sandbox.state}")
+        return {"status": CommandStatus.FAILED}
+    for attempt in (1, 2):
+        try:
+            client = provisioning.pooled_client(sandbox)
+            result = ssh.run(
+                client,
+                cmd.command,
+                timeout=cmd.timeout_seconds,
+                env=cmd.env or None,
+                cwd=cmd.cwd or None,
+                max_output_bytes=vsb("COMMAND_OUTPUT_LIMIT"),
+            )
+            break
+        except ssh.RemoteError as exc:
+            provisioning.get_ssh_pool().discard(str(sandbox.id))
+            # Only a failure to connect is retried: the command has not started then.
+            if attempt == 1 and isinstance(exc, ssh.ConnectError):
+                continue
+            services.finish_command(cmd.pk, status=CommandStatus.FAILED, error=f"SSH: {exc}")
+            return {"status": CommandStatus.FAILED}
+        except Exception as exc:  # noqa: BLE001
+            provisioning.get_ssh_pool().discard(str(sandbox.id))
+            log.exception("command %s failed", cmd.pk)
+            services.finish_command(cmd.pk, status=CommandStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+            return {"status": CommandStatus.FAILED}
+    status = CommandStatus.TIMED_OUT if result.timed_out else CommandStatus.FINISHED
+    services.finish_command(cmd.pk, status=status, result=result)
+    return {"status": status}
+
+
+# --- Periodic sweeps (control queue) -------------------------------------------------------
+
+
+@shared_task(name="sandboxes.reap_expired_sandboxes", ignore_result=True)
+def reap_expired_sandboxes() -> int:
+    count = 0
+    for sandbox in services.expired_sandboxes():
+        try:
+            services.destroy_sandbox(sandbox, None)
+            count += 1
+        except services.Conflict:
+            continue
+    return count
+
+
+@shared_task(name="sandboxes.fail_stuck_operations", ignore_result=True)
+def fail_stuck_operations() -> int:
+    return services.fail_stuck_operations()
+
+
+@shared_task(name="sandboxes.check_host_heartbeats", ignore_result=True)
+def check_host_heartbeats() -> list[str]:
+    from .models import Host
+
+    silent = [h.name for h in Host.objects.filter(enabled=True) if not h.is_alive()]
+    if silent:
+        log.warning("hosts without a live worker: %s", ", ".join(silent))
+    return silent
+
+
+from . import worker  # noqa: E402,F401  - connects the worker start-up signal handlers
