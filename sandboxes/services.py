@@ -108,6 +108,12 @@ def create_api_key(user, name: str = "") -> tuple[ApiKey, str]:
     return key, secret
 
 
+def revoke_api_keys(user, name: str) -> int:
+    return ApiKey.objects.filter(user=user, name=name, revoked_at__isnull=True).update(
+        revoked_at=timezone.now()
+    )
+
+
 def authenticate_api_key(secret: str):
     """The user owning this key, or None for a malformed, unknown or revoked key."""
     parts = secret.split("_", 2)

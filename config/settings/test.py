@@ -1,7 +1,8 @@
-"""The test suite runs on PostgreSQL (set up by scripts/setup-services.sh)."""
+"""The test suite: PostgreSQL (started by scripts/start-services.sh --postgres), its own Redis
+database, its own port range and sandbox directory, so a running service is not disturbed."""
 
 from .base import *  # noqa: F401,F403
-from .base import VSB, env
+from .base import CHANNEL_LAYERS, VSB, env
 
 DATABASES = {
     "default": env.db(
@@ -10,11 +11,18 @@ DATABASES = {
     )
 }
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+REDIS_URL = env.str("TEST_REDIS_URL", default="redis://127.0.0.1:6379/15")
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = REDIS_URL
+CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [REDIS_URL]
+
 VSB.update(
     {
         "DRIVER": env.str("VSB_DRIVER", default="fake"),
         "HOST_NAME": env.str("VSB_HOST_NAME", default="testhost"),
         "SANDBOX_DIR": env.str("VSB_SANDBOX_DIR", default="/var/lib/virsh-sandbox/test-sandboxes"),
         "SSH_CA_KEY": env.str("VSB_SSH_CA_KEY", default="/var/lib/virsh-sandbox/test-ssh/ca"),
+        "PORT_RANGE": tuple(int(p) for p in env.str("VSB_PORT_RANGE", default="43000-43999").split("-")),
     }
 )

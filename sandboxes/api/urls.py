@@ -3,7 +3,9 @@ from rest_framework.routers import SimpleRouter
 
 from . import views
 
-router = SimpleRouter(trailing_slash="/?")
+router = SimpleRouter()
+# Both /v1/sandboxes and /v1/sandboxes/ (the original used no trailing slash).
+router.trailing_slash = "/?"
 router.register("sandboxes", views.SandboxViewSet, basename="sandbox")
 router.register("operations", views.OperationViewSet, basename="operation")
 

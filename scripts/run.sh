@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# README command 1: set up everything on a fresh Debian 12 machine and start the service
+# (daphne on :8080 and the Celery worker of this KVM host), then print the URL and an agent
+# API key. Run it again to restart. Stop with scripts/stop.sh.
+#   --foreground   keep both processes attached to this terminal (Ctrl-C stops them)
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+"$ROOT/scripts/install-system.sh"
+"$ROOT/scripts/start-services.sh"
+"$ROOT/scripts/bootstrap.sh" requirements.txt
+
+export DJANGO_SETTINGS_MODULE="${DJANGO_SETTINGS_MODULE:-config.settings.local}"
+PY="$VENV/bin/python"
+BIND="${VSB_BIND:-127.0.0.1}"
+PORT="${VSB_PORT:-8080}"
+HOST_NAME="$("$PY" -c 'import django; django.setup(); from django.conf import settings; print(settings.VSB["HOST_NAME"])')"
+LOG="$VSB_DATA_DIR/log"
+
+"$PY" manage.py migrate --noinput -v0
+"$PY" manage.py collectstatic --noinput -v0
+say "guest image (cached after the first build, ~45 s cold)"
+"$PY" manage.py build_guest_image
+"$PY" manage.py ensure_host
+if ! "$PY" -c 'import django; django.setup(); from django.contrib.auth.models import User; raise SystemExit(0 if User.objects.filter(username="admin").exists() else 1)'; then
+  pw=$("$PY" -c 'import secrets; print(secrets.token_urlsafe(12))')
+  DJANGO_SUPERUSER_PASSWORD="$pw" "$PY" manage.py createsuperuser --noinput --username admin --email admin@localhost -v0
+  echo "$pw" > "$VSB_DATA_DIR/admin-password"; chmod 600 "$VSB_DATA_DIR/admin-password"
+fi
+KEY=$("$PY" manage.py create_agent demo-agent --key-name quickstart --revoke-others)
+
+"$ROOT/scripts/stop.sh" >/dev/null 2>&1 || true
+DAPHNE=("$VENV/bin/daphne" -b "$BIND" -p "$PORT" config.asgi:application)
+WORKER=("$VENV/bin/celery" -A config worker -Q "kvm.$HOST_NAME,control" -B -P threads -c 8
+        --hostname "kvm-$HOST_NAME@%h" --schedule "$VSB_DATA_DIR/celerybeat-schedule" -l INFO)
+
+if [ "${1:-}" = "--foreground" ]; then
+  trap 'kill 0' EXIT
+  "${WORKER[@]}" &
+  "${DAPHNE[@]}" &
+  wait
+  exit
+fi
+nohup "${DAPHNE[@]}" >"$LOG/daphne.log" 2>&1 & echo $! > "$VSB_DATA_DIR/daphne.pid"
+nohup "${WORKER[@]}" >"$LOG/worker.log" 2>&1 & echo $! > "$VSB_DATA_DIR/worker.pid"
+
+URL="http://$BIND:$PORT"
+for _ in $(seq 1 100); do
+  curl -fsS "$URL/v1/health" 2>/dev/null | grep -q '"alive":true' && break
+  sleep 0.3
+done
+curl -fsS "$URL/v1/health" | grep -q '"alive":true' || die "service did not become healthy; see $LOG/daphne.log and $LOG/worker.log"
+cat <<MSG
+
+  virsh-sandbox is running.
+    API        $URL/v1/   (docs: $URL/api/docs/)
+    admin      $URL/admin/  user admin, password in $VSB_DATA_DIR/admin-password
+    logs       $LOG/daphne.log  $LOG/worker.log
+    stop       scripts/stop.sh
+
+  Agent API key (demo-agent):
+    export VSB_API_KEY=$KEY
+
+MSG

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Starts what the service needs when it is not already running: libvirtd + virtlogd (no
+# systemd here), Redis, and with --postgres the PostgreSQL cluster the tests use.
+source "$(dirname "$0")/lib.sh"
+
+want_pg=0
+[ "${1:-}" = "--postgres" ] && want_pg=1
+
+if ! pgrep -x virtlogd >/dev/null; then
+  say "starting virtlogd"; virtlogd -d
+fi
+if ! pgrep -x libvirtd >/dev/null; then
+  say "starting libvirtd"; libvirtd -d
+fi
+for _ in $(seq 1 50); do
+  virsh -c qemu:///system version >/dev/null 2>&1 && break
+  sleep 0.1
+done
+virsh -c qemu:///system version >/dev/null 2>&1 || die "libvirtd did not come up (see /var/log/libvirt)"
+
+if ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
+  say "starting redis-server on 127.0.0.1:6379"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no \
+    --logfile /var/log/redis/redis-server.log --dir /var/lib/redis >/dev/null
+  for _ in $(seq 1 50); do redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+redis-cli -h 127.0.0.1 ping >/dev/null || die "redis did not come up"
+
+if [ "$want_pg" = 1 ]; then
+  ver=$(ls /usr/lib/postgresql | sort -n | tail -1)
+  if ! pg_lsclusters -h 2>/dev/null | grep -q online; then
+    say "starting PostgreSQL $ver"
+    pg_lsclusters -h | grep -q "^$ver main" || pg_createcluster "$ver" main >/dev/null
+    pg_ctlcluster "$ver" main start
+  fi
+  for _ in $(seq 1 50); do su postgres -c "psql -Atqc 'select 1'" >/dev/null 2>&1 && break; sleep 0.2; done
+  su postgres -c "psql -Atqc \"select 1 from pg_roles where rolname='virsh_sandbox'\"" | grep -q 1 || \
+    su postgres -c "psql -qc \"create role virsh_sandbox login createdb password 'virsh_sandbox'\""
+  su postgres -c "psql -Atqc \"select 1 from pg_database where datname='virsh_sandbox'\"" | grep -q 1 || \
+    su postgres -c "createdb -O virsh_sandbox virsh_sandbox"
+fi
+say "services up: libvirtd, virtlogd, redis$([ $want_pg = 1 ] && echo ', postgresql')"

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Stops the daphne server and the worker started by scripts/run.sh.
+source "$(dirname "$0")/lib.sh"
+for name in daphne worker; do
+  pidfile="$VSB_DATA_DIR/$name.pid"
+  [ -f "$pidfile" ] || continue
+  pid=$(cat "$pidfile")
+  if kill "$pid" 2>/dev/null; then
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "$pid" 2>/dev/null || true
+    say "stopped $name ($pid)"
+  fi
+  rm -f "$pidfile"
+done

@@ -1,0 +1,91 @@
+"""Personas and shared fixtures. alice and bob are agents who must not see each other's
+sandboxes; olivia is an operator (staff); anonymous callers carry no key."""
+
+from __future__ import annotations
+
+import pytest
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from sandboxes import runtime, services
+from sandboxes.choices import SourceKind
+from sandboxes.models import SourceVM
+
+
+@pytest.fixture(autouse=True)
+def _fresh_drivers():
+    runtime.reset_drivers()
+    yield
+    runtime.reset_drivers()
+
+
+def make_agent(django_user_model, username: str):
+    user = django_user_model.objects.create_user(username=username)
+    _, secret = services.create_api_key(user, "test")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    client.user = user
+    client.secret = secret
+    return client
+
+
+@pytest.fixture
+def alice(db, django_user_model):
+    return make_agent(django_user_model, "alice")
+
+
+@pytest.fixture
+def bob(db, django_user_model):
+    return make_agent(django_user_model, "bob")
+
+
+@pytest.fixture
+def olivia(db, django_user_model):
+    user = django_user_model.objects.create_user(username="olivia", is_staff=True)
+    client = APIClient()
+    client.force_authenticate(user)
+    client.user = user
+    return client
+
+
+@pytest.fixture
+def anonymous():
+    return APIClient()
+
+
+@pytest.fixture
+def host(db):
+    """This machine's host with a fresh heartbeat, as if its worker were running."""
+    h = services.ensure_host()
+    h.last_heartbeat = timezone.now()
+    h.save(update_fields=["last_heartbeat"])
+    return h
+
+
+@pytest.fixture
+def source(db, tmp_path):
+    disk = tmp_path / "base.qcow2"
+    disk.write_bytes(b"")
+    return SourceVM.objects.create(
+        name="debian-base",
+        kind=SourceKind.IMAGE,
+        disk_path=str(disk),
+        kernel=str(tmp_path / "vmlinuz"),
+        initrd=str(tmp_path / "initrd.img"),
+        cmdline="root=/dev/vda rw console=ttyS0",
+    )
+
+
+@pytest.fixture
+def sent_tasks(monkeypatch):
+    """Records tasks the service layer sends (unit tests only; the integration and e2e
+    rings run a real worker)."""
+    from config.celery import app
+
+    sent: list[tuple[str, list, str]] = []
+
+    def fake_send_task(name, args=None, queue=None, **kwargs):
+        sent.append((name, list(args or []), queue))
+
+    monkeypatch.setattr(app, "send_task", fake_send_task)
+    return sent
