@@ -1,0 +1,196 @@
+"""Real processes for the integration and end-to-end rings: a Celery worker consuming the
+test host's queue and a daphne server, both on the test database and the test Redis db.
+Every process started here is killed on teardown, also when the test failed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def database_url() -> str:
+    db = settings.DATABASES["default"]
+    return (
+        f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    )
+
+
+def stack_env(**overrides: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "config.settings.test",
+            "DATABASE_URL": database_url(),
+            "VSB_HOST_NAME": settings.VSB["HOST_NAME"],
+            "VSB_SSH_CA_KEY": settings.VSB["SSH_CA_KEY"],
+            "VSB_SANDBOX_DIR": settings.VSB["SANDBOX_DIR"],
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(overrides)
+    return env
+
+
+@dataclass
+class Proc:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    popen: subprocess.Popen | None = None
+    log_path: Path = field(default_factory=Path)
+
+    def start(self) -> None:
+        ARTIFACTS.mkdir(exist_ok=True)
+        self.log_path = ARTIFACTS / f"{self.name}.log"
+        log = open(self.log_path, "ab")
+        log.write(f"\n==== start {time.strftime('%H:%M:%S')} {' '.join(self.argv)}\n".encode())
+        log.flush()
+        self.popen = subprocess.Popen(
+            self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.popen and self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.popen.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(timeout=10)
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def flush_test_redis() -> None:
+    import redis
+
+    redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
+
+
+def worker(**env: str) -> Proc:
+    queue = f"kvm.{settings.VSB['HOST_NAME']}"
+    return Proc(
+        "worker",
+        [str(BIN / "celery"), "-A", "config", "worker", "-Q", f"{queue},control", "-P", "threads",
+         "-c", "8", "--without-gossip", "--without-mingle", "-l", "INFO",
+         "--hostname", f"test-{os.getpid()}@%h"],
+        stack_env(**env),
+    )
+
+
+def wait_for_heartbeat(proc: Proc, timeout: float = 60) -> None:
+    """Until the worker has registered its host (worker_ready ran)."""
+    from django.db import connection
+
+    from sandboxes.models import Host
+
+    deadline = time.monotonic() + timeout
+    started = time.time()
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"worker exited early:\n{proc.log_tail()}")
+        host = Host.objects.filter(name=settings.VSB["HOST_NAME"]).first()
+        if host and host.last_heartbeat and host.last_heartbeat.timestamp() >= started - 1:
+            return
+        connection.close()
+        time.sleep(0.2)
+    raise RuntimeError(f"worker did not register its host:\n{proc.log_tail()}")
+
+
+def daphne(port: int, **env: str) -> Proc:
+    return Proc(
+        "daphne",
+        [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
+        stack_env(**env),
+    )
+
+
+def wait_for_http(url: str, proc: Proc, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited early:\n{proc.log_tail()}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer:\n{proc.log_tail()}")
+
+
+class Api:
+    """A minimal HTTP client for the tests: real HTTP through daphne, JSON in and out."""
+
+    def __init__(self, base_url: str, key: str | None):
+        self.base_url = base_url.rstrip("/")
+        self.key = key
+
+    def request(self, method: str, path: str, body=None, raw: bytes | None = None, timeout: float = 300):
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        req = urllib.request.Request(self.base_url + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if self.key:
+            req.add_header("Authorization", f"Bearer {self.key}")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                text = resp.read()
+                return resp.status, (json.loads(text) if text else None)
+        except urllib.error.HTTPError as err:
+            text = err.read()
+            try:
+                return err.code, json.loads(text)
+            except ValueError:
+                return err.code, {"raw": text.decode(errors="replace")}
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path, body=None, **kw):
+        return self.request("POST", path, body if body is not None else {}, **kw)
+
+    def delete(self, path, **kw):
+        return self.request("DELETE", path, **kw)
+
+    def wait_operation(self, op_id: str, timeout: float = 240) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, op = self.get(f"/v1/operations/{op_id}")
+            assert status == 200, op
+            if op["status"] in ("succeeded", "failed", "errored"):
+                return op
+            time.sleep(0.2)
+        raise AssertionError(f"operation {op_id} not done after {timeout} s: {op}")
