@@ -57,6 +57,16 @@ def recover(host: Host) -> int:
     return len(ops)
 
 
+def _domain_type(driver) -> str:
+    """kvm or qemu (TCG); says once, loudly, why it fell back to TCG."""
+    verdict = getattr(driver, "domain_type_verdict", None)
+    if verdict is None:
+        return getattr(driver, "domain_type", "") or ""
+    if verdict.domain_type == "qemu":
+        log.warning("guests run under TCG (software emulation): %s", verdict.reason)
+    return verdict.domain_type
+
+
 @worker_ready.connect
 def on_worker_ready(sender=None, **_kwargs) -> None:
     host_name = vsb("HOST_NAME")
@@ -64,8 +74,7 @@ def on_worker_ready(sender=None, **_kwargs) -> None:
     if queue not in _consumed_queues(sender):
         return  # a control-only worker: no host to look after
     host = services.ensure_host(host_name)
-    driver = get_driver(host.libvirt_uri)
-    domain_type = getattr(driver, "domain_type", "") or ""
+    domain_type = _domain_type(get_driver(host.libvirt_uri))
     services.record_heartbeat(host, domain_type)
     log.info("worker for host %s consuming %s (domain type %s)", host.name, queue, domain_type or "?")
     recover(host)

@@ -1,0 +1,225 @@
+"""Tasks run in this process against the fake driver: each reloads by id, checks the work is
+still wanted, and records the outcome. (The integration and e2e rings run a real worker.)"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from sandboxes import provisioning, runtime, services, tasks, worker
+from sandboxes.choices import CommandStatus, OperationStatus, SandboxState
+from sandboxes.drivers.base import SHUTOFF, PermanentDriverError, TransientDriverError
+from sandboxes.models import Command, Operation, Sandbox
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def driver(settings):
+    settings.VSB = {**settings.VSB, "DRIVER": "fake"}
+    runtime.reset_drivers()
+    return runtime.get_driver()
+
+
+@pytest.fixture
+def waits(monkeypatch):
+    calls: list[tuple[str, float]] = []
+    monkeypatch.setattr(tasks, "_enqueue_wait", lambda op, countdown: calls.append((str(op.pk), countdown)))
+    return calls
+
+
+@pytest.fixture
+def create_op(host, source, django_user_model, sent_tasks):
+    owner = django_user_model.objects.create_user("tess")
+
+    def make(**kw) -> Operation:
+        return services.create_sandbox(owner, source_vm_name="debian-base", **kw)
+
+    return make
+
+
+def test_it_creates_a_stopped_sandbox_when_not_auto_started(driver, create_op):
+    op = create_op(auto_start=False)
+    tasks.provision_sandbox.run(str(op.pk))
+    op.refresh_from_db()
+    sandbox = op.sandbox
+    sandbox.refresh_from_db()
+    assert op.status == OperationStatus.SUCCEEDED and op.progress == 100
+    assert sandbox.state == SandboxState.STOPPED
+    domain = driver.get_domain(sandbox.name)
+    assert domain.state == SHUTOFF and domain.tags == {"sandbox": str(sandbox.pk)}
+
+
+def test_it_boots_and_hands_over_to_the_readiness_poll(driver, create_op, waits):
+    op = create_op()
+    tasks.provision_sandbox.run(str(op.pk))
+    op.sandbox.refresh_from_db()
+    assert op.sandbox.state == SandboxState.BOOTING
+    assert driver.state(op.sandbox.name) == "running"
+    assert waits == [(str(op.pk), 1.0)]
+    spec = driver.domains[op.sandbox.name].spec
+    assert f"vsb.principals={op.sandbox.principal}" in spec.cmdline
+    assert "vsb.ca=ssh-ed25519:" in spec.cmdline
+    assert spec.network.host_port == op.sandbox.ssh_port
+
+
+def test_it_is_harmless_to_run_the_create_twice(driver, create_op, waits):
+    op = create_op()
+    tasks.provision_sandbox.run(str(op.pk))
+    Operation.objects.filter(pk=op.pk).update(status=OperationStatus.RUNNING)
+    tasks.provision_sandbox.run(str(op.pk))
+    assert len(driver.list_domains()) == 1
+    op.refresh_from_db()
+    assert op.attempt == 2
+
+
+def test_it_fails_a_create_on_a_permanent_error_and_leaves_nothing(driver, create_op):
+    op = create_op()
+    driver.fail_next("start", PermanentDriverError("Cannot access storage file /x: Permission denied"))
+    tasks.provision_sandbox.run(str(op.pk))
+    op.refresh_from_db()
+    op.sandbox.refresh_from_db()
+    assert op.status == OperationStatus.FAILED
+    assert "Permission denied" in op.error
+    assert op.sandbox.state == SandboxState.ERROR and "Permission denied" in op.sandbox.error
+    assert driver.list_domains() == []
+
+
+def test_it_retries_a_transient_error_with_the_operation_still_running(driver, create_op):
+    op = create_op()
+    driver.fail_next("clone", TransientDriverError("cannot acquire state change lock"))
+    with pytest.raises(TransientDriverError):
+        tasks.provision_sandbox.run(str(op.pk))  # called directly, retry() re-raises
+    op.refresh_from_db()
+    assert op.status == OperationStatus.RUNNING
+    assert "retrying after" in op.message
+
+
+def test_it_gives_up_after_the_last_attempt(driver, create_op, settings):
+    op = create_op()
+    Operation.objects.filter(pk=op.pk).update(attempt=settings.VSB["TASK_MAX_ATTEMPTS"])
+    tasks.provision_sandbox.run(str(op.pk))
+    op.refresh_from_db()
+    assert op.status == OperationStatus.FAILED and "gave up" in op.error
+    assert driver.list_domains() == []
+
+
+def test_it_cleans_up_a_clone_whose_sandbox_was_destroyed_meanwhile(driver, create_op, monkeypatch):
+    op = create_op()
+    real_clone = driver.clone
+
+    def clone_then_destroy_request(spec):
+        info = real_clone(spec)
+        Sandbox.objects.filter(pk=op.sandbox_id).update(state=SandboxState.DESTROYING)
+        return info
+
+    monkeypatch.setattr(driver, "clone", clone_then_destroy_request)
+    tasks.provision_sandbox.run(str(op.pk))
+    op.refresh_from_db()
+    assert op.status == OperationStatus.FAILED
+    assert driver.list_domains() == []
+
+
+def test_it_polls_again_until_the_guest_prints_its_host_key(driver, create_op, waits):
+    op = create_op()
+    tasks.provision_sandbox.run(str(op.pk))
+    waits.clear()
+    tasks.wait_ready.run(str(op.pk))
+    op.sandbox.refresh_from_db()
+    assert op.sandbox.state == SandboxState.WAITING_FOR_IP
+    assert len(waits) == 1
+
+
+def test_it_fails_the_boot_when_the_guest_stops(driver, create_op, waits):
+    op = create_op()
+    tasks.provision_sandbox.run(str(op.pk))
+    driver.set_state(op.sandbox.name, SHUTOFF)
+    tasks.wait_ready.run(str(op.pk))
+    op.refresh_from_db()
+    op.sandbox.refresh_from_db()
+    assert op.status == OperationStatus.FAILED and "stopped while booting" in op.error
+    assert op.sandbox.state == SandboxState.ERROR
+    assert driver.list_domains() == []
+
+
+def test_it_fails_the_boot_after_the_ready_deadline(driver, create_op, waits, settings):
+    op = create_op()
+    tasks.provision_sandbox.run(str(op.pk))
+    Operation.objects.filter(pk=op.pk).update(
+        started_at=timezone.now() - timedelta(seconds=settings.VSB["READY_TIMEOUT_SECONDS"] + 1)
+    )
+    tasks.wait_ready.run(str(op.pk))
+    op.refresh_from_db()
+    assert op.status == OperationStatus.FAILED and "did not answer SSH" in op.error
+    assert driver.list_domains() == []
+
+
+def test_it_reads_the_pinned_host_key_from_the_console_log(driver, create_op, tmp_path):
+    op = create_op()
+    sandbox = op.sandbox
+    Sandbox.objects.filter(pk=sandbox.pk).update(workdir=str(tmp_path))
+    sandbox.refresh_from_db()
+    (tmp_path / "console.log").write_text(
+        "[    1.0] booting\nvsb-hostkey: ssh-ed25519 AAAAold\nvsb-hostkey: ssh-ed25519 AAAAnew\r\n"
+    )
+    assert provisioning.console_host_key(sandbox) == "ssh-ed25519 AAAAnew"
+
+
+def test_it_stops_and_destroys(driver, create_op, waits, sent_tasks):
+    op = create_op()
+    tasks.provision_sandbox.run(str(op.pk))
+    sandbox = Sandbox.objects.get(pk=op.sandbox_id)
+    Sandbox.objects.filter(pk=sandbox.pk).update(state=SandboxState.READY)
+    sandbox.refresh_from_db()
+    stop = services.stop_sandbox(sandbox, sandbox.owner)
+    tasks.stop_sandbox.run(str(stop.pk))
+    sandbox.refresh_from_db()
+    assert sandbox.state == SandboxState.STOPPED
+    assert driver.state(sandbox.name) == SHUTOFF
+    destroy = services.destroy_sandbox(sandbox, sandbox.owner)
+    tasks.destroy_sandbox.run(str(destroy.pk))
+    sandbox.refresh_from_db()
+    destroy.refresh_from_db()
+    assert sandbox.state == SandboxState.DESTROYED and destroy.status == OperationStatus.SUCCEEDED
+    assert driver.get_domain(sandbox.name) is None
+
+
+def test_it_destroys_expired_sandboxes(driver, create_op, sent_tasks):
+    op = create_op(ttl_seconds=60)
+    Sandbox.objects.filter(pk=op.sandbox_id).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert tasks.reap_expired_sandboxes.run() == 1
+    sandbox = Sandbox.objects.get(pk=op.sandbox_id)
+    assert sandbox.state == SandboxState.DESTROYING
+    assert sandbox.operations.filter(kind="destroy").exists()
+
+
+def test_it_errors_operations_stuck_past_their_deadline(driver, create_op):
+    op = create_op()
+    Operation.objects.filter(pk=op.pk).update(deadline=timezone.now() - timedelta(seconds=1))
+    Sandbox.objects.filter(pk=op.sandbox_id).update(state=SandboxState.BOOTING)
+    assert tasks.fail_stuck_operations.run() == 1
+    op.refresh_from_db()
+    sandbox = Sandbox.objects.get(pk=op.sandbox_id)
+    assert op.status == OperationStatus.ERRORED and "deadline" in op.error
+    assert sandbox.state == SandboxState.ERROR and "worker" in sandbox.error
+
+
+def test_a_restarted_worker_resumes_operations_and_fails_interrupted_commands(
+    driver, create_op, sent_tasks
+):
+    op = create_op()
+    Operation.objects.filter(pk=op.pk).update(status=OperationStatus.RUNNING, attempt=1)
+    cmd = Command.objects.create(sandbox=op.sandbox, command="sleep 100", timeout_seconds=200)
+    sent_tasks.clear()
+    assert worker.recover(op.host) == 1
+    assert sent_tasks == [("sandboxes.provision_sandbox", [str(op.pk)], "kvm.testhost")]
+    cmd.refresh_from_db()
+    assert cmd.status == CommandStatus.FAILED and "restarted" in cmd.error
+
+
+def test_it_refuses_to_enqueue_on_a_queue_that_is_not_a_hosts(host):
+    host.queue_name = "kvm.typo host"
+    with pytest.raises(ValueError, match="unknown queue"):
+        services.enqueue("sandboxes.destroy_sandbox", host, "x")
