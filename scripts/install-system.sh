@@ -6,6 +6,7 @@ source "$(dirname "$0")/lib.sh"
 PACKAGES=(
   # hypervisor
   libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
+  tini
   # building libvirt-python, and the guest image
   libvirt-dev pkg-config gcc python3-dev debootstrap busybox-static e2fsprogs cpio gzip
   # services
