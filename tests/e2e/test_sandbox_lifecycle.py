@@ -17,7 +17,9 @@ from sandboxes.models import TRANSITIONAL_STATES
 from sandboxes.remote import ssh
 from sandboxes.remote.ca import CertificateAuthority
 
-pytestmark = pytest.mark.e2e
+# django_db: makes pytest-django create the test database; data the module shares is
+# written outside the per-test transaction (see conftest.e2e_stack).
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
 
 
 def virsh(*args: str) -> subprocess.CompletedProcess:
@@ -108,7 +110,7 @@ def test_it_times_out_and_returns_the_partial_output(e2e_stack, sandboxes):
     assert cmd["timed_out"] is True and cmd["status"] == "timed_out"
     assert cmd["exit_code"] is None
     assert cmd["stdout"] == "before\n"
-    leftover = run(e2e_stack.alice, sandboxes["a"], "pgrep -f 'sleep 60' || true")
+    leftover = run(e2e_stack.alice, sandboxes["a"], "pgrep -f 'sleep [6]0' || true")
     assert leftover["stdout"] == "", "the timed-out command must not keep running"
 
 

@@ -13,7 +13,9 @@ from django.conf import settings
 
 from sandboxes.models import TRANSITIONAL_STATES, Sandbox
 
-pytestmark = pytest.mark.e2e
+# django_db: makes pytest-django create the test database; data the module shares is
+# written outside the per-test transaction (see conftest.e2e_stack).
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
 
 
 def domain_exists(name: str) -> bool:
