@@ -37,7 +37,11 @@ def get_driver(libvirt_uri: str | None = None) -> HypervisorDriver:
                 from .drivers.libvirt_driver import LibvirtDriver
 
                 driver = LibvirtDriver(
-                    uri, domain_type=vsb("DOMAIN_TYPE"), probe_cache=vsb("KVM_PROBE_CACHE")
+                    uri,
+                    domain_type=vsb("DOMAIN_TYPE"),
+                    probe_cache=vsb("KVM_PROBE_CACHE"),
+                    # destroy() refuses to delete anything outside the sandboxes' directory.
+                    workdir_root=vsb("SANDBOX_DIR"),
                 )
             _drivers[key] = driver
         return driver

@@ -62,12 +62,13 @@ def test_it_recovers_a_create_interrupted_by_sigkill(e2e_stack):
         assert not Sandbox.objects.filter(pk=sandbox_id, state__in=TRANSITIONAL_STATES).exists()
 
 
-def test_it_fails_a_create_that_cannot_boot_and_leaves_nothing(e2e_stack, django_db_blocker):
-    """A source whose kernel file is missing: the create ends in error saying why, and the
-    domain and overlay are gone."""
+@pytest.fixture(scope="module")
+def broken_source(e2e_stack):
+    """A source whose kernel file is missing (committed outside the test's transaction, so
+    the server sees it)."""
     from sandboxes.models import SourceVM
 
-    with django_db_blocker.unblock():
+    with e2e_stack.blocker.unblock():
         good = SourceVM.objects.get(name="debian-base")
         SourceVM.objects.update_or_create(
             name="broken-kernel",
@@ -76,6 +77,11 @@ def test_it_fails_a_create_that_cannot_boot_and_leaves_nothing(e2e_stack, django
                 "initrd": good.initrd, "cmdline": good.cmdline,
             },
         )
+    return "broken-kernel"
+
+
+def test_it_fails_a_create_that_cannot_boot_and_leaves_nothing(e2e_stack, broken_source):
+    """The create ends in error saying why, and the domain and overlay are gone."""
     api = e2e_stack.alice
     status, body = api.post("/v1/sandboxes", {"source_vm_name": "broken-kernel"})
     assert status == 202, body

@@ -112,8 +112,6 @@ def worker(**env: str) -> Proc:
 
 def wait_for_heartbeat(proc: Proc, timeout: float = 60) -> None:
     """Until the worker has registered its host (worker_ready ran)."""
-    from django.db import connection
-
     from sandboxes.models import Host
 
     deadline = time.monotonic() + timeout
@@ -124,7 +122,6 @@ def wait_for_heartbeat(proc: Proc, timeout: float = 60) -> None:
         host = Host.objects.filter(name=settings.VSB["HOST_NAME"]).first()
         if host and host.last_heartbeat and host.last_heartbeat.timestamp() >= started - 1:
             return
-        connection.close()
         time.sleep(0.2)
     raise RuntimeError(f"worker did not register its host:\n{proc.log_tail()}")
 
