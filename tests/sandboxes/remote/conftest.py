@@ -41,7 +41,7 @@ class Guest:
 @pytest.fixture(scope="session")
 def guest(tmp_path_factory) -> Guest:
     if not os.path.exists(SSHD):
-        pytest.skip("openssh-server is not installed")
+        raise RuntimeError("openssh-server is not installed: run scripts/install-system.sh")
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation dir
     base = tmp_path_factory.mktemp("guest")
     ca = CertificateAuthority(str(base / "ca" / "ca_key"))
