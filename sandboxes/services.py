@@ -381,14 +381,19 @@ def run_command(
     result = celery_app.send_task(
         "sandboxes.run_command", args=[str(cmd.id)], queue=sandbox.host.queue_name
     )
+    outcome = None
     try:
         # The worker enforces the command timeout itself; the margin covers connecting.
-        result.get(timeout=timeout + 60, propagate=False, disable_sync_subtasks=False)
+        outcome = result.get(timeout=timeout + 60, propagate=False, disable_sync_subtasks=False)
     except Exception as exc:  # noqa: BLE001 - a lost worker must not lose the row
         log.warning("command %s: no answer from worker: %s", cmd.id, exc)
-    finally:
-        result.forget()
-    cmd.refresh_from_db()
+    if isinstance(outcome, dict) and outcome.get("fields"):
+        # The worker wrote these very values to the row; reading them back would only
+        # cost a query on every command.
+        for name, value in outcome["fields"].items():
+            setattr(cmd, name, value)
+    else:
+        cmd.refresh_from_db()
     if cmd.status == CommandStatus.RUNNING:
         raise OperationTimeout(
             f"The worker of host {sandbox.host.name} did not answer; command {cmd.id} may still run.",
@@ -397,7 +402,8 @@ def run_command(
     return cmd
 
 
-def finish_command(cmd_id, *, status: str, result=None, error: str = "") -> None:
+def finish_command(cmd_id, *, status: str, result=None, error: str = "") -> dict:
+    """Record a command's outcome; returns the fields written (JSON-safe) for the caller."""
     fields = {"status": status, "finished_at": timezone.now(), "error": error}
     if result is not None:
         fields.update(
@@ -410,6 +416,8 @@ def finish_command(cmd_id, *, status: str, result=None, error: str = "") -> None
             duration_ms=result.duration_ms,
         )
     Command.objects.filter(pk=cmd_id, status=CommandStatus.RUNNING).update(**fields)
+    fields["finished_at"] = fields["finished_at"].isoformat()
+    return fields
 
 
 # --- Operations (called by tasks) ----------------------------------------------------------

@@ -264,13 +264,12 @@ def run_command(self, command_id: str) -> dict:
     """Run one command. Not acks_late: a command must never run twice because a worker died."""
     from .remote import ssh
 
-    cmd = Command.objects.select_related("sandbox", "sandbox__host", "sandbox__source").filter(pk=command_id).first()
+    cmd = Command.objects.select_related("sandbox").filter(pk=command_id).first()
     if cmd is None or cmd.status != CommandStatus.RUNNING:
         return {"status": getattr(cmd, "status", "missing")}
     sandbox = cmd.sandbox
     if sandbox.state != SandboxState.READY:
-        services.finish_command(cmd.pk, status=CommandStatus.FAILED, error=f"sandbox is {sandbox.state}")
-        return {"status": CommandStatus.FAILED}
+        return {"fields": services.finish_command(cmd.pk, status=CommandStatus.FAILED, error=f"sandbox is {sandbox.state}")}
     for attempt in (1, 2):
         try:
             client = provisioning.pooled_client(sandbox)
@@ -288,16 +287,15 @@ def run_command(self, command_id: str) -> dict:
             # Only a failure to connect is retried: the command has not started then.
             if attempt == 1 and isinstance(exc, ssh.ConnectError):
                 continue
-            services.finish_command(cmd.pk, status=CommandStatus.FAILED, error=f"SSH: {exc}")
-            return {"status": CommandStatus.FAILED}
+            return {"fields": services.finish_command(cmd.pk, status=CommandStatus.FAILED, error=f"SSH: {exc}")}
         except Exception as exc:  # noqa: BLE001
             provisioning.get_ssh_pool().discard(str(sandbox.id))
             log.exception("command %s failed", cmd.pk)
-            services.finish_command(cmd.pk, status=CommandStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
-            return {"status": CommandStatus.FAILED}
+            return {"fields": services.finish_command(
+                cmd.pk, status=CommandStatus.FAILED, error=f"{type(exc).__name__}: {exc}"
+            )}
     status = CommandStatus.TIMED_OUT if result.timed_out else CommandStatus.FINISHED
-    services.finish_command(cmd.pk, status=status, result=result)
-    return {"status": status}
+    return {"fields": services.finish_command(cmd.pk, status=status, result=result)}
 
 
 # --- Periodic sweeps (control queue) -------------------------------------------------------

@@ -89,7 +89,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Web server threads and the worker share one SQLite file: wait for the lock instead of
     # failing at once, and use WAL so readers never block the writer.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"}
+        # synchronous=NORMAL: in WAL mode still safe against a crashed process, and a commit
+        # no longer waits for an fsync (it costs every command call otherwise).
+        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
     )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -16,9 +16,15 @@ def test_it_returns_the_exit_code(client):
     assert run(client, "false", timeout=10).exit_code == 1
 
 
-def test_it_reports_a_signal_death_as_128_plus_the_signal(client):
-    result = run(client, "kill -KILL $$", timeout=10)
+def test_it_reports_a_child_killed_by_a_signal_as_128_plus_the_signal(client):
+    result = run(client, "sleep 100 & kill -KILL $!; wait $!", timeout=10)
     assert result.exit_code == 137
+    assert not result.timed_out
+
+
+def test_it_reports_no_exit_code_when_the_script_kills_its_own_shell(client):
+    result = run(client, "kill -KILL $$", timeout=10)
+    assert result.exit_code is None
     assert not result.timed_out
 
 
