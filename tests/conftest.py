@@ -12,6 +12,14 @@ from sandboxes.choices import SourceKind
 from sandboxes.models import SourceVM
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_stray_processes():
+    yield
+    from tests.support.stack import kill_all_started
+
+    kill_all_started()
+
+
 @pytest.fixture(autouse=True)
 def _fresh_drivers():
     runtime.reset_drivers()

@@ -81,11 +81,12 @@ def e2e_stack(django_db_setup, django_db_blocker):
     port = stack.free_port()
     web = stack.daphne(port, **env)
     web.start()
+    handle = None
     try:
         with django_db_blocker.unblock():
             stack.wait_for_heartbeat(worker)
         stack.wait_for_http(f"http://127.0.0.1:{port}/v1/health", web)
-        yield E2EStack(
+        handle = E2EStack(
             worker=worker,
             web=web,
             alice=stack.Api(f"http://127.0.0.1:{port}", users["e2e-alice"]),
@@ -94,9 +95,11 @@ def e2e_stack(django_db_setup, django_db_blocker):
             blocker=django_db_blocker,
             env=env,
         )
+        yield handle
     finally:
         web.stop()
-        worker.stop()
+        # A test may have replaced the worker (restart after SIGKILL): stop the current one.
+        (handle.worker if handle else worker).stop()
         leftovers = sweep_test_domains()
         assert not leftovers, f"test left domains behind: {leftovers}"
 

@@ -52,6 +52,15 @@ def stack_env(**overrides: str) -> dict[str, str]:
     return env
 
 
+STARTED: list["Proc"] = []
+
+
+def kill_all_started() -> None:
+    """Last-resort cleanup at the end of the session: no stray worker or server survives."""
+    for proc in STARTED:
+        proc.kill()
+
+
 @dataclass
 class Proc:
     name: str
@@ -70,6 +79,7 @@ class Proc:
             self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        STARTED.append(self)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.popen and self.popen.poll() is None:
