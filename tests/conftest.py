@@ -12,6 +12,22 @@ from sandboxes.choices import SourceKind
 from sandboxes.models import SourceVM
 
 
+RING_ORDER = {"unit": 0, "integration": 1, "e2e": 2}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Fast rings first: unit, then integration (real worker), then e2e (real VMs)."""
+
+    def ring(item) -> int:
+        if item.get_closest_marker("e2e"):
+            return RING_ORDER["e2e"]
+        if item.get_closest_marker("integration"):
+            return RING_ORDER["integration"]
+        return RING_ORDER["unit"]
+
+    items.sort(key=ring)  # stable: keeps file order within a ring
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _no_stray_processes():
     yield

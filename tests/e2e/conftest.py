@@ -101,6 +101,12 @@ def e2e_stack(django_db_setup, django_db_blocker):
         # A test may have replaced the worker (restart after SIGKILL): stop the current one.
         (handle.worker if handle else worker).stop()
         leftovers = sweep_test_domains()
+        with django_db_blocker.unblock():
+            # The module's rows were committed for the servers to see: flush them so the
+            # next module (or ring) starts from an empty database, as a TransactionTestCase would.
+            from django.core.management import call_command
+
+            call_command("flush", interactive=False, verbosity=0)
         assert not leftovers, f"test left domains behind: {leftovers}"
 
 
