@@ -48,7 +48,8 @@ class Api:
 
     def call(self, method: str, path: str, body=None):
         req = urllib.request.Request(
-            self.url + path, method=method,
+            self.url + path,
+            method=method,
             data=json.dumps(body).encode() if body is not None else None,
             headers={"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"},
         )
@@ -63,8 +64,12 @@ def raw_create(source: SourceVM, ca: CertificateAuthority, domain_type: str) -> 
     principal = f"bench-{uuid.uuid4().hex[:8]}"
     ca_type, ca_b64 = ca.public_key_line().split()[:2]
     spec = CloneSpec(
-        name=name, source_disk=source.disk_path, workdir=str(workdir), kernel=source.kernel,
-        initrd=source.initrd, network=PortForward(port),
+        name=name,
+        source_disk=source.disk_path,
+        workdir=str(workdir),
+        kernel=source.kernel,
+        initrd=source.initrd,
+        network=PortForward(port),
         cmdline=f"{source.cmdline} vsb.ca={ca_type}:{ca_b64} vsb.principals={principal} vsb.hostname={name}",
     )
     xml = build_domain_xml(spec, domain_type)
@@ -74,8 +79,21 @@ def raw_create(source: SourceVM, ca: CertificateAuthority, domain_type: str) -> 
         t0 = time.monotonic()
         workdir.mkdir(mode=0o755, parents=True)
         os.chmod(workdir, 0o755)
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", source.disk_path, "-F", "qcow2",
-                        overlay_path(spec)], check=True)
+        subprocess.run(
+            [
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                source.disk_path,
+                "-F",
+                "qcow2",
+                overlay_path(spec),
+            ],
+            check=True,
+        )
         dom = conn.defineXML(xml)
         dom.create()
         credential = ca.issue([principal])
@@ -104,7 +122,11 @@ def raw_create(source: SourceVM, ca: CertificateAuthority, domain_type: str) -> 
 
 def api_create(api: Api) -> tuple[float, dict]:
     t0 = time.monotonic()
-    body = api.call("POST", "/v1/sandboxes", {"source_vm_name": "debian-base", "agent_id": "bench", "wait_for_ip": True})
+    body = api.call(
+        "POST",
+        "/v1/sandboxes",
+        {"source_vm_name": "debian-base", "agent_id": "bench", "wait_for_ip": True},
+    )
     return time.monotonic() - t0, body["sandbox"]
 
 
@@ -113,7 +135,9 @@ def ms(seconds: float) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--url", default="http://127.0.0.1:8080")
     parser.add_argument("--api-key", default=os.environ.get("VSB_API_KEY"))
     parser.add_argument("--creates", type=int, default=3)
@@ -149,7 +173,9 @@ def main() -> None:
             api_exec.append(time.monotonic() - t0)
             assert result["command"]["exit_code"] == 0, result
         credential = ca.issue([f"sandbox-{uuid.UUID(keep['id']).hex}"])
-        client = ssh.connect(ssh.SSHTarget("127.0.0.1", keep["ssh_port"], "root", keep["host_key"]), credential)
+        client = ssh.connect(
+            ssh.SSHTarget("127.0.0.1", keep["ssh_port"], "root", keep["host_key"]), credential
+        )
         raw_exec = []
         for _ in range(5):
             client.exec_command("true")[1].channel.recv_exit_status()
@@ -166,13 +192,19 @@ def main() -> None:
     raw_e, api_e = statistics.median(raw_exec), statistics.median(api_exec)
     print()
     print(f"{'measure':<34}{'raw':>12}{'api':>12}{'ratio':>9}   target")
-    print(f"{'create-to-ready (median of ' + str(args.creates) + ')':<34}{raw_c:>10.2f} s{api_c:>10.2f} s"
-          f"{api_c / raw_c:>9.2f}   <= 1.10  {'OK' if api_c <= raw_c * 1.10 else 'MISSED'}")
-    print(f"{'exec `true` (median of ' + str(args.execs) + ')':<34}{ms(raw_e):>12}{ms(api_e):>12}"
-          f"{api_e / raw_e:>9.2f}   <= 1.5x raw + 20 ms = {ms(raw_e * 1.5 + 0.020)}  "
-          f"{'OK' if api_e <= raw_e * 1.5 + 0.020 else 'MISSED'}")
-    print(f"{'exec p90':<34}{ms(statistics.quantiles(raw_exec, n=10)[-1]):>12}"
-          f"{ms(statistics.quantiles(api_exec, n=10)[-1]):>12}")
+    print(
+        f"{'create-to-ready (median of ' + str(args.creates) + ')':<34}{raw_c:>10.2f} s{api_c:>10.2f} s"
+        f"{api_c / raw_c:>9.2f}   <= 1.10  {'OK' if api_c <= raw_c * 1.10 else 'MISSED'}"
+    )
+    print(
+        f"{'exec `true` (median of ' + str(args.execs) + ')':<34}{ms(raw_e):>12}{ms(api_e):>12}"
+        f"{api_e / raw_e:>9.2f}   <= 1.5x raw + 20 ms = {ms(raw_e * 1.5 + 0.020)}  "
+        f"{'OK' if api_e <= raw_e * 1.5 + 0.020 else 'MISSED'}"
+    )
+    print(
+        f"{'exec p90':<34}{ms(statistics.quantiles(raw_exec, n=10)[-1]):>12}"
+        f"{ms(statistics.quantiles(api_exec, n=10)[-1]):>12}"
+    )
 
 
 if __name__ == "__main__":

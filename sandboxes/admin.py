@@ -1,5 +1,7 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 
+from . import services
+from .exceptions import ServiceError
 from .models import ApiKey, Command, Host, Operation, Sandbox, SourceVM
 
 
@@ -18,21 +20,66 @@ class OperationInline(admin.TabularInline):
     model = Operation
     extra = 0
     can_delete = False
-    fields = ["kind", "status", "progress", "message", "error", "attempt", "created_at", "finished_at"]
+    fields = [
+        "kind",
+        "status",
+        "progress",
+        "message",
+        "error",
+        "attempt",
+        "created_at",
+        "finished_at",
+    ]
     readonly_fields = fields
     show_change_link = True
 
 
 @admin.register(Sandbox)
 class SandboxAdmin(admin.ModelAdmin):
-    list_display = ["name", "agent_id", "owner", "state", "host", "source", "ssh_port", "created_at"]
+    list_display = [
+        "name",
+        "agent_id",
+        "owner",
+        "state",
+        "host",
+        "source",
+        "ssh_port",
+        "created_at",
+    ]
     list_filter = ["state", "host", "source"]
     search_fields = ["name", "agent_id", "id"]
     readonly_fields = [f.name for f in Sandbox._meta.fields]
     inlines = [OperationInline]
+    actions = ["stop_selected", "start_selected", "destroy_selected"]
 
-    def has_add_permission(self, request):
-        return False  # sandboxes are made through the API, so a worker builds them
+    def _apply(self, request, queryset, verb: str, fn) -> None:
+        done = 0
+        for sandbox in queryset:
+            try:
+                fn(sandbox, request.user)
+                done += 1
+            except ServiceError as exc:
+                self.message_user(request, f"{sandbox.name}: {exc.message}", messages.WARNING)
+        if done:
+            self.message_user(request, f"{verb} queued for {done} sandbox(es).", messages.SUCCESS)
+
+    @admin.action(description="Stop selected sandboxes", permissions=["change"])
+    def stop_selected(self, request, queryset):
+        self._apply(request, queryset, "Stop", services.stop_sandbox)
+
+    @admin.action(description="Start selected sandboxes", permissions=["change"])
+    def start_selected(self, request, queryset):
+        self._apply(request, queryset, "Start", services.start_sandbox)
+
+    @admin.action(description="Destroy selected sandboxes", permissions=["destroy"])
+    def destroy_selected(self, request, queryset):
+        self._apply(request, queryset, "Destroy", services.destroy_sandbox)
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # rows are history; a VM is removed with the "Destroy" action
+
+    def has_destroy_permission(self, request) -> bool:
+        return request.user.has_perm("sandboxes.delete_sandbox")
 
 
 @admin.register(Operation)

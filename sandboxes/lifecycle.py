@@ -38,9 +38,7 @@ def sources_for(target: str) -> list[str]:
     return [state for state, targets in ALLOWED.items() if target in targets]
 
 
-def transition(
-    sandbox_id, target: str, *, expected: Iterable[str] | None = None, **fields
-) -> bool:
+def transition(sandbox_id, target: str, *, expected: Iterable[str] | None = None, **fields) -> bool:
     """Move the sandbox to `target` if it is in one of `expected` (default: every state
     allowed to reach target). Returns whether this caller made the move."""
     allowed_from = sources_for(target)

@@ -61,13 +61,13 @@ class Host(models.Model):
     def __str__(self) -> str:
         return self.name
 
-    @staticmethod
-    def queue_for(name: str) -> str:
-        return f"kvm.{name}"
-
     def save(self, *args, **kwargs) -> None:
         self.queue_name = self.queue_for(self.name)
         super().save(*args, **kwargs)
+
+    @staticmethod
+    def queue_for(name: str) -> str:
+        return f"kvm.{name}"
 
     def is_alive(self, within_seconds: int = 90) -> bool:
         return bool(
@@ -256,7 +256,9 @@ class ApiKey(models.Model):
     """An agent's API key. Only a SHA-256 of the secret is stored: keys are 256-bit random,
     so a slow password hash would buy nothing and cost every request."""
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys"
+    )
     name = models.CharField(max_length=100, blank=True)
     prefix = models.CharField(max_length=12, unique=True)
     key_hash = models.CharField(max_length=64)

@@ -63,7 +63,9 @@ def clone_spec(sandbox: Sandbox) -> CloneSpec:
                 f"vsb.principals={sandbox.principal} vsb.hostname={sandbox.name}"
             ).strip()
     if sandbox.network_mode == NetworkMode.PORT_FORWARD:
-        network = PortForward(host_port=sandbox.ssh_port, bind_address=sandbox.ssh_host or "127.0.0.1")
+        network = PortForward(
+            host_port=sandbox.ssh_port, bind_address=sandbox.ssh_host or "127.0.0.1"
+        )
     else:
         network = LibvirtNetwork(
             name=vsb("LIBVIRT_NETWORK"),

@@ -26,7 +26,7 @@ from .choices import (
     OperationStatus,
     SandboxState,
 )
-from .exceptions import Conflict, InvalidInput, NotFound, OperationTimeout, Unavailable
+from .exceptions import Conflict, InvalidInput, OperationTimeout, Unavailable
 from .models import ApiKey, Command, Host, Operation, Sandbox, SourceVM
 from .runtime import vsb
 
@@ -156,7 +156,9 @@ def visible_operations(user):
 # --- Sandbox lifecycle ---------------------------------------------------------------------
 
 
-def _new_operation(kind: str, sandbox: Sandbox, user, *, deadline_seconds: int, **input) -> Operation:
+def _new_operation(
+    kind: str, sandbox: Sandbox, user, *, deadline_seconds: int, **input
+) -> Operation:
     return Operation.objects.create(
         kind=kind,
         sandbox=sandbox,
@@ -194,7 +196,9 @@ def port_is_free(port: int, address: str = "127.0.0.1") -> bool:
     return True
 
 
-def validate_sizes(vcpus: int | None, memory_mb: int | None, ttl_seconds: int | None) -> tuple[int, int, int | None]:
+def validate_sizes(
+    vcpus: int | None, memory_mb: int | None, ttl_seconds: int | None
+) -> tuple[int, int, int | None]:
     vcpus = vsb("DEFAULT_VCPUS") if vcpus is None else vcpus
     memory_mb = vsb("DEFAULT_MEMORY_MB") if memory_mb is None else memory_mb
     if not 1 <= vcpus <= vsb("MAX_VCPUS"):
@@ -248,7 +252,9 @@ def create_sandbox(
                     vcpus=vcpus,
                     memory_mb=memory_mb,
                     ttl_seconds=ttl_seconds,
-                    expires_at=timezone.now() + timedelta(seconds=ttl_seconds) if ttl_seconds else None,
+                    expires_at=timezone.now() + timedelta(seconds=ttl_seconds)
+                    if ttl_seconds
+                    else None,
                     network_mode=mode,
                     ssh_host="127.0.0.1" if mode == NetworkMode.PORT_FORWARD else "",
                     ssh_port=_allocate_port(host) if mode == NetworkMode.PORT_FORWARD else None,
@@ -270,7 +276,9 @@ def create_sandbox(
     raise Unavailable("Could not allocate a port for the sandbox; try again.", code="busy")
 
 
-def _lifecycle_op(sandbox: Sandbox, user, kind: str, target: str, task: str, deadline: int, **input) -> Operation:
+def _lifecycle_op(
+    sandbox: Sandbox, user, kind: str, target: str, task: str, deadline: int, **input
+) -> Operation:
     with transaction.atomic():
         if not lifecycle.transition(sandbox.pk, target):
             sandbox.refresh_from_db(fields=["state"])
@@ -288,14 +296,22 @@ def start_sandbox(sandbox: Sandbox, user) -> Operation:
     if sandbox.state == SandboxState.READY:
         raise Conflict(f"Sandbox {sandbox.name} is already running.", code="invalid_state")
     return _lifecycle_op(
-        sandbox, user, OperationKind.START, SandboxState.BOOTING, "sandboxes.start_sandbox",
+        sandbox,
+        user,
+        OperationKind.START,
+        SandboxState.BOOTING,
+        "sandboxes.start_sandbox",
         vsb("READY_TIMEOUT_SECONDS") + 60,
     )
 
 
 def stop_sandbox(sandbox: Sandbox, user) -> Operation:
     return _lifecycle_op(
-        sandbox, user, OperationKind.STOP, SandboxState.STOPPING, "sandboxes.stop_sandbox",
+        sandbox,
+        user,
+        OperationKind.STOP,
+        SandboxState.STOPPING,
+        "sandboxes.stop_sandbox",
         vsb("SHUTDOWN_TIMEOUT_SECONDS") + 120,
     )
 
@@ -308,7 +324,11 @@ def destroy_sandbox(sandbox: Sandbox, user) -> Operation:
     if sandbox.state == SandboxState.DESTROYED:
         raise Conflict(f"Sandbox {sandbox.name} is already destroyed.", code="invalid_state")
     return _lifecycle_op(
-        sandbox, user, OperationKind.DESTROY, SandboxState.DESTROYING, "sandboxes.destroy_sandbox",
+        sandbox,
+        user,
+        OperationKind.DESTROY,
+        SandboxState.DESTROYING,
+        "sandboxes.destroy_sandbox",
         vsb("SHUTDOWN_TIMEOUT_SECONDS") + 300,
     )
 
@@ -332,7 +352,9 @@ def wait_for_operation(op: Operation, timeout: float, poll: float = 0.05) -> Ope
 # --- Commands ------------------------------------------------------------------------------
 
 
-def validate_command_input(command: str, timeout_seconds: int | None, env: dict | None, cwd: str) -> int:
+def validate_command_input(
+    command: str, timeout_seconds: int | None, env: dict | None, cwd: str
+) -> int:
     if not command or not command.strip():
         raise InvalidInput.field("command", "must not be empty.")
     if "\x00" in command:
@@ -445,7 +467,9 @@ def report_progress(op_id, progress: int, message: str) -> None:
     )
 
 
-def finish_operation(op_id, status: str, *, error: str = "", message: str = "", result: dict | None = None) -> bool:
+def finish_operation(
+    op_id, status: str, *, error: str = "", message: str = "", result: dict | None = None
+) -> bool:
     """Close a running (or pending) operation; False if someone else closed it first."""
     fields = {
         "status": status,
@@ -472,9 +496,7 @@ def orphaned_work(host: Host) -> tuple[list[Operation], int]:
     """Called when the host's (only) worker starts: every operation it had running died
     with the previous process. Commands that were running are marked failed, since running
     them again could repeat side effects."""
-    failed = Command.objects.filter(
-        sandbox__host=host, status=CommandStatus.RUNNING
-    ).update(
+    failed = Command.objects.filter(sandbox__host=host, status=CommandStatus.RUNNING).update(
         status=CommandStatus.FAILED,
         finished_at=timezone.now(),
         error="The worker restarted while this command ran; it may or may not have completed.",
@@ -505,14 +527,19 @@ def fail_stuck_operations() -> int:
                 lifecycle.transition(
                     op.sandbox_id,
                     SandboxState.ERROR,
-                    expected=[s for s in lifecycle.sources_for(SandboxState.ERROR)
-                              if s not in (SandboxState.READY, SandboxState.STOPPED)],
+                    expected=[
+                        s
+                        for s in lifecycle.sources_for(SandboxState.ERROR)
+                        if s not in (SandboxState.READY, SandboxState.STOPPED)
+                    ],
                     error=reason,
                 )
     return count
 
 
 def expired_sandboxes():
-    return Sandbox.objects.filter(expires_at__lt=timezone.now()).exclude(
-        state__in=[SandboxState.DESTROYING, SandboxState.DESTROYED]
-    ).select_related("host")
+    return (
+        Sandbox.objects.filter(expires_at__lt=timezone.now())
+        .exclude(state__in=[SandboxState.DESTROYING, SandboxState.DESTROYED])
+        .select_related("host")
+    )

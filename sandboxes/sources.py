@@ -21,14 +21,26 @@ def register_image(name: str, image_dir: Path, manifest: dict) -> list[SourceVM]
         "enabled": True,
     }
     variants = [
-        (name, manifest["fast_cmdline"], "Debian 12, busybox init (boots to SSH in ~6 s under TCG)"),
-        (f"{name}-systemd", manifest["systemd_cmdline"], "Debian 12, systemd (boots to SSH in ~13 s under TCG)"),
+        (
+            name,
+            manifest["fast_cmdline"],
+            "Debian 12, busybox init (boots to SSH in ~6 s under TCG)",
+        ),
+        (
+            f"{name}-systemd",
+            manifest["systemd_cmdline"],
+            "Debian 12, systemd (boots to SSH in ~13 s under TCG)",
+        ),
     ]
     rows = []
     for row_name, cmdline, description in variants:
         row, _ = SourceVM.objects.update_or_create(
             name=row_name,
-            defaults={**common, "cmdline": cmdline, "description": f"{description}; image {manifest.get('key', '')}"},
+            defaults={
+                **common,
+                "cmdline": cmdline,
+                "description": f"{description}; image {manifest.get('key', '')}",
+            },
         )
         rows.append(row)
     return rows
@@ -40,6 +52,10 @@ def register_domain(name: str, domain_name: str, description: str = "") -> Sourc
         raise InvalidInput.field("domain_name", "is required.")
     row, _ = SourceVM.objects.update_or_create(
         name=name,
-        defaults={"kind": SourceKind.DOMAIN, "domain_name": domain_name, "description": description},
+        defaults={
+            "kind": SourceKind.DOMAIN,
+            "domain_name": domain_name,
+            "description": description,
+        },
     )
     return row

@@ -25,7 +25,12 @@ TASK_FOR_KIND = {
     OperationKind.STOP: "sandboxes.stop_sandbox",
     OperationKind.DESTROY: "sandboxes.destroy_sandbox",
 }
-TASK_OPTIONS = {"bind": True, "acks_late": True, "reject_on_worker_lost": True, "ignore_result": True}
+TASK_OPTIONS = {
+    "bind": True,
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "ignore_result": True,
+}
 
 
 def _is_transient(exc: Exception) -> bool:
@@ -37,7 +42,7 @@ def _retry_or_fail(task, op: Operation, exc: Exception, on_fail) -> None:
     anything else (or the last attempt) fails the operation with the error's message."""
     if _is_transient(exc) and op.attempt < vsb("TASK_MAX_ATTEMPTS"):
         services.report_progress(op.pk, op.progress, f"retrying after: {exc}")
-        raise task.retry(exc=exc, countdown=min(2 ** op.attempt, 30), max_retries=None)
+        raise task.retry(exc=exc, countdown=min(2**op.attempt, 30), max_retries=None)
     on_fail(f"{exc}")
 
 
@@ -65,8 +70,10 @@ def _fail_keep(op: Operation, reason: str) -> None:
 
 
 def _failer(op: Operation):
-    return (lambda reason: _fail_create(op, reason)) if op.kind == OperationKind.CREATE else (
-        lambda reason: _fail_keep(op, reason)
+    return (
+        (lambda reason: _fail_create(op, reason))
+        if op.kind == OperationKind.CREATE
+        else (lambda reason: _fail_keep(op, reason))
     )
 
 
@@ -85,25 +92,41 @@ def provision_sandbox(self, op_id: str) -> None:
         return
     if sandbox.state in (SandboxState.DESTROYING, SandboxState.DESTROYED, SandboxState.ERROR):
         services.finish_operation(
-            op.pk, OperationStatus.FAILED, error=f"sandbox became {sandbox.state} before it was created"
+            op.pk,
+            OperationStatus.FAILED,
+            error=f"sandbox became {sandbox.state} before it was created",
         )
         return
     try:
         if sandbox.state == SandboxState.REQUESTED:
-            lifecycle.transition(sandbox.pk, SandboxState.PROVISIONING, expected=[SandboxState.REQUESTED])
+            lifecycle.transition(
+                sandbox.pk, SandboxState.PROVISIONING, expected=[SandboxState.REQUESTED]
+            )
         services.report_progress(op.pk, 10, "cloning disk (qcow2 linked clone)")
         provisioning.ensure_free_port(sandbox)
         info = provisioning.driver_for(sandbox).clone(provisioning.clone_spec(sandbox))
         sandbox.refresh_from_db()
-        if sandbox.state not in (SandboxState.PROVISIONING, SandboxState.BOOTING, SandboxState.WAITING_FOR_IP):
+        if sandbox.state not in (
+            SandboxState.PROVISIONING,
+            SandboxState.BOOTING,
+            SandboxState.WAITING_FOR_IP,
+        ):
             # Destroyed while we were cloning: do not leave our domain behind.
             provisioning.teardown(sandbox)
-            services.finish_operation(op.pk, OperationStatus.FAILED, error=f"sandbox became {sandbox.state}")
+            services.finish_operation(
+                op.pk, OperationStatus.FAILED, error=f"sandbox became {sandbox.state}"
+            )
             return
         if not op.input.get("auto_start", True):
-            lifecycle.transition(sandbox.pk, SandboxState.STOPPED, expected=[SandboxState.PROVISIONING])
-            services.finish_operation(op.pk, OperationStatus.SUCCEEDED, message="created (not started)",
-                                      result={"domain": info.name})
+            lifecycle.transition(
+                sandbox.pk, SandboxState.STOPPED, expected=[SandboxState.PROVISIONING]
+            )
+            services.finish_operation(
+                op.pk,
+                OperationStatus.SUCCEEDED,
+                message="created (not started)",
+                result={"domain": info.name},
+            )
             return
         services.report_progress(op.pk, 30, "starting VM")
         provisioning.driver_for(sandbox).start(sandbox.name)
@@ -123,7 +146,9 @@ def start_sandbox(self, op_id: str) -> None:
         return
     sandbox = op.sandbox
     if sandbox.state != SandboxState.BOOTING:
-        services.finish_operation(op.pk, OperationStatus.FAILED, error=f"sandbox is {sandbox.state}")
+        services.finish_operation(
+            op.pk, OperationStatus.FAILED, error=f"sandbox is {sandbox.state}"
+        )
         return
     try:
         services.report_progress(op.pk, 20, "starting VM")
@@ -141,14 +166,20 @@ def wait_ready(self, op_id: str) -> None:
     passes. It never sleeps in the worker."""
     from .remote import ssh
 
-    op = Operation.objects.select_related("sandbox", "sandbox__source", "sandbox__host").filter(pk=op_id).first()
+    op = (
+        Operation.objects.select_related("sandbox", "sandbox__source", "sandbox__host")
+        .filter(pk=op_id)
+        .first()
+    )
     if op is None or op.is_done:
         return
     sandbox = op.sandbox
     poll = vsb("READY_POLL_SECONDS")
     fail = _failer(op)
     if sandbox.state not in (SandboxState.BOOTING, SandboxState.WAITING_FOR_IP):
-        services.finish_operation(op.pk, OperationStatus.FAILED, error=f"sandbox became {sandbox.state} while booting")
+        services.finish_operation(
+            op.pk, OperationStatus.FAILED, error=f"sandbox became {sandbox.state} while booting"
+        )
         return
     started = op.started_at or op.created_at
     if (timezone.now() - started).total_seconds() > vsb("READY_TIMEOUT_SECONDS"):
@@ -166,7 +197,9 @@ def wait_ready(self, op_id: str) -> None:
         fail(f"the guest stopped while booting (domain state: {state})")
         return
     if sandbox.state == SandboxState.BOOTING:
-        lifecycle.transition(sandbox.pk, SandboxState.WAITING_FOR_IP, expected=[SandboxState.BOOTING])
+        lifecycle.transition(
+            sandbox.pk, SandboxState.WAITING_FOR_IP, expected=[SandboxState.BOOTING]
+        )
         services.report_progress(op.pk, 50, "waiting for the guest's network and SSH")
     services.report_progress(op.pk, op.progress, op.message)  # heartbeat
 
@@ -205,16 +238,23 @@ def wait_ready(self, op_id: str) -> None:
     if not pinned:
         pinned = ssh.host_key_line(client.get_transport().get_remote_server_key())
     if lifecycle.transition(
-        sandbox.pk, SandboxState.READY, expected=[SandboxState.WAITING_FOR_IP],
-        host_key=pinned, ready_at=timezone.now(),
+        sandbox.pk,
+        SandboxState.READY,
+        expected=[SandboxState.WAITING_FOR_IP],
+        host_key=pinned,
+        ready_at=timezone.now(),
     ):
         services.finish_operation(
-            op.pk, OperationStatus.SUCCEEDED, message="ready",
+            op.pk,
+            OperationStatus.SUCCEEDED,
+            message="ready",
             result={"ssh_host": sandbox.ssh_host, "ssh_port": sandbox.ssh_port},
         )
     else:
         sandbox.refresh_from_db(fields=["state"])
-        services.finish_operation(op.pk, OperationStatus.FAILED, error=f"sandbox became {sandbox.state}")
+        services.finish_operation(
+            op.pk, OperationStatus.FAILED, error=f"sandbox became {sandbox.state}"
+        )
 
 
 @shared_task(name="sandboxes.stop_sandbox", **TASK_OPTIONS)
@@ -228,7 +268,9 @@ def stop_sandbox(self, op_id: str) -> None:
     try:
         provisioning.get_ssh_pool().discard(str(sandbox.id))
         services.report_progress(op.pk, 30, "shutting down (ACPI, then force off)")
-        provisioning.driver_for(sandbox).shutdown(sandbox.name, timeout=vsb("SHUTDOWN_TIMEOUT_SECONDS"))
+        provisioning.driver_for(sandbox).shutdown(
+            sandbox.name, timeout=vsb("SHUTDOWN_TIMEOUT_SECONDS")
+        )
     except Exception as exc:  # noqa: BLE001
         _retry_or_fail(self, op, exc, lambda reason: _fail_keep(op, reason))
         return
@@ -246,6 +288,7 @@ def destroy_sandbox(self, op_id: str) -> None:
         services.report_progress(op.pk, 30, "destroying domain and disks")
         provisioning.teardown(sandbox)
     except Exception as exc:  # noqa: BLE001
+
         def give_up(reason: str) -> None:
             lifecycle.transition(sandbox.pk, SandboxState.ERROR, error=f"destroy failed: {reason}")
             services.finish_operation(op.pk, OperationStatus.FAILED, error=reason)
@@ -253,7 +296,9 @@ def destroy_sandbox(self, op_id: str) -> None:
         _retry_or_fail(self, op, exc, give_up)
         return
     lifecycle.transition(
-        sandbox.pk, SandboxState.DESTROYED, expected=[SandboxState.DESTROYING],
+        sandbox.pk,
+        SandboxState.DESTROYED,
+        expected=[SandboxState.DESTROYING],
         destroyed_at=timezone.now(),
     )
     services.finish_operation(op.pk, OperationStatus.SUCCEEDED, message="destroyed")
@@ -269,7 +314,11 @@ def run_command(self, command_id: str) -> dict:
         return {"status": getattr(cmd, "status", "missing")}
     sandbox = cmd.sandbox
     if sandbox.state != SandboxState.READY:
-        return {"fields": services.finish_command(cmd.pk, status=CommandStatus.FAILED, error=f"sandbox is {sandbox.state}")}
+        return {
+            "fields": services.finish_command(
+                cmd.pk, status=CommandStatus.FAILED, error=f"sandbox is {sandbox.state}"
+            )
+        }
     for attempt in (1, 2):
         try:
             client = provisioning.pooled_client(sandbox)
@@ -287,13 +336,19 @@ def run_command(self, command_id: str) -> dict:
             # Only a failure to connect is retried: the command has not started then.
             if attempt == 1 and isinstance(exc, ssh.ConnectError):
                 continue
-            return {"fields": services.finish_command(cmd.pk, status=CommandStatus.FAILED, error=f"SSH: {exc}")}
+            return {
+                "fields": services.finish_command(
+                    cmd.pk, status=CommandStatus.FAILED, error=f"SSH: {exc}"
+                )
+            }
         except Exception as exc:  # noqa: BLE001
             provisioning.get_ssh_pool().discard(str(sandbox.id))
             log.exception("command %s failed", cmd.pk)
-            return {"fields": services.finish_command(
-                cmd.pk, status=CommandStatus.FAILED, error=f"{type(exc).__name__}: {exc}"
-            )}
+            return {
+                "fields": services.finish_command(
+                    cmd.pk, status=CommandStatus.FAILED, error=f"{type(exc).__name__}: {exc}"
+                )
+            }
     status = CommandStatus.TIMED_OUT if result.timed_out else CommandStatus.FINISHED
     return {"fields": services.finish_command(cmd.pk, status=status, result=result)}
 

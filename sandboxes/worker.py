@@ -52,7 +52,9 @@ def recover(host: Host) -> int:
     if ops or failed_commands:
         log.warning(
             "host %s: resumed %d operation(s), marked %d interrupted command(s) failed",
-            host.name, len(ops), failed_commands,
+            host.name,
+            len(ops),
+            failed_commands,
         )
     return len(ops)
 
@@ -76,7 +78,9 @@ def on_worker_ready(sender=None, **_kwargs) -> None:
     host = services.ensure_host(host_name)
     domain_type = _domain_type(get_driver(host.libvirt_uri))
     services.record_heartbeat(host, domain_type)
-    log.info("worker for host %s consuming %s (domain type %s)", host.name, queue, domain_type or "?")
+    log.info(
+        "worker for host %s consuming %s (domain type %s)", host.name, queue, domain_type or "?"
+    )
     recover(host)
     connection.close()
     _stop.clear()

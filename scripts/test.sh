@@ -15,6 +15,8 @@ image_dir=$(bash "$ROOT/scripts/build-guest-image.sh" --cache-dir "$VSB_IMAGE_CA
 export VSB_TEST_IMAGE_DIR="$image_dir"
 export DJANGO_SETTINGS_MODULE=config.settings.test
 mkdir -p "$ROOT/test-artifacts"
+say "lint (ruff)"
+"$VENV/bin/ruff" check "$ROOT"
 set +e
 "$VENV/bin/pytest" "$@"
 rc=$?

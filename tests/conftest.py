@@ -11,7 +11,6 @@ from sandboxes import runtime, services
 from sandboxes.choices import SourceKind
 from sandboxes.models import SourceVM
 
-
 RING_ORDER = {"unit": 0, "integration": 1, "e2e": 2}
 
 

@@ -215,7 +215,9 @@ VSB = {
     "NETWORK_MODE": env.str("VSB_NETWORK_MODE", default="port_forward"),
     "LIBVIRT_NETWORK": env.str("VSB_LIBVIRT_NETWORK", default="default"),
     "IP_SOURCES": env.list("VSB_IP_SOURCES", default=["agent", "lease", "arp"]),
-    "PORT_RANGE": tuple(int(p) for p in env.str("VSB_PORT_RANGE", default="42000-42999").split("-")),
+    "PORT_RANGE": tuple(
+        int(p) for p in env.str("VSB_PORT_RANGE", default="42000-42999").split("-")
+    ),
     "DEFAULT_VCPUS": env.int("VSB_DEFAULT_VCPUS", default=1),
     "DEFAULT_MEMORY_MB": env.int("VSB_DEFAULT_MEMORY_MB", default=256),
     "MAX_VCPUS": env.int("VSB_MAX_VCPUS", default=8),

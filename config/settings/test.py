@@ -23,6 +23,8 @@ VSB.update(
         "HOST_NAME": env.str("VSB_HOST_NAME", default="testhost"),
         "SANDBOX_DIR": env.str("VSB_SANDBOX_DIR", default="/var/lib/virsh-sandbox/test-sandboxes"),
         "SSH_CA_KEY": env.str("VSB_SSH_CA_KEY", default="/var/lib/virsh-sandbox/test-ssh/ca"),
-        "PORT_RANGE": tuple(int(p) for p in env.str("VSB_PORT_RANGE", default="43000-43999").split("-")),
+        "PORT_RANGE": tuple(
+            int(p) for p in env.str("VSB_PORT_RANGE", default="43000-43999").split("-")
+        ),
     }
 )

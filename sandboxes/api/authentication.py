@@ -15,7 +15,9 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         if header:
             parts = header.split()
             if len(parts) != 2 or parts[0].lower() not in ("bearer", "token"):
-                raise exceptions.AuthenticationFailed("Authorization header must be 'Bearer <api key>'.")
+                raise exceptions.AuthenticationFailed(
+                    "Authorization header must be 'Bearer <api key>'."
+                )
             secret = parts[1]
         else:
             secret = request.META.get("HTTP_X_API_KEY", "")

@@ -34,10 +34,29 @@ class SandboxSerializer(serializers.ModelSerializer):
     class Meta:
         model = Sandbox
         fields = [
-            "id", "name", "sandbox_name", "agent_id", "state", "state_changed_at", "error",
-            "host", "source_vm_name", "base_image", "vcpus", "memory_mb", "ttl_seconds",
-            "expires_at", "network_mode", "ssh_host", "ssh_port", "ssh_username", "ip_address",
-            "host_key", "created_at", "ready_at", "destroyed_at",
+            "id",
+            "name",
+            "sandbox_name",
+            "agent_id",
+            "state",
+            "state_changed_at",
+            "error",
+            "host",
+            "source_vm_name",
+            "base_image",
+            "vcpus",
+            "memory_mb",
+            "ttl_seconds",
+            "expires_at",
+            "network_mode",
+            "ssh_host",
+            "ssh_port",
+            "ssh_username",
+            "ip_address",
+            "host_key",
+            "created_at",
+            "ready_at",
+            "destroyed_at",
         ]
         read_only_fields = fields
 
@@ -65,8 +84,21 @@ class OperationSerializer(serializers.ModelSerializer):
     class Meta:
         model = Operation
         fields = [
-            "id", "kind", "status", "sandbox_id", "host", "queue", "attempt", "progress",
-            "message", "error", "result", "created_at", "started_at", "finished_at", "deadline",
+            "id",
+            "kind",
+            "status",
+            "sandbox_id",
+            "host",
+            "queue",
+            "attempt",
+            "progress",
+            "message",
+            "error",
+            "result",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "deadline",
         ]
         read_only_fields = fields
 
@@ -80,8 +112,11 @@ class RunCommandSerializer(StrictInputSerializer):
     aliases = {"timeout_sec": "timeout_seconds"}
     command = serializers.CharField(trim_whitespace=False, allow_blank=True, max_length=1_000_000)
     timeout_seconds = serializers.IntegerField(required=False, allow_null=True, default=None)
-    env = serializers.DictField(child=serializers.CharField(allow_blank=True, trim_whitespace=False),
-                                required=False, default=dict)
+    env = serializers.DictField(
+        child=serializers.CharField(allow_blank=True, trim_whitespace=False),
+        required=False,
+        default=dict,
+    )
     cwd = serializers.CharField(required=False, allow_blank=True, default="", max_length=1000)
 
 
@@ -91,9 +126,23 @@ class CommandSerializer(serializers.ModelSerializer):
     class Meta:
         model = Command
         fields = [
-            "id", "sandbox_id", "command", "env", "cwd", "timeout_seconds", "status",
-            "exit_code", "stdout", "stderr", "stdout_truncated", "stderr_truncated",
-            "timed_out", "duration_ms", "error", "started_at", "finished_at",
+            "id",
+            "sandbox_id",
+            "command",
+            "env",
+            "cwd",
+            "timeout_seconds",
+            "status",
+            "exit_code",
+            "stdout",
+            "stderr",
+            "stdout_truncated",
+            "stderr_truncated",
+            "timed_out",
+            "duration_ms",
+            "error",
+            "started_at",
+            "finished_at",
         ]
         read_only_fields = fields
 
@@ -107,7 +156,16 @@ class SourceVMSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = SourceVM
-        fields = ["name", "kind", "host", "disk_path", "disk_format", "domain_name", "description", "enabled"]
+        fields = [
+            "name",
+            "kind",
+            "host",
+            "disk_path",
+            "disk_format",
+            "domain_name",
+            "description",
+            "enabled",
+        ]
         read_only_fields = fields
 
 
@@ -116,7 +174,15 @@ class HostSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Host
-        fields = ["name", "queue_name", "capacity", "enabled", "last_heartbeat", "domain_type", "alive"]
+        fields = [
+            "name",
+            "queue_name",
+            "capacity",
+            "enabled",
+            "last_heartbeat",
+            "domain_type",
+            "alive",
+        ]
         read_only_fields = fields
 
 

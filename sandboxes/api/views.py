@@ -61,10 +61,16 @@ class SandboxFilter(django_filters.FilterSet):
 
 
 @extend_schema_view(
-    list=extend_schema(summary="List your sandboxes", responses={200: SandboxSerializer(many=True)}),
+    list=extend_schema(
+        summary="List your sandboxes", responses={200: SandboxSerializer(many=True)}
+    ),
     retrieve=extend_schema(
         summary="Get a sandbox",
-        parameters=[OpenApiParameter("include_commands", bool, description="Also return the command history.")],
+        parameters=[
+            OpenApiParameter(
+                "include_commands", bool, description="Also return the command history."
+            )
+        ],
         responses={200: SandboxSerializer, **ERRORS},
     ),
 )
@@ -110,12 +116,17 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 
     def _sandbox_op(self, op: Operation, code: int) -> Response:
         sandbox = Sandbox.objects.select_related("host", "source").get(pk=op.sandbox_id)
-        body = {"sandbox": SandboxSerializer(sandbox).data, "operation": OperationSerializer(op).data}
+        body = {
+            "sandbox": SandboxSerializer(sandbox).data,
+            "operation": OperationSerializer(op).data,
+        }
         if sandbox.ip_address or sandbox.ssh_host:
             body["ip_address"] = sandbox.ip_address or sandbox.ssh_host
         return Response(body, status=code)
 
-    @extend_schema(summary="Destroy a sandbox", responses={202: SandboxOperationSerializer, **ERRORS})
+    @extend_schema(
+        summary="Destroy a sandbox", responses={202: SandboxOperationSerializer, **ERRORS}
+    )
     def destroy(self, request, *args, **kwargs):
         op = services.destroy_sandbox(self.get_object(), request.user)
         return self._sandbox_op(op, status.HTTP_202_ACCEPTED)
@@ -131,7 +142,9 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         params.is_valid(raise_exception=True)
         op = services.start_sandbox(self.get_object(), request.user)
         if params.validated_data["wait_for_ip"] or params.validated_data["wait"]:
-            return self._sandbox_op(_waited(op, vsb("READY_TIMEOUT_SECONDS") + 30), status.HTTP_200_OK)
+            return self._sandbox_op(
+                _waited(op, vsb("READY_TIMEOUT_SECONDS") + 30), status.HTTP_200_OK
+            )
         return self._sandbox_op(op, status.HTTP_202_ACCEPTED)
 
     @extend_schema(
@@ -145,7 +158,9 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         params.is_valid(raise_exception=True)
         op = services.stop_sandbox(self.get_object(), request.user)
         if params.validated_data["wait"] or params.validated_data["wait_for_ip"]:
-            return self._sandbox_op(_waited(op, vsb("SHUTDOWN_TIMEOUT_SECONDS") + 60), status.HTTP_200_OK)
+            return self._sandbox_op(
+                _waited(op, vsb("SHUTDOWN_TIMEOUT_SECONDS") + 60), status.HTTP_200_OK
+            )
         return self._sandbox_op(op, status.HTTP_202_ACCEPTED)
 
     @extend_schema(
@@ -204,7 +219,9 @@ class VMListView(APIView):
     def get(self, request):
         return Response(
             {
-                "vms": SourceVMSerializer(SourceVM.objects.filter(enabled=True).select_related("host"), many=True).data,
+                "vms": SourceVMSerializer(
+                    SourceVM.objects.filter(enabled=True).select_related("host"), many=True
+                ).data,
                 "hosts": HostSerializer(Host.objects.all(), many=True).data,
             }
         )

@@ -24,7 +24,9 @@ def image_dir() -> Path:
     if not found:
         out = subprocess.run(
             ["bash", str(stack.ROOT / "scripts" / "build-guest-image.sh")],
-            check=True, stdout=subprocess.PIPE, text=True,
+            check=True,
+            stdout=subprocess.PIPE,
+            text=True,
         ).stdout
         found = out.strip().splitlines()[-1]
     return Path(found)
@@ -34,7 +36,9 @@ def test_domains() -> list[str]:
     """Domains whose disks live in the test sandbox directory: ours to clean."""
     names = subprocess.run(
         ["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
-        check=True, stdout=subprocess.PIPE, text=True,
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
     ).stdout.split()
     ours = []
     for name in names:
@@ -75,7 +79,11 @@ def e2e_stack(django_db_setup, django_db_blocker):
         for name in ("e2e-alice", "e2e-bob"):
             user, _ = User.objects.get_or_create(username=name)
             users[name] = services.create_api_key(user, "e2e")[1]
-    env = {"VSB_DRIVER": "libvirt", "VSB_COMMAND_OUTPUT_LIMIT": "65536", "VSB_READY_TIMEOUT_SECONDS": "120"}
+    env = {
+        "VSB_DRIVER": "libvirt",
+        "VSB_COMMAND_OUTPUT_LIMIT": "65536",
+        "VSB_READY_TIMEOUT_SECONDS": "120",
+    }
     worker = stack.worker(**env)
     worker.start()
     port = stack.free_port()

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from sandboxes.models import Operation, Sandbox
-from sandboxes.models import TRANSITIONAL_STATES
+from sandboxes.models import TRANSITIONAL_STATES, Operation, Sandbox
 from sandboxes.remote import ssh
 from sandboxes.remote.ca import CertificateAuthority
 
@@ -30,7 +29,9 @@ def virsh(*args: str) -> subprocess.CompletedProcess:
 def sandboxes(e2e_stack):
     """Two ready sandboxes of alice's, created at once (the second without waiting)."""
     t0 = time.monotonic()
-    status_b, body_b = e2e_stack.alice.post("/v1/sandboxes", {"source_vm_name": "debian-base", "agent_id": "e2e-b"})
+    status_b, body_b = e2e_stack.alice.post(
+        "/v1/sandboxes", {"source_vm_name": "debian-base", "agent_id": "e2e-b"}
+    )
     assert status_b == 202, body_b
     status_a, body_a = e2e_stack.alice.post(
         "/v1/sandboxes", {"source_vm_name": "debian-base", "agent_id": "e2e-a", "wait_for_ip": True}
@@ -39,7 +40,10 @@ def sandboxes(e2e_stack):
     assert status_a == 201, body_a
     op_b = e2e_stack.alice.wait_operation(body_b["operation"]["id"])
     assert op_b["status"] == "succeeded", op_b
-    a, b = body_a["sandbox"], e2e_stack.alice.get(f"/v1/sandboxes/{body_b['sandbox']['id']}")[1]["sandbox"]
+    a, b = (
+        body_a["sandbox"],
+        e2e_stack.alice.get(f"/v1/sandboxes/{body_b['sandbox']['id']}")[1]["sandbox"],
+    )
     print(f"\ncreate-to-ready with wait_for_ip: {created_in:.1f} s")
     yield {"a": a, "b": b, "created_in": created_in}
     for sb in (a, b):
@@ -91,21 +95,26 @@ def test_it_passes_a_multiline_script_with_both_quotes_intact(e2e_stack, sandbox
     cmd = run(e2e_stack.alice, sandboxes["a"], script)
     assert cmd["exit_code"] == 0, cmd
     assert cmd["stdout"] == (
-        "it's \"quoted\"\n"
-        "literal $HOME and 'single' and \"double\"\n"
-        "tab\there\n"
+        'it\'s "quoted"\nliteral $HOME and \'single\' and "double"\ntab\there\n'
     )
 
 
 def test_it_applies_env_and_working_directory(e2e_stack, sandboxes):
-    cmd = run(e2e_stack.alice, sandboxes["a"], 'echo "$GREETING from $(pwd)"',
-              env={"GREETING": "hello 'world'"}, cwd="/etc")
+    cmd = run(
+        e2e_stack.alice,
+        sandboxes["a"],
+        'echo "$GREETING from $(pwd)"',
+        env={"GREETING": "hello 'world'"},
+        cwd="/etc",
+    )
     assert cmd["stdout"] == "hello 'world' from /etc\n"
 
 
 def test_it_times_out_and_returns_the_partial_output(e2e_stack, sandboxes):
     t0 = time.monotonic()
-    cmd = run(e2e_stack.alice, sandboxes["a"], "echo before; sleep 60; echo after", timeout_seconds=3)
+    cmd = run(
+        e2e_stack.alice, sandboxes["a"], "echo before; sleep 60; echo after", timeout_seconds=3
+    )
     assert time.monotonic() - t0 < 20
     assert cmd["timed_out"] is True and cmd["status"] == "timed_out"
     assert cmd["exit_code"] is None
@@ -115,7 +124,9 @@ def test_it_times_out_and_returns_the_partial_output(e2e_stack, sandboxes):
 
 
 def test_it_caps_output_and_flags_truncation(e2e_stack, sandboxes):
-    cmd = run(e2e_stack.alice, sandboxes["a"], "head -c 200000 /dev/zero | tr '\\0' x; echo done >&2")
+    cmd = run(
+        e2e_stack.alice, sandboxes["a"], "head -c 200000 /dev/zero | tr '\\0' x; echo done >&2"
+    )
     assert cmd["exit_code"] == 0
     assert cmd["stdout_truncated"] is True
     assert len(cmd["stdout"]) == 65536
@@ -161,11 +172,24 @@ def test_it_refuses_an_expired_certificate(sandboxes):
     tmp = Path(f"/tmp/vsb-expired-{os.getpid()}")
     tmp.mkdir(exist_ok=True)
     try:
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / "id")], check=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / "id")], check=True
+        )
         principal = f"sandbox-{a['id'].replace('-', '')}"
         subprocess.run(
-            ["ssh-keygen", "-q", "-s", ca_key, "-I", "expired", "-n", principal, "-V", "-20m:-10m",
-             str(tmp / "id.pub")],
+            [
+                "ssh-keygen",
+                "-q",
+                "-s",
+                ca_key,
+                "-I",
+                "expired",
+                "-n",
+                principal,
+                "-V",
+                "-20m:-10m",
+                str(tmp / "id.pub"),
+            ],
             check=True,
         )
         import paramiko
@@ -175,8 +199,15 @@ def test_it_refuses_an_expired_certificate(sandboxes):
         client = paramiko.SSHClient()
         client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
         with pytest.raises(paramiko.AuthenticationException):
-            client.connect("127.0.0.1", port=a["ssh_port"], username="root", pkey=key,
-                           look_for_keys=False, allow_agent=False, timeout=10)
+            client.connect(
+                "127.0.0.1",
+                port=a["ssh_port"],
+                username="root",
+                pkey=key,
+                look_for_keys=False,
+                allow_agent=False,
+                timeout=10,
+            )
         client.close()
     finally:
         subprocess.run(["rm", "-rf", str(tmp)])

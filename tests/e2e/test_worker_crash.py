@@ -19,7 +19,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
 
 
 def domain_exists(name: str) -> bool:
-    return subprocess.run(["virsh", "-c", "qemu:///system", "dominfo", name], capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["virsh", "-c", "qemu:///system", "dominfo", name], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 def test_it_recovers_a_create_interrupted_by_sigkill(e2e_stack):
@@ -44,10 +49,14 @@ def test_it_recovers_a_create_interrupted_by_sigkill(e2e_stack):
     e2e_stack.restart_worker()
     op = api.wait_operation(op_id, timeout=240)
     sandbox = api.get(f"/v1/sandboxes/{sandbox_id}")[1]["sandbox"]
-    print(f"\nkilled in {killed_in}; after restart: operation {op['status']}, sandbox {sandbox['state']}")
+    print(
+        f"\nkilled in {killed_in}; after restart: operation {op['status']}, sandbox {sandbox['state']}"
+    )
     if op["status"] == "succeeded":
         assert sandbox["state"] == "ready"
-        cmd = api.post(f"/v1/sandboxes/{sandbox_id}/command", {"command": "echo alive"})[1]["command"]
+        cmd = api.post(f"/v1/sandboxes/{sandbox_id}/command", {"command": "echo alive"})[1][
+            "command"
+        ]
         assert cmd["stdout"] == "alive\n"
     else:
         assert sandbox["state"] == "error" and sandbox["error"], sandbox
@@ -73,8 +82,11 @@ def broken_source(e2e_stack):
         SourceVM.objects.update_or_create(
             name="broken-kernel",
             defaults={
-                "kind": good.kind, "disk_path": good.disk_path, "kernel": "/nonexistent/vmlinuz",
-                "initrd": good.initrd, "cmdline": good.cmdline,
+                "kind": good.kind,
+                "disk_path": good.disk_path,
+                "kernel": "/nonexistent/vmlinuz",
+                "initrd": good.initrd,
+                "cmdline": good.cmdline,
             },
         )
     return "broken-kernel"

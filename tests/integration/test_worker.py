@@ -51,13 +51,23 @@ def test_it_resumes_work_left_by_a_dead_worker_when_a_new_one_starts(
 ):
     owner = django_user_model.objects.create_user("rita")
     sandbox = Sandbox.objects.create(
-        name="sbx-orphan01", owner=owner, host=live_host, source=source,
-        state=SandboxState.DESTROYING, agent_id="rita", workdir="/var/lib/virsh-sandbox/test-sandboxes/sbx-orphan01",
+        name="sbx-orphan01",
+        owner=owner,
+        host=live_host,
+        source=source,
+        state=SandboxState.DESTROYING,
+        agent_id="rita",
+        workdir="/var/lib/virsh-sandbox/test-sandboxes/sbx-orphan01",
     )
     # A destroy the previous worker had claimed (running) when it died; its message is gone.
     op = Operation.objects.create(
-        kind=OperationKind.DESTROY, sandbox=sandbox, host=live_host, queue=live_host.queue_name,
-        status=OperationStatus.RUNNING, attempt=1, started_at=timezone.now(),
+        kind=OperationKind.DESTROY,
+        sandbox=sandbox,
+        host=live_host,
+        queue=live_host.queue_name,
+        status=OperationStatus.RUNNING,
+        attempt=1,
+        started_at=timezone.now(),
     )
     fake_worker.kill()
     replacement = stack.worker(VSB_DRIVER="fake")

@@ -15,7 +15,9 @@ from sandboxes.models import Sandbox
 @pytest.fixture
 def sandbox(db, host, source, django_user_model):
     owner = django_user_model.objects.create_user("lena")
-    return Sandbox.objects.create(name="sbx-life0001", owner=owner, host=host, source=source, agent_id="x")
+    return Sandbox.objects.create(
+        name="sbx-life0001", owner=owner, host=host, source=source, agent_id="x"
+    )
 
 
 def test_it_moves_along_an_allowed_edge_and_stamps_the_time(sandbox):
@@ -56,7 +58,9 @@ def test_it_records_the_error_reason_and_clears_it_on_recovery(sandbox):
 @pytest.mark.django_db(transaction=True)
 def test_it_lets_exactly_one_of_many_concurrent_callers_win(host, source, django_user_model):
     owner = django_user_model.objects.create_user("race")
-    sandbox = Sandbox.objects.create(name="sbx-race0001", owner=owner, host=host, source=source, agent_id="x")
+    sandbox = Sandbox.objects.create(
+        name="sbx-race0001", owner=owner, host=host, source=source, agent_id="x"
+    )
     wins = []
     barrier = threading.Barrier(8)
 

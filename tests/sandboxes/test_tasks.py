@@ -26,7 +26,9 @@ def driver(settings):
 @pytest.fixture
 def waits(monkeypatch):
     calls: list[tuple[str, float]] = []
-    monkeypatch.setattr(tasks, "_enqueue_wait", lambda op, countdown: calls.append((str(op.pk), countdown)))
+    monkeypatch.setattr(
+        tasks, "_enqueue_wait", lambda op, countdown: calls.append((str(op.pk), countdown))
+    )
     return calls
 
 
@@ -77,7 +79,9 @@ def test_it_is_harmless_to_run_the_create_twice(driver, create_op, waits):
 
 def test_it_fails_a_create_on_a_permanent_error_and_leaves_nothing(driver, create_op):
     op = create_op()
-    driver.fail_next("start", PermanentDriverError("Cannot access storage file /x: Permission denied"))
+    driver.fail_next(
+        "start", PermanentDriverError("Cannot access storage file /x: Permission denied")
+    )
     tasks.provision_sandbox.run(str(op.pk))
     op.refresh_from_db()
     op.sandbox.refresh_from_db()
@@ -188,7 +192,9 @@ def test_it_stops_and_destroys(driver, create_op, waits, sent_tasks):
 
 def test_it_destroys_expired_sandboxes(driver, create_op, sent_tasks):
     op = create_op(ttl_seconds=60)
-    Sandbox.objects.filter(pk=op.sandbox_id).update(expires_at=timezone.now() - timedelta(seconds=1))
+    Sandbox.objects.filter(pk=op.sandbox_id).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
     assert tasks.reap_expired_sandboxes.run() == 1
     sandbox = Sandbox.objects.get(pk=op.sandbox_id)
     assert sandbox.state == SandboxState.DESTROYING
@@ -223,3 +229,19 @@ def test_it_refuses_to_enqueue_on_a_queue_that_is_not_a_hosts(host):
     host.queue_name = "kvm.typo host"
     with pytest.raises(ValueError, match="unknown queue"):
         services.enqueue("sandboxes.destroy_sandbox", host, "x")
+
+
+def test_it_finds_a_bridged_guest_by_its_address_sources_in_order(
+    driver, create_op, waits, settings
+):
+    settings.VSB = {**settings.VSB, "NETWORK_MODE": "network"}
+    op = create_op()
+    sandbox = op.sandbox
+    assert sandbox.ssh_port is None and sandbox.network_mode == "network"
+    tasks.provision_sandbox.run(str(op.pk))
+    driver.set_addresses(sandbox.name, "lease", ["192.0.2.10"])
+    driver.set_addresses(sandbox.name, "agent", ["192.0.2.20"])
+    sandbox.refresh_from_db()
+    assert provisioning.discover_address(sandbox) == "192.0.2.20"  # agent comes first
+    spec = driver.domains[sandbox.name].spec
+    assert spec.network.name == "default" and spec.network.kind == "network"

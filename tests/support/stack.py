@@ -31,9 +31,7 @@ def free_port() -> int:
 
 def database_url() -> str:
     db = settings.DATABASES["default"]
-    return (
-        f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-    )
+    return f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
 def stack_env(**overrides: str) -> dict[str, str]:
@@ -52,7 +50,7 @@ def stack_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-STARTED: list["Proc"] = []
+STARTED: list[Proc] = []
 
 
 def kill_all_started() -> None:
@@ -76,7 +74,11 @@ class Proc:
         log.write(f"\n==== start {time.strftime('%H:%M:%S')} {' '.join(self.argv)}\n".encode())
         log.flush()
         self.popen = subprocess.Popen(
-            self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            self.argv,
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         STARTED.append(self)
@@ -113,9 +115,24 @@ def worker(**env: str) -> Proc:
     queue = f"kvm.{settings.VSB['HOST_NAME']}"
     return Proc(
         "worker",
-        [str(BIN / "celery"), "-A", "config", "worker", "-Q", f"{queue},control", "-P", "threads",
-         "-c", "8", "--without-gossip", "--without-mingle", "-l", "INFO",
-         "--hostname", f"test-{os.getpid()}@%h"],
+        [
+            str(BIN / "celery"),
+            "-A",
+            "config",
+            "worker",
+            "-Q",
+            f"{queue},control",
+            "-P",
+            "threads",
+            "-c",
+            "8",
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "INFO",
+            "--hostname",
+            f"test-{os.getpid()}@%h",
+        ],
         stack_env(**env),
     )
 
@@ -166,7 +183,9 @@ class Api:
         self.base_url = base_url.rstrip("/")
         self.key = key
 
-    def request(self, method: str, path: str, body=None, raw: bytes | None = None, timeout: float = 300):
+    def request(
+        self, method: str, path: str, body=None, raw: bytes | None = None, timeout: float = 300
+    ):
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         req = urllib.request.Request(self.base_url + path, data=data, method=method)
         req.add_header("Content-Type", "application/json")

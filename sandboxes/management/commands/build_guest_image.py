@@ -23,10 +23,14 @@ class Command(BaseCommand):
         script = Path(settings.BASE_DIR) / "scripts" / "build-guest-image.sh"
         proc = subprocess.run(
             ["bash", str(script), "--cache-dir", cache_dir],
-            stdout=subprocess.PIPE, stderr=sys.stderr, text=True,
+            stdout=subprocess.PIPE,
+            stderr=sys.stderr,
+            text=True,
         )
         if proc.returncode != 0:
-            raise CommandError(f"guest image build failed (exit {proc.returncode}); see the log above")
+            raise CommandError(
+                f"guest image build failed (exit {proc.returncode}); see the log above"
+            )
         image_dir = Path(proc.stdout.strip().splitlines()[-1])
         manifest = json.loads((image_dir / "manifest.json").read_text())
         for source in sources.register_image(name, image_dir, manifest):

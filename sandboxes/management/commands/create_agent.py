@@ -12,8 +12,11 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("username")
         parser.add_argument("--key-name", default="cli")
-        parser.add_argument("--revoke-others", action="store_true",
-                            help="Revoke this agent's earlier keys with the same name.")
+        parser.add_argument(
+            "--revoke-others",
+            action="store_true",
+            help="Revoke this agent's earlier keys with the same name.",
+        )
 
     def handle(self, *args, username, key_name, revoke_others, **options):
         user, created = get_user_model().objects.get_or_create(username=username)

@@ -36,7 +36,9 @@ def test_it_creates_a_sandbox_and_queues_provisioning_on_the_hosts_queue(
     assert body["sandbox"]["ssh_host"] == "127.0.0.1"
     assert 43000 <= body["sandbox"]["ssh_port"] <= 43999
     assert body["operation"]["kind"] == "create"
-    assert sent_tasks == [("sandboxes.provision_sandbox", [body["operation"]["id"]], "kvm.testhost")]
+    assert sent_tasks == [
+        ("sandboxes.provision_sandbox", [body["operation"]["id"]], "kvm.testhost")
+    ]
 
 
 def test_it_accepts_the_originals_cpu_field_name(alice, host, source, sent_tasks):

@@ -1,0 +1,45 @@
+"""Operators act on sandboxes from the admin through the same services as the API."""
+
+from __future__ import annotations
+
+import pytest
+
+from sandboxes import services
+from sandboxes.choices import SandboxState
+from sandboxes.models import Sandbox
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def operator_client(client, django_user_model):
+    user = django_user_model.objects.create_superuser("oscar", "oscar@example.com", "pw")
+    client.force_login(user)
+    return client
+
+
+def test_it_destroys_selected_sandboxes_through_the_service(
+    operator_client, host, source, sent_tasks, django_user_model
+):
+    owner = django_user_model.objects.create_user("agent-x")
+    op = services.create_sandbox(owner, source_vm_name="debian-base")
+    response = operator_client.post(
+        "/admin/sandboxes/sandbox/",
+        {"action": "destroy_selected", "_selected_action": [str(op.sandbox_id)]},
+        follow=True,
+    )
+    assert response.status_code == 200
+    assert Sandbox.objects.get(pk=op.sandbox_id).state == SandboxState.DESTROYING
+
+
+def test_it_offers_no_plain_delete_that_would_orphan_vms(
+    operator_client, host, source, sent_tasks, django_user_model
+):
+    owner = django_user_model.objects.create_user("agent-y")
+    op = services.create_sandbox(owner, source_vm_name="debian-base")
+    page = operator_client.get("/admin/sandboxes/sandbox/")
+    assert b"destroy_selected" in page.content
+    assert b'value="delete_selected"' not in page.content
+    assert (
+        operator_client.get(f"/admin/sandboxes/sandbox/{op.sandbox_id}/delete/").status_code == 403
+    )
