@@ -19,7 +19,7 @@ LOG="$VSB_DATA_DIR/log"
 
 "$PY" manage.py migrate --noinput -v0
 "$PY" manage.py collectstatic --noinput -v0
-say "guest image (cached after the first build, ~45 s cold)"
+say "guest image (cached by recipe; the first build takes 1-2 minutes)"
 "$PY" manage.py build_guest_image
 "$PY" manage.py ensure_host
 if ! "$PY" -c 'import django; django.setup(); from django.contrib.auth.models import User; raise SystemExit(0 if User.objects.filter(username="admin").exists() else 1)'; then
