@@ -28,6 +28,7 @@ from .choices import (
 )
 from .exceptions import Conflict, InvalidInput, OperationTimeout, Unavailable
 from .models import ApiKey, Command, Host, Operation, Sandbox, SourceVM
+from .remote.ssh import MAX_COMMAND_BYTES
 from .runtime import vsb
 
 log = logging.getLogger(__name__)
@@ -359,6 +360,13 @@ def validate_command_input(
         raise InvalidInput.field("command", "must not be empty.")
     if "\x00" in command:
         raise InvalidInput.field("command", "must not contain NUL bytes.")
+    # The script travels as one exec argument, which Linux caps; leave room for env and cwd.
+    limit = MAX_COMMAND_BYTES - 16 * 1024
+    if len(command.encode()) > limit:
+        raise InvalidInput.field(
+            "command",
+            f"is {len(command.encode())} bytes; at most {limit}. Upload long scripts as files.",
+        )
     timeout = vsb("COMMAND_TIMEOUT_SECONDS") if timeout_seconds is None else timeout_seconds
     if not 1 <= timeout <= vsb("MAX_COMMAND_TIMEOUT_SECONDS"):
         raise InvalidInput.field(

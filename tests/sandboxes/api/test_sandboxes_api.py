@@ -149,6 +149,8 @@ def test_it_rejects_an_empty_command(alice, host, source, sent_tasks):
         ({"command": "id", "timeout_seconds": 0}, "timeout_seconds"),
         ({"command": "id", "env": {"BAD NAME": "x"}}, "env"),
         ({"command": "id", "cwd": "relative/path"}, "cwd"),
+        ({"command": "x" * 200_000}, "command"),
+        ({"command": "id", "env": ["not", "a", "map"]}, "env"),
     ]:
         response = alice.post(f"/v1/sandboxes/{sandbox.pk}/command", body, format="json")
         assert response.status_code == 400, (body, response.content)
