@@ -43,3 +43,20 @@ def test_it_offers_no_plain_delete_that_would_orphan_vms(
     assert (
         operator_client.get(f"/admin/sandboxes/sandbox/{op.sandbox_id}/delete/").status_code == 403
     )
+
+
+def test_it_issues_an_api_key_shown_once_and_stores_only_its_hash(
+    operator_client, django_user_model
+):
+    agent = django_user_model.objects.create_user("agent-z")
+    response = operator_client.post(
+        "/admin/sandboxes/apikey/add/", {"user": agent.pk, "name": "ci"}, follow=True
+    )
+    assert response.status_code == 200
+    shown = [str(m) for m in response.context["messages"]]
+    secret = next(word for m in shown for word in m.split() if word.startswith("vsb_"))
+    assert services.authenticate_api_key(secret) == agent
+    from sandboxes.models import ApiKey
+
+    stored = ApiKey.objects.get(user=agent)
+    assert secret not in (stored.key_hash, stored.prefix)
