@@ -15,7 +15,7 @@ from .models import Sandbox
 from .runtime import get_ca, get_driver, get_ssh_pool, vsb
 
 log = logging.getLogger(__name__)
-HOSTKEY_RE = re.compile(r"vsb-hostkey: (ssh-[a-z0-9-]+ [A-Za-z0-9+/=]+)")
+HOSTKEY_RE = re.compile(r"^vsb-hostkey: (ssh-[a-z0-9-]+ [A-Za-z0-9+/=]+)$", re.MULTILINE)
 
 
 def driver_for(sandbox: Sandbox):
@@ -35,13 +35,15 @@ def console_tail(sandbox: Sandbox, lines: int = 15) -> str:
 
 
 def console_host_key(sandbox: Sandbox) -> str | None:
-    """The host key the guest printed on its serial console at this boot, if any."""
+    """The host key the guest's first-boot script printed on its serial console. The first
+    line wins: it is written before sshd (and so any user code) runs, while a later line
+    could be forged by root inside the sandbox writing to the serial port."""
     try:
         text = console_log_path(sandbox).read_text(errors="replace")
     except OSError:
         return None
-    found = HOSTKEY_RE.findall(text)
-    return found[-1] if found else None
+    found = HOSTKEY_RE.findall(text.replace("\r", ""))
+    return found[0] if found else None
 
 
 def clone_spec(sandbox: Sandbox) -> CloneSpec:

@@ -2,15 +2,17 @@
 # Smoke-test the virsh-sandbox guest image on this host: boot one linked clone
 # the way the orchestrator does and prove certificate SSH works.
 #
-#   scripts/smoke-guest-image.sh [--systemd] [--shutdown-mode acpi|agent] [IMAGE_DIR]
+#   scripts/smoke-guest-image.sh [--systemd] [--shutdown-mode acpi|agent] [--debug] [IMAGE_DIR]
 #
 # IMAGE_DIR defaults to the output of scripts/build-guest-image.sh (cached, so
 # normally instant). Checks, in order: the vsb-hostkey line on the serial
-# console; root SSH with a CA certificate for principal "smoke"; the presented
+# console; the sshd banner; root SSH with a CA certificate for principal "smoke"; the presented
 # host key equals the console line; a certificate for principal "other" is
 # refused; SFTP works; guest-ping over the guest agent; "virsh shutdown"
 # (ACPI power button by default) powers the guest off. Prints timings. The
-# domain, clone and temp files are removed on any exit. Needs root and a
+# domain, clone and temp files are removed on any exit. --debug adds vsb.debug
+# to the cmdline (fast mode prints per-step uptimes) and prints the serial
+# console at the end. Needs root and a
 # running libvirtd (qemu:///system). Traffic goes to 127.0.0.1 only.
 set -euo pipefail
 umask 022
@@ -18,6 +20,7 @@ umask 022
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 MODE=fast
 SHUTDOWN_MODE=acpi
+DEBUG=0
 IMAGE_DIR=
 URI=qemu:///system
 
@@ -29,6 +32,7 @@ while [[ $# -gt 0 ]]; do
 	case "$1" in
 	--systemd) MODE=systemd ;;
 	--fast) MODE=fast ;;
+	--debug) DEBUG=1 ;;
 	--shutdown-mode)
 		[[ $# -ge 2 ]] || usage 2
 		SHUTDOWN_MODE=$2
@@ -81,16 +85,18 @@ cleanup() {
 		virsh_ destroy "$NAME" >/dev/null 2>&1 || true
 		virsh_ undefine "$NAME" >/dev/null 2>&1 || log "WARNING: could not undefine $NAME"
 	fi
-	if [[ $rc -ne 0 && -f $CONSOLE ]]; then
-		echo "----- last lines of the serial console -----" >&2
-		tail -n 30 "$CONSOLE" | tr -d '\r' >&2
+	if [[ ($rc -ne 0 || $DEBUG == 1) && -f $CONSOLE ]]; then
+		echo "----- serial console (last 60 lines) -----" >&2
+		tail -n 60 "$CONSOLE" | tr -d '\r' >&2
 		echo "--------------------------------------------" >&2
 	fi
 	rm -rf "$TMP"
 	exit "$rc"
 }
 trap cleanup EXIT
+trap 'exit 129' HUP
 trap 'exit 130' INT
+trap 'exit 141' PIPE
 trap 'exit 143' TERM
 
 # --- keys and certificates ---------------------------------------------------
@@ -106,6 +112,7 @@ qemu-img create -q -f qcow2 -b "$IMAGE_DIR/base.qcow2" -F qcow2 "$TMP/clone.qcow
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 MAC=52:54:00:$(od -An -N3 -tx1 /dev/urandom | sed 's/^ //; s/ /:/g')
 FULL_CMDLINE="$CMDLINE vsb.ca=$CA_TYPE:$CA_B64 vsb.principals=smoke vsb.hostname=smoke"
+[[ $DEBUG == 1 ]] && FULL_CMDLINE="$FULL_CMDLINE vsb.debug"
 
 cat >"$TMP/domain.xml" <<EOF
 <domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
@@ -179,6 +186,21 @@ ssh_as() { # $1 = key basename; rest = ssh args
 }
 
 # --- first SSH command -------------------------------------------------------------
+# Gate on the sshd banner with short-lived probes: an ssh attempt made before the
+# guest has its address hangs in slirp's SYN back-off for seconds. Probe every
+# 0.5 s, not faster (half-open connections pile up in slirp).
+banner() {
+	timeout 1 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" && head -c 4 <&3' _ "$PORT" 2>/dev/null |
+		grep -q '^SSH-'
+}
+deadline=$((SECONDS + 180))
+until banner; do
+	[[ $SECONDS -lt $deadline ]] || die "no sshd banner after 180 s"
+	running || die "domain stopped while waiting for the sshd banner"
+	sleep 0.5
+done
+T_BANNER=$(since "$START")
+log "sshd banner (${T_BANNER} s)"
 OUT=
 deadline=$((SECONDS + 180))
 while [[ $SECONDS -lt $deadline ]]; do
@@ -238,4 +260,4 @@ running && die "guest still running 60 s after virsh shutdown --mode $SHUTDOWN_M
 T_SHUTDOWN=$(since "$SD_START")
 log "powered off by virsh shutdown --mode $SHUTDOWN_MODE in ${T_SHUTDOWN} s"
 
-echo "PASS mode=$MODE start->hostkey=${T_HOSTKEY}s start->first-ssh=${T_SSH}s shutdown(${SHUTDOWN_MODE})=${T_SHUTDOWN}s"
+echo "PASS mode=$MODE start->hostkey=${T_HOSTKEY}s start->banner=${T_BANNER}s start->first-ssh=${T_SSH}s shutdown(${SHUTDOWN_MODE})=${T_SHUTDOWN}s"

@@ -166,9 +166,12 @@ def test_it_reads_the_pinned_host_key_from_the_console_log(driver, create_op, tm
     Sandbox.objects.filter(pk=sandbox.pk).update(workdir=str(tmp_path))
     sandbox.refresh_from_db()
     (tmp_path / "console.log").write_text(
-        "[    1.0] booting\nvsb-hostkey: ssh-ed25519 AAAAold\nvsb-hostkey: ssh-ed25519 AAAAnew\r\n"
+        "[    1.0] booting\r\nvsb-hostkey: ssh-ed25519 AAAAfirst\r\n"
+        "root# echo fake; vsb-hostkey: ssh-ed25519 AAAAinline\n"
+        "vsb-hostkey: ssh-ed25519 AAAAforged\n"
     )
-    assert provisioning.console_host_key(sandbox) == "ssh-ed25519 AAAAnew"
+    # The first-boot line wins; later lines may come from root inside the sandbox.
+    assert provisioning.console_host_key(sandbox) == "ssh-ed25519 AAAAfirst"
 
 
 def test_it_stops_and_destroys(driver, create_op, waits, sent_tasks):
