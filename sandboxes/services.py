@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from config.celery import app as celery_app
 
-from . import lifecycle
+from . import command_results, lifecycle
 from .choices import (
     CommandStatus,
     NetworkMode,
@@ -408,19 +408,19 @@ def run_command(
         cwd=cwd,
         timeout_seconds=timeout,
     )
-    result = celery_app.send_task(
-        "sandboxes.run_command", args=[str(cmd.id)], queue=sandbox.host.queue_name
+    celery_app.send_task(
+        "sandboxes.run_command",
+        args=[str(cmd.id)],
+        queue=sandbox.host.queue_name,
+        ignore_result=True,
+        result_cls=_SentTask,
     )
-    outcome = None
-    try:
-        # The worker enforces the command timeout itself; the margin covers connecting.
-        outcome = result.get(timeout=timeout + 60, propagate=False, disable_sync_subtasks=False)
-    except Exception as exc:  # noqa: BLE001 - a lost worker must not lose the row
-        log.warning("command %s: no answer from worker: %s", cmd.id, exc)
-    if isinstance(outcome, dict) and outcome.get("fields"):
+    # The worker enforces the command timeout itself; the margin covers connecting.
+    fields = command_results.wait(cmd.id, timeout + 60)
+    if fields:
         # The worker wrote these very values to the row; reading them back would only
         # cost a query on every command.
-        for name, value in outcome["fields"].items():
+        for name, value in fields.items():
             setattr(cmd, name, value)
     else:
         cmd.refresh_from_db()
@@ -430,6 +430,16 @@ def run_command(
             code="worker_timeout",
         )
     return cmd
+
+
+class _SentTask:
+    """Stands in for AsyncResult, whose creation would build a (thread-local) Celery result
+    backend in every request thread; command results travel through command_results."""
+
+    parent = None
+
+    def __init__(self, task_id: str, **_kwargs) -> None:
+        self.id = task_id
 
 
 def finish_command(cmd_id, *, status: str, result=None, error: str = "") -> dict:

@@ -11,7 +11,7 @@ import logging
 from celery import shared_task
 from django.utils import timezone
 
-from . import lifecycle, provisioning, services
+from . import command_results, lifecycle, provisioning, services
 from .choices import CommandStatus, OperationKind, OperationStatus, SandboxState, SourceKind
 from .drivers.base import RUNNING, DriverError
 from .models import Command, Operation
@@ -304,21 +304,32 @@ def destroy_sandbox(self, op_id: str) -> None:
     services.finish_operation(op.pk, OperationStatus.SUCCEEDED, message="destroyed")
 
 
-@shared_task(name="sandboxes.run_command", bind=True, acks_late=False, ignore_result=False)
+@shared_task(name="sandboxes.run_command", bind=True, acks_late=False, ignore_result=True)
 def run_command(self, command_id: str) -> dict:
     """Run one command. Not acks_late: a command must never run twice because a worker died."""
+    try:
+        fields = _run_command(command_id)
+    except Exception as exc:  # noqa: BLE001 - the waiting request must get an answer
+        log.exception("command %s failed unexpectedly", command_id)
+        fields = services.finish_command(
+            command_id, status=CommandStatus.FAILED, error=f"internal error: {exc}"
+        )
+    if fields is not None:
+        command_results.publish(command_id, fields)
+    return fields or {}
+
+
+def _run_command(command_id: str) -> dict | None:
     from .remote import ssh
 
     cmd = Command.objects.select_related("sandbox").filter(pk=command_id).first()
     if cmd is None or cmd.status != CommandStatus.RUNNING:
-        return {"status": getattr(cmd, "status", "missing")}
+        return None  # already finished (a duplicate delivery): the waiter has its answer
     sandbox = cmd.sandbox
     if sandbox.state != SandboxState.READY:
-        return {
-            "fields": services.finish_command(
-                cmd.pk, status=CommandStatus.FAILED, error=f"sandbox is {sandbox.state}"
-            )
-        }
+        return services.finish_command(
+            cmd.pk, status=CommandStatus.FAILED, error=f"sandbox is {sandbox.state}"
+        )
     for attempt in (1, 2):
         try:
             client = provisioning.pooled_client(sandbox)
@@ -336,21 +347,15 @@ def run_command(self, command_id: str) -> dict:
             # Only a failure to connect is retried: the command has not started then.
             if attempt == 1 and isinstance(exc, ssh.ConnectError):
                 continue
-            return {
-                "fields": services.finish_command(
-                    cmd.pk, status=CommandStatus.FAILED, error=f"SSH: {exc}"
-                )
-            }
+            return services.finish_command(cmd.pk, status=CommandStatus.FAILED, error=f"SSH: {exc}")
         except Exception as exc:  # noqa: BLE001
             provisioning.get_ssh_pool().discard(str(sandbox.id))
             log.exception("command %s failed", cmd.pk)
-            return {
-                "fields": services.finish_command(
-                    cmd.pk, status=CommandStatus.FAILED, error=f"{type(exc).__name__}: {exc}"
-                )
-            }
+            return services.finish_command(
+                cmd.pk, status=CommandStatus.FAILED, error=f"{type(exc).__name__}: {exc}"
+            )
     status = CommandStatus.TIMED_OUT if result.timed_out else CommandStatus.FINISHED
-    return {"fields": services.finish_command(cmd.pk, status=status, result=result)}
+    return services.finish_command(cmd.pk, status=status, result=result)
 
 
 # --- Periodic sweeps (control queue) -------------------------------------------------------

@@ -1,0 +1,39 @@
+"""Hand a finished command's result from the worker to the waiting API request.
+
+A Redis list per command: the worker RPUSHes the fields it wrote to the row, the request
+BLPOPs them. One round trip, on a connection pool shared by all threads. Celery's own result
+backend is thread-local: daphne runs each request in a fresh thread, so it built a new
+backend, connection and pub/sub subscription for every command (about 15 ms of a 70 ms
+exec)."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+
+import redis
+from django.conf import settings
+
+KEY_TTL_SECONDS = 600
+
+
+@lru_cache(maxsize=1)
+def _client() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL, health_check_interval=30)
+
+
+def _key(command_id) -> str:
+    return f"vsb:command-result:{command_id}"
+
+
+def publish(command_id, fields: dict) -> None:
+    pipe = _client().pipeline()
+    pipe.rpush(_key(command_id), json.dumps(fields))
+    pipe.expire(_key(command_id), KEY_TTL_SECONDS)
+    pipe.execute()
+
+
+def wait(command_id, timeout: float) -> dict | None:
+    """The fields the worker wrote, or None after `timeout` seconds."""
+    popped = _client().blpop([_key(command_id)], timeout=max(1, int(timeout + 0.999)))
+    return json.loads(popped[1]) if popped else None
