@@ -79,6 +79,24 @@ class CloneSpec:
     mac: str | None = None  # random 52:54:00:xx:xx:xx when None
     # Written into the domain's <metadata>; lets a retried task recognise its own domain.
     tags: dict[str, str] = field(default_factory=dict)
+    # Fork: start the overlay from this (overlay path, snapshot name) instead of the bare
+    # source disk. The new overlay still has source_disk as its backing file.
+    from_snapshot: tuple[str, str] | None = None
+
+
+class SnapshotNotFound(PermanentDriverError):
+    """No snapshot of that name exists for the domain."""
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """An internal snapshot of a sandbox's disk (and memory, when taken while running)."""
+
+    name: str
+    created_at: float  # epoch seconds
+    state: str  # domain state when taken: RUNNING (memory included) or SHUTOFF
+    has_memory: bool
+    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -131,3 +149,18 @@ class HypervisorDriver(Protocol):
     def set_guest_time(self, name: str) -> None:
         """Set the guest clock to the host's now through the guest agent."""
         ...
+
+    def snapshot_create(self, name: str, snapshot: str, description: str = "") -> SnapshotInfo:
+        """Internal snapshot: disk and memory when running, disk when shut off. An existing
+        snapshot of that name is returned unchanged (a retried task)."""
+        ...
+
+    def snapshot_revert(self, name: str, snapshot: str) -> str:
+        """Return the domain to the snapshot; returns the resulting domain state."""
+        ...
+
+    def snapshot_delete(self, name: str, snapshot: str) -> None:
+        """Delete the snapshot; a missing one is success."""
+        ...
+
+    def snapshot_list(self, name: str) -> list[SnapshotInfo]: ...

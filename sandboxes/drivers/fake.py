@@ -23,6 +23,8 @@ from .base import (
     DomainNotFound,
     DriverError,
     PermanentDriverError,
+    SnapshotInfo,
+    SnapshotNotFound,
     SourceNotUsable,
     TransientDriverError,
 )
@@ -40,6 +42,7 @@ class FakeDomain:
     addresses: dict[str, list[str]] = field(default_factory=dict)
     forced_off: int = 0
     time_set: int = 0
+    snapshots: dict[str, SnapshotInfo] = field(default_factory=dict)
 
 
 class FakeDriver:
@@ -223,3 +226,42 @@ class FakeDriver:
                     f"setting the guest clock of domain {name!r}: guest agent is not connected"
                 )
             dom.time_set += 1
+
+    # ---- snapshots ----------------------------------------------------------------------
+
+    def snapshot_create(self, name: str, snapshot: str, description: str = "") -> SnapshotInfo:
+        import time
+
+        with self._lock:
+            self._enter("snapshot_create", name, snapshot)
+            dom = self._get(name)
+            if snapshot in dom.snapshots:
+                return dom.snapshots[snapshot]
+            info = SnapshotInfo(
+                name=snapshot,
+                created_at=time.time(),
+                state=dom.info.state,
+                has_memory=dom.info.state == RUNNING,
+                description=description,
+            )
+            dom.snapshots[snapshot] = info
+            return info
+
+    def snapshot_revert(self, name: str, snapshot: str) -> str:
+        with self._lock:
+            self._enter("snapshot_revert", name, snapshot)
+            dom = self._get(name)
+            if snapshot not in dom.snapshots:
+                raise SnapshotNotFound(f"domain {name!r} has no snapshot {snapshot!r}")
+            dom.info = replace(dom.info, state=dom.snapshots[snapshot].state)
+            return dom.info.state
+
+    def snapshot_delete(self, name: str, snapshot: str) -> None:
+        with self._lock:
+            self._enter("snapshot_delete", name, snapshot)
+            self._get(name).snapshots.pop(snapshot, None)
+
+    def snapshot_list(self, name: str) -> list[SnapshotInfo]:
+        with self._lock:
+            self._enter("snapshot_list", name)
+            return sorted(self._get(name).snapshots.values(), key=lambda s: s.created_at)

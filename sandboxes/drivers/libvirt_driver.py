@@ -10,6 +10,7 @@ import struct
 import subprocess
 import threading
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -27,6 +28,8 @@ from .base import (
     DomainNotFound,
     DriverError,
     PermanentDriverError,
+    SnapshotInfo,
+    SnapshotNotFound,
     SourceNotUsable,
     TransientDriverError,
 )
@@ -327,7 +330,12 @@ class LibvirtDriver:
                 # before define: a fresh overlay is the only safe state.
                 os.unlink(overlay)
             try:
-                self._create_overlay(source, spec.source_format, overlay, spec.name)
+                if spec.from_snapshot:
+                    self._fork_overlay(
+                        source, spec.source_format, spec.from_snapshot, overlay, spec.name
+                    )
+                else:
+                    self._create_overlay(source, spec.source_format, overlay, spec.name)
                 dom = self._call("define", lambda c: c.defineXML(xml), spec.name)
             except Exception:
                 twin = self._quiet_get(spec.name)
@@ -403,6 +411,84 @@ class LibvirtDriver:
             if source in err or "backing" in err.lower() or "format" in err.lower():
                 raise SourceNotUsable(text)
             raise PermanentDriverError(text)
+
+    def _fork_overlay(
+        self, source: str, fmt: str, origin: tuple[str, str], overlay: str, name: str
+    ) -> None:
+        """A new overlay holding another overlay's snapshot, still backed by the source disk.
+        -U: the origin is open in its running QEMU; an internal snapshot never changes, so
+        reading it beside the live VM is safe."""
+        origin_overlay, snapshot = origin
+        cmd = [
+            self.qemu_img,
+            "convert",
+            "-U",
+            "-q",
+            "-f",
+            "qcow2",
+            "-l",
+            f"snapshot.name={snapshot}",
+            "-O",
+            "qcow2",
+            "-B",
+            source,
+            "-F",
+            fmt,
+            origin_overlay,
+            overlay,
+        ]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        except subprocess.TimeoutExpired:
+            raise TransientDriverError(
+                f"{name}: copying snapshot {snapshot} took over 600 s"
+            ) from None
+        if proc.returncode != 0:
+            err = (proc.stderr or proc.stdout).strip()
+            raise SourceNotUsable(
+                f"{name}: cannot fork snapshot {snapshot!r} of {origin_overlay}: {err}"
+            )
+
+    # ---- snapshots ----------------------------------------------------------------------
+
+    def snapshot_create(self, name: str, snapshot: str, description: str = "") -> SnapshotInfo:
+        def run(conn: libvirt.virConnect) -> SnapshotInfo:
+            dom = self._lookup(conn, name)
+            existing = _find_snapshot(dom, snapshot)
+            if existing is not None:
+                return _snapshot_info(existing)
+            root = ET.Element("domainsnapshot")
+            ET.SubElement(root, "name").text = snapshot
+            ET.SubElement(root, "description").text = description
+            return _snapshot_info(dom.snapshotCreateXML(ET.tostring(root, encoding="unicode"), 0))
+
+        return self._call("taking a snapshot", run, name)
+
+    def snapshot_revert(self, name: str, snapshot: str) -> str:
+        def run(conn: libvirt.virConnect) -> str:
+            dom = self._lookup(conn, name)
+            snap = _find_snapshot(dom, snapshot)
+            if snap is None:
+                raise SnapshotNotFound(f"domain {name!r} has no snapshot {snapshot!r}")
+            dom.revertToSnapshot(snap, 0)
+            return _STATES.get(dom.state()[0], OTHER)
+
+        return self._call("reverting to a snapshot", run, name)
+
+    def snapshot_delete(self, name: str, snapshot: str) -> None:
+        def run(conn: libvirt.virConnect) -> None:
+            snap = _find_snapshot(self._lookup(conn, name), snapshot)
+            if snap is not None:
+                snap.delete(0)
+
+        self._call("deleting a snapshot", run, name)
+
+    def snapshot_list(self, name: str) -> list[SnapshotInfo]:
+        def run(conn: libvirt.virConnect) -> list[SnapshotInfo]:
+            snaps = [_snapshot_info(s) for s in self._lookup(conn, name).listAllSnapshots(0)]
+            return sorted(snaps, key=lambda s: s.created_at)
+
+        return self._call("listing snapshots", run, name)
 
     # ---- power --------------------------------------------------------------------------
 
@@ -593,6 +679,37 @@ class LibvirtDriver:
                     time.sleep(0.1)
 
         self._call("setting the guest clock", run, name)
+
+
+def _find_snapshot(dom: libvirt.virDomain, snapshot: str) -> libvirt.virDomainSnapshot | None:
+    try:
+        return dom.snapshotLookupByName(snapshot, 0)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
+            return None
+        raise
+
+
+def _snapshot_info(snap: libvirt.virDomainSnapshot) -> SnapshotInfo:
+    root = ET.fromstring(snap.getXMLDesc(0))
+    state = root.findtext("state") or ""
+    memory = root.find("memory")
+    has_memory = memory is not None and memory.get("snapshot") not in (None, "no")
+    return SnapshotInfo(
+        name=root.findtext("name") or snap.getName(),
+        created_at=float(root.findtext("creationTime") or 0),
+        state=RUNNING
+        if state == "running"
+        else SHUTOFF
+        if state == "shutoff"
+        else _state_word(state),
+        has_memory=has_memory or state == "running",
+        description=root.findtext("description") or "",
+    )
+
+
+def _state_word(state: str) -> str:
+    return {"paused": PAUSED, "crashed": CRASHED}.get(state, OTHER)
 
 
 def _with_flag_fallback(method: Callable[[int], object], *flag_sets: int) -> None:

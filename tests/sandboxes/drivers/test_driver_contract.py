@@ -10,6 +10,7 @@ from sandboxes.drivers.base import (
     SHUTOFF,
     DomainNotFound,
     PermanentDriverError,
+    SnapshotNotFound,
     SourceNotUsable,
     TransientDriverError,
 )
@@ -192,3 +193,28 @@ def test_it_accepts_registered_source_paths_that_do_not_exist_on_disk():
     fake.add_source_disk("/images/base.qcow2")
     info = fake.clone(CloneSpec(name="s", source_disk="/images/base.qcow2", workdir="/srv/s"))
     assert info.disks == ("/srv/s/disk.qcow2",)
+
+
+def test_it_takes_lists_reverts_and_deletes_snapshots(driver, make_spec):
+    spec = make_spec()
+    driver.clone(spec)
+    driver.start(spec.name)
+    first = driver.snapshot_create(spec.name, "base", "before the agent")
+    assert first.name == "base" and first.state == RUNNING and first.has_memory
+    assert driver.snapshot_create(spec.name, "base") == first  # a retried task
+    driver.shutdown(spec.name, timeout=1)
+    off = driver.snapshot_create(spec.name, "off")
+    assert off.state == SHUTOFF and not off.has_memory
+    assert [s.name for s in driver.snapshot_list(spec.name)] == ["base", "off"]
+    assert driver.snapshot_revert(spec.name, "base") == RUNNING
+    assert driver.snapshot_revert(spec.name, "off") == SHUTOFF
+    driver.snapshot_delete(spec.name, "base")
+    driver.snapshot_delete(spec.name, "base")  # missing is success
+    assert [s.name for s in driver.snapshot_list(spec.name)] == ["off"]
+
+
+def test_it_refuses_to_revert_to_an_unknown_snapshot(driver, make_spec):
+    spec = make_spec()
+    driver.clone(spec)
+    with pytest.raises(SnapshotNotFound):
+        driver.snapshot_revert(spec.name, "nope")
