@@ -7,6 +7,7 @@ class SandboxState(models.TextChoices):
     BOOTING = "booting"
     WAITING_FOR_IP = "waiting_for_ip"
     READY = "ready"
+    RESTORING = "restoring"
     STOPPING = "stopping"
     STOPPED = "stopped"
     DESTROYING = "destroying"
@@ -19,6 +20,9 @@ class OperationKind(models.TextChoices):
     START = "start"
     STOP = "stop"
     DESTROY = "destroy"
+    SNAPSHOT = "snapshot"
+    RESTORE = "restore"
+    DELETE_SNAPSHOT = "delete_snapshot"
 
 
 class OperationStatus(models.TextChoices):
@@ -46,3 +50,10 @@ class NetworkMode(models.TextChoices):
     PORT_FORWARD = "port_forward"
     NETWORK = "network"
     BRIDGE = "bridge"
+
+
+class SnapshotStatus(models.TextChoices):
+    CREATING = "creating"
+    READY = "ready"
+    FAILED = "failed"
+    DELETING = "deleting"

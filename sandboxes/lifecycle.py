@@ -1,6 +1,7 @@
 """The sandbox lifecycle: which state may follow which, and one race-free way to move.
 
     requested → provisioning → booting → waiting_for_ip → ready ⇄ (stopping →) stopped
+    ready | stopped | error → restoring → waiting_for_ip (memory snapshot) | stopped
     any → destroying → destroyed;  transitional → error
 
 A transition is a conditional UPDATE (compare-and-set): of many workers on many hosts that
@@ -21,10 +22,11 @@ ALLOWED: dict[str, set[str]] = {
     S.PROVISIONING: {S.BOOTING, S.STOPPED, S.DESTROYING, S.ERROR},
     S.BOOTING: {S.WAITING_FOR_IP, S.STOPPING, S.DESTROYING, S.ERROR},
     S.WAITING_FOR_IP: {S.READY, S.STOPPING, S.DESTROYING, S.ERROR},
-    S.READY: {S.STOPPING, S.BOOTING, S.DESTROYING, S.ERROR},
+    S.READY: {S.STOPPING, S.BOOTING, S.RESTORING, S.DESTROYING, S.ERROR},
+    S.RESTORING: {S.WAITING_FOR_IP, S.STOPPED, S.DESTROYING, S.ERROR},
     S.STOPPING: {S.STOPPED, S.DESTROYING, S.ERROR},
-    S.STOPPED: {S.BOOTING, S.DESTROYING, S.ERROR},
-    S.ERROR: {S.DESTROYING, S.BOOTING, S.STOPPING},
+    S.STOPPED: {S.BOOTING, S.RESTORING, S.DESTROYING, S.ERROR},
+    S.ERROR: {S.DESTROYING, S.BOOTING, S.STOPPING, S.RESTORING},
     S.DESTROYING: {S.DESTROYED, S.ERROR},
     S.DESTROYED: set(),
 }

@@ -22,6 +22,7 @@ from .choices import (
     OperationKind,
     OperationStatus,
     SandboxState,
+    SnapshotStatus,
     SourceKind,
 )
 
@@ -35,6 +36,7 @@ TRANSITIONAL_STATES = (
     SandboxState.BOOTING,
     SandboxState.WAITING_FOR_IP,
     SandboxState.STOPPING,
+    SandboxState.RESTORING,
     SandboxState.DESTROYING,
 )
 
@@ -141,6 +143,14 @@ class Sandbox(models.Model):
     mac_address = models.CharField(max_length=17, blank=True)
     host_key = models.TextField(blank=True, help_text="Pinned SSH host key of the guest.")
     workdir = models.CharField(max_length=500, blank=True)
+    forked_from = models.ForeignKey(
+        "Snapshot",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="forks",
+        help_text="The snapshot of another sandbox this one branched from.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     ready_at = models.DateTimeField(null=True, blank=True)
@@ -171,6 +181,38 @@ class Sandbox(models.Model):
         return self.state not in (SandboxState.DESTROYED,)
 
 
+snapshot_name_validator = RegexValidator(
+    r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", "1-64 letters, digits and ._- (not starting with . - _)"
+)
+
+
+class Snapshot(models.Model):
+    """A checkpoint of a sandbox: an internal qcow2 snapshot of its disk, with the guest's
+    memory when it was taken while running."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    sandbox = models.ForeignKey(Sandbox, on_delete=models.CASCADE, related_name="snapshots")
+    name = models.CharField(max_length=64, validators=[snapshot_name_validator])
+    description = models.TextField(blank=True)
+    status = models.CharField(
+        max_length=10, choices=SnapshotStatus.choices, default=SnapshotStatus.CREATING
+    )
+    has_memory = models.BooleanField(default=False)
+    domain_state = models.CharField(max_length=16, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    taken_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["sandbox", "name"], name="unique_snapshot_name"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.sandbox.name}@{self.name}"
+
+
 class Operation(models.Model):
     """One slow step done by a worker: what clients poll and the UI shows."""
 
@@ -184,6 +226,9 @@ class Operation(models.Model):
     )
     sandbox = models.ForeignKey(
         Sandbox, null=True, blank=True, on_delete=models.CASCADE, related_name="operations"
+    )
+    snapshot = models.ForeignKey(
+        "Snapshot", null=True, blank=True, on_delete=models.SET_NULL, related_name="operations"
     )
     host = models.ForeignKey(Host, on_delete=models.PROTECT, related_name="operations")
     queue = models.CharField(max_length=80)

@@ -5,12 +5,14 @@ harmless."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 
 from . import lifecycle, services
 from .choices import NetworkMode, SandboxState, SourceKind
 from .drivers.base import CloneSpec, LibvirtNetwork, PortForward
+from .drivers.domain_xml import OVERLAY_NAME
 from .models import Sandbox
 from .runtime import get_ca, get_driver, get_ssh_pool, vsb
 
@@ -62,7 +64,8 @@ def clone_spec(sandbox: Sandbox) -> CloneSpec:
             # sandbox's principal, and take the sandbox's name.
             cmdline = (
                 f"{source.cmdline} vsb.ca={ca_type}:{ca_b64} "
-                f"vsb.principals={sandbox.principal} vsb.hostname={sandbox.name}"
+                f"vsb.principals={sandbox.principal} vsb.hostname={sandbox.name} "
+                f"vsb.instance={sandbox.id}"
             ).strip()
     if sandbox.network_mode == NetworkMode.PORT_FORWARD:
         network = PortForward(
@@ -86,7 +89,16 @@ def clone_spec(sandbox: Sandbox) -> CloneSpec:
         network=network,
         mac=sandbox.mac_address or None,
         tags={"sandbox": str(sandbox.id)},
+        from_snapshot=fork_origin_disk(sandbox),
     )
+
+
+def fork_origin_disk(sandbox: Sandbox) -> tuple[str, str] | None:
+    """(origin overlay, snapshot name) for a fork, else None."""
+    snap = sandbox.forked_from
+    if snap is None:
+        return None
+    return (os.path.join(snap.sandbox.workdir, OVERLAY_NAME), snap.name)
 
 
 def ensure_free_port(sandbox: Sandbox) -> None:

@@ -56,10 +56,13 @@ def record_heartbeat(host: Host, domain_type: str = "") -> None:
     Host.objects.filter(pk=host.pk).update(**fields)
 
 
-def choose_host(source: SourceVM) -> Host:
-    """The least loaded enabled host with a live worker and room, or Unavailable."""
+def choose_host(source: SourceVM, only: Host | None = None) -> Host:
+    """The least loaded enabled host with a live worker and room, or Unavailable. `only`
+    pins the choice (a fork must live where its origin's disk is)."""
     candidates = Host.objects.filter(enabled=True)
-    if source.host_id:
+    if only is not None:
+        candidates = candidates.filter(pk=only.pk)
+    elif source.host_id:
         candidates = candidates.filter(pk=source.host_id)
     candidates = candidates.annotate(
         live=Count("sandboxes", filter=~Q(sandboxes__state=SandboxState.DESTROYED))
@@ -220,7 +223,9 @@ def validate_sizes(
 def create_sandbox(
     owner,
     *,
-    source_vm_name: str,
+    source_vm_name: str = "",
+    from_sandbox=None,
+    from_snapshot: str = "",
     agent_id: str = "",
     vcpus: int | None = None,
     memory_mb: int | None = None,
@@ -228,8 +233,22 @@ def create_sandbox(
     auto_start: bool = True,
 ) -> Operation:
     """Register a sandbox and enqueue its creation on the chosen host. Returns the create
-    Operation; its sandbox is in `requested` until the worker picks it up."""
-    source = SourceVM.objects.filter(name=source_vm_name, enabled=True).first()
+    Operation; its sandbox is in `requested` until the worker picks it up. With
+    `from_sandbox` + `from_snapshot` the sandbox is a fork: its disk starts from that
+    snapshot, on the origin's host, and it boots with its own host key and machine-id."""
+    forked_from = None
+    if from_sandbox or from_snapshot:
+        if not (from_sandbox and from_snapshot):
+            missing = "from_snapshot" if from_sandbox else "from_sandbox"
+            raise InvalidInput.field(missing, "a fork needs both from_sandbox and from_snapshot.")
+        from .snapshots import fork_origin
+
+        forked_from = fork_origin(owner, from_sandbox, from_snapshot)
+        source = forked_from.sandbox.source
+    elif not source_vm_name:
+        raise InvalidInput.field("source_vm_name", "is required (or from_sandbox + from_snapshot).")
+    else:
+        source = SourceVM.objects.filter(name=source_vm_name, enabled=True).first()
     if source is None:
         known = ", ".join(SourceVM.objects.filter(enabled=True).values_list("name", flat=True))
         raise InvalidInput.field(
@@ -237,7 +256,7 @@ def create_sandbox(
             f"unknown source VM {source_vm_name!r}; known: {known or 'none (run manage.py build_guest_image)'}.",
         )
     vcpus, memory_mb, ttl_seconds = validate_sizes(vcpus, memory_mb, ttl_seconds)
-    host = choose_host(source)
+    host = choose_host(source, only=forked_from.sandbox.host if forked_from else None)
     mode = vsb("NETWORK_MODE")
     for _ in range(5):
         sandbox_id = uuid.uuid4()
@@ -260,6 +279,7 @@ def create_sandbox(
                     ssh_host="127.0.0.1" if mode == NetworkMode.PORT_FORWARD else "",
                     ssh_port=_allocate_port(host) if mode == NetworkMode.PORT_FORWARD else None,
                     workdir=f"{vsb('SANDBOX_DIR').rstrip('/')}/sbx-{sandbox_id.hex[:8]}",
+                    forked_from=forked_from,
                 )
                 op = _new_operation(
                     OperationKind.CREATE,
@@ -476,7 +496,9 @@ def claim_operation(op_id) -> Operation | None:
     if not updated:
         return None
     Operation.objects.filter(pk=op_id, started_at__isnull=True).update(started_at=now)
-    return Operation.objects.select_related("sandbox", "sandbox__source", "host").get(pk=op_id)
+    return Operation.objects.select_related(
+        "sandbox", "sandbox__source", "sandbox__forked_from__sandbox", "snapshot", "host"
+    ).get(pk=op_id)
 
 
 def report_progress(op_id, progress: int, message: str) -> None:

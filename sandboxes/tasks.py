@@ -12,9 +12,16 @@ from celery import shared_task
 from django.utils import timezone
 
 from . import command_results, lifecycle, provisioning, services
-from .choices import CommandStatus, OperationKind, OperationStatus, SandboxState, SourceKind
+from .choices import (
+    CommandStatus,
+    OperationKind,
+    OperationStatus,
+    SandboxState,
+    SnapshotStatus,
+    SourceKind,
+)
 from .drivers.base import RUNNING, DriverError
-from .models import Command, Operation
+from .models import Command, Operation, Snapshot
 from .runtime import vsb
 
 log = logging.getLogger(__name__)
@@ -24,6 +31,9 @@ TASK_FOR_KIND = {
     OperationKind.START: "sandboxes.start_sandbox",
     OperationKind.STOP: "sandboxes.stop_sandbox",
     OperationKind.DESTROY: "sandboxes.destroy_sandbox",
+    OperationKind.SNAPSHOT: "sandboxes.snapshot_sandbox",
+    OperationKind.RESTORE: "sandboxes.restore_snapshot",
+    OperationKind.DELETE_SNAPSHOT: "sandboxes.delete_snapshot",
 }
 TASK_OPTIONS = {
     "bind": True,
@@ -356,6 +366,113 @@ def _run_command(command_id: str) -> dict | None:
             )
     status = CommandStatus.TIMED_OUT if result.timed_out else CommandStatus.FINISHED
     return services.finish_command(cmd.pk, status=status, result=result)
+
+
+# --- Snapshots -----------------------------------------------------------------------------
+
+
+def _sync_guest(sandbox) -> None:
+    """Flush the guest's page cache so the disk half of the snapshot is complete (a fork
+    boots from the disk alone)."""
+    from .remote import ssh
+
+    try:
+        ssh.run(provisioning.pooled_client(sandbox), "sync", timeout=30)
+    except Exception as exc:  # noqa: BLE001 - the memory half still has the data
+        log.warning("sync before snapshot of %s failed: %s", sandbox.name, exc)
+
+
+@shared_task(name="sandboxes.snapshot_sandbox", **TASK_OPTIONS)
+def snapshot_sandbox(self, op_id: str) -> None:
+    op = services.claim_operation(op_id)
+    if op is None:
+        return
+    sandbox, snap = op.sandbox, op.snapshot
+
+    def fail(reason: str) -> None:
+        Snapshot.objects.filter(pk=snap.pk).update(status=SnapshotStatus.FAILED, error=reason)
+        services.finish_operation(op.pk, OperationStatus.FAILED, error=reason, message="failed")
+
+    if snap is None:
+        services.finish_operation(op.pk, OperationStatus.FAILED, error="snapshot row is gone")
+        return
+    try:
+        if sandbox.state == SandboxState.READY:
+            services.report_progress(op.pk, 20, "flushing the guest's disk cache")
+            _sync_guest(sandbox)
+        services.report_progress(op.pk, 50, "taking the snapshot")
+        info = provisioning.driver_for(sandbox).snapshot_create(
+            sandbox.name, snap.name, snap.description
+        )
+    except Exception as exc:  # noqa: BLE001
+        _retry_or_fail(self, op, exc, fail)
+        return
+    Snapshot.objects.filter(pk=snap.pk).update(
+        status=SnapshotStatus.READY,
+        has_memory=info.has_memory,
+        domain_state=info.state,
+        taken_at=timezone.now(),
+    )
+    services.finish_operation(op.pk, OperationStatus.SUCCEEDED, message="snapshot taken")
+
+
+@shared_task(name="sandboxes.restore_snapshot", **TASK_OPTIONS)
+def restore_snapshot(self, op_id: str) -> None:
+    op = services.claim_operation(op_id)
+    if op is None:
+        return
+    sandbox, snap = op.sandbox, op.snapshot
+    if sandbox.state != SandboxState.RESTORING or snap is None:
+        services.finish_operation(
+            op.pk, OperationStatus.FAILED, error=f"sandbox is {sandbox.state}, snapshot {snap}"
+        )
+        return
+    driver = provisioning.driver_for(sandbox)
+    try:
+        provisioning.get_ssh_pool().discard(str(sandbox.id))  # its TCP state is about to vanish
+        services.report_progress(op.pk, 30, f"reverting to {snap.name}")
+        state = driver.snapshot_revert(sandbox.name, snap.name)
+        if state == RUNNING:
+            # TCG has no kvmclock: the guest wakes with the snapshot's time, and a fresh
+            # certificate would look not-yet-valid to it.
+            services.report_progress(op.pk, 60, "setting the guest clock")
+            driver.set_guest_time(sandbox.name)
+    except Exception as exc:  # noqa: BLE001
+        _retry_or_fail(self, op, exc, lambda reason: _fail_keep(op, reason))
+        return
+    if state == RUNNING:
+        lifecycle.transition(
+            sandbox.pk, SandboxState.WAITING_FOR_IP, expected=[SandboxState.RESTORING]
+        )
+        services.report_progress(op.pk, 80, "waiting for SSH")
+        _enqueue_wait(op, countdown=0.2)
+        return
+    lifecycle.transition(sandbox.pk, SandboxState.STOPPED, expected=[SandboxState.RESTORING])
+    services.finish_operation(op.pk, OperationStatus.SUCCEEDED, message=f"restored {snap.name}")
+
+
+@shared_task(name="sandboxes.delete_snapshot", **TASK_OPTIONS)
+def delete_snapshot(self, op_id: str) -> None:
+    op = services.claim_operation(op_id)
+    if op is None:
+        return
+    sandbox, snap = op.sandbox, op.snapshot
+    if snap is None:
+        services.finish_operation(op.pk, OperationStatus.SUCCEEDED, message="already deleted")
+        return
+    try:
+        provisioning.driver_for(sandbox).snapshot_delete(sandbox.name, snap.name)
+    except Exception as exc:  # noqa: BLE001
+
+        def fail(reason: str) -> None:
+            Snapshot.objects.filter(pk=snap.pk).update(status=SnapshotStatus.FAILED, error=reason)
+            services.finish_operation(op.pk, OperationStatus.FAILED, error=reason)
+
+        _retry_or_fail(self, op, exc, fail)
+        return
+    name = snap.name
+    snap.delete()
+    services.finish_operation(op.pk, OperationStatus.SUCCEEDED, message=f"deleted {name}")
 
 
 # --- Periodic sweeps (control queue) -------------------------------------------------------

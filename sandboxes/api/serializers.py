@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from ..models import Command, Host, Operation, Sandbox, SourceVM
+from ..models import Command, Host, Operation, Sandbox, Snapshot, SourceVM
 
 
 class StrictInputSerializer(serializers.Serializer):
@@ -63,13 +63,45 @@ class SandboxSerializer(serializers.ModelSerializer):
 
 class CreateSandboxSerializer(StrictInputSerializer):
     aliases = {"cpu": "vcpus"}
-    source_vm_name = serializers.CharField(max_length=100)
+    source_vm_name = serializers.CharField(max_length=100, required=False, default="")
+    from_sandbox = serializers.UUIDField(required=False, allow_null=True, default=None)
+    from_snapshot = serializers.CharField(max_length=64, required=False, default="")
     agent_id = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
     vcpus = serializers.IntegerField(required=False, allow_null=True, default=None)
     memory_mb = serializers.IntegerField(required=False, allow_null=True, default=None)
     ttl_seconds = serializers.IntegerField(required=False, allow_null=True, default=None)
     auto_start = serializers.BooleanField(required=False, default=True)
     wait_for_ip = serializers.BooleanField(required=False, default=False)
+
+
+class SnapshotSerializer(serializers.ModelSerializer):
+    sandbox_id = serializers.UUIDField(read_only=True)
+
+    class Meta:
+        model = Snapshot
+        fields = [
+            "id",
+            "sandbox_id",
+            "name",
+            "description",
+            "status",
+            "has_memory",
+            "domain_state",
+            "error",
+            "created_at",
+            "taken_at",
+        ]
+        read_only_fields = fields
+
+
+class CreateSnapshotSerializer(StrictInputSerializer):
+    aliases = {"external": "disk_only"}
+    name = serializers.CharField(max_length=64)
+    description = serializers.CharField(
+        required=False, allow_blank=True, default="", max_length=2000
+    )
+    disk_only = serializers.BooleanField(required=False, default=False)
+    wait = serializers.BooleanField(required=False, default=False)
 
 
 class WaitSerializer(StrictInputSerializer):
@@ -101,6 +133,11 @@ class OperationSerializer(serializers.ModelSerializer):
             "deadline",
         ]
         read_only_fields = fields
+
+
+class SnapshotOperationSerializer(serializers.Serializer):
+    snapshot = SnapshotSerializer()
+    operation = OperationSerializer()
 
 
 class SandboxOperationSerializer(serializers.Serializer):

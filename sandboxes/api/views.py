@@ -11,7 +11,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .. import services
+from .. import services, snapshots
 from ..choices import OperationStatus
 from ..exceptions import ServiceError
 from ..models import Host, Operation, Sandbox, SourceVM
@@ -20,6 +20,7 @@ from .serializers import (
     CommandResultSerializer,
     CommandSerializer,
     CreateSandboxSerializer,
+    CreateSnapshotSerializer,
     ErrorSerializer,
     HealthSerializer,
     HostSerializer,
@@ -27,6 +28,8 @@ from .serializers import (
     RunCommandSerializer,
     SandboxOperationSerializer,
     SandboxSerializer,
+    SnapshotOperationSerializer,
+    SnapshotSerializer,
     SourceVMSerializer,
     VMListSerializer,
     WaitSerializer,
@@ -187,6 +190,85 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     @action(detail=True, methods=["post"], url_path="run")
     def run(self, request, pk=None):
         return self.command(request, pk)
+
+    # --- snapshots ------------------------------------------------------------------------
+
+    def _snapshot_op(self, op: Operation, code: int) -> Response:
+        op.refresh_from_db()
+        snap = op.snapshot
+        body = {"operation": OperationSerializer(op).data}
+        body["snapshot"] = SnapshotSerializer(snap).data if snap else None
+        return Response(body, status=code)
+
+    @extend_schema(
+        summary="Take a snapshot",
+        description=(
+            "Internal snapshot: with the guest's memory while the sandbox runs, of the disk "
+            "while it is stopped. 202 with the operation; `wait: true` answers 201 when taken."
+        ),
+        request=CreateSnapshotSerializer,
+        responses={201: SnapshotOperationSerializer, 202: SnapshotOperationSerializer, **ERRORS},
+    )
+    @action(detail=True, methods=["post"], url_path="snapshots")
+    def snapshots(self, request, pk=None):
+        params = CreateSnapshotSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        data = dict(params.validated_data)
+        wait = data.pop("wait")
+        op = snapshots.create_snapshot(self.get_object(), request.user, **data)
+        if wait:
+            return self._snapshot_op(
+                _waited(op, snapshots.SNAPSHOT_DEADLINE), status.HTTP_201_CREATED
+            )
+        return self._snapshot_op(op, status.HTTP_202_ACCEPTED)
+
+    @extend_schema(summary="List snapshots", responses={200: SnapshotSerializer(many=True)})
+    @snapshots.mapping.get
+    def list_snapshots(self, request, pk=None):
+        sandbox = self.get_object()
+        return Response(SnapshotSerializer(sandbox.snapshots.all(), many=True).data)
+
+    @extend_schema(
+        summary="Take a snapshot (the original's path)",
+        request=CreateSnapshotSerializer,
+        responses={201: SnapshotOperationSerializer, 202: SnapshotOperationSerializer, **ERRORS},
+    )
+    @action(detail=True, methods=["post"], url_path="snapshot")
+    def snapshot(self, request, pk=None):
+        return self.snapshots(request, pk)
+
+    @extend_schema(summary="Get a snapshot", responses={200: SnapshotSerializer, **ERRORS})
+    @action(detail=True, methods=["get"], url_path=r"snapshots/(?P<snapshot_name>[^/]+)")
+    def snapshot_detail(self, request, pk=None, snapshot_name=None):
+        return Response(
+            SnapshotSerializer(snapshots.get_snapshot(self.get_object(), snapshot_name)).data
+        )
+
+    @extend_schema(summary="Delete a snapshot", responses={202: OperationSerializer, **ERRORS})
+    @snapshot_detail.mapping.delete
+    def delete_snapshot(self, request, pk=None, snapshot_name=None):
+        op = snapshots.delete_snapshot(self.get_object(), request.user, snapshot_name)
+        return Response(OperationSerializer(op).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        summary="Restore a snapshot",
+        description=(
+            "Returns the sandbox to the snapshot: running with its memory (the guest clock is "
+            "corrected and SSH answers again), or stopped for a disk snapshot."
+        ),
+        request=WaitSerializer,
+        responses={200: SandboxOperationSerializer, 202: SandboxOperationSerializer, **ERRORS},
+    )
+    @action(detail=True, methods=["post"], url_path=r"snapshots/(?P<snapshot_name>[^/]+)/restore")
+    def restore(self, request, pk=None, snapshot_name=None):
+        params = WaitSerializer(data=request.data or {})
+        params.is_valid(raise_exception=True)
+        op = snapshots.restore_snapshot(self.get_object(), request.user, snapshot_name)
+        if params.validated_data["wait"] or params.validated_data["wait_for_ip"]:
+            return self._sandbox_op(
+                _waited(op, vsb("READY_TIMEOUT_SECONDS") + 60), status.HTTP_200_OK
+            )
+        return self._sandbox_op(op, status.HTTP_202_ACCEPTED)
 
     @extend_schema(summary="Command history", responses={200: CommandSerializer(many=True)})
     @action(detail=True, methods=["get"])

@@ -485,7 +485,9 @@ class LibvirtDriver:
 
     def snapshot_list(self, name: str) -> list[SnapshotInfo]:
         def run(conn: libvirt.virConnect) -> list[SnapshotInfo]:
-            snaps = [_snapshot_info(s) for s in self._lookup(conn, name).listAllSnapshots(0)]
+            # Topological: parents first, so equal creation seconds keep their real order.
+            flags = libvirt.VIR_DOMAIN_SNAPSHOT_LIST_TOPOLOGICAL
+            snaps = [_snapshot_info(s) for s in self._lookup(conn, name).listAllSnapshots(flags)]
             return sorted(snaps, key=lambda s: s.created_at)
 
         return self._call("listing snapshots", run, name)
