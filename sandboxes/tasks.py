@@ -87,6 +87,19 @@ def _failer(op: Operation):
     )
 
 
+def _resumed(op: Operation) -> bool:
+    """For a start or restore resumed after a worker restart: finish or hand over to the
+    readiness poll when an earlier attempt already got past the slow step. True if handled."""
+    state = op.sandbox.state
+    if state in (SandboxState.READY, SandboxState.STOPPED):
+        services.finish_operation(op.pk, OperationStatus.SUCCEEDED, message=state)
+        return True
+    if state == SandboxState.WAITING_FOR_IP:
+        _enqueue_wait(op, countdown=0)
+        return True
+    return False
+
+
 def _enqueue_wait(op: Operation, countdown: float) -> None:
     wait_ready.apply_async((str(op.pk),), countdown=countdown, queue=op.queue)
 
@@ -106,6 +119,10 @@ def provision_sandbox(self, op_id: str) -> None:
             OperationStatus.FAILED,
             error=f"sandbox became {sandbox.state} before it was created",
         )
+        return
+    if sandbox.state in (SandboxState.READY, SandboxState.STOPPED):
+        # A previous attempt got this far before its worker died: the work is done.
+        services.finish_operation(op.pk, OperationStatus.SUCCEEDED, message=sandbox.state)
         return
     try:
         if sandbox.state == SandboxState.REQUESTED:
@@ -155,6 +172,8 @@ def start_sandbox(self, op_id: str) -> None:
     if op is None:
         return
     sandbox = op.sandbox
+    if _resumed(op):
+        return
     if sandbox.state != SandboxState.BOOTING:
         services.finish_operation(
             op.pk, OperationStatus.FAILED, error=f"sandbox is {sandbox.state}"
@@ -186,6 +205,11 @@ def wait_ready(self, op_id: str) -> None:
     sandbox = op.sandbox
     poll = vsb("READY_POLL_SECONDS")
     fail = _failer(op)
+    if sandbox.state == SandboxState.READY:
+        # Another poll of the same operation got there first (a redelivered message after a
+        # worker restart runs beside the resumed one).
+        services.finish_operation(op.pk, OperationStatus.SUCCEEDED, message="ready")
+        return
     if sandbox.state not in (SandboxState.BOOTING, SandboxState.WAITING_FOR_IP):
         services.finish_operation(
             op.pk, OperationStatus.FAILED, error=f"sandbox became {sandbox.state} while booting"
@@ -269,9 +293,12 @@ def wait_ready(self, op_id: str) -> None:
         )
     else:
         sandbox.refresh_from_db(fields=["state"])
-        services.finish_operation(
-            op.pk, OperationStatus.FAILED, error=f"sandbox became {sandbox.state}"
-        )
+        if sandbox.state == SandboxState.READY:
+            services.finish_operation(op.pk, OperationStatus.SUCCEEDED, message="ready")
+        else:
+            services.finish_operation(
+                op.pk, OperationStatus.FAILED, error=f"sandbox became {sandbox.state}"
+            )
 
 
 @shared_task(name="sandboxes.stop_sandbox", **TASK_OPTIONS)
@@ -378,17 +405,6 @@ def _run_command(command_id: str) -> dict | None:
 # --- Snapshots -----------------------------------------------------------------------------
 
 
-def _sync_guest(sandbox) -> None:
-    """Flush the guest's page cache so the disk half of the snapshot is complete (a fork
-    boots from the disk alone)."""
-    from .remote import ssh
-
-    try:
-        ssh.run(provisioning.pooled_client(sandbox), "sync", timeout=30)
-    except Exception as exc:  # noqa: BLE001 - the memory half still has the data
-        log.warning("sync before snapshot of %s failed: %s", sandbox.name, exc)
-
-
 @shared_task(name="sandboxes.snapshot_sandbox", **TASK_OPTIONS)
 def snapshot_sandbox(self, op_id: str) -> None:
     op = services.claim_operation(op_id)
@@ -404,10 +420,7 @@ def snapshot_sandbox(self, op_id: str) -> None:
         services.finish_operation(op.pk, OperationStatus.FAILED, error="snapshot row is gone")
         return
     try:
-        if sandbox.state == SandboxState.READY:
-            services.report_progress(op.pk, 20, "flushing the guest's disk cache")
-            _sync_guest(sandbox)
-        services.report_progress(op.pk, 50, "taking the snapshot")
+        services.report_progress(op.pk, 50, "flushing the guest's disks and taking the snapshot")
         info = provisioning.driver_for(sandbox).snapshot_create(
             sandbox.name, snap.name, snap.description
         )
@@ -429,6 +442,8 @@ def restore_snapshot(self, op_id: str) -> None:
     if op is None:
         return
     sandbox, snap = op.sandbox, op.snapshot
+    if _resumed(op):
+        return
     if sandbox.state != SandboxState.RESTORING or snap is None:
         services.finish_operation(
             op.pk, OperationStatus.FAILED, error=f"sandbox is {sandbox.state}, snapshot {snap}"
@@ -452,7 +467,7 @@ def restore_snapshot(self, op_id: str) -> None:
             sandbox.pk, SandboxState.WAITING_FOR_IP, expected=[SandboxState.RESTORING]
         )
         services.report_progress(op.pk, 80, "waiting for SSH")
-        _enqueue_wait(op, countdown=0.2)
+        _enqueue_wait(op, countdown=0)
         return
     lifecycle.transition(sandbox.pk, SandboxState.STOPPED, expected=[SandboxState.RESTORING])
     services.finish_operation(op.pk, OperationStatus.SUCCEEDED, message=f"restored {snap.name}")

@@ -98,7 +98,7 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         return {
             "v": FORMAT_VERSION,
-            "files": [list(_astuple(e)) for e in self.files.values()],
+            "files": _pack_files(self.files),
             "packages": None
             if self.packages is None
             else [[key, *_astuple(p)] for key, p in self.packages.items()],
@@ -115,10 +115,8 @@ class Manifest:
             raise ManifestError(f"unsupported manifest version {data.get('v')!r}")
         packages = data["packages"]
         return cls(
-            files={row[0]: FileEntry(*row) for row in data["files"]},
-            packages=None
-            if packages is None
-            else {row[0]: Package(*row[1:]) for row in packages},
+            files=_unpack_files(data["files"]),
+            packages=None if packages is None else {row[0]: Package(*row[1:]) for row in packages},
             units={r[0]: Unit(r[0], tuple(r[1]), r[2], r[3]) for r in data["units"]},
             users={row[0]: User(*row) for row in data["users"]},
             groups={r[0]: Group(r[0], r[1], tuple(r[2])) for r in data["groups"]},
@@ -141,6 +139,29 @@ class Manifest:
     @classmethod
     def from_gzip(cls, blob: bytes) -> Manifest:
         return cls.from_json(gzip.decompress(blob))
+
+
+def _pack_files(files: dict[str, FileEntry]) -> dict[str, list[list[Any]]]:
+    """Rows grouped by directory, ctime as an offset from mtime (mostly 0), no empty target:
+    a third of the naive size, and still plain JSON."""
+    by_dir: dict[str, list[list[Any]]] = defaultdict(list)
+    for e in files.values():
+        directory, _, name = e.path.rpartition("/")
+        row = [name, e.type, e.size, e.mtime_ns, e.ctime_ns - e.mtime_ns, e.inode, e.mode]
+        row += [e.uid, e.gid, e.user, e.group]
+        if e.target:
+            row.append(e.target)
+        by_dir[directory].append(row)
+    return by_dir
+
+
+def _unpack_files(by_dir: dict[str, list[list[Any]]]) -> dict[str, FileEntry]:
+    files = {}
+    for directory, rows in by_dir.items():
+        for name, kind, size, mtime, ctime_offset, *rest in rows:
+            path = f"{directory}/{name}"
+            files[path] = FileEntry(path, kind, size, mtime, mtime + ctime_offset, *rest)
+    return files
 
 
 def _astuple(obj: Any) -> tuple[Any, ...]:
@@ -202,9 +223,7 @@ def _parse_files(body: bytes) -> dict[str, FileEntry]:
     tokens = body.split(b"\0")
     files: dict[str, FileEntry] = {}
     for record, target in zip(tokens[0:-1:2], tokens[1::2], strict=False):
-        kind, size, mtime, ctime, inode, mode, uid, gid, user, group, path = record.split(
-            b"\t", 10
-        )
+        kind, size, mtime, ctime, inode, mode, uid, gid, user, group, path = record.split(b"\t", 10)
         entry = FileEntry(
             path=absolute(path),
             type=kind.decode(),

@@ -248,3 +248,23 @@ def test_it_finds_a_bridged_guest_by_its_address_sources_in_order(
     assert provisioning.discover_address(sandbox) == "192.0.2.20"  # agent comes first
     spec = driver.domains[sandbox.name].spec
     assert spec.network.name == "default" and spec.network.kind == "network"
+
+
+def test_a_resumed_create_of_a_sandbox_that_is_already_ready_just_succeeds(driver, create_op, waits):
+    op = create_op()
+    tasks.provision_sandbox.run(str(op.pk))
+    Sandbox.objects.filter(pk=op.sandbox_id).update(state=SandboxState.READY)
+    Operation.objects.filter(pk=op.pk).update(status=OperationStatus.RUNNING)
+    tasks.provision_sandbox.run(str(op.pk))  # the worker died after READY, before the op closed
+    op.refresh_from_db()
+    assert op.status == OperationStatus.SUCCEEDED
+    assert driver.state(op.sandbox.name) == "running", "a ready sandbox must never be torn down"
+
+
+def test_a_duplicate_readiness_poll_does_not_fail_a_finished_boot(driver, create_op, waits):
+    op = create_op()
+    tasks.provision_sandbox.run(str(op.pk))
+    Sandbox.objects.filter(pk=op.sandbox_id).update(state=SandboxState.READY)
+    tasks.wait_ready.run(str(op.pk))
+    op.refresh_from_db()
+    assert op.status == OperationStatus.SUCCEEDED

@@ -22,7 +22,6 @@ def driver(settings):
 @pytest.fixture
 def ready_sandbox(alice, host, source, sent_tasks, driver, monkeypatch):
     monkeypatch.setattr(tasks, "_enqueue_wait", lambda op, countdown: None)
-    monkeypatch.setattr(tasks, "_sync_guest", lambda sandbox: None)
     body = alice.post("/v1/sandboxes", {"source_vm_name": "debian-base"}, format="json").json()
     tasks.provision_sandbox.run(body["operation"]["id"])
     Sandbox.objects.filter(pk=body["sandbox"]["id"]).update(state=SandboxState.READY)

@@ -34,6 +34,7 @@ class Guest:
     root: Path
     shell: list[str]
     dpkg_status: Path
+    stubs: Path  # first on PATH: put fake guest commands here
     env: dict[str, str]
 
     def run(self, script: str) -> bytes:
@@ -45,6 +46,11 @@ class Guest:
 
     def collect(self, **kwargs) -> Manifest:
         return parse(self.run(collector_script(root=str(self.root), **kwargs)))
+
+    def stub(self, name: str, script: str) -> None:
+        path = self.stubs / name
+        path.write_text("#!/bin/sh\n" + script)
+        path.chmod(0o755)
 
     def write(self, rel: str, text: str | bytes, mode: int = 0o644) -> Path:
         path = self.root / rel
@@ -108,4 +114,4 @@ def guest(request, tmp_path) -> Guest:
     stub.write_text(f"#!/bin/sh\ncat '{status}'\n")
     stub.chmod(0o755)
     env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}"}
-    return Guest(root=root, shell=SHELLS[request.param], dpkg_status=status, env=env)
+    return Guest(root=root, shell=SHELLS[request.param], dpkg_status=status, stubs=stubs, env=env)

@@ -1,0 +1,91 @@
+"""Snapshot benchmark: our API against raw virsh on the same VM, side by side, in one run.
+
+  snapshot create: POST /v1/sandboxes/{id}/snapshots {"wait": true}  vs  virsh snapshot-create-as
+  restore:         POST .../snapshots/{name}/restore {"wait": true}   vs  virsh snapshot-revert
+                   (+ domtime --now + a first SSH login, the same readiness the API waits for)
+
+Runs against the service started by scripts/run.sh, on the same machine (root):
+    .venv/bin/python bench/snapshots.py --api-key "$VSB_API_KEY"
+Target (issue 3): API <= 1.1 x raw for snapshot and restore.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import time
+import uuid
+
+from foundation import Api, ssh  # noqa: E402  (sets up Django and sys.path)
+from django.conf import settings  # noqa: E402
+
+from sandboxes.remote.ca import CertificateAuthority  # noqa: E402
+
+
+def virsh(*args: str) -> None:
+    subprocess.run(["virsh", "-q", "-c", settings.VSB["LIBVIRT_URI"], *args], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def login(sandbox: dict, ca: CertificateAuthority) -> None:
+    credential = ca.issue([f"sandbox-{uuid.UUID(sandbox['id']).hex}"])
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            ssh.connect(ssh.SSHTarget("127.0.0.1", sandbox["ssh_port"], "root", sandbox["host_key"]),
+                        credential, timeout=5).close()
+            return
+        except ssh.RemoteError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default="http://127.0.0.1:8080")
+    parser.add_argument("--api-key", default=os.environ.get("VSB_API_KEY"))
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    if not args.api_key:
+        parser.error("--api-key (or VSB_API_KEY) is required")
+    api = Api(args.url, args.api_key)
+    ca = CertificateAuthority(settings.VSB["SSH_CA_KEY"])
+    sandbox = api.call("POST", "/v1/sandboxes", {"source_vm_name": "debian-base", "wait_for_ip": True})["sandbox"]
+    sid, dom = sandbox["id"], sandbox["name"]
+    rows = {"snapshot": ([], []), "restore": ([], [])}
+    try:
+        for i in range(args.rounds):
+            t0 = time.monotonic()
+            virsh("snapshot-create-as", dom, f"raw{i}")
+            rows["snapshot"][0].append(time.monotonic() - t0)
+            t0 = time.monotonic()
+            api.call("POST", f"/v1/sandboxes/{sid}/snapshots", {"name": f"api{i}", "wait": True})
+            rows["snapshot"][1].append(time.monotonic() - t0)
+        for i in range(args.rounds):
+            t0 = time.monotonic()
+            virsh("snapshot-revert", dom, f"raw{i}")
+            for _ in range(20):  # the agent is "not connected" for a moment after a revert
+                if subprocess.run(["virsh", "-q", "-c", settings.VSB["LIBVIRT_URI"], "domtime", dom, "--now"],
+                                  capture_output=True).returncode == 0:
+                    break
+                time.sleep(0.1)
+            login(sandbox, ca)
+            rows["restore"][0].append(time.monotonic() - t0)
+            # The API's own bookkeeping must see the sandbox ready again before its restore.
+            api.call("POST", f"/v1/sandboxes/{sid}/snapshots/api{i}/restore", {"wait": True})
+            t0 = time.monotonic()
+            api.call("POST", f"/v1/sandboxes/{sid}/snapshots/api{i}/restore", {"wait": True})
+            rows["restore"][1].append(time.monotonic() - t0)
+    finally:
+        api.call("DELETE", f"/v1/sandboxes/{sid}")
+    print(f"\n{'measure (median of ' + str(args.rounds) + ')':<30}{'raw':>10}{'api':>10}{'ratio':>8}   target")
+    for name, (raw, ours) in rows.items():
+        r, a = statistics.median(raw), statistics.median(ours)
+        print(f"{name:<30}{r:>9.2f}s{a:>9.2f}s{a / r:>8.2f}   <= 1.10  {'OK' if a <= r * 1.10 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
