@@ -18,8 +18,8 @@ import subprocess
 import time
 import uuid
 
-from foundation import Api, ssh  # noqa: E402  (sets up Django and sys.path)
 from django.conf import settings  # noqa: E402
+from foundation import Api, ssh  # noqa: E402  (sets up Django and sys.path)
 
 from sandboxes.remote.ca import CertificateAuthority  # noqa: E402
 

@@ -22,18 +22,18 @@ def _client() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL, health_check_interval=30)
 
 
-def _key(command_id) -> str:
-    return f"vsb:command-result:{command_id}"
+def _key(command_id, kind: str) -> str:
+    return f"vsb:{kind}-result:{command_id}"
 
 
-def publish(command_id, fields: dict) -> None:
+def publish(command_id, fields: dict, kind: str = "command") -> None:
     pipe = _client().pipeline()
-    pipe.rpush(_key(command_id), json.dumps(fields))
-    pipe.expire(_key(command_id), KEY_TTL_SECONDS)
+    pipe.rpush(_key(command_id, kind), json.dumps(fields))
+    pipe.expire(_key(command_id, kind), KEY_TTL_SECONDS)
     pipe.execute()
 
 
-def wait(command_id, timeout: float) -> dict | None:
+def wait(command_id, timeout: float, kind: str = "command") -> dict | None:
     """The fields the worker wrote, or None after `timeout` seconds."""
-    popped = _client().blpop([_key(command_id)], timeout=max(1, int(timeout + 0.999)))
+    popped = _client().blpop([_key(command_id, kind)], timeout=max(1, int(timeout + 0.999)))
     return json.loads(popped[1]) if popped else None

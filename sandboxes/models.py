@@ -213,6 +213,32 @@ class Snapshot(models.Model):
         return f"{self.sandbox.name}@{self.name}"
 
 
+class Diff(models.Model):
+    """What changed in a sandbox between two states (snapshot names, or "now"), computed on
+    the host from the snapshots' disks. Diffs between two snapshots never change, so they are
+    kept and served again."""
+
+    NOW = "now"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    sandbox = models.ForeignKey(Sandbox, on_delete=models.CASCADE, related_name="diffs")
+    from_name = models.CharField(max_length=64)
+    to_name = models.CharField(max_length=64)
+    status = models.CharField(max_length=10, default="pending")  # pending, ready, failed
+    # JSON text, not jsonb: file names that are not UTF-8 travel as \udcXX escapes.
+    result = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["sandbox", "from_name", "to_name"])]
+
+    def __str__(self) -> str:
+        return f"{self.sandbox.name}: {self.from_name} -> {self.to_name}"
+
+
 class Operation(models.Model):
     """One slow step done by a worker: what clients poll and the UI shows."""
 

@@ -11,7 +11,7 @@ from django.db import IntegrityError, transaction
 from . import lifecycle
 from .choices import OperationKind, SandboxState, SnapshotStatus
 from .exceptions import Conflict, InvalidInput, NotFound
-from .models import Operation, Sandbox, Snapshot, snapshot_name_validator
+from .models import Diff, Operation, Sandbox, Snapshot, snapshot_name_validator
 from .runtime import vsb
 from .services import _new_operation, enqueue
 
@@ -130,3 +130,49 @@ def fork_origin(owner, from_sandbox, from_snapshot: str) -> Snapshot:
             "from_snapshot", f"sandbox {origin.name} has no ready snapshot {from_snapshot!r}."
         )
     return snap
+
+
+DIFF_TIMEOUT = 600
+
+
+def get_diff(sandbox: Sandbox, user, from_name: str, to_name: str = Diff.NOW) -> Diff:
+    """The diff between two states of the sandbox: snapshot names, or "now" for `to`. A diff
+    of two snapshots is computed once and kept; one ending "now" is computed each time."""
+    from . import command_results
+
+    if not from_name:
+        raise InvalidInput.field("from", "is required: a snapshot name.")
+    if from_name == Diff.NOW:
+        raise InvalidInput.field("from", "must be a snapshot name (only `to` may be now).")
+    for field, name in (("from", from_name), ("to", to_name)):
+        if name == Diff.NOW:
+            continue
+        snap = Snapshot.objects.filter(sandbox=sandbox, name=name).first()
+        if snap is None:
+            raise NotFound(
+                f"Sandbox {sandbox.name} has no snapshot {name!r} ({field}); a diff compares two "
+                "states of one sandbox.",
+            )
+        if snap.status != SnapshotStatus.READY:
+            raise Conflict(f"Snapshot {name!r} is {snap.status}.", code="invalid_state")
+    if to_name == Diff.NOW and sandbox.state not in (SandboxState.READY, SandboxState.STOPPED):
+        raise Conflict(
+            f"Sandbox {sandbox.name} is {sandbox.state}; a diff to now needs it ready or stopped.",
+            code="invalid_state",
+        )
+    if to_name != Diff.NOW:
+        kept = Diff.objects.filter(
+            sandbox=sandbox, from_name=from_name, to_name=to_name, status="ready"
+        ).first()
+        if kept:
+            return kept
+    with transaction.atomic():
+        diff = Diff.objects.create(sandbox=sandbox, from_name=from_name, to_name=to_name)
+        enqueue("sandboxes.compute_diff", sandbox.host, str(diff.pk))
+    command_results.wait(diff.pk, DIFF_TIMEOUT, kind="diff")
+    diff.refresh_from_db()
+    if diff.status == "pending":
+        from .exceptions import OperationTimeout
+
+        raise OperationTimeout(f"The diff is still being computed by host {sandbox.host.name}.")
+    return diff

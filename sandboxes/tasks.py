@@ -497,6 +497,31 @@ def delete_snapshot(self, op_id: str) -> None:
     services.finish_operation(op.pk, OperationStatus.SUCCEEDED, message=f"deleted {name}")
 
 
+@shared_task(name="sandboxes.compute_diff", bind=True, acks_late=False, ignore_result=True)
+def compute_diff(self, diff_id: str) -> None:
+    """Read both states from the sandbox's disk on this host and compare them."""
+    import json
+
+    from . import diff_compute
+    from .models import Diff
+
+    diff = Diff.objects.select_related("sandbox", "sandbox__host").filter(pk=diff_id).first()
+    if diff is None or diff.status != "pending":
+        return
+    try:
+        result = diff_compute.compute(diff)
+        fields = {
+            "status": "ready",
+            "result": json.dumps(result),
+            "duration_ms": result["duration_ms"],
+        }
+    except Exception as exc:  # noqa: BLE001 - the waiting request must get an answer
+        log.exception("diff %s failed", diff_id)
+        fields = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    Diff.objects.filter(pk=diff_id, status="pending").update(**fields)
+    command_results.publish(diff_id, {"status": fields["status"]}, kind="diff")
+
+
 # --- Periodic sweeps (control queue) -------------------------------------------------------
 
 

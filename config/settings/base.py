@@ -234,6 +234,8 @@ VSB = {
     # An operation whose worker stopped reporting for this long is taken as dead.
     "OPERATION_STALE_SECONDS": env.int("VSB_OPERATION_STALE_SECONDS", default=600),
     "TASK_MAX_ATTEMPTS": env.int("VSB_TASK_MAX_ATTEMPTS", default=5),
+    # Path patterns left out of diffs on top of the built-in volatile list (docs/diff.md).
+    "DIFF_EXTRA_EXCLUDES": env.list("VSB_DIFF_EXTRA_EXCLUDES", default=[]),
     # Which hypervisor driver to build: "libvirt" or "fake" (unit tests only).
     "DRIVER": env.str("VSB_DRIVER", default="libvirt"),
 }

@@ -105,3 +105,125 @@ def test_it_forks_a_sandbox_with_its_own_identity(e2e_stack, sandbox):
 def test_it_answers_404_for_an_unknown_snapshot(e2e_stack, sandbox):
     status, body = e2e_stack.alice.post(f"/v1/sandboxes/{sandbox['id']}/snapshots/nope/restore", {})
     assert status == 404 and "nope" in body["error"]["message"]
+
+
+def build_deb(tmp_path) -> bytes:
+    """A tiny package, built here: the guest has no network and no apt sources."""
+    import subprocess
+
+    root = tmp_path / "pkg"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "usr/share/vsb-hello").mkdir(parents=True)
+    (root / "usr/share/vsb-hello/hello.txt").write_text("hello from a local package\n")
+    (root / "DEBIAN/control").write_text(
+        "Package: vsb-hello\nVersion: 1.0\nArchitecture: all\n"
+        "Maintainer: tests <tests@example.invalid>\nDescription: test package\n"
+    )
+    out = tmp_path / "vsb-hello.deb"
+    subprocess.run(
+        ["dpkg-deb", "--build", "--root-owner-group", str(root), str(out)],
+        check=True,
+        capture_output=True,
+    )
+    return out.read_bytes()
+
+
+def test_it_diffs_exactly_what_changed(e2e_stack, sandbox, tmp_path):
+    import base64
+
+    api, sid = e2e_stack.alice, sandbox["id"]
+    snapshot(api, sid, "d0")
+    deb = base64.b64encode(build_deb(tmp_path)).decode()
+    script = f"""set -e
+printf 'port = 8080\\nworkers = 4\\n' > /etc/app.conf
+useradd -m dave
+cat > /etc/systemd/system/app.service <<'UNIT'
+[Unit]
+Description=demo app
+[Service]
+ExecStart=/bin/sleep infinity
+[Install]
+WantedBy=multi-user.target
+UNIT
+systemctl enable app.service 2>/dev/null || ln -s /etc/systemd/system/app.service /etc/systemd/system/multi-user.target.wants/app.service
+echo {deb} | base64 -d > /root/vsb-hello.deb
+dpkg -i /root/vsb-hello.deb >/dev/null
+rm /root/vsb-hello.deb
+rm /etc/motd
+echo noise >> /var/log/noise.log
+echo noise > /tmp/noise
+"""
+    assert run(api, sid, script)["exit_code"] == 0
+    snapshot(api, sid, "d1")
+    status, body = api.get(f"/v1/sandboxes/{sid}/diff?from=d0&to=d1")
+    assert status == 200, body
+    diff = body["diff"]
+    files = {(f["change"], f["path"]) for f in diff["files"]["results"]}
+    paths = {p for _, p in files}
+    # Exactly the consequences of the script, and nothing from /tmp or /var/log. /etc/app.conf
+    # already existed at d0 (the restore test wrote it), so it is modified, not added.
+    assert files == {
+        ("modified", "/etc/app.conf"),
+        ("removed", "/etc/motd"),
+        ("added", "/etc/systemd/system/app.service"),
+        ("added", "/etc/systemd/system/multi-user.target.wants/app.service"),
+        # useradd -m dave
+        ("added", "/home/dave"),
+        ("added", "/home/dave/.bash_logout"),
+        ("added", "/home/dave/.bashrc"),
+        ("added", "/home/dave/.profile"),
+        *{
+            ("modified", f"/etc/{name}{suffix}")
+            for name in ("group", "gshadow", "passwd", "shadow", "subgid", "subuid")
+            for suffix in ("", "-")
+        },
+        # dpkg -i vsb-hello.deb
+        ("added", "/usr/share/vsb-hello"),
+        ("added", "/usr/share/vsb-hello/hello.txt"),
+        ("added", "/var/lib/dpkg/info/vsb-hello.list"),
+        ("added", "/var/lib/dpkg/info/vsb-hello.md5sums"),
+        ("added", "/var/lib/dpkg/status-old"),
+        ("modified", "/var/lib/dpkg/status"),
+        ("touched", "/var/lib/dpkg/lock"),
+        ("touched", "/var/lib/dpkg/lock-frontend"),
+        ("touched", "/var/lib/dpkg/triggers/Lock"),
+    }, sorted(files)
+    assert not any(p.startswith(("/tmp", "/var/log", "/proc", "/run")) for p in paths), paths
+    app_conf = next(f for f in diff["files"]["results"] if f["path"] == "/etc/app.conf")
+    assert app_conf["sha256"] and "+port = 8080" in (app_conf.get("unified_diff") or ""), app_conf
+    assert "-listen 8080" in app_conf["unified_diff"]
+    assert [p["name"] for p in diff["packages"]["installed"]] == ["vsb-hello"]
+    assert "dave" in [u["name"] for u in diff["users"]["added"]]
+    assert "dave" in [g["name"] for g in diff["groups"]["added"]]
+    assert "app.service" in [u["name"] for u in diff["units"]["enabled"]]
+    assert any("useradd -m dave" in c["command"] for c in diff["commands"])
+    print(f"\ndiff d0->d1: {diff['summary']} in {diff['duration_ms']} ms")
+
+    # A change made over a plain SSH session, not through /command, shows up too.
+    from django.conf import settings
+
+    from sandboxes.remote import ssh
+    from sandboxes.remote.ca import CertificateAuthority
+
+    credential = CertificateAuthority(settings.VSB["SSH_CA_KEY"]).issue(
+        [f"sandbox-{sid.replace('-', '')}"]
+    )
+    client = ssh.connect(
+        ssh.SSHTarget("127.0.0.1", sandbox["ssh_port"], "root", sandbox["host_key"]), credential
+    )
+    try:
+        ssh.run(client, "echo typed-by-hand > /etc/handmade.conf", timeout=30)
+    finally:
+        client.close()
+    status, body = api.get(f"/v1/sandboxes/{sid}/diff?from=d1")
+    assert status == 200, body
+    changed = {(f["change"], f["path"]) for f in body["diff"]["files"]["results"]}
+    assert ("added", "/etc/handmade.conf") in changed, changed
+    assert run(api, sid, "virsh 2>/dev/null; true")["exit_code"] == 0
+
+
+def test_it_refuses_a_diff_with_a_snapshot_of_another_sandbox(e2e_stack, sandbox):
+    status, body = e2e_stack.alice.get(f"/v1/sandboxes/{sandbox['id']}/diff?from=no-such&to=d1")
+    assert status == 404 and "no-such" in body["error"]["message"]
+    status, body = e2e_stack.alice.get(f"/v1/sandboxes/{sandbox['id']}/diff")
+    assert status == 400 and "from" in body["error"]["fields"]

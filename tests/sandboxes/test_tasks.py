@@ -250,7 +250,9 @@ def test_it_finds_a_bridged_guest_by_its_address_sources_in_order(
     assert spec.network.name == "default" and spec.network.kind == "network"
 
 
-def test_a_resumed_create_of_a_sandbox_that_is_already_ready_just_succeeds(driver, create_op, waits):
+def test_a_resumed_create_of_a_sandbox_that_is_already_ready_just_succeeds(
+    driver, create_op, waits
+):
     op = create_op()
     tasks.provision_sandbox.run(str(op.pk))
     Sandbox.objects.filter(pk=op.sandbox_id).update(state=SandboxState.READY)

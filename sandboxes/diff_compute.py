@@ -1,0 +1,126 @@
+"""Worker-side computation of a Diff: both states are read from the sandbox's own disk on the
+host (see drivers/snapshot_reader.py and docs/diff.md). "now" of a running sandbox is a
+temporary internal snapshot, taken after flushing the guest's page cache and deleted after.
+
+Reading disks instead of asking the guest means a change typed in any shell shows up, a
+compromised guest cannot hide one, and nothing is written into the guest that would pollute
+the next diff."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+import uuid
+
+from django.utils import timezone
+
+from . import diffing, provisioning
+from .choices import SandboxState
+from .drivers.domain_xml import OVERLAY_NAME
+from .drivers.snapshot_reader import mounted_snapshot
+from .models import Command, Diff, Snapshot
+from .runtime import vsb
+
+CONTENT_LIMIT = 64 * 1024
+MAX_CONTENT_FILES = 2000
+
+
+def _sh(script: str, what: str) -> bytes:
+    proc = subprocess.run(["sh", "-c", script], capture_output=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed: {proc.stderr.decode(errors='replace')[-500:]}")
+    return proc.stdout
+
+
+def _excludes() -> tuple[str, ...]:
+    return tuple(diffing.DEFAULT_EXCLUDES) + tuple(vsb("DIFF_EXTRA_EXCLUDES"))
+
+
+def _read_state(root: str) -> diffing.Manifest:
+    return diffing.parse(_sh(diffing.collector_script(root=root, excludes=_excludes()), "manifest"))
+
+
+def _hashes(root: str, paths: list[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for batch in diffing.batched(paths):
+        found.update(diffing.parse_hashes(_sh(diffing.hash_script(batch, root=root), "hashing")))
+    return found
+
+
+def _contents(root: str, paths: list[str]) -> dict[str, bytes]:
+    found: dict[str, bytes] = {}
+    for batch in diffing.batched(paths[:MAX_CONTENT_FILES]):
+        out = _sh(diffing.content_script(batch, CONTENT_LIMIT, root=root), "reading files")
+        found.update(diffing.parse_contents(out, CONTENT_LIMIT))
+    return found
+
+
+def _commands_between(diff: Diff, start, end) -> list[dict]:
+    qs = Command.objects.filter(sandbox=diff.sandbox)
+    if start:
+        qs = qs.filter(started_at__gte=start)
+    if end:
+        qs = qs.filter(started_at__lte=end)
+    return [
+        {
+            "id": str(c.id),
+            "command": c.command,
+            "exit_code": c.exit_code,
+            "started_at": c.started_at.isoformat(),
+        }
+        for c in qs.order_by("started_at")[:1000]
+    ]
+
+
+def compute(diff: Diff) -> dict:
+    sandbox = diff.sandbox
+    driver = provisioning.driver_for(sandbox)
+    overlay = os.path.join(sandbox.workdir, OVERLAY_NAME)
+    started = time.monotonic()
+    temporary = None
+    times = {}
+    try:
+        picks = []
+        for name in (diff.from_name, diff.to_name):
+            if name != Diff.NOW:
+                snap = Snapshot.objects.get(sandbox=sandbox, name=name)
+                picks.append(name)
+                times[name] = snap.taken_at
+            elif sandbox.state == SandboxState.READY:
+                temporary = temporary or f"vsb-diff-{uuid.uuid4().hex[:12]}"
+                driver.snapshot_create(sandbox.name, temporary, "temporary, for a diff")
+                picks.append(temporary)
+                times[name] = timezone.now()
+            else:
+                picks.append(None)  # a stopped sandbox: its disk as it is
+                times[name] = timezone.now()
+        with contextlib.ExitStack() as stack:
+            before_root, after_root = (
+                stack.enter_context(mounted_snapshot(overlay, pick, sandbox.workdir))
+                for pick in picks
+            )
+            before, after = _read_state(before_root), _read_state(after_root)
+            need = diffing.paths_needing_hashes(before, after)
+            hashes_before = _hashes(before_root, [p for p in need if p in before.files])
+            hashes_after = _hashes(after_root, [p for p in need if p in after.files])
+            text = diffing.paths_needing_contents(
+                before, after, hashes_before=hashes_before, hashes_after=hashes_after
+            )
+            contents_before = _contents(before_root, [p for p in text if p in before.files])
+            contents_after = _contents(after_root, [p for p in text if p in after.files])
+    finally:
+        if temporary:
+            driver.snapshot_delete(sandbox.name, temporary)
+    result = diffing.compare(
+        before,
+        after,
+        hashes_before=hashes_before,
+        hashes_after=hashes_after,
+        contents_before=contents_before,
+        contents_after=contents_after,
+    ).to_dict()
+    result["commands"] = _commands_between(diff, times[diff.from_name], times[diff.to_name])
+    result["duration_ms"] = int((time.monotonic() - started) * 1000)
+    return result
