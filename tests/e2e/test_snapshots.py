@@ -227,3 +227,33 @@ def test_it_refuses_a_diff_with_a_snapshot_of_another_sandbox(e2e_stack, sandbox
     assert status == 404 and "no-such" in body["error"]["message"]
     status, body = e2e_stack.alice.get(f"/v1/sandboxes/{sandbox['id']}/diff")
     assert status == 400 and "from" in body["error"]["fields"]
+
+
+def test_it_recovers_a_restore_interrupted_by_sigkill(e2e_stack, sandbox):
+    import signal
+    import time
+
+    api, sid = e2e_stack.alice, sandbox["id"]
+    status, body = api.post(f"/v1/sandboxes/{sid}/snapshots/d0/restore", {})
+    assert status == 202, body
+    op_id = body["operation"]["id"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        op = api.get(f"/v1/operations/{op_id}")[1]
+        if op["status"] == "running":
+            break
+        time.sleep(0.02)
+    e2e_stack.worker.kill(signal.SIGKILL)
+    e2e_stack.restart_worker()
+    op = api.wait_operation(op_id, timeout=180)
+    state = api.get(f"/v1/sandboxes/{sid}")[1]["sandbox"]
+    assert (op["status"], state["state"]) in {("succeeded", "ready"), ("failed", "error")}, (
+        op,
+        state,
+    )
+    if state["state"] == "ready":
+        assert (
+            run(api, sid, "test -e /etc/app.conf && cat /etc/app.conf")["stdout"] == "listen 8080\n"
+        )
+    else:
+        assert state["error"]
