@@ -35,5 +35,6 @@ def publish(command_id, fields: dict, kind: str = "command") -> None:
 
 def wait(command_id, timeout: float, kind: str = "command") -> dict | None:
     """The fields the worker wrote, or None after `timeout` seconds."""
-    popped = _client().blpop([_key(command_id, kind)], timeout=max(1, int(timeout + 0.999)))
+    # Redis takes fractional BLPOP timeouts since 6.0; 0 would mean "forever".
+    popped = _client().blpop([_key(command_id, kind)], timeout=max(0.01, timeout))
     return json.loads(popped[1]) if popped else None

@@ -355,23 +355,22 @@ def destroy_sandbox(sandbox: Sandbox, user) -> Operation:
 
 
 def wait_for_operation(op: Operation, timeout: float) -> Operation:
-    """Block until the operation is done or `timeout` passes (then OperationTimeout). Polls
-    every 20 ms for the first second (a snapshot takes a fraction of one), then every 0.1 s:
-    an indexed primary-key read costs far less than the latency it saves."""
-    started = time.monotonic()
-    deadline = started + timeout
+    """Block until the operation is done or `timeout` passes (then OperationTimeout). The
+    worker pushes a wake-up when it closes an operation (finish_operation); the database
+    row stays the truth, re-read after every wake-up or second."""
+    deadline = time.monotonic() + timeout
     while True:
         op.refresh_from_db()
         if op.is_done:
             return op
-        if time.monotonic() >= deadline:
+        left = deadline - time.monotonic()
+        if left <= 0:
             raise OperationTimeout(
                 f"Operation {op.kind} is still {op.status} ({op.message}) after {timeout:.0f} s; "
                 f"poll GET /v1/operations/{op.id}.",
                 code="timeout",
             )
-        pause = 0.02 if time.monotonic() - started < 1.0 else 0.1
-        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        command_results.wait(op.pk, min(1.0, left), kind="operation")
 
 
 # --- Commands ------------------------------------------------------------------------------
@@ -525,11 +524,17 @@ def finish_operation(
         fields["progress"] = 100
     if result is not None:
         fields["result"] = result
-    return bool(
+    closed = bool(
         Operation.objects.filter(
             pk=op_id, status__in=[OperationStatus.PENDING, OperationStatus.RUNNING]
         ).update(**fields)
     )
+    if closed:
+        try:
+            command_results.publish(op_id, {"status": status}, kind="operation")
+        except Exception:  # noqa: BLE001 - a waiter falls back to re-reading the row
+            log.warning("could not publish the end of operation %s", op_id)
+    return closed
 
 
 def set_sandbox_fields(sandbox_id, **fields) -> None:

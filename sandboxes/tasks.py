@@ -264,7 +264,10 @@ def wait_ready(self, op_id: str) -> None:
         )
         return
     pinned = sandbox.host_key or console_key
-    if not ssh.probe_ssh_banner(sandbox.ssh_host, sandbox.ssh_port or 22, timeout=0.5):
+    # The banner probe keeps a booting guest's half-open slirp connections from piling up;
+    # a restored guest is already listening, so go straight to the login.
+    booting = op.kind != OperationKind.RESTORE
+    if booting and not ssh.probe_ssh_banner(sandbox.ssh_host, sandbox.ssh_port or 22, timeout=0.5):
         _enqueue_wait(op, poll)
         return
     try:
