@@ -199,6 +199,31 @@ echo noise > /tmp/noise
     assert any("useradd -m dave" in c["command"] for c in diff["commands"])
     print(f"\ndiff d0->d1: {diff['summary']} in {diff['duration_ms']} ms")
 
+    # Restoring d0 undoes every one of those changes; restoring d1 brings them all back.
+    probe = (
+        "cat /etc/app.conf; id -u dave >/dev/null 2>&1 && echo user || echo no-user; "
+        "test -e /etc/systemd/system/multi-user.target.wants/app.service && echo unit || echo no-unit; "
+        "dpkg -s vsb-hello >/dev/null 2>&1 && echo pkg || echo no-pkg; "
+        "test -e /etc/motd && echo motd || echo no-motd"
+    )
+    restore(api, sid, "d0")
+    assert run(api, sid, probe)["stdout"].split("\n")[:-1] == [
+        "listen 8080",
+        "no-user",
+        "no-unit",
+        "no-pkg",
+        "motd",
+    ]
+    restore(api, sid, "d1")
+    assert run(api, sid, probe)["stdout"].split("\n")[:-1] == [
+        "port = 8080",
+        "workers = 4",
+        "user",
+        "unit",
+        "pkg",
+        "no-motd",
+    ]
+
     # A change made over a plain SSH session, not through /command, shows up too.
     from django.conf import settings
 
