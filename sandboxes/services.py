@@ -160,7 +160,7 @@ def visible_operations(user):
 # --- Sandbox lifecycle ---------------------------------------------------------------------
 
 
-def _new_operation(
+def new_operation(
     kind: str, sandbox: Sandbox, user, *, deadline_seconds: int, **input
 ) -> Operation:
     return Operation.objects.create(
@@ -281,7 +281,7 @@ def create_sandbox(
                     workdir=f"{vsb('SANDBOX_DIR').rstrip('/')}/sbx-{sandbox_id.hex[:8]}",
                     forked_from=forked_from,
                 )
-                op = _new_operation(
+                op = new_operation(
                     OperationKind.CREATE,
                     sandbox,
                     owner,
@@ -308,7 +308,7 @@ def _lifecycle_op(
                 code="invalid_state",
             )
         sandbox.refresh_from_db()
-        op = _new_operation(kind, sandbox, user, deadline_seconds=deadline, **input)
+        op = new_operation(kind, sandbox, user, deadline_seconds=deadline, **input)
         enqueue(task, sandbox.host, str(op.id))
     return op
 

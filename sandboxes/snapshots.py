@@ -13,7 +13,7 @@ from .choices import OperationKind, SandboxState, SnapshotStatus
 from .exceptions import Conflict, InvalidInput, NotFound
 from .models import Diff, Operation, Sandbox, Snapshot, snapshot_name_validator
 from .runtime import vsb
-from .services import _new_operation, enqueue
+from .services import enqueue, new_operation
 
 SNAPSHOT_DEADLINE = 600
 
@@ -54,7 +54,7 @@ def create_snapshot(
     try:
         with transaction.atomic():
             snap = Snapshot.objects.create(sandbox=sandbox, name=name, description=description)
-            op = _new_operation(
+            op = new_operation(
                 OperationKind.SNAPSHOT, sandbox, user, deadline_seconds=SNAPSHOT_DEADLINE, name=name
             )
             Operation.objects.filter(pk=op.pk).update(snapshot=snap)
@@ -80,7 +80,7 @@ def restore_snapshot(sandbox: Sandbox, user, name: str) -> Operation:
                 code="invalid_state",
             )
         sandbox.refresh_from_db()
-        op = _new_operation(
+        op = new_operation(
             OperationKind.RESTORE,
             sandbox,
             user,
@@ -103,7 +103,7 @@ def delete_snapshot(sandbox: Sandbox, user, name: str) -> Operation:
         ).update(status=SnapshotStatus.DELETING)
         if not updated:
             raise Conflict(f"Snapshot {name!r} is {snap.status}.", code="invalid_state")
-        op = _new_operation(
+        op = new_operation(
             OperationKind.DELETE_SNAPSHOT,
             sandbox,
             user,
