@@ -282,3 +282,21 @@ def test_it_recovers_a_restore_interrupted_by_sigkill(e2e_stack, sandbox):
         )
     else:
         assert state["error"]
+
+
+def test_it_keeps_the_sandbox_usable_when_the_worker_dies_during_a_snapshot(e2e_stack, sandbox):
+    import signal
+
+    api, sid = e2e_stack.alice, sandbox["id"]
+    status, body = api.post(f"/v1/sandboxes/{sid}/snapshots", {"name": "killed"})
+    assert status == 202, body
+    e2e_stack.worker.kill(signal.SIGKILL)
+    e2e_stack.restart_worker()
+    op = api.wait_operation(body["operation"]["id"], timeout=120)
+    snap = api.get(f"/v1/sandboxes/{sid}/snapshots/killed")[1]
+    assert (op["status"], snap["status"]) in {("succeeded", "ready"), ("failed", "failed")}, (
+        op,
+        snap,
+    )
+    assert api.get(f"/v1/sandboxes/{sid}")[1]["sandbox"]["state"] == "ready"
+    assert run(api, sid, "echo still-here")["stdout"] == "still-here\n"
