@@ -104,25 +104,38 @@ def main() -> None:
                     rows["snapshot"][1].append(time.monotonic() - t0)
                     rows["snapshot vs raw+flush"][1].append(rows["snapshot"][1][-1])
         for i in range(args.rounds):
-            t0 = time.monotonic()
-            virsh("snapshot-revert", dom, f"raw{i}")
-            for _ in range(20):  # the agent is "not connected" for a moment after a revert
-                if (
-                    subprocess.run(
-                        ["virsh", "-q", "-c", settings.VSB["LIBVIRT_URI"], "domtime", dom, "--now"],
-                        capture_output=True,
-                    ).returncode
-                    == 0
-                ):
-                    break
-                time.sleep(0.1)
-            login(sandbox, ca)
-            rows["restore"][0].append(time.monotonic() - t0)
-            # The API's own bookkeeping must see the sandbox ready again before its restore.
-            api.call("POST", f"/v1/sandboxes/{sid}/snapshots/api{i}/restore", {"wait": True})
-            t0 = time.monotonic()
-            api.call("POST", f"/v1/sandboxes/{sid}/snapshots/api{i}/restore", {"wait": True})
-            rows["restore"][1].append(time.monotonic() - t0)
+
+            def raw_restore(n: int = i) -> None:
+                virsh("snapshot-revert", dom, f"raw{n}")
+                for _ in range(20):  # the agent is "not connected" for a moment after a revert
+                    if (
+                        subprocess.run(
+                            [
+                                "virsh",
+                                "-q",
+                                "-c",
+                                settings.VSB["LIBVIRT_URI"],
+                                "domtime",
+                                dom,
+                                "--now",
+                            ],
+                            capture_output=True,
+                        ).returncode
+                        == 0
+                    ):
+                        break
+                    time.sleep(0.1)
+                login(sandbox, ca)
+
+            def api_restore(n: int = i) -> None:
+                api.call("POST", f"/v1/sandboxes/{sid}/snapshots/api{n}/restore", {"wait": True})
+
+            # Alternate which goes first, as with the snapshots.
+            order = [("raw", raw_restore), ("api", api_restore)]
+            for kind, step in order if i % 2 == 0 else order[::-1]:
+                t0 = time.monotonic()
+                step()
+                rows["restore"][0 if kind == "raw" else 1].append(time.monotonic() - t0)
         # A diff over a realistic change: a package's worth of files, a user, a config file.
         api.call(
             "POST",
