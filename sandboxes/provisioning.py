@@ -109,18 +109,9 @@ def ensure_free_port(sandbox: Sandbox) -> None:
         return
     if driver_for(sandbox).get_domain(sandbox.name):
         return  # our own domain already holds it (a retried task)
-    low, high = vsb("PORT_RANGE")
-    taken = set(
-        Sandbox.objects.filter(host=sandbox.host, ssh_port__isnull=False)
-        .exclude(state=SandboxState.DESTROYED)
-        .values_list("ssh_port", flat=True)
-    )
-    for port in range(low, high + 1):
-        if port not in taken and services.port_is_free(port):
-            services.set_sandbox_fields(sandbox.pk, ssh_port=port)
-            sandbox.ssh_port = port
-            return
-    raise RuntimeError(f"no free port in {low}-{high} on host {sandbox.host.name}")
+    port = services.allocate_port(sandbox.host, bindable=True)
+    services.set_sandbox_fields(sandbox.pk, ssh_port=port)
+    sandbox.ssh_port = port
 
 
 def ssh_target(sandbox: Sandbox, pinned: str | None):

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from config.celery import app as celery_app
 
-from . import command_results, lifecycle
+from . import lifecycle, wakeups
 from .choices import (
     CommandStatus,
     NetworkMode,
@@ -175,7 +175,9 @@ def new_operation(
     )
 
 
-def _allocate_port(host: Host) -> int:
+def allocate_port(host: Host, *, bindable: bool = False) -> int:
+    """The lowest port of VSB_PORT_RANGE no live sandbox on `host` holds. With `bindable`
+    (on the host itself, i.e. in its worker) also one nothing else on the machine listens on."""
     low, high = vsb("PORT_RANGE")
     used = set(
         Sandbox.objects.filter(host=host, ssh_port__isnull=False)
@@ -183,7 +185,7 @@ def _allocate_port(host: Host) -> int:
         .values_list("ssh_port", flat=True)
     )
     for port in range(low, high + 1):
-        if port not in used:
+        if port not in used and (not bindable or port_is_free(port)):
             return port
     raise Unavailable(f"Host {host.name} has no free SSH port in {low}-{high}.", code="capacity")
 
@@ -277,7 +279,7 @@ def create_sandbox(
                     else None,
                     network_mode=mode,
                     ssh_host="127.0.0.1" if mode == NetworkMode.PORT_FORWARD else "",
-                    ssh_port=_allocate_port(host) if mode == NetworkMode.PORT_FORWARD else None,
+                    ssh_port=allocate_port(host) if mode == NetworkMode.PORT_FORWARD else None,
                     workdir=f"{vsb('SANDBOX_DIR').rstrip('/')}/sbx-{sandbox_id.hex[:8]}",
                     forked_from=forked_from,
                 )
@@ -370,7 +372,7 @@ def wait_for_operation(op: Operation, timeout: float) -> Operation:
                 f"poll GET /v1/operations/{op.id}.",
                 code="timeout",
             )
-        command_results.wait(op.pk, min(1.0, left), kind="operation")
+        wakeups.wait(op.pk, min(1.0, left), kind="operation")
 
 
 # --- Commands ------------------------------------------------------------------------------
@@ -439,7 +441,7 @@ def run_command(
         result_cls=_SentTask,
     )
     # The worker enforces the command timeout itself; the margin covers connecting.
-    fields = command_results.wait(cmd.id, timeout + 60)
+    fields = wakeups.wait(cmd.id, timeout + 60)
     if fields:
         # The worker wrote these very values to the row; reading them back would only
         # cost a query on every command.
@@ -457,7 +459,7 @@ def run_command(
 
 class _SentTask:
     """Stands in for AsyncResult, whose creation would build a (thread-local) Celery result
-    backend in every request thread; command results travel through command_results."""
+    backend in every request thread; command results travel through wakeups."""
 
     parent = None
 
@@ -531,7 +533,7 @@ def finish_operation(
     )
     if closed:
         try:
-            command_results.publish(op_id, {"status": status}, kind="operation")
+            wakeups.publish(op_id, {"status": status}, kind="operation")
         except Exception:  # noqa: BLE001 - a waiter falls back to re-reading the row
             log.warning("could not publish the end of operation %s", op_id)
     return closed

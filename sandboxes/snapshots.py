@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from django.db import IntegrityError, transaction
 
-from . import lifecycle
+from . import lifecycle, wakeups
 from .choices import OperationKind, SandboxState, SnapshotStatus
-from .exceptions import Conflict, InvalidInput, NotFound
+from .exceptions import Conflict, InvalidInput, NotFound, OperationTimeout
 from .models import Diff, Operation, Sandbox, Snapshot, snapshot_name_validator
 from .runtime import vsb
 from .services import enqueue, new_operation
@@ -138,8 +138,6 @@ DIFF_TIMEOUT = 600
 def get_diff(sandbox: Sandbox, user, from_name: str, to_name: str = Diff.NOW) -> Diff:
     """The diff between two states of the sandbox: snapshot names, or "now" for `to`. A diff
     of two snapshots is computed once and kept; one ending "now" is computed each time."""
-    from . import command_results
-
     if not from_name:
         raise InvalidInput.field("from", "is required: a snapshot name.")
     if from_name == Diff.NOW:
@@ -169,10 +167,8 @@ def get_diff(sandbox: Sandbox, user, from_name: str, to_name: str = Diff.NOW) ->
     with transaction.atomic():
         diff = Diff.objects.create(sandbox=sandbox, from_name=from_name, to_name=to_name)
         enqueue("sandboxes.compute_diff", sandbox.host, str(diff.pk))
-    command_results.wait(diff.pk, DIFF_TIMEOUT, kind="diff")
+    wakeups.wait(diff.pk, DIFF_TIMEOUT, kind="diff")
     diff.refresh_from_db()
     if diff.status == "pending":
-        from .exceptions import OperationTimeout
-
         raise OperationTimeout(f"The diff is still being computed by host {sandbox.host.name}.")
     return diff

@@ -11,7 +11,7 @@ import logging
 from celery import shared_task
 from django.utils import timezone
 
-from . import command_results, lifecycle, provisioning, services
+from . import lifecycle, provisioning, services, wakeups
 from .choices import (
     CommandStatus,
     OperationKind,
@@ -306,8 +306,6 @@ def wait_ready(self, op_id: str) -> None:
 
 @shared_task(name="sandboxes.stop_sandbox", **TASK_OPTIONS)
 def stop_sandbox(self, op_id: str) -> None:
-    from .remote.ssh import ConnectionPool  # noqa: F401 - import errors surface here, not mid-stop
-
     op = services.claim_operation(op_id)
     if op is None:
         return
@@ -362,7 +360,7 @@ def run_command(self, command_id: str) -> dict:
             command_id, status=CommandStatus.FAILED, error=f"internal error: {exc}"
         )
     if fields is not None:
-        command_results.publish(command_id, fields)
+        wakeups.publish(command_id, fields)
     return fields or {}
 
 
@@ -522,7 +520,7 @@ def compute_diff(self, diff_id: str) -> None:
         log.exception("diff %s failed", diff_id)
         fields = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
     Diff.objects.filter(pk=diff_id, status="pending").update(**fields)
-    command_results.publish(diff_id, {"status": fields["status"]}, kind="diff")
+    wakeups.publish(diff_id, {"status": fields["status"]}, kind="diff")
 
 
 # --- Periodic sweeps (control queue) -------------------------------------------------------

@@ -117,6 +117,16 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             code = status.HTTP_201_CREATED
         return self._sandbox_op(op, code)
 
+    def _maybe_wait(self, request, start_operation, timeout: float) -> Response:
+        """Start a slow verb: 202 with its operation, or with `wait` (or the original's
+        `wait_for_ip`) 200 once it succeeded."""
+        params = WaitSerializer(data=request.data or {})
+        params.is_valid(raise_exception=True)
+        op = start_operation()
+        if params.validated_data["wait"] or params.validated_data["wait_for_ip"]:
+            return self._sandbox_op(_waited(op, timeout), status.HTTP_200_OK)
+        return self._sandbox_op(op, status.HTTP_202_ACCEPTED)
+
     def _sandbox_op(self, op: Operation, code: int) -> Response:
         sandbox = Sandbox.objects.select_related("host", "source").get(pk=op.sandbox_id)
         body = {
@@ -141,14 +151,11 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     )
     @action(detail=True, methods=["post"])
     def start(self, request, pk=None):
-        params = WaitSerializer(data=request.data or {})
-        params.is_valid(raise_exception=True)
-        op = services.start_sandbox(self.get_object(), request.user)
-        if params.validated_data["wait_for_ip"] or params.validated_data["wait"]:
-            return self._sandbox_op(
-                _waited(op, vsb("READY_TIMEOUT_SECONDS") + 30), status.HTTP_200_OK
-            )
-        return self._sandbox_op(op, status.HTTP_202_ACCEPTED)
+        return self._maybe_wait(
+            request,
+            lambda: services.start_sandbox(self.get_object(), request.user),
+            vsb("READY_TIMEOUT_SECONDS") + 30,
+        )
 
     @extend_schema(
         summary="Stop a sandbox (ACPI shutdown, then force off)",
@@ -157,14 +164,11 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     )
     @action(detail=True, methods=["post"])
     def stop(self, request, pk=None):
-        params = WaitSerializer(data=request.data or {})
-        params.is_valid(raise_exception=True)
-        op = services.stop_sandbox(self.get_object(), request.user)
-        if params.validated_data["wait"] or params.validated_data["wait_for_ip"]:
-            return self._sandbox_op(
-                _waited(op, vsb("SHUTDOWN_TIMEOUT_SECONDS") + 60), status.HTTP_200_OK
-            )
-        return self._sandbox_op(op, status.HTTP_202_ACCEPTED)
+        return self._maybe_wait(
+            request,
+            lambda: services.stop_sandbox(self.get_object(), request.user),
+            vsb("SHUTDOWN_TIMEOUT_SECONDS") + 60,
+        )
 
     @extend_schema(
         summary="Run a command in the sandbox",
@@ -261,14 +265,11 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     )
     @action(detail=True, methods=["post"], url_path=r"snapshots/(?P<snapshot_name>[^/]+)/restore")
     def restore(self, request, pk=None, snapshot_name=None):
-        params = WaitSerializer(data=request.data or {})
-        params.is_valid(raise_exception=True)
-        op = snapshots.restore_snapshot(self.get_object(), request.user, snapshot_name)
-        if params.validated_data["wait"] or params.validated_data["wait_for_ip"]:
-            return self._sandbox_op(
-                _waited(op, vsb("READY_TIMEOUT_SECONDS") + 60), status.HTTP_200_OK
-            )
-        return self._sandbox_op(op, status.HTTP_202_ACCEPTED)
+        return self._maybe_wait(
+            request,
+            lambda: snapshots.restore_snapshot(self.get_object(), request.user, snapshot_name),
+            vsb("READY_TIMEOUT_SECONDS") + 60,
+        )
 
     @extend_schema(
         summary="What changed between two states",

@@ -1,7 +1,8 @@
-"""Hand a finished command's result from the worker to the waiting API request.
+"""Wake a waiting API request when the worker finishes something (a command, an operation,
+a diff), carrying a small JSON payload.
 
-A Redis list per command: the worker RPUSHes the fields it wrote to the row, the request
-BLPOPs them. One round trip, on a connection pool shared by all threads. Celery's own result
+A Redis list per item: the worker RPUSHes, the request BLPOPs; the database row stays the
+truth. One round trip, on a connection pool shared by all threads. Celery's own result
 backend is thread-local: daphne runs each request in a fresh thread, so it built a new
 backend, connection and pub/sub subscription for every command (about 15 ms of a 70 ms
 exec)."""
