@@ -8,14 +8,26 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.urls import re_path  # noqa: E402
 
-websocket_urlpatterns: list = []
+from approvals.ask_endpoint import blocking_ask_app  # noqa: E402
+from approvals.routing import websocket_urlpatterns as approval_sockets  # noqa: E402
+from config.ws_auth import ApiKeyAuthMiddleware  # noqa: E402
+from terminals.routing import websocket_urlpatterns as terminal_sockets  # noqa: E402
+
+websocket_urlpatterns = [*approval_sockets, *terminal_sockets]
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # The blocking ask waits on the channel layer outside Django's per-request thread.
+        "http": URLRouter(
+            [
+                re_path(r"^api/v1/human/ask/?$", blocking_ask_app),
+                re_path(r"", django_asgi_app),
+            ]
+        ),
         "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+            AuthMiddlewareStack(ApiKeyAuthMiddleware(URLRouter(websocket_urlpatterns)))
         ),
     }
 )

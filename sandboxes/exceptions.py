@@ -27,6 +27,11 @@ class InvalidInput(ServiceError):
         return cls(f"{name}: {message}", fields={name: [message]})
 
 
+class Forbidden(ServiceError):
+    status_code = 403
+    code = "forbidden"
+
+
 class NotFound(ServiceError):
     status_code = 404
     code = "not_found"

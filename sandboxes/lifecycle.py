@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from django.db import transaction
 from django.utils import timezone
+
+from audit import services as audit
 
 from .choices import SandboxState as S
 from .models import Sandbox
@@ -50,7 +53,19 @@ def transition(sandbox_id, target: str, *, expected: Iterable[str] | None = None
         raise IllegalTransition(f"{sorted(illegal)} cannot move to {target}")
     now = timezone.now()
     fields.setdefault("error", "" if target != S.ERROR else fields.get("error", ""))
-    updated = Sandbox.objects.filter(pk=sandbox_id, state__in=expected).update(
-        state=target, state_changed_at=now, updated_at=now, **fields
-    )
+    with transaction.atomic():
+        updated = Sandbox.objects.filter(pk=sandbox_id, state__in=expected).update(
+            state=target, state_changed_at=now, updated_at=now, **fields
+        )
+        if updated == 1:
+            data = {"to": target}
+            if fields.get("error"):
+                data["error"] = fields["error"][:500]
+            audit.record(
+                "sandbox.transition",
+                target_type="sandbox",
+                target_id=str(sandbox_id),
+                sandbox_id=sandbox_id,
+                data=data,
+            )
     return updated == 1

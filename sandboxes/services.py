@@ -16,6 +16,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
+from audit import services as audit
+from audit.chain import sha256_text
 from config.celery import app as celery_app
 
 from . import lifecycle, wakeups
@@ -109,13 +111,22 @@ def create_api_key(user, name: str = "") -> tuple[ApiKey, str]:
     key = ApiKey.objects.create(
         user=user, name=name, prefix=prefix, key_hash=ApiKey.hash_secret(secret)
     )
+    audit.record("apikey.issued", actor=audit.actor_of(user), target=key, data={"name": name, "prefix": prefix})
     return key, secret
 
 
 def revoke_api_keys(user, name: str) -> int:
-    return ApiKey.objects.filter(user=user, name=name, revoked_at__isnull=True).update(
+    revoked = ApiKey.objects.filter(user=user, name=name, revoked_at__isnull=True).update(
         revoked_at=timezone.now()
     )
+    if revoked:
+        audit.record(
+            "apikey.revoked",
+            target_type="user",
+            target_id=str(user.pk),
+            data={"user": user.get_username(), "name": name, "count": revoked},
+        )
+    return revoked
 
 
 def authenticate_api_key(secret: str):
@@ -163,6 +174,7 @@ def visible_operations(user):
 def new_operation(
     kind: str, sandbox: Sandbox, user, *, deadline_seconds: int, **input
 ) -> Operation:
+    audit.record(f"sandbox.{kind}", user=user, target=sandbox, data=input)
     return Operation.objects.create(
         kind=kind,
         sandbox=sandbox,
@@ -480,9 +492,31 @@ def finish_command(cmd_id, *, status: str, result=None, error: str = "") -> dict
             timed_out=result.timed_out,
             duration_ms=result.duration_ms,
         )
-    Command.objects.filter(pk=cmd_id, status=CommandStatus.RUNNING).update(**fields)
+    with transaction.atomic():
+        if Command.objects.filter(pk=cmd_id, status=CommandStatus.RUNNING).update(**fields):
+            _audit_command(cmd_id, fields)
     fields["finished_at"] = fields["finished_at"].isoformat()
     return fields
+
+
+def _audit_command(cmd_id, fields: dict) -> None:
+    cmd = Command.objects.select_related("sandbox", "requested_by").get(pk=cmd_id)
+    audit.record(
+        "command.finished",
+        user=cmd.requested_by,
+        target=cmd,
+        sandbox_id=cmd.sandbox_id,
+        agent=cmd.sandbox.agent_id,
+        data={
+            "command": cmd.command[:2000],
+            "status": fields["status"],
+            "exit_code": fields.get("exit_code"),
+            "timed_out": fields.get("timed_out", False),
+            "stdout_sha256": sha256_text(fields.get("stdout", "")),
+            "stderr_sha256": sha256_text(fields.get("stderr", "")),
+            "error": fields.get("error", "")[:500],
+        },
+    )
 
 
 # --- Operations (called by tasks) ----------------------------------------------------------
@@ -526,11 +560,21 @@ def finish_operation(
         fields["progress"] = 100
     if result is not None:
         fields["result"] = result
-    closed = bool(
-        Operation.objects.filter(
-            pk=op_id, status__in=[OperationStatus.PENDING, OperationStatus.RUNNING]
-        ).update(**fields)
-    )
+    with transaction.atomic():
+        closed = bool(
+            Operation.objects.filter(
+                pk=op_id, status__in=[OperationStatus.PENDING, OperationStatus.RUNNING]
+            ).update(**fields)
+        )
+        if closed:
+            op = Operation.objects.get(pk=op_id)
+            audit.record(
+                f"operation.{op.kind}",
+                user=op.requested_by,
+                target=op,
+                sandbox_id=op.sandbox_id,
+                data={"status": status, "error": error[:500], "message": fields["message"]},
+            )
     if closed:
         try:
             wakeups.publish(op_id, {"status": status}, kind="operation")

@@ -56,12 +56,14 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # Serves the admin's and the API docs' static files from STATIC_ROOT (no CDN, no nginx
     # needed for a single-machine install).
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "config.middleware.AsyncWhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # After authentication, so an API call's audit event names its caller.
+    "audit.middleware.AuditMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
@@ -141,6 +143,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "sandboxes.fail_stuck_operations",
         "schedule": env.float("VSB_REAPER_INTERVAL_SECONDS", default=30.0),
         "options": {"queue": "control", "expires": 25},
+    },
+    "expire-approval-requests": {
+        "task": "approvals.expire_overdue",
+        "schedule": env.float("VSB_APPROVAL_EXPIRY_INTERVAL_SECONDS", default=5.0),
+        "options": {"queue": "control", "expires": 5},
     },
     "host-heartbeat-check": {
         "task": "sandboxes.check_host_heartbeats",
@@ -238,4 +245,13 @@ VSB = {
     "DIFF_EXTRA_EXCLUDES": env.list("VSB_DIFF_EXTRA_EXCLUDES", default=[]),
     # Which hypervisor driver to build: "libvirt" or "fake" (unit tests only).
     "DRIVER": env.str("VSB_DRIVER", default="libvirt"),
+}
+
+# --- Approvals ------------------------------------------------------------------------------
+APPROVALS = {
+    "DEFAULT_TIMEOUT_SECONDS": env.int("VSB_APPROVAL_DEFAULT_TIMEOUT_SECONDS", default=300),
+    "MAX_TIMEOUT_SECONDS": env.int("VSB_APPROVAL_MAX_TIMEOUT_SECONDS", default=24 * 3600),
+    # Optional: POSTed (HMAC-SHA256 signed with the secret) whenever a request is created.
+    "WEBHOOK_URL": env.str("VSB_APPROVAL_WEBHOOK_URL", default=""),
+    "WEBHOOK_SECRET": env.str("VSB_APPROVAL_WEBHOOK_SECRET", default=""),
 }

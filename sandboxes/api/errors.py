@@ -39,6 +39,14 @@ def error_body(code: str, message: str, fields: dict | None = None) -> dict:
     return {"error": {"code": code, "message": message, "fields": fields or {}}}
 
 
+def validation_error_body(detail) -> dict:
+    """A serializer's errors in the one shape, its message naming the first bad field."""
+    fields = _flatten(detail)
+    first = next(iter(fields.items()), ("", [""]))
+    message = f"{first[0]}: {first[1][0]}" if first[0] != "non_field_errors" else first[1][0]
+    return error_body("invalid", message, fields)
+
+
 def exception_handler(exc, context):
     if isinstance(exc, ServiceError):
         return Response(error_body(exc.code, exc.message, exc.fields), status=exc.status_code)
@@ -50,10 +58,7 @@ def exception_handler(exc, context):
     if response is None:
         return None  # a real bug: let Django log it and answer 500
     if isinstance(exc, exceptions.ValidationError):
-        fields = _flatten(exc.detail)
-        first = next(iter(fields.items()), ("", [""]))
-        message = f"{first[0]}: {first[1][0]}" if first[0] != "non_field_errors" else first[1][0]
-        response.data = error_body("invalid", message, fields)
+        response.data = validation_error_body(exc.detail)
     elif isinstance(exc, exceptions.APIException):
         code = exc.get_codes() if isinstance(exc.get_codes(), str) else exc.default_code
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)

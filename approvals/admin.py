@@ -1,0 +1,66 @@
+from django.contrib import admin, messages
+
+from sandboxes.exceptions import ServiceError
+
+from . import services
+from .models import ApprovalRequest
+
+
+@admin.register(ApprovalRequest)
+class ApprovalRequestAdmin(admin.ModelAdmin):
+    """Operators decide here (actions), through the services: the same compare-and-set,
+    permission check and audit as the API. The request itself is never edited."""
+
+    list_display = (
+        "created_at",
+        "status",
+        "agent_id",
+        "prompt_short",
+        "action_type",
+        "urgency",
+        "decided_by",
+        "expires_at",
+    )
+    list_filter = ("status", "urgency", "kind")
+    search_fields = ("prompt", "agent_id", "requested_by__username", "action_type")
+    readonly_fields = [f.name for f in ApprovalRequest._meta.fields]
+    actions = ["approve_selected", "deny_selected"]
+
+    @admin.display(description="prompt")
+    def prompt_short(self, obj):
+        return obj.prompt[:80]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_decide_permission(self, request):
+        return services.can_decide(request.user)
+
+    @admin.action(description="Approve selected requests", permissions=["decide"])
+    def approve_selected(self, request, queryset):
+        self._decide(request, queryset, approve=True)
+
+    @admin.action(description="Deny selected requests", permissions=["decide"])
+    def deny_selected(self, request, queryset):
+        self._decide(request, queryset, approve=False)
+
+    def _decide(self, request, queryset, *, approve: bool):
+        done, refused = 0, []
+        for req in queryset:
+            try:
+                services.decide(
+                    request.user, req.pk, approve=approve, reason="decided in the admin"
+                )
+                done += 1
+            except ServiceError as err:
+                refused.append(f"{req.pk}: {err.message}")
+        if done:
+            self.message_user(request, f"{'Approved' if approve else 'Denied'} {done} request(s).")
+        for line in refused:
+            self.message_user(request, line, level=messages.WARNING)

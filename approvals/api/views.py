@@ -1,0 +1,206 @@
+"""Approvals over REST: the non-blocking twins of the ask, and decisions by operators."""
+
+from __future__ import annotations
+
+from asgiref.sync import async_to_sync
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from sandboxes.exceptions import ServiceError
+
+from .. import services
+from ..asking import ask
+from ..choices import ApprovalStatus
+from .serializers import (
+    ApprovalSerializer,
+    AskSerializer,
+    BulkDecisionSerializer,
+    DecisionSerializer,
+    RespondSerializer,
+)
+
+
+def _create(request) -> Response:
+    serializer = AskSerializer(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    fields = dict(serializer.validated_data)
+    fields["idempotency_key"] = (
+        fields["idempotency_key"] or request.headers.get("Idempotency-Key", "")[:200]
+    )
+    req, created = services.create_request(request.user, **fields)
+    return Response(
+        services.as_dict(req), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+    )
+
+
+class ApprovalViewSet(viewsets.ViewSet):
+    """Approval requests. Agents see their own; operators (the view or decide permission)
+    see all. Deciding needs the decide permission and is never open to the requester."""
+
+    lookup_value_regex = "[0-9a-fA-F-]{32,36}"
+
+    @extend_schema(
+        summary="List approval requests",
+        parameters=[OpenApiParameter("status", str, enum=ApprovalStatus.values)],
+        responses=ApprovalSerializer(many=True),
+    )
+    def list(self, request):
+        qs = services.visible_requests(request.user)
+        wanted = request.query_params.get("status")
+        if wanted:
+            if wanted not in ApprovalStatus.values:
+                raise ServiceError(
+                    f"status: must be one of {', '.join(ApprovalStatus.values)}.",
+                    fields={"status": ["unknown status"]},
+                )
+            qs = qs.filter(status=wanted)
+        from sandboxes.api.pagination import LimitOffsetPagination
+
+        paginator = LimitOffsetPagination()
+        page = paginator.paginate_queryset(qs, request, view=self)
+        return paginator.get_paginated_response([services.as_dict(r) for r in page])
+
+    @extend_schema(summary="One approval request", responses=ApprovalSerializer)
+    def retrieve(self, request, pk=None):
+        return Response(services.as_dict(services.get_request(request.user, pk)))
+
+    @extend_schema(
+        summary="Ask without waiting",
+        description="Creates a pending request (or returns the one with the same idempotency key).",
+        request=AskSerializer,
+        responses={201: ApprovalSerializer, 200: ApprovalSerializer},
+    )
+    def create(self, request):
+        return _create(request)
+
+    @extend_schema(summary="Approve", request=DecisionSerializer, responses=ApprovalSerializer)
+    @action(detail=True, methods=["post"])
+    def approve(self, request, pk=None):
+        return self._decide(request, pk, approve=True)
+
+    @extend_schema(summary="Deny", request=DecisionSerializer, responses=ApprovalSerializer)
+    @action(detail=True, methods=["post"])
+    def deny(self, request, pk=None):
+        return self._decide(request, pk, approve=False)
+
+    @extend_schema(
+        summary="Cancel (the requester or an operator)",
+        request=DecisionSerializer,
+        responses=ApprovalSerializer,
+    )
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        serializer = DecisionSerializer(data=request.data or {})
+        serializer.is_valid(raise_exception=True)
+        req = services.cancel(request.user, pk, serializer.validated_data["reason"])
+        return Response(services.as_dict(req))
+
+    @extend_schema(
+        summary="Approve or deny many at once",
+        request=BulkDecisionSerializer,
+        responses={200: {"type": "object"}},
+    )
+    @action(detail=False, methods=["post"], url_path="bulk")
+    def bulk(self, request):
+        serializer = BulkDecisionSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        results = []
+        for request_id in data["ids"]:
+            try:
+                req = services.decide(
+                    request.user,
+                    request_id,
+                    approve=data["decision"] == "approve",
+                    reason=data["reason"],
+                )
+                results.append({"id": str(req.id), "status": req.status})
+            except ServiceError as err:
+                if (
+                    err.status_code == 403
+                    and err.code == "forbidden"
+                    and not services.can_decide(request.user)
+                ):
+                    raise
+                results.append(
+                    {"id": str(request_id), "error": {"code": err.code, "message": err.message}}
+                )
+        return Response({"results": results})
+
+    def _decide(self, request, pk, *, approve: bool) -> Response:
+        serializer = DecisionSerializer(data=request.data or {})
+        serializer.is_valid(raise_exception=True)
+        req = services.decide(
+            request.user, pk, approve=approve, reason=serializer.validated_data["reason"]
+        )
+        return Response(services.as_dict(req))
+
+
+class HumanAskView(APIView):
+    """POST /api/v1/human/ask: blocks until the request is decided, cancelled or expired.
+
+    Under daphne this path is served by approvals.ask_endpoint (no thread held while
+    waiting); this view documents it and serves it under WSGI."""
+
+    @extend_schema(
+        summary="Ask a human and wait for the answer",
+        request=AskSerializer,
+        responses=ApprovalSerializer,
+    )
+    def post(self, request):
+        serializer = AskSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        fields = dict(serializer.validated_data)
+        fields["idempotency_key"] = (
+            fields["idempotency_key"] or request.headers.get("Idempotency-Key", "")[:200]
+        )
+        return Response(async_to_sync(ask)(request.user, fields))
+
+
+class HumanAskAsyncView(APIView):
+    @extend_schema(
+        summary="Ask a human without waiting (original's ask-async)",
+        request=AskSerializer,
+        responses=ApprovalSerializer,
+    )
+    def post(self, request):
+        return _create(request)
+
+
+class HumanPendingView(APIView):
+    @extend_schema(
+        summary="Pending requests (original's shape)", responses={200: {"type": "object"}}
+    )
+    def get(self, request):
+        qs = services.visible_requests(request.user).filter(status=ApprovalStatus.PENDING)[:500]
+        return Response({"pending": [services.as_dict(r) for r in qs]})
+
+
+class HumanPendingDetailView(APIView):
+    @extend_schema(summary="One request", responses=ApprovalSerializer)
+    def get(self, request, request_id):
+        return Response(services.as_dict(services.get_request(request.user, request_id)))
+
+    @extend_schema(summary="Cancel a pending request", responses={200: {"type": "object"}})
+    def delete(self, request, request_id):
+        req = services.cancel(request.user, request_id)
+        return Response({"request_id": str(req.id), "cancelled": True, "status": req.status})
+
+
+class HumanRespondView(APIView):
+    @extend_schema(
+        summary="Decide (original's respond; the decider is the caller)",
+        request=RespondSerializer,
+        responses=ApprovalSerializer,
+    )
+    def post(self, request):
+        serializer = RespondSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        req = services.decide(
+            request.user, data["request_id"], approve=data["approved"], reason=data["reason"]
+        )
+        return Response(services.as_dict(req))

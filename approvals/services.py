@@ -1,0 +1,312 @@
+"""The approvals service layer: the only writer of approval requests.
+
+Decisions are compare-and-set (a conditional UPDATE of a pending, unexpired row): of two
+operators who click at the same moment exactly one wins, the other gets 409."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from audit import services as audit
+from sandboxes.exceptions import Conflict, Forbidden, InvalidInput, NotFound
+
+from . import events
+from .choices import ApprovalKind, ApprovalStatus
+from .models import ApprovalRequest
+
+log = logging.getLogger(__name__)
+
+DECIDE_PERMISSION = "approvals.decide_approvalrequest"
+VIEW_PERMISSION = "approvals.view_approvalrequest"
+
+
+def can_decide(user) -> bool:
+    return bool(user and user.is_authenticated and user.has_perm(DECIDE_PERMISSION))
+
+
+def is_operator(user) -> bool:
+    """Who sees every request and its live events: deciders and those who may view them."""
+    return bool(
+        user
+        and user.is_authenticated
+        and (user.has_perm(DECIDE_PERMISSION) or user.has_perm(VIEW_PERMISSION))
+    )
+
+
+def visible_requests(user):
+    qs = ApprovalRequest.objects.select_related("requested_by", "decided_by", "sandbox")
+    if is_operator(user):
+        return qs
+    return qs.filter(requested_by=user)
+
+
+def get_request(user, request_id) -> ApprovalRequest:
+    try:
+        return visible_requests(user).get(pk=request_id)
+    except (ApprovalRequest.DoesNotExist, ValueError, TypeError) as err:
+        raise NotFound(f"No approval request {request_id}.") from err
+
+
+def as_dict(req: ApprovalRequest) -> dict:
+    """The JSON form used by the API, the websocket and the blocking ask alike. Carries the
+    original's field names (request_id, approved, approved_by, comment) beside ours."""
+    decided_by = req.decided_by.get_username() if req.decided_by_id else None
+    return {
+        "id": str(req.id),
+        "request_id": str(req.id),
+        "status": req.status,
+        "approved": req.status == ApprovalStatus.APPROVED,
+        "kind": req.kind,
+        "prompt": req.prompt,
+        "action_type": req.action_type,
+        "payload": req.payload,
+        "context": req.context,
+        "urgency": req.urgency,
+        "alternatives": req.alternatives,
+        "agent_id": req.agent_id,
+        "requested_by": req.requested_by.get_username(),
+        "sandbox_id": str(req.sandbox_id) if req.sandbox_id else None,
+        "decided_by": decided_by,
+        "approved_by": decided_by if req.status == ApprovalStatus.APPROVED else None,
+        "decided_at": req.decided_at.isoformat() if req.decided_at else None,
+        "approved_at": req.decided_at.isoformat()
+        if req.decided_at and req.status == ApprovalStatus.APPROVED
+        else None,
+        "reason": req.reason,
+        "comment": req.reason,
+        "timeout_seconds": req.timeout_seconds,
+        "expires_at": req.expires_at.isoformat(),
+        "idempotency_key": req.idempotency_key,
+        "consumed_at": req.consumed_at.isoformat() if req.consumed_at else None,
+        "created_at": req.created_at.isoformat() if req.created_at else None,
+    }
+
+
+def _timeout(value: int | None) -> int:
+    conf = settings.APPROVALS
+    if value is None:
+        return conf["DEFAULT_TIMEOUT_SECONDS"]
+    if not 1 <= value <= conf["MAX_TIMEOUT_SECONDS"]:
+        raise InvalidInput.field(
+            "timeout_seconds", f"must be between 1 and {conf['MAX_TIMEOUT_SECONDS']} seconds."
+        )
+    return value
+
+
+def _same_request(existing: ApprovalRequest, prompt: str, payload: dict) -> bool:
+    return existing.prompt == prompt and existing.payload == payload
+
+
+def create_request(
+    user,
+    *,
+    prompt: str,
+    kind: str = ApprovalKind.QUESTION,
+    action_type: str = "",
+    payload: dict | None = None,
+    context: str = "",
+    urgency: str = "medium",
+    alternatives: list | None = None,
+    timeout_seconds: int | None = None,
+    sandbox_id=None,
+    agent_id: str = "",
+    idempotency_key: str = "",
+) -> tuple[ApprovalRequest, bool]:
+    """A new pending request, or, for an idempotency key this requester used before, that
+    same request (whatever its status now): a retry after a dropped connection or a server
+    restart picks up where it was. Returns (request, created)."""
+    payload = payload or {}
+    if not prompt.strip():
+        raise InvalidInput.field("prompt", "must not be empty.")
+    timeout = _timeout(timeout_seconds)
+    if idempotency_key:
+        existing = ApprovalRequest.objects.filter(
+            requested_by=user, idempotency_key=idempotency_key
+        ).first()
+        if existing is not None:
+            return _reuse(existing, prompt, payload), False
+    sandbox = None
+    if sandbox_id:
+        from sandboxes.services import visible_sandboxes
+
+        sandbox = visible_sandboxes(user).filter(pk=sandbox_id).first()
+        if sandbox is None:
+            raise InvalidInput.field("sandbox_id", f"no sandbox {sandbox_id} of yours.")
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            req = ApprovalRequest.objects.create(
+                requested_by=user,
+                agent_id=agent_id or (sandbox.agent_id if sandbox else user.get_username()),
+                sandbox=sandbox,
+                kind=kind,
+                prompt=prompt,
+                action_type=action_type,
+                payload=payload,
+                context=context,
+                urgency=urgency,
+                alternatives=alternatives or [],
+                timeout_seconds=timeout,
+                expires_at=now + timedelta(seconds=timeout),
+                idempotency_key=idempotency_key,
+            )
+            event = audit.record(
+                "approval.requested",
+                user=user,
+                target=req,
+                sandbox_id=req.sandbox_id,
+                agent=req.agent_id,
+                data={
+                    "prompt": prompt[:2000],
+                    "kind": kind,
+                    "action_type": action_type,
+                    "payload": payload,
+                    "timeout_seconds": timeout,
+                },
+            )
+            body = as_dict(req)
+            events.publish_on_commit("created", body, event.seq)
+            transaction.on_commit(lambda: _send_webhook(req.id))
+    except IntegrityError:
+        # The same key, at the same moment, from another connection of this requester.
+        existing = ApprovalRequest.objects.get(requested_by=user, idempotency_key=idempotency_key)
+        return _reuse(existing, prompt, payload), False
+    return req, True
+
+
+def _reuse(existing: ApprovalRequest, prompt: str, payload: dict) -> ApprovalRequest:
+    if not _same_request(existing, prompt, payload):
+        raise Conflict(
+            "idempotency_key was already used for a different request "
+            f"({existing.id}); use a new key for a new question.",
+            fields={"idempotency_key": ["already used for a different request"]},
+            code="idempotency_conflict",
+        )
+    if existing.is_pending and existing.expires_at <= timezone.now():
+        expire(existing.id)
+        existing.refresh_from_db()
+    return existing
+
+
+def _send_webhook(request_id) -> None:
+    if not settings.APPROVALS["WEBHOOK_URL"]:
+        return
+    from config.celery import app
+
+    app.send_task("approvals.send_webhook", args=[str(request_id)], queue="control")
+
+
+def decide(user, request_id, *, approve: bool, reason: str = "") -> ApprovalRequest:
+    """Approve or deny. Only a person holding the decide permission, never the requester."""
+    if not can_decide(user):
+        raise Forbidden(
+            f"You do not have permission to decide approval requests (needs {DECIDE_PERMISSION})."
+        )
+    req = get_request(user, request_id)
+    if req.requested_by_id == user.pk:
+        raise Forbidden("A request cannot be decided by the one who asked it.")
+    status = ApprovalStatus.APPROVED if approve else ApprovalStatus.DENIED
+    now = timezone.now()
+    with transaction.atomic():
+        won = ApprovalRequest.objects.filter(
+            pk=req.pk, status=ApprovalStatus.PENDING, expires_at__gt=now
+        ).update(status=status, decided_by=user, decided_at=now, reason=reason)
+        if won:
+            req.refresh_from_db()
+            event = audit.record(
+                f"approval.{status}",
+                user=user,
+                target=req,
+                sandbox_id=req.sandbox_id,
+                agent=req.agent_id,
+                data={"reason": reason[:2000], "requested_by": req.requested_by.get_username()},
+            )
+            events.publish_on_commit("decided", as_dict(req), event.seq)
+    if won:
+        return req
+    req.refresh_from_db()
+    if req.is_pending:  # its time ran out a moment ago and the sweeper has not run yet
+        expire(req.pk)
+        req.refresh_from_db()
+    who = f" by {req.decided_by.get_username()}" if req.decided_by_id else ""
+    raise Conflict(
+        f"Approval request {req.id} is already {req.status}{who}; a decision is final.",
+        code="already_decided",
+    )
+
+
+def cancel(user, request_id, reason: str = "") -> ApprovalRequest:
+    """The requester (or an operator) withdraws a pending request."""
+    req = get_request(user, request_id)
+    if req.requested_by_id != user.pk and not can_decide(user):
+        raise Forbidden("Only the requester or an operator can cancel a request.")
+    return _close(
+        req.pk, ApprovalStatus.CANCELLED, user=user, reason=reason or "cancelled"
+    ) or _final(req)
+
+
+def expire(request_id) -> ApprovalRequest | None:
+    """Pending and past its time: expired (reported apart from a denial)."""
+    return _close(request_id, ApprovalStatus.EXPIRED, reason="nobody decided in time", overdue=True)
+
+
+def expire_overdue() -> int:
+    """The periodic sweep. Returns how many requests it expired."""
+    overdue = ApprovalRequest.objects.filter(
+        status=ApprovalStatus.PENDING, expires_at__lte=timezone.now()
+    ).values_list("pk", flat=True)
+    return sum(1 for pk in list(overdue[:1000]) if expire(pk))
+
+
+def _close(request_id, status: str, *, user=None, reason: str = "", overdue: bool = False):
+    now = timezone.now()
+    with transaction.atomic():
+        qs = ApprovalRequest.objects.filter(pk=request_id, status=ApprovalStatus.PENDING)
+        if overdue:
+            qs = qs.filter(expires_at__lte=now)
+        if not qs.update(status=status, decided_at=now, reason=reason):
+            return None
+        req = ApprovalRequest.objects.select_related("requested_by", "decided_by").get(
+            pk=request_id
+        )
+        event = audit.record(
+            f"approval.{status}",
+            user=user,
+            target=req,
+            sandbox_id=req.sandbox_id,
+            agent=req.agent_id,
+            data={"reason": reason},
+        )
+        events.publish_on_commit(status, as_dict(req), event.seq)
+    return req
+
+
+def _final(req: ApprovalRequest) -> ApprovalRequest:
+    req.refresh_from_db()
+    raise Conflict(f"Approval request {req.id} is already {req.status}.", code="already_decided")
+
+
+def consume(request_id, *, expected_payload: dict | None = None) -> ApprovalRequest:
+    """Spend an approval on the action it allowed: once, and only for the payload approved."""
+    now = timezone.now()
+    with transaction.atomic():
+        req = ApprovalRequest.objects.select_for_update().get(pk=request_id)
+        if req.status != ApprovalStatus.APPROVED:
+            raise Conflict(
+                f"Approval request {req.id} is {req.status}, not approved.", code="not_approved"
+            )
+        if req.consumed_at is not None:
+            raise Conflict(f"Approval request {req.id} was already used.", code="approval_used")
+        if expected_payload is not None and req.payload != expected_payload:
+            raise Conflict(
+                f"Approval request {req.id} approved a different action.", code="approval_mismatch"
+            )
+        ApprovalRequest.objects.filter(pk=req.pk).update(consumed_at=now)
+        audit.record("approval.consumed", target=req, sandbox_id=req.sandbox_id, agent=req.agent_id)
+        req.consumed_at = now
+    return req

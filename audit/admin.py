@@ -1,0 +1,33 @@
+from django.contrib import admin
+
+from .models import AuditEvent
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    """Read-only: operators browse and filter the trail; nobody adds, edits or deletes."""
+
+    list_display = (
+        "seq",
+        "created_at",
+        "actor",
+        "verb",
+        "target_type",
+        "target_id",
+        "agent",
+        "source_ip",
+    )
+    list_filter = ("verb", "target_type")
+    search_fields = ("actor", "verb", "target_id", "agent", "request_id")
+    date_hierarchy = "created_at"
+    readonly_fields = [f.name for f in AuditEvent._meta.fields]
+    actions = None
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

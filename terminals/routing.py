@@ -1,0 +1,3 @@
+"""Websocket routes of the terminals app."""
+
+websocket_urlpatterns: list = []
