@@ -96,7 +96,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         # synchronous=NORMAL: in WAL mode still safe against a crashed process, and a commit
         # no longer waits for an fsync (it costs every command call otherwise).
-        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
+        # IMMEDIATE: a transaction takes the write lock when it begins. A deferred one that
+        # read first (the audit chain head) could not upgrade once another process had
+        # written, and SQLite answers that with "database is locked" at once, never waiting.
+        {
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+        }
     )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
