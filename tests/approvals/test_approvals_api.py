@@ -153,3 +153,24 @@ def test_an_approval_is_consumed_once_and_only_for_its_payload(alice, dora):
     services.consume(req["id"], expected_payload={"playbook": 3})
     with pytest.raises(services.Conflict, match="already used"):
         services.consume(req["id"], expected_payload={"playbook": 3})
+
+
+def test_an_operator_decides_in_the_admin_through_the_same_service(alice, dora, client):
+    dora.user.is_staff = True
+    dora.user.save()
+    from django.contrib.auth.models import Permission
+
+    dora.user.user_permissions.add(Permission.objects.get(codename="view_approvalrequest"))
+    client.force_login(dora.user)
+    req = ask_async(alice).json()
+    page = client.get("/admin/approvals/approvalrequest/")
+    assert b"approve_selected" in page.content
+    client.post(
+        "/admin/approvals/approvalrequest/",
+        {"action": "approve_selected", "_selected_action": [req["id"]]},
+        follow=True,
+    )
+    decided = ApprovalRequest.objects.get(pk=req["id"])
+    assert decided.status == "approved" and decided.decided_by == dora.user
+    assert AuditEvent.objects.filter(verb="approval.approved", actor="user:dora").exists()
+    assert client.get(f"/admin/approvals/approvalrequest/{req['id']}/delete/").status_code == 403
