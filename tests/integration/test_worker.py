@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from django.conf import settings
 from django.utils import timezone
 
 from sandboxes import services
@@ -36,7 +37,7 @@ def test_it_creates_and_destroys_through_a_real_worker(live_host, source, django
     op = services.create_sandbox(owner, source_vm_name="debian-base", auto_start=False)
     op = wait_done(op)
     assert op.status == OperationStatus.SUCCEEDED, op.error
-    assert op.queue == "kvm.testhost"
+    assert op.queue == f"kvm.{settings.VSB['HOST_NAME']}"
     sandbox = Sandbox.objects.get(pk=op.sandbox_id)
     assert sandbox.state == SandboxState.STOPPED
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.conf import settings
 from django.utils import timezone
 
 from sandboxes import provisioning, runtime, services, tasks, worker
@@ -223,7 +224,7 @@ def test_a_restarted_worker_resumes_operations_and_fails_interrupted_commands(
     cmd = Command.objects.create(sandbox=op.sandbox, command="sleep 100", timeout_seconds=200)
     sent_tasks.clear()
     assert worker.recover(op.host) == 1
-    assert sent_tasks == [("sandboxes.provision_sandbox", [str(op.pk)], "kvm.testhost")]
+    assert sent_tasks == [("sandboxes.provision_sandbox", [str(op.pk)], f"kvm.{settings.VSB['HOST_NAME']}")]
     cmd.refresh_from_db()
     assert cmd.status == CommandStatus.FAILED and "restarted" in cmd.error
 

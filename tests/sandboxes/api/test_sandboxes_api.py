@@ -4,6 +4,7 @@ Tasks are recorded, not run: the integration and e2e rings run a real worker."""
 from __future__ import annotations
 
 import pytest
+from django.conf import settings
 
 from sandboxes import services
 from sandboxes.choices import SandboxState
@@ -34,10 +35,11 @@ def test_it_creates_a_sandbox_and_queues_provisioning_on_the_hosts_queue(
     assert body["sandbox"]["state"] == SandboxState.REQUESTED
     assert body["sandbox"]["source_vm_name"] == "debian-base"
     assert body["sandbox"]["ssh_host"] == "127.0.0.1"
-    assert 43000 <= body["sandbox"]["ssh_port"] <= 43999
+    low, high = settings.VSB["PORT_RANGE"]
+    assert low <= body["sandbox"]["ssh_port"] <= high
     assert body["operation"]["kind"] == "create"
     assert sent_tasks == [
-        ("sandboxes.provision_sandbox", [body["operation"]["id"]], "kvm.testhost")
+        ("sandboxes.provision_sandbox", [body["operation"]["id"]], f"kvm.{settings.VSB['HOST_NAME']}")
     ]
 
 
@@ -190,7 +192,7 @@ def test_it_answers_503_when_no_worker_serves_the_host(alice, host, source):
     host.save(update_fields=["last_heartbeat"])
     response = create(alice)
     assert response.status_code == 503
-    assert "kvm.testhost" in response.json()["error"]["message"]
+    assert f"kvm.{settings.VSB['HOST_NAME']}" in response.json()["error"]["message"]
 
 
 def test_it_lists_operations_scoped_to_the_agent(alice, bob, host, source, sent_tasks):
@@ -212,7 +214,7 @@ def test_it_serves_health_without_authentication(anonymous, host):
     assert response.status_code == 200, response.content
     body = response.json()
     assert body["database"] == "ok" and body["broker"] == "ok"
-    assert body["hosts"][0]["name"] == "testhost" and body["hosts"][0]["alive"] is True
+    assert body["hosts"][0]["name"] == settings.VSB["HOST_NAME"] and body["hosts"][0]["alive"] is True
 
 
 def test_it_lists_source_vms(alice, host, source):
