@@ -38,7 +38,7 @@ def channel_prefix() -> str:
 
 @lru_cache(maxsize=1)
 def _publisher() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, health_check_interval=30)
+    return redis.Redis.from_url(settings.REDIS_URL, health_check_interval=30, socket_timeout=10)
 
 
 def publish_decision(body: dict) -> None:
@@ -67,7 +67,7 @@ class _Listener:
     async def _run(self) -> None:
         prefix = channel_prefix()
         while True:
-            client = aredis.Redis.from_url(settings.REDIS_URL)
+            client = aredis.Redis.from_url(settings.REDIS_URL, socket_timeout=None)
             pubsub = client.pubsub()
             try:
                 await pubsub.psubscribe(prefix + "*")

@@ -20,7 +20,9 @@ KEY_TTL_SECONDS = 600
 
 @lru_cache(maxsize=1)
 def _client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, health_check_interval=30)
+    # socket_timeout None: BLPOP waits as long as asked; redis-py 8's default of 5 s would
+    # abort any wait longer than that with "Timeout reading".
+    return redis.Redis.from_url(settings.REDIS_URL, health_check_interval=30, socket_timeout=None)
 
 
 def _key(command_id, kind: str) -> str:

@@ -166,7 +166,13 @@ CELERY_BEAT_SCHEDULE = {
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1500, "expiry": 30},
+        # socket_timeout None: redis-py 8 defaults to 5 s, which cuts channels-redis's
+        # blocking 5 s BZPOPMIN short ("Timeout reading from ...").
+        "CONFIG": {
+            "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+            "capacity": 1500,
+            "expiry": 30,
+        },
     },
 }
 
