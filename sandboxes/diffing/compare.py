@@ -126,6 +126,14 @@ class _Side:
     manifest: Manifest
     hashes: Mapping[str, str]
     contents: Mapping[str, bytes]
+    # Owner names as the guest knows them. `find -printf %u` resolved ids through the
+    # passwd of the machine that ran it: the host, when the disk is read host-side.
+    user_names: dict[int, str] = field(default_factory=dict)
+    group_names: dict[int, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.user_names = {u.uid: u.name for u in self.manifest.users.values()}
+        self.group_names = {g.gid: g.name for g in self.manifest.groups.values()}
 
 
 def _stamp(entry: FileEntry) -> tuple[int, int, int, int]:
@@ -195,8 +203,8 @@ def _attributes(entry: FileEntry, side: _Side) -> Record:
         "type": entry.type,
         "size": entry.size,
         "mode": f"{entry.mode:04o}",
-        "owner": entry.user,
-        "group": entry.group,
+        "owner": side.user_names.get(entry.uid, entry.user),
+        "group": side.group_names.get(entry.gid, entry.group),
     }
     if entry.type == "l":
         rec["target"] = entry.target

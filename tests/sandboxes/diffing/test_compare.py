@@ -258,3 +258,19 @@ def test_it_marks_a_missing_final_newline_like_git():
         "--- a/t\n+++ b/t\n@@ -1 +1,2 @@\n-a\n\\ No newline at end of file\n+a\n+b\n"
         "\\ No newline at end of file\n"
     )
+
+
+def test_owner_names_come_from_the_guests_accounts_not_the_readers():
+    from dataclasses import replace
+
+    from sandboxes.diffing.manifest import Group, User
+
+    # Read host-side, find printed the host's name for uid 1000; the guest calls it appuser.
+    new = FileEntry("/srv/www/index.html", "f", 5, 2, 2, 9, 0o644, 1000, 1000, "hostuser", "hostgroup", "")
+    after = replace(
+        manifest(files=[new]),
+        users={"appuser": User("appuser", 1000, 1000, "", "/home/appuser", "/bin/bash")},
+        groups={"appuser": Group("appuser", 1000, ())},
+    )
+    record = compare(manifest(), after).files["added"][0]
+    assert (record["owner"], record["group"]) == ("appuser", "appuser")
