@@ -16,7 +16,7 @@ import uuid
 
 from django.utils import timezone
 
-from . import diffing, provisioning
+from . import diffing, provisioning, wakeups
 from .choices import SandboxState
 from .drivers.domain_xml import OVERLAY_NAME
 from .drivers.snapshot_reader import mounted_snapshot
@@ -74,10 +74,38 @@ def _commands_between(diff: Diff, start, end) -> list[dict]:
     ]
 
 
+def compare_snapshots(sandbox, before_pick: str | None, after_pick: str | None) -> dict:
+    """The diff between two driver-level snapshots of the sandbox's overlay (None: the disk
+    as it is, for a stopped sandbox). No rows needed: replay verification diffs snapshots
+    it took itself."""
+    overlay = os.path.join(sandbox.workdir, OVERLAY_NAME)
+    with contextlib.ExitStack() as stack:
+        before_root, after_root = (
+            stack.enter_context(mounted_snapshot(overlay, pick, sandbox.workdir))
+            for pick in (before_pick, after_pick)
+        )
+        before, after = _read_state(before_root), _read_state(after_root)
+        need = diffing.paths_needing_hashes(before, after)
+        hashes_before = _hashes(before_root, [p for p in need if p in before.files])
+        hashes_after = _hashes(after_root, [p for p in need if p in after.files])
+        text = diffing.paths_needing_contents(
+            before, after, hashes_before=hashes_before, hashes_after=hashes_after
+        )
+        contents_before = _contents(before_root, [p for p in text if p in before.files])
+        contents_after = _contents(after_root, [p for p in text if p in after.files])
+    return diffing.compare(
+        before,
+        after,
+        hashes_before=hashes_before,
+        hashes_after=hashes_after,
+        contents_before=contents_before,
+        contents_after=contents_after,
+    ).to_dict()
+
+
 def compute(diff: Diff) -> dict:
     sandbox = diff.sandbox
     driver = provisioning.driver_for(sandbox)
-    overlay = os.path.join(sandbox.workdir, OVERLAY_NAME)
     started = time.monotonic()
     temporary = None
     times = {}
@@ -96,31 +124,30 @@ def compute(diff: Diff) -> dict:
             else:
                 picks.append(None)  # a stopped sandbox: its disk as it is
                 times[name] = timezone.now()
-        with contextlib.ExitStack() as stack:
-            before_root, after_root = (
-                stack.enter_context(mounted_snapshot(overlay, pick, sandbox.workdir))
-                for pick in picks
-            )
-            before, after = _read_state(before_root), _read_state(after_root)
-            need = diffing.paths_needing_hashes(before, after)
-            hashes_before = _hashes(before_root, [p for p in need if p in before.files])
-            hashes_after = _hashes(after_root, [p for p in need if p in after.files])
-            text = diffing.paths_needing_contents(
-                before, after, hashes_before=hashes_before, hashes_after=hashes_after
-            )
-            contents_before = _contents(before_root, [p for p in text if p in before.files])
-            contents_after = _contents(after_root, [p for p in text if p in after.files])
+        result = compare_snapshots(sandbox, picks[0], picks[1])
     finally:
         if temporary:
             driver.snapshot_delete(sandbox.name, temporary)
-    result = diffing.compare(
-        before,
-        after,
-        hashes_before=hashes_before,
-        hashes_after=hashes_after,
-        contents_before=contents_before,
-        contents_after=contents_after,
-    ).to_dict()
     result["commands"] = _commands_between(diff, times[diff.from_name], times[diff.to_name])
     result["duration_ms"] = int((time.monotonic() - started) * 1000)
     return result
+
+
+def compute_and_store(diff_id) -> Diff | None:
+    """Compute a pending Diff row on this host, store the outcome and wake the waiter."""
+    import json
+    import logging
+
+    diff = Diff.objects.select_related("sandbox", "sandbox__host").filter(pk=diff_id).first()
+    if diff is None or diff.status != "pending":
+        return diff
+    try:
+        result = compute(diff)
+        fields = {"status": "ready", "result": json.dumps(result), "duration_ms": result["duration_ms"]}
+    except Exception as exc:  # noqa: BLE001 - the waiting request must get an answer
+        logging.getLogger(__name__).exception("diff %s failed", diff_id)
+        fields = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    Diff.objects.filter(pk=diff_id, status="pending").update(**fields)
+    wakeups.publish(diff_id, {"status": fields["status"]}, kind="diff")
+    diff.refresh_from_db()
+    return diff

@@ -346,3 +346,6 @@ class ApiKey(models.Model):
     @staticmethod
     def hash_secret(secret: str) -> str:
         return hashlib.sha256(secret.encode()).hexdigest()
+
+
+from .playbooks.models import Playbook, PlaybookFile, PlaybookVersion  # noqa: E402,F401

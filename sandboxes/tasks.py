@@ -34,6 +34,7 @@ TASK_FOR_KIND = {
     OperationKind.SNAPSHOT: "sandboxes.snapshot_sandbox",
     OperationKind.RESTORE: "sandboxes.restore_snapshot",
     OperationKind.DELETE_SNAPSHOT: "sandboxes.delete_snapshot",
+    OperationKind.VERIFY_PLAYBOOK: "sandboxes.verify_playbook",
 }
 TASK_OPTIONS = {
     "bind": True,
@@ -501,26 +502,36 @@ def delete_snapshot(self, op_id: str) -> None:
 @shared_task(name="sandboxes.compute_diff", bind=True, acks_late=False, ignore_result=True)
 def compute_diff(self, diff_id: str) -> None:
     """Read both states from the sandbox's disk on this host and compare them."""
-    import json
-
     from . import diff_compute
-    from .models import Diff
 
-    diff = Diff.objects.select_related("sandbox", "sandbox__host").filter(pk=diff_id).first()
-    if diff is None or diff.status != "pending":
+    diff_compute.compute_and_store(diff_id)
+
+
+@shared_task(name="sandboxes.generate_playbook", bind=True, acks_late=False, ignore_result=True)
+def generate_playbook(self, playbook_id: str) -> None:
+    """Diff the two snapshots (if not yet), read the `to` state, write playbook version 1."""
+    from .playbooks import build
+
+    build.generate_and_store(playbook_id)
+
+
+@shared_task(name="sandboxes.verify_playbook", **TASK_OPTIONS)
+def verify_playbook(self, op_id: str) -> None:
+    """One step of a replay verification (playbooks/verify.py); safe to run twice."""
+    from .playbooks import verify
+
+    op = Operation.objects.select_related("sandbox", "host", "requested_by").filter(pk=op_id).first()
+    if op is None or op.is_done:
         return
+    if op.status == OperationStatus.PENDING:
+        op = services.claim_operation(op_id)
+        if op is None:
+            return
     try:
-        result = diff_compute.compute(diff)
-        fields = {
-            "status": "ready",
-            "result": json.dumps(result),
-            "duration_ms": result["duration_ms"],
-        }
-    except Exception as exc:  # noqa: BLE001 - the waiting request must get an answer
-        log.exception("diff %s failed", diff_id)
-        fields = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-    Diff.objects.filter(pk=diff_id, status="pending").update(**fields)
-    wakeups.publish(diff_id, {"status": fields["status"]}, kind="diff")
+        verify.step(self, op)
+    except Exception as exc:  # noqa: BLE001 - the operation must end with the reason
+        log.exception("verify %s failed", op_id)
+        verify.abandon(op, f"{type(exc).__name__}: {exc}")
 
 
 # --- Periodic sweeps (control queue) -------------------------------------------------------

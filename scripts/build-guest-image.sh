@@ -20,7 +20,7 @@ GUEST_DIR=$SCRIPT_DIR/guest
 SUITE=bookworm
 MIRROR=${VSB_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 IMAGE_SIZE_MB=2048
-PACKAGES=systemd-sysv,udev,kmod,openssh-server,qemu-guest-agent,iproute2,busybox-static,python3
+PACKAGES=systemd-sysv,udev,kmod,openssh-server,qemu-guest-agent,iproute2,busybox-static,python3,python3-apt
 FAST_CMDLINE="root=/dev/vda rw console=ttyS0 quiet init=/usr/local/lib/vmfast/init"
 SYSTEMD_CMDLINE="root=/dev/vda rw console=ttyS0 quiet"
 # Modules the tiny initramfs insmods (plus their dependencies, minus built-ins).

@@ -1,6 +1,7 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
+from ..playbooks.api import PlaybookViewSet
 from . import views
 
 router = SimpleRouter()
@@ -8,6 +9,7 @@ router = SimpleRouter()
 router.trailing_slash = "/?"
 router.register("sandboxes", views.SandboxViewSet, basename="sandbox")
 router.register("operations", views.OperationViewSet, basename="operation")
+router.register("playbooks", PlaybookViewSet, basename="playbook")
 
 urlpatterns = [
     path("health", views.HealthView.as_view(), name="health"),

@@ -31,6 +31,7 @@ from .serializers import (
     SnapshotOperationSerializer,
     SnapshotSerializer,
     SourceVMSerializer,
+    VerifyPlaybookSerializer,
     VMListSerializer,
     WaitSerializer,
 )
@@ -324,6 +325,50 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         }
         body = {"id": str(diff.id), "from": diff.from_name, "to": diff.to_name, **result}
         return Response({"diff": body})
+
+    @extend_schema(
+        summary="Ansible playbook reproducing the change between two snapshots",
+        parameters=[
+            OpenApiParameter("from", str, required=True),
+            OpenApiParameter("to", str, required=True),
+            OpenApiParameter("raw", bool, description="answer with the YAML itself"),
+        ],
+        responses={200: dict, **ERRORS},
+    )
+    @action(detail=True, methods=["get"])
+    def playbook(self, request, pk=None):
+        from ..playbooks import services as playbooks
+        from ..playbooks.api import version_body, yaml_response
+
+        sandbox = self.get_object()
+        playbook = playbooks.get_playbook(
+            sandbox, request.user, request.query_params.get("from", ""), request.query_params.get("to", "")
+        )
+        if playbook.status != "ready":
+            raise OperationFailed(f"generating the playbook failed: {playbook.error}")
+        version = playbook.latest
+        if request.query_params.get("raw") in ("1", "true"):
+            return yaml_response(version)
+        return Response({"playbook": version_body(playbook, version)})
+
+    @extend_schema(
+        summary="Verify the playbook by replay on a fresh clone (slow: an operation)",
+        request=VerifyPlaybookSerializer,
+        responses={202: dict, 200: dict, **ERRORS},
+    )
+    @action(detail=True, methods=["post"], url_path="playbook/verify")
+    def verify_playbook(self, request, pk=None):
+        from ..playbooks import services as playbooks
+
+        sandbox = self.get_object()
+        params = VerifyPlaybookSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        data = params.validated_data
+        op = playbooks.start_verify(sandbox, request.user, data["from_name"], data["to_name"], data["version"])
+        if data["wait"]:
+            op = services.wait_for_operation(op, playbooks.VERIFY_DEADLINE_SECONDS)
+            return Response({"operation": OperationSerializer(op).data}, status=status.HTTP_200_OK)
+        return Response({"operation": OperationSerializer(op).data}, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(summary="Command history", responses={200: CommandSerializer(many=True)})
     @action(detail=True, methods=["get"])

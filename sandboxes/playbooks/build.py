@@ -1,0 +1,131 @@
+"""Worker side of playbook generation: runs on the sandbox's host, where its disk is."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from django.db import transaction
+
+from .. import wakeups
+from ..drivers.domain_xml import OVERLAY_NAME
+from ..drivers.snapshot_reader import mounted_snapshot
+from ..models import Diff
+from . import generator
+from .models import Playbook, PlaybookFile, PlaybookVersion
+from .state import read_target_state
+
+log = logging.getLogger(__name__)
+
+FILE_LIMIT = 64 * 1024 * 1024
+ANSIBLE_BIN = os.path.dirname(sys.executable)
+
+
+def _diff_for(playbook: Playbook) -> dict:
+    from ..diff_compute import compute_and_store
+
+    diff = Diff.objects.filter(
+        sandbox=playbook.sandbox, from_name=playbook.from_name, to_name=playbook.to_name, status="ready"
+    ).first()
+    if diff is None:
+        diff = Diff.objects.create(
+            sandbox=playbook.sandbox, from_name=playbook.from_name, to_name=playbook.to_name
+        )
+        diff = compute_and_store(diff.pk)
+    if diff.status != "ready":
+        raise RuntimeError(f"the diff failed: {diff.error}")
+    return json.loads(diff.result)
+
+
+def write_project(directory: str, yaml_text: str, files: dict[str, bytes]) -> str:
+    """Lay the playbook out as Ansible expects: playbook.yml beside files/."""
+    os.makedirs(os.path.join(directory, "files"), exist_ok=True)
+    path = os.path.join(directory, "playbook.yml")
+    with open(path, "w") as f:
+        f.write(yaml_text)
+    for name, data in files.items():
+        with open(os.path.join(directory, "files", name), "wb") as f:
+            f.write(data)
+    return path
+
+
+def syntax_check(yaml_text: str, files: dict[str, bytes]) -> tuple[bool, str]:
+    scratch = tempfile.mkdtemp(prefix="vsb-syntax-")
+    try:
+        path = write_project(scratch, yaml_text, files)
+        env = dict(os.environ, ANSIBLE_LOCAL_TEMP=os.path.join(scratch, "tmp"), ANSIBLE_NOCOLOR="1")
+        proc = subprocess.run(
+            [os.path.join(ANSIBLE_BIN, "ansible-playbook"), "--syntax-check", "-i", "localhost,", path],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            cwd=scratch,
+        )
+        return proc.returncode == 0, (proc.stdout + proc.stderr).strip()[-4000:]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def store_version(
+    playbook: Playbook, yaml_text: str, files: dict[str, bytes], *, user=None, generated: bool,
+    warnings=(), skipped=(), note: str = "",
+) -> PlaybookVersion:
+    ok, output = syntax_check(yaml_text, files)
+    with transaction.atomic():
+        number = (playbook.versions.order_by("-number").values_list("number", flat=True).first() or 0) + 1
+        version = PlaybookVersion.objects.create(
+            playbook=playbook,
+            number=number,
+            yaml=yaml_text,
+            sha256=hashlib.sha256(yaml_text.encode()).hexdigest(),
+            generated=generated,
+            warnings=list(warnings),
+            skipped=list(skipped),
+            syntax_ok=ok,
+            syntax_output=output,
+            note=note,
+            created_by=user,
+        )
+        for name, data in files.items():
+            PlaybookFile.objects.create(
+                version=version, name=name, content=data, sha256=hashlib.sha256(data).hexdigest(), size=len(data)
+            )
+    return version
+
+
+def generate_and_store(playbook_id) -> None:
+    playbook = Playbook.objects.select_related("sandbox", "sandbox__host").filter(pk=playbook_id).first()
+    if playbook is None or playbook.status != "pending":
+        return
+    sandbox = playbook.sandbox
+    try:
+        diff = _diff_for(playbook)
+        overlay = os.path.join(sandbox.workdir, OVERLAY_NAME)
+        with mounted_snapshot(overlay, playbook.to_name, sandbox.workdir) as root:
+            state = read_target_state(root, diff, inline_limit=generator.INLINE_LIMIT, file_limit=FILE_LIMIT)
+        out = generator.generate(
+            diff,
+            state,
+            title=f"Reproduce {sandbox.name} ({sandbox.agent_id}): {playbook.from_name} -> {playbook.to_name}",
+            source=f"sandbox {sandbox.id} ({sandbox.source.name}), snapshots {playbook.from_name} -> {playbook.to_name}",
+        )
+        store_version(
+            playbook, out.yaml, out.files, generated=True, warnings=out.warnings, skipped=out.skipped,
+            user=playbook.created_by,
+        )
+        Playbook.objects.filter(pk=playbook.pk, status="pending").update(status="ready")
+        status = "ready"
+    except Exception as exc:  # noqa: BLE001 - the waiting request must get an answer
+        log.exception("playbook %s failed", playbook_id)
+        Playbook.objects.filter(pk=playbook.pk, status="pending").update(
+            status="failed", error=f"{type(exc).__name__}: {exc}"
+        )
+        status = "failed"
+    wakeups.publish(playbook_id, {"status": status}, kind="playbook")

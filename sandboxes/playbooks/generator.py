@@ -1,0 +1,328 @@
+"""Turn a diff (sandboxes.diffing.compare) and facts about its `to` state into an Ansible
+playbook: declarative tasks where Ansible has a module for the change, a `shell` task with
+`creates` (listed as a warning) where it has not.
+
+What a task of its own already covers is left out of the file tasks, so the playbook says
+each change once: files a package installed (unless the agent edited them after), the
+account files of users and groups, a new user's copy of /etc/skel, and the symlinks
+`systemctl enable` makes. Pure: no Django, no I/O."""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import yaml
+
+from .state import TargetState
+
+INLINE_LIMIT = 64 * 1024
+
+ACCOUNT_FILES = {
+    f"/etc/{name}{suffix}"
+    for name in ("passwd", "shadow", "group", "gshadow", "subuid", "subgid")
+    for suffix in ("", "-")
+}
+# Written as a side effect of other tasks (dpkg, apt, ldconfig, systemctl), never by hand.
+SIDE_EFFECT_PREFIXES = (
+    "/var/lib/dpkg/",
+    "/var/lib/apt/",
+    "/var/lib/ucf/",
+    "/var/lib/systemd/deb-systemd-helper-enabled/",
+    "/var/lib/systemd/deb-systemd-user-helper-enabled/",
+    "/var/cache/",
+    "/etc/ld.so.cache",
+    "/usr/share/info/dir",
+    "/etc/.pwd.lock",
+)
+WANTS_RE = re.compile(r"^/etc/systemd/(system|user)/[^/]+\.(wants|requires)/")
+
+
+@dataclass
+class Generated:
+    yaml: str
+    files: dict[str, bytes] = field(default_factory=dict)  # name under files/ -> bytes
+    warnings: list[str] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # {path, reason}: covered elsewhere
+    task_count: int = 0
+
+
+class _Unsafe(str):
+    """Emitted as `!unsafe`: Ansible must not template file contents ({{ }} in a config)."""
+
+
+def _unsafe_representer(dumper: yaml.SafeDumper, value: _Unsafe):
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("!unsafe", str(value), style=style)
+
+
+def _str_representer(dumper: yaml.SafeDumper, value: str):
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+_Dumper.add_representer(_Unsafe, _unsafe_representer)
+_Dumper.add_representer(str, _str_representer)
+
+
+def _is_text(data: bytes) -> bool:
+    if b"\0" in data[:8000]:
+        return False
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    # YAML cannot carry most control characters in a block scalar; keep such files as files.
+    return not any(ord(c) < 32 and c not in "\t\n" for c in text) and "\r" not in text
+
+
+def _file_name(path: str, data: bytes) -> str:
+    base = posixpath.basename(path) or "file"
+    return f"{hashlib.sha256(data).hexdigest()[:12]}-{base}"
+
+
+def _mode(rec: dict) -> str:
+    return "0" + rec["mode"][-4:].lstrip("0").rjust(3, "0") if rec.get("mode") else "0644"
+
+
+def generate(
+    diff: dict,
+    state: TargetState,
+    *,
+    title: str,
+    hosts: str = "all",
+    source: str = "",
+    inline_limit: int = INLINE_LIMIT,
+) -> Generated:
+    out = Generated(yaml="")
+    files = diff.get("files", {})
+    packages = diff.get("packages", {})
+    units = diff.get("units", {})
+    users, groups = diff.get("users", {}), diff.get("groups", {})
+
+    new_users = {u["name"]: u for u in users.get("added", [])}
+    new_homes = {u["home"].rstrip("/") for u in new_users.values() if u.get("home")}
+    package_files: dict[str, str] = {}
+    for pkg, paths in state.owned.items():
+        for p in paths:
+            package_files[p] = pkg
+    debs = {d.package: d for d in state.debs}
+    deb_paths = {d.path for d in state.debs}
+
+    def covered(rec: dict) -> str | None:
+        path = rec["path"]
+        if path in ACCOUNT_FILES:
+            return "user and group tasks"
+        if path.startswith(SIDE_EFFECT_PREFIXES) or path in SIDE_EFFECT_PREFIXES:
+            return "written by dpkg/apt/systemd"
+        if WANTS_RE.match(path) and rec.get("type") == "l":
+            return "systemd task (enabled)"
+        if path in deb_paths:
+            return "package task (copied with it)"
+        for home in new_homes:
+            if path == home:
+                return "user task (create_home)"
+            if path.startswith(home + "/"):
+                rel = path[len(home) + 1 :]
+                if rel in state.skel_sha256 and rec.get("sha256") == state.skel_sha256[rel]:
+                    return "user task (copy of /etc/skel)"
+                if rec.get("type") == "d" and any(k.startswith(rel + "/") for k in state.skel_sha256):
+                    return "user task (copy of /etc/skel)"
+        owner = package_files.get(path)
+        if owner:
+            if rec.get("type") != "f":
+                return f"package {owner}"
+            shipped = state.shipped_md5.get(path)
+            data = state.contents.get(path)
+            if shipped and data is not None and hashlib.md5(data).hexdigest() == shipped:  # noqa: S324 - dpkg's own checksum
+                return f"package {owner} (as shipped)"
+            if not shipped:
+                return f"package {owner}"
+        return None
+
+    tasks: list[dict] = []
+
+    # Groups, then users (a user's primary group must exist first).
+    for g in groups.get("added", []) + groups.get("changed", []):
+        g = g.get("after", g) if "after" in g else g
+        tasks.append({"name": f"Group {g['name']}", "ansible.builtin.group": {"name": g["name"], "gid": g["gid"], "state": "present"}})
+    for u in users.get("added", []) + [c.get("after", c) for c in users.get("changed", [])]:
+        args = {
+            "name": u["name"],
+            "uid": u["uid"],
+            "group": _group_name(u["gid"], groups, state),
+            "home": u["home"],
+            "shell": u["shell"],
+            "comment": u.get("gecos", ""),
+            "create_home": u["home"].rstrip("/") in new_homes,
+            "state": "present",
+        }
+        if args["group"] is None:
+            args.pop("group")
+            out.warnings.append(f"user {u['name']}: primary gid {u['gid']} has no group name; left to useradd")
+        tasks.append({"name": f"User {u['name']}", "ansible.builtin.user": args})
+
+    # Packages: from the .deb the agent used when there is one, else from the repositories.
+    for pkg in packages.get("installed", []) + packages.get("upgraded", []):
+        name = pkg["name"]
+        version = pkg.get("version") or pkg.get("new_version")
+        deb = debs.get(name)
+        if deb and deb.path in state.contents:
+            data = state.contents[deb.path]
+            fname = _file_name(deb.path, data)
+            out.files[fname] = data
+            tasks.append({
+                "name": f"Package file {posixpath.basename(deb.path)}",
+                "ansible.builtin.copy": {"src": f"files/{fname}", "dest": deb.path, "owner": "root", "group": "root", "mode": "0644"},
+            })
+            tasks.append({"name": f"Package {name} {version}", "ansible.builtin.apt": {"deb": deb.path, "state": "present"}})
+        else:
+            tasks.append({"name": f"Package {name} {version}", "ansible.builtin.apt": {"name": f"{name}={version}", "state": "present"}})
+    for pkg in packages.get("removed", []):
+        tasks.append({"name": f"Remove package {pkg['name']}", "ansible.builtin.apt": {"name": pkg["name"], "state": "absent"}})
+
+    # Directories (parents first), files, links.
+    added_dirs = [r for r in files.get("added", []) if r.get("type") == "d"]
+    for rec in sorted(added_dirs, key=lambda r: r["path"]):
+        reason = covered(rec)
+        if reason:
+            out.skipped.append({"path": rec["path"], "reason": reason})
+            continue
+        tasks.append({"name": f"Directory {rec['path']}", "ansible.builtin.file": {"path": rec["path"], "state": "directory", **_attrs(rec)}})
+
+    for section in ("added", "modified"):
+        for rec in files.get(section, []):
+            if rec.get("type") == "d" and section == "added":
+                continue
+            reason = covered(rec)
+            if reason:
+                out.skipped.append({"path": rec["path"], "reason": reason})
+                continue
+            tasks.extend(_file_tasks(rec, section, state, out, inline_limit))
+
+    # Removals: only the top-most of removed trees.
+    removed = sorted(r["path"] for r in files.get("removed", []))
+    tops: list[str] = []
+    for path in removed:
+        if any(path.startswith(t.rstrip("/") + "/") for t in tops):
+            continue
+        rec = next(r for r in files["removed"] if r["path"] == path)
+        reason = covered(rec)
+        if reason:
+            out.skipped.append({"path": path, "reason": reason})
+            continue
+        tops.append(path)
+        tasks.append({"name": f"Remove {path}", "ansible.builtin.file": {"path": path, "state": "absent"}})
+
+    # systemd: reload once if any unit file changed, then enable/disable/mask.
+    unit_files_changed = any(
+        r["path"].startswith(("/etc/systemd/", "/lib/systemd/", "/usr/lib/systemd/"))
+        and not WANTS_RE.match(r["path"])
+        for s in ("added", "modified", "removed")
+        for r in files.get(s, [])
+    )
+    if unit_files_changed or any(units.get(k) for k in ("enabled", "disabled", "masked", "unmasked")):
+        tasks.append({"name": "Reload systemd units", "ansible.builtin.systemd_service": {"daemon_reload": True}})
+    for unit in units.get("enabled", []):
+        args = {"name": unit["name"], "enabled": True}
+        if unit["name"].endswith(".service") or unit["name"].endswith(".timer") or unit["name"].endswith(".socket"):
+            args["state"] = "started"
+        tasks.append({"name": f"Enable {unit['name']}", "ansible.builtin.systemd_service": args})
+    for unit in units.get("disabled", []):
+        tasks.append({"name": f"Disable {unit['name']}", "ansible.builtin.systemd_service": {"name": unit["name"], "enabled": False}})
+    for unit in units.get("masked", []):
+        tasks.append({"name": f"Mask {unit['name']}", "ansible.builtin.systemd_service": {"name": unit["name"], "masked": True}})
+    for unit in units.get("unmasked", []):
+        tasks.append({"name": f"Unmask {unit['name']}", "ansible.builtin.systemd_service": {"name": unit["name"], "masked": False}})
+
+    for note in diff.get("notes", []):
+        out.warnings.append(f"diff: {note}")
+
+    play = [{"name": title, "hosts": hosts, "become": True, "gather_facts": False, "tasks": tasks}]
+    body = yaml.dump(play, Dumper=_Dumper, sort_keys=False, width=100, allow_unicode=True)
+    out.task_count = len(tasks)
+    out.yaml = _header(diff, source, out) + body
+    return out
+
+
+def _attrs(rec: dict) -> dict:
+    fields = {}
+    if rec.get("owner") is not None:
+        fields["owner"] = rec["owner"]
+    if rec.get("group") is not None:
+        fields["group"] = rec["group"]
+    fields["mode"] = _mode(rec)
+    return fields
+
+
+def _group_name(gid: int, groups: dict, state: TargetState) -> str | None:
+    for g in groups.get("added", []) + [c.get("after", c) for c in groups.get("changed", [])]:
+        if g.get("gid") == gid:
+            return g["name"]
+    return state.group_names.get(gid)
+
+
+def _file_tasks(rec: dict, section: str, state: TargetState, out: Generated, inline_limit: int) -> list[dict]:
+    path, kind = rec["path"], rec.get("type")
+    if kind == "l":
+        return [{
+            "name": f"Link {path}",
+            "ansible.builtin.file": {"path": path, "src": rec.get("target", ""), "state": "link", "force": True,
+                                     **({"owner": rec["owner"]} if rec.get("owner") else {})},
+        }]
+    if kind == "d":  # a modified directory: its mode or owner
+        return [{"name": f"Directory {path}", "ansible.builtin.file": {"path": path, "state": "directory", **_attrs(rec)}}]
+    if kind != "f":
+        out.warnings.append(f"{path}: a special file (type {kind}) is created with a shell task")
+        command = f"mkfifo -m {_mode(rec)} {_shell_quote(path)}" if kind == "p" else f"test -e {_shell_quote(path)}"
+        return [{"name": f"Special file {path}", "ansible.builtin.shell": {"cmd": command, "creates": path}}]
+    changes = rec.get("changes", ["content"]) if section == "modified" else ["content"]
+    if section == "modified" and not {"content", "type", "metadata"} & set(changes):
+        return [{"name": f"Attributes of {path}", "ansible.builtin.file": {"path": path, **_attrs(rec)}}]
+    data = state.contents.get(path)
+    if data is None:
+        size = state.too_large.get(path, rec.get("size"))
+        out.warnings.append(f"{path}: {size} bytes, over the size limit; not in the playbook, copy it by hand")
+        return []
+    args: dict = {"dest": path, **_attrs(rec)}
+    if len(data) <= inline_limit and _is_text(data):
+        args = {"dest": path, "content": _Unsafe(data.decode("utf-8")), **_attrs(rec)}
+    else:
+        fname = _file_name(path, data)
+        out.files[fname] = data
+        args = {"src": f"files/{fname}", **args}
+        why = "binary" if not _is_text(data) else f"{len(data)} bytes"
+        out.warnings.append(f"{path}: {why}, shipped as files/{fname} rather than inlined")
+    verb = "Write" if section == "added" else "Update"
+    return [{"name": f"{verb} {path}", "ansible.builtin.copy": args}]
+
+
+def _shell_quote(text: str) -> str:
+    return "'" + text.replace("'", "'\"'\"'") + "'"
+
+
+def _header(diff: dict, source: str, out: Generated) -> str:
+    summary = diff.get("summary", {})
+    lines = [
+        "# Generated by virsh-sandbox from the diff of a sandbox; review before applying.",
+        f"# Source: {source}" if source else "# Source: (unspecified)",
+        f"# Generated: {datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}",
+        "# Changes: " + ", ".join(
+            f"{section} " + "/".join(f"{k} {v}" for k, v in counts.items() if v)
+            for section, counts in summary.items() if any(counts.values())
+        ) if summary else "# Changes: (no summary)",
+        f"# Tasks: {out.task_count}; left to other tasks: {len(out.skipped)} paths",
+    ]
+    if out.warnings:
+        lines.append("# Warnings:")
+        lines.extend(f"#   - {w}" for w in out.warnings)
+    else:
+        lines.append("# Warnings: none")
+    return "\n".join(lines) + "\n---\n"
