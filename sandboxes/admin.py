@@ -48,8 +48,18 @@ class SandboxAdmin(admin.ModelAdmin):
     ]
     list_filter = ["state", "host", "source"]
     search_fields = ["name", "agent_id", "id"]
-    readonly_fields = [f.name for f in Sandbox._meta.fields]
+    readonly_fields = ["terminal", *[f.name for f in Sandbox._meta.fields]]
     inlines = [OperationInline]
+
+    @admin.display(description="terminal")
+    def terminal(self, obj):
+        from django.urls import reverse
+        from django.utils.html import format_html
+
+        return format_html(
+            '<a href="{}" target="_blank">Open the live terminal</a>',
+            reverse("terminal-page", args=[obj.pk]),
+        )
     actions = ["stop_selected", "start_selected", "destroy_selected"]
 
     def _apply(self, request, queryset, verb: str, fn) -> None:

@@ -17,3 +17,5 @@ if [ ! -f "$stamp" ]; then
 fi
 mkdir -p "$VSB_DATA_DIR" "$VSB_DATA_DIR/sandboxes" "$VSB_DATA_DIR/log"
 chmod 0755 "$VSB_DATA_DIR" "$VSB_DATA_DIR/sandboxes"
+# Browser libraries of the terminal page, from npm into static/vendor/ (not committed).
+"$ROOT/scripts/vendor-static.sh"

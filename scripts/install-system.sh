@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the service and its tests need. Safe to run again: when
+# Installs the Debian packages the service needs (with --test: also what its tests need). Safe to run again: when
 # everything is present it only checks and returns.
 source "$(dirname "$0")/lib.sh"
 
@@ -15,7 +15,13 @@ PACKAGES=(
   openssh-client openssh-server tmux
   # tests build tiny .deb packages
   dpkg-dev
+  # the terminal page: xterm.js vendored from npm at set-up time
+  nodejs
 )
+# --test: what only the test suite needs (a real browser for the terminal page's test).
+if [ "${1:-}" = "--test" ]; then
+  PACKAGES+=(chromium chromium-driver)
+fi
 [ "$(id -u)" = 0 ] || die "run as root (apt-get, libvirt and loop-free image builds need it)"
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -31,4 +37,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   rm -f /usr/sbin/policy-rc.d
 else
   say "Debian packages: all present"
+fi
+# npm: Debian ships it as its own package; NodeSource's nodejs bundles it (and conflicts).
+if ! command -v npm >/dev/null; then
+  say "installing npm"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends npm
 fi

@@ -6,7 +6,7 @@
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
-"$ROOT/scripts/install-system.sh"
+"$ROOT/scripts/install-system.sh" --test
 "$ROOT/scripts/start-services.sh" --postgres
 "$ROOT/scripts/bootstrap.sh" requirements-dev.txt
 

@@ -268,3 +268,34 @@ APPROVALS = {
     "WEBHOOK_URL": env.str("VSB_APPROVAL_WEBHOOK_URL", default=""),
     "WEBHOOK_SECRET": env.str("VSB_APPROVAL_WEBHOOK_SECRET", default=""),
 }
+
+# --- Terminals and files (terminals app, docs/terminals.md) -------------------------------
+VSB.update(
+    {
+        # tmux on each KVM host: a dedicated server (`tmux -L <name>`, or a path for -S), so
+        # the host user's own tmux is never touched.
+        "TMUX_SOCKET": env.str("VSB_TMUX_SOCKET", default="vsb"),
+        # Per-sandbox 0700 directories with the panes' short-lived SSH keys, certificates and
+        # the pinned known_hosts line.
+        "TERMINAL_DIR": env.str("VSB_TERMINAL_DIR", default=str(DATA_DIR / "terminals")),
+        "TERMINAL_DEFAULT_SIZE": (
+            env.int("VSB_TERMINAL_COLS", default=120),
+            env.int("VSB_TERMINAL_ROWS", default=36),
+        ),
+        "TERMINAL_HISTORY_LINES": env.int("VSB_TERMINAL_HISTORY_LINES", default=10000),
+        "TERMINAL_MAX_READ_LINES": env.int("VSB_TERMINAL_MAX_READ_LINES", default=5000),
+        "TERMINAL_MAX_SESSIONS": env.int("VSB_TERMINAL_MAX_SESSIONS", default=16),
+        "TERMINAL_MAX_INPUT_BYTES": env.int("VSB_TERMINAL_MAX_INPUT_BYTES", default=65536),
+        # The relay batches pane output for this long before one channel-layer message.
+        "TERMINAL_FLUSH_MS": env.int("VSB_TERMINAL_FLUSH_MS", default=15),
+        "TERMINAL_OP_TIMEOUT_SECONDS": env.int("VSB_TERMINAL_OP_TIMEOUT_SECONDS", default=30),
+        # Files over SFTP: absolute guest paths, checked after the guest resolved `..` and
+        # symlinks. A path must be under one FILE_ALLOW prefix and under no FILE_DENY prefix.
+        "FILE_ALLOW": env.list("VSB_FILE_ALLOW", default=["/"]),
+        "FILE_DENY": env.list("VSB_FILE_DENY", default=["/proc", "/sys", "/dev"]),
+        "FILE_MAX_READ_BYTES": env.int("VSB_FILE_MAX_READ_BYTES", default=1024 * 1024),
+        "FILE_MAX_WRITE_BYTES": env.int("VSB_FILE_MAX_WRITE_BYTES", default=4 * 1024 * 1024),
+        "FILE_MAX_TRANSFER_BYTES": env.int("VSB_FILE_MAX_TRANSFER_BYTES", default=64 * 1024 * 1024),
+        "FILE_MAX_LIST_ENTRIES": env.int("VSB_FILE_MAX_LIST_ENTRIES", default=5000),
+    }
+)

@@ -23,6 +23,12 @@ VSB.update(
         "HOST_NAME": env.str("VSB_HOST_NAME", default="testhost"),
         "SANDBOX_DIR": env.str("VSB_SANDBOX_DIR", default="/var/lib/virsh-sandbox/test-sandboxes"),
         "SSH_CA_KEY": env.str("VSB_SSH_CA_KEY", default="/var/lib/virsh-sandbox/test-ssh/ca"),
+        # Per test host: parallel test stacks on one machine never share a tmux server.
+        "TMUX_SOCKET": env.str("VSB_TMUX_SOCKET", default=f"vsb-{env.str('VSB_HOST_NAME', default='testhost')}"),
+        "TERMINAL_DIR": env.str(
+            "VSB_TERMINAL_DIR",
+            default=f"/var/lib/virsh-sandbox/terminals-{env.str('VSB_HOST_NAME', default='testhost')}",
+        ),
         "PORT_RANGE": tuple(
             int(p) for p in env.str("VSB_PORT_RANGE", default="43000-43999").split("-")
         ),

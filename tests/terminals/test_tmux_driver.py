@@ -1,0 +1,148 @@
+"""The tmux driver against a real tmux server on a private socket."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+
+import pytest
+
+from terminals.tmux_driver import (
+    TmuxError,
+    TmuxNotFound,
+    decode_output,
+    input_commands,
+    valid_key_name,
+    write_credentials,
+)
+
+
+def wait_for(fn, timeout: float = 10.0, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"condition not met in {timeout} s; last value: {last!r}")
+
+
+def test_it_types_text_byte_for_byte_and_reads_the_screen(tmux):
+    pane = tmux.new_session("vsb-unit-a", "env PS1='$ ' sh", cols=80, rows=24)
+    assert pane.pane_id.startswith("%") and (pane.pane_width, pane.pane_height) == (80, 24)
+    tmux.send_text(pane.pane_id, b"echo \"hi $((40+2))\" 'q\\x'\r")
+    screen = wait_for(lambda: (s := tmux.capture(pane.pane_id)) and "hi 42 q\\x" in s and s)
+    assert "$ echo" in screen
+
+
+def test_it_presses_named_keys_and_refuses_unknown_ones(tmux):
+    pane = tmux.new_session("vsb-unit-b", "cat -v", cols=80, rows=24)
+    tmux.send_keys(pane.pane_id, ["Up", "Enter"])
+    wait_for(lambda: "^[[A" in tmux.capture(pane.pane_id) or "^[OA" in tmux.capture(pane.pane_id))
+    with pytest.raises(ValueError, match="unknown key"):
+        tmux.send_keys(pane.pane_id, ["Enter; kill-server"])
+    assert valid_key_name("C-c") and valid_key_name("M-x") and valid_key_name("F12")
+    assert not valid_key_name("Entr") and not valid_key_name("C-") and not valid_key_name("")
+
+
+def test_it_reads_the_last_lines_of_history(tmux):
+    pane = tmux.new_session("vsb-unit-c", "sh -c 'seq 1 300; sleep 600'", cols=80, rows=24)
+    wait_for(lambda: "300" in tmux.capture(pane.pane_id))
+    assert tmux.capture(pane.pane_id, last_n_lines=5).split("\n") == [
+        "296", "297", "298", "299", "300"
+    ]  # fmt: skip
+    assert "1\n2\n3" not in tmux.capture(pane.pane_id)  # the screen alone is 24 lines
+
+
+def test_it_lists_splits_and_kills(tmux):
+    first = tmux.new_session("vsb-unit-d", "sh", cols=100, rows=30)
+    second = tmux.split(first.pane_id, "sh", horizontal=True)
+    window = tmux.new_window("vsb-unit-d", "sh", window_name="logs")
+    panes = tmux.list_panes("vsb-unit-d")
+    assert {p.pane_id for p in panes} == {first.pane_id, second.pane_id, window.pane_id}
+    assert [p.window_name for p in panes if p.pane_id == window.pane_id] == ["logs"]
+    tmux.kill_pane(second.pane_id)
+    with pytest.raises(TmuxNotFound):
+        tmux.pane(second.pane_id)
+    tmux.kill_session("vsb-unit-d")
+    assert tmux.list_sessions() == []
+
+
+def test_a_dead_pane_stays_visible_and_can_be_respawned(tmux):
+    pane = tmux.new_session("vsb-unit-e", "sh -c 'echo first; exit 3'", cols=80, rows=24)
+    wait_for(lambda: tmux.pane(pane.pane_id).dead)
+    again = tmux.respawn(pane.pane_id, "sh -c 'echo second; sleep 600'")
+    assert again.pane_id == pane.pane_id
+    wait_for(lambda: "second" in tmux.capture(pane.pane_id))
+
+
+def test_it_rejects_session_names_tmux_would_misread(tmux):
+    with pytest.raises(TmuxError):
+        tmux.new_session("a:b.c", "sh", cols=80, rows=24)
+
+
+def test_control_mode_escapes_round_trip():
+    assert decode_output(b"a\\015\\012b\\134c") == b"a\r\nb\\c"
+    lines = input_commands("%7", bytes(range(256)) * 2 + b"x" * 88)
+    assert len(lines) == 3 and lines[0].startswith("send-keys -t %7 -H 00 01 02")
+
+
+def test_it_writes_credentials_privately_and_pins_the_host_key(tmp_path):
+    directory = tmp_path / "creds"
+    launch = write_credentials(
+        str(directory),
+        private_key="PRIVATE",
+        certificate="ssh-ed25519-cert-v01@openssh.com AAAA",
+        host="127.0.0.1",
+        port=2222,
+        username="root",
+        host_key="ssh-ed25519 AAAAKEY",
+    )
+    assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(launch.key_path).st_mode) == 0o600
+    assert open(launch.known_hosts_path).read() == "[127.0.0.1]:2222 ssh-ed25519 AAAAKEY\n"
+    argv = launch.argv()
+    assert (
+        "StrictHostKeyChecking=yes" in argv
+        and f"UserKnownHostsFile={launch.known_hosts_path}" in argv
+    )
+    with pytest.raises(TmuxError, match="pinned host key"):
+        write_credentials(
+            str(directory), private_key="k", certificate="c", host="h", port=22,
+            username="root", host_key="",
+        )  # fmt: skip
+
+
+def test_a_pane_logs_into_the_guest_with_a_short_lived_certificate(tmux, sftp_guest, tmp_path):
+    credential = sftp_guest.ca.issue([sftp_guest.principal], ttl_seconds=60)
+    launch = write_credentials(
+        str(tmp_path / "creds"),
+        private_key=credential.private_key,
+        certificate=credential.certificate,
+        host=sftp_guest.host,
+        port=sftp_guest.port,
+        username="root",
+        host_key=sftp_guest.host_key,
+    )
+    pane = tmux.new_session("vsb-unit-ssh", launch.command(), cols=100, rows=30)
+    tmux.send_text(pane.pane_id, b"echo in-guest-$((2+3)) $SSH_CONNECTION\r")
+    wait_for(lambda: "in-guest-5 127.0.0.1" in tmux.capture(pane.pane_id), timeout=15)
+
+
+def test_a_pane_refuses_a_guest_presenting_another_host_key(tmux, sftp_guest, tmp_path):
+    credential = sftp_guest.ca.issue([sftp_guest.principal], ttl_seconds=60)
+    other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+    launch = write_credentials(
+        str(tmp_path / "creds"),
+        private_key=credential.private_key,
+        certificate=credential.certificate,
+        host=sftp_guest.host,
+        port=sftp_guest.port,
+        username="root",
+        host_key=other,
+    )
+    pane = tmux.new_session("vsb-unit-mitm", launch.command(), cols=100, rows=30)
+    wait_for(lambda: tmux.pane(pane.pane_id).dead, timeout=15)
+    assert "Host key verification failed" in tmux.capture(pane.pane_id, last_n_lines=20)
