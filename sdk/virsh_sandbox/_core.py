@@ -1,0 +1,446 @@
+"""The engine under both clients: HTTP with retries, and a tiny sans-IO protocol so each
+API method is written once and runs synchronously (``VirshSandbox``) or asynchronously
+(``AsyncVirshSandbox``).
+
+An API method is a generator that yields steps and gets their results back:
+
+* ``Call``  - one HTTP request; the generator receives the decoded JSON body, or the
+  exception is thrown into it (so it may catch ``NotFound`` and go on);
+* ``Sleep`` - wait between polls;
+* ``Emit``  - hand a value to the caller (only in streaming methods).
+
+The generator's return value is the method's result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from . import errors
+from ._version import __version__
+
+API_KEY_ENV = "VIRSH_SANDBOX_API_KEY"
+URL_ENV = "VIRSH_SANDBOX_URL"
+DEFAULT_URL = "http://localhost:8080"
+
+# Methods whose repetition has the same effect as one call: safe to retry on any transient
+# failure. POST is not: a create or a command retried after a lost answer could run twice.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+# Answers that mean "try again later". 503 is the server's "not now" (no worker with room,
+# port allocation busy): nothing was done, so it is retried for every method. 502 and 504 may
+# come after the work started, so only idempotent requests (and POSTs marked as carrying an
+# idempotency key) are retried on them.
+RETRY_ALWAYS = frozenset({503})
+RETRY_IF_IDEMPOTENT = frozenset({502, 504})
+# A 502 or 504 in the server's own error shape with one of these codes is a final outcome
+# (a slow step failed, a command may still run): never retried.
+FINAL_CODES = frozenset({"operation_failed", "timeout", "worker_timeout"})
+
+
+@dataclass
+class Call:
+    method: str
+    route: str  # template, e.g. "/v1/sandboxes/{sandbox_id}/command"
+    path: dict[str, Any] = field(default_factory=dict)
+    json: Any = None
+    params: dict[str, Any] | None = None
+    timeout: float | None = None  # read timeout for calls the server holds open (waits)
+    idempotent: bool | None = None  # None: from the method
+    retry: bool = True  # False: one attempt, whatever happens
+    content: bytes | None = None  # a raw body instead of JSON (uploads)
+    raw: bool = False  # answer with (body bytes, headers) instead of decoded JSON
+
+    def url_path(self) -> str:
+        return self.route.format(**{k: quote(str(v), safe="") for k, v in self.path.items()})
+
+
+@dataclass
+class Sleep:
+    seconds: float
+
+
+@dataclass
+class Emit:
+    value: Any
+
+
+Op = Generator[Any, Any, Any]
+
+
+def _clean_params(params: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not params:
+        return None
+    out = {}
+    for key, value in params.items():
+        if value is None:
+            continue
+        out[key] = ("true" if value else "false") if isinstance(value, bool) else value
+    return out
+
+
+class RetryPolicy:
+    """Bounded exponential backoff with full jitter; a server's Retry-After wins (capped)."""
+
+    def __init__(self, retries: int = 3, backoff: float = 0.5, max_backoff: float = 8.0):
+        self.retries = max(0, int(retries))
+        self.backoff = max(0.0, float(backoff))
+        self.max_backoff = max(0.0, float(max_backoff))
+
+    def delay(self, attempt: int, response: httpx.Response | None = None) -> float:
+        if response is not None:
+            after = response.headers.get("Retry-After")
+            if after:
+                try:
+                    return min(max(0.0, float(after)), self.max_backoff)
+                except ValueError:
+                    pass
+        ceiling = min(self.max_backoff, self.backoff * (2**attempt))
+        return random.uniform(ceiling / 2, ceiling) if ceiling else 0.0
+
+    def should_retry_response(self, call: Call, response: httpx.Response, body: Any) -> bool:
+        if not call.retry:
+            return False
+        status = response.status_code
+        if errors.is_server_error_shape(body) and body["error"].get("code") in FINAL_CODES:
+            return False
+        if status in RETRY_ALWAYS:
+            return True
+        return status in RETRY_IF_IDEMPOTENT and _idempotent(call)
+
+    def should_retry_exception(self, call: Call, exc: Exception) -> bool:
+        if not call.retry:
+            return False
+        # A connection never made means the request was never sent: safe for every method.
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+            return True
+        return isinstance(exc, httpx.TransportError) and _idempotent(call)
+
+
+def _idempotent(call: Call) -> bool:
+    return call.idempotent if call.idempotent is not None else call.method in IDEMPOTENT_METHODS
+
+
+def _decode(response: httpx.Response) -> Any:
+    if response.status_code == 204 or not response.content:
+        return None
+    ctype = response.headers.get("content-type", "")
+    if "json" in ctype:
+        try:
+            return response.json()
+        except ValueError:
+            pass
+    text = response.text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _timeout_for(call: Call, default: httpx.Timeout) -> httpx.Timeout | None:
+    if call.timeout is None:
+        return None
+    return httpx.Timeout(default.connect, read=call.timeout, write=default.write, pool=default.pool)
+
+
+class _Base:
+    """What both clients share: configuration and how one answer becomes a result."""
+
+    def __init__(
+        self,
+        host: str | None = None,
+        tmux_host: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 60.0,
+        wait_timeout: float = 900.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+        max_backoff: float = 8.0,
+        headers: dict[str, str] | None = None,
+        transport: Any = None,
+        verify: Any = True,
+    ) -> None:
+        self.base_url = (host or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/")
+        # The original SDK took the tmux-client's URL second. Our terminal API lives on the
+        # same server, so it is accepted (the demo passes it) and not used.
+        self.tmux_host = tmux_host
+        self.api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+        self.timeout = httpx.Timeout(timeout, connect=min(10.0, timeout))
+        self.wait_timeout = float(wait_timeout)
+        self.retry = RetryPolicy(retries, backoff, max_backoff)
+        self._headers = {
+            "Accept": "application/json",
+            "User-Agent": f"virsh-sandbox-py/{__version__}",
+        }
+        if self.api_key:
+            self._headers["Authorization"] = f"Bearer {self.api_key}"
+        self._headers.update(headers or {})
+        self._transport = transport
+        self._verify = verify
+        self._routes: set[tuple[str, str]] | None = None
+        self._routes_from_schema = True
+
+    def _build_request_kwargs(self, call: Call) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "params": _clean_params(call.params),
+            # The route template travels with the request: the contract test reads it.
+            "extensions": {"virsh_sandbox_route": call.route},
+        }
+        if call.json is not None:
+            kwargs["json"] = call.json
+        elif call.content is not None:
+            kwargs["content"] = call.content
+            kwargs["headers"] = {"Content-Type": "application/octet-stream"}
+        timeout = _timeout_for(call, self.timeout)
+        if timeout is not None:
+            kwargs["timeout"] = timeout
+        return kwargs
+
+    def _result(self, call: Call, response: httpx.Response, body: Any) -> Any:
+        if response.is_success:
+            return (response.content, response.headers) if call.raw else body
+        raise errors.from_response(
+            response.status_code, body, method=call.method, url=str(response.request.url)
+        )
+
+    def _transport_error(self, call: Call, exc: Exception) -> errors.TransportError:
+        return errors.TransportError(
+            f"cannot reach {self.base_url}: {exc.__class__.__name__}: {exc}",
+            code="unreachable",
+            method=call.method,
+            url=self.base_url + call.url_path(),
+        )
+
+
+class SyncEngine(_Base):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers=self._headers,
+            timeout=self.timeout,
+            transport=self._transport,
+            verify=self._verify,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def request(self, call: Call) -> Any:
+        attempt = 0
+        kwargs = self._build_request_kwargs(call)
+        while True:
+            try:
+                response = self._http.request(call.method, call.url_path(), **kwargs)
+            except httpx.TransportError as exc:
+                if attempt < self.retry.retries and self.retry.should_retry_exception(call, exc):
+                    time.sleep(self.retry.delay(attempt))
+                    attempt += 1
+                    continue
+                raise self._transport_error(call, exc) from exc
+            body = None if (call.raw and response.is_success) else _decode(response)
+            if (
+                not response.is_success
+                and attempt < self.retry.retries
+                and self.retry.should_retry_response(call, response, body)
+            ):
+                time.sleep(self.retry.delay(attempt, response))
+                attempt += 1
+                continue
+            return self._result(call, response, body)
+
+    def drive(self, gen: Op) -> Any:
+        """Run an API method to its result."""
+        value: Any = None
+        exc: BaseException | None = None
+        while True:
+            try:
+                step = gen.throw(exc) if exc is not None else gen.send(value)
+            except StopIteration as stop:
+                return stop.value
+            value, exc = None, None
+            if isinstance(step, Call):
+                try:
+                    value = self.request(step)
+                except errors.VirshSandboxError as err:
+                    exc = err
+            elif isinstance(step, Sleep):
+                time.sleep(step.seconds)
+            else:
+                gen.close()
+                raise TypeError(f"unexpected step {step!r} outside a stream")
+
+    def drive_stream(self, gen: Op) -> Iterator[Any]:
+        """Run a streaming API method, yielding what it emits."""
+        value: Any = None
+        exc: BaseException | None = None
+        try:
+            while True:
+                try:
+                    step = gen.throw(exc) if exc is not None else gen.send(value)
+                except StopIteration:
+                    return
+                value, exc = None, None
+                if isinstance(step, Call):
+                    try:
+                        value = self.request(step)
+                    except errors.VirshSandboxError as err:
+                        exc = err
+                elif isinstance(step, Sleep):
+                    time.sleep(step.seconds)
+                elif isinstance(step, Emit):
+                    yield step.value
+        finally:
+            # The consumer stopped early (break, exception): let the method clean up, with
+            # this engine still driving its calls.
+            _finish_sync(self, gen)
+
+
+def _finish_sync(engine: SyncEngine, gen: Op) -> None:
+    try:
+        step = gen.throw(GeneratorExit)
+    except (GeneratorExit, StopIteration):
+        return
+    # The method caught GeneratorExit to clean up; drive its cleanup calls.
+    while True:
+        value: Any = None
+        if isinstance(step, Call):
+            try:
+                value = engine.request(step)
+            except errors.VirshSandboxError:
+                value = None
+        try:
+            step = gen.send(value)
+        except StopIteration:
+            return
+
+
+class AsyncEngine(_Base):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=self._headers,
+            timeout=self.timeout,
+            transport=self._transport,
+            verify=self._verify,
+        )
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def request(self, call: Call) -> Any:
+        attempt = 0
+        kwargs = self._build_request_kwargs(call)
+        while True:
+            try:
+                response = await self._http.request(call.method, call.url_path(), **kwargs)
+            except httpx.TransportError as exc:
+                if attempt < self.retry.retries and self.retry.should_retry_exception(call, exc):
+                    await asyncio.sleep(self.retry.delay(attempt))
+                    attempt += 1
+                    continue
+                raise self._transport_error(call, exc) from exc
+            body = None if (call.raw and response.is_success) else _decode(response)
+            if (
+                not response.is_success
+                and attempt < self.retry.retries
+                and self.retry.should_retry_response(call, response, body)
+            ):
+                await asyncio.sleep(self.retry.delay(attempt, response))
+                attempt += 1
+                continue
+            return self._result(call, response, body)
+
+    async def drive(self, gen: Op) -> Any:
+        value: Any = None
+        exc: BaseException | None = None
+        while True:
+            try:
+                step = gen.throw(exc) if exc is not None else gen.send(value)
+            except StopIteration as stop:
+                return stop.value
+            value, exc = None, None
+            if isinstance(step, Call):
+                try:
+                    value = await self.request(step)
+                except errors.VirshSandboxError as err:
+                    exc = err
+            elif isinstance(step, Sleep):
+                await asyncio.sleep(step.seconds)
+            else:
+                gen.close()
+                raise TypeError(f"unexpected step {step!r} outside a stream")
+
+    async def drive_stream(self, gen: Op) -> AsyncIterator[Any]:
+        value: Any = None
+        exc: BaseException | None = None
+        try:
+            while True:
+                try:
+                    step = gen.throw(exc) if exc is not None else gen.send(value)
+                except StopIteration:
+                    return
+                value, exc = None, None
+                if isinstance(step, Call):
+                    try:
+                        value = await self.request(step)
+                    except errors.VirshSandboxError as err:
+                        exc = err
+                elif isinstance(step, Sleep):
+                    await asyncio.sleep(step.seconds)
+                elif isinstance(step, Emit):
+                    yield step.value
+        finally:
+            await _finish_async(self, gen)
+
+
+async def _finish_async(engine: AsyncEngine, gen: Op) -> None:
+    try:
+        step = gen.throw(GeneratorExit)
+    except (GeneratorExit, StopIteration):
+        return
+    while True:
+        value: Any = None
+        if isinstance(step, Call):
+            try:
+                value = await engine.request(step)
+            except errors.VirshSandboxError:
+                value = None
+        try:
+            step = gen.send(value)
+        except StopIteration:
+            return
+
+
+def operation(fn: Callable[..., Op]) -> Callable[..., Any]:
+    """Marks an API method: the generator runs on the client's engine (sync or async)."""
+
+    @functools.wraps(fn)
+    def method(self, *args: Any, **kwargs: Any) -> Any:
+        return self._engine.drive(fn(self, *args, **kwargs))
+
+    method.__virsh_sandbox_operation__ = True  # type: ignore[attr-defined]
+    return method
+
+
+def streaming(fn: Callable[..., Op]) -> Callable[..., Any]:
+    """Marks a streaming API method: an iterator (sync) or async iterator of emitted values."""
+
+    @functools.wraps(fn)
+    def method(self, *args: Any, **kwargs: Any) -> Any:
+        return self._engine.drive_stream(fn(self, *args, **kwargs))
+
+    method.__virsh_sandbox_operation__ = True  # type: ignore[attr-defined]
+    return method

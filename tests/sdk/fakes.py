@@ -1,0 +1,85 @@
+"""Test doubles for the SDK's unit ring: an httpx handler that plays the command API by
+running each command in a real local shell, so the SDK's guest scripts (files, streaming)
+are exercised for real without a VM."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import httpx
+
+
+class LocalShellServer:
+    """``POST /v1/sandboxes/{id}/command`` runs ``command`` with bash in ``root`` (as the
+    guest's login shell would), honouring env, cwd and an output cap like the server's.
+    Every request is recorded."""
+
+    def __init__(self, root: Path, output_limit: int = 1024 * 1024) -> None:
+        self.root = root
+        self.output_limit = output_limit
+        self.requests: list[httpx.Request] = []
+        self.commands: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if request.method == "POST" and request.url.path.endswith("/command"):
+            body = json.loads(request.content)
+            self.commands.append(body["command"])
+            env = {**os.environ, "SHELL": "/bin/bash", **body.get("env", {})}
+            proc = subprocess.run(
+                ["/bin/bash", "-c", body["command"]],
+                cwd=body.get("cwd") or self.root,
+                env=env,
+                capture_output=True,
+                timeout=60,
+            )
+            out, err = proc.stdout, proc.stderr
+            return httpx.Response(
+                200,
+                json={
+                    "command": {
+                        "id": str(uuid.uuid4()),
+                        "command": body["command"],
+                        "status": "finished",
+                        "exit_code": proc.returncode,
+                        "stdout": out[: self.output_limit].decode("utf-8", "replace"),
+                        "stderr": err[: self.output_limit].decode("utf-8", "replace"),
+                        "stdout_truncated": len(out) > self.output_limit,
+                        "stderr_truncated": len(err) > self.output_limit,
+                        "timed_out": False,
+                    }
+                },
+            )
+        return httpx.Response(404, text="<html><title>Not Found</title></html>")
+
+
+def error(status: int, code: str, message: str, fields: dict | None = None) -> httpx.Response:
+    return httpx.Response(
+        status, json={"error": {"code": code, "message": message, "fields": fields or {}}}
+    )
+
+
+def sandbox_json(
+    sandbox_id: str = "5f0c3a52-4a59-4be4-9f5c-2f0a5b1c9d11", state: str = "ready"
+) -> dict:
+    return {
+        "id": sandbox_id,
+        "name": "sb-5f0c3a52",
+        "agent_id": "tester",
+        "state": state,
+        "source_vm_name": "debian-base",
+        "vcpus": 1,
+        "memory_mb": 256,
+        "ssh_host": "127.0.0.1",
+        "ssh_port": 44001,
+    }
+
+
+def operation_json(
+    status: str = "succeeded", op_id: str = "0c6f1a8e-8a41-4a43-8d38-8b1f2c3d4e5f", **kw
+) -> dict:
+    return {"id": op_id, "kind": kw.pop("kind", "create"), "status": status, "progress": 100, **kw}

@@ -1,0 +1,577 @@
+"""The SDK client without a server: httpx.MockTransport plays the API; the guest-side
+scripts (files, streaming) run in a real local shell (fakes.LocalShellServer)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import time
+
+import httpx
+import pytest
+from virsh_sandbox import (
+    AsyncVirshSandbox,
+    AuthError,
+    Conflict,
+    NotFound,
+    OperationFailed,
+    ServerError,
+    TransportError,
+    ValidationError,
+    VirshSandbox,
+    WaitTimeout,
+)
+from virsh_sandbox._core import RetryPolicy
+from virsh_sandbox.models import Diff, Sandbox, SandboxResponse
+
+from tests.sdk.fakes import LocalShellServer, error, operation_json, sandbox_json
+
+SB = sandbox_json()["id"]
+
+
+def client_for(handler, **kw) -> VirshSandbox:
+    kw.setdefault("backoff", 0.0)
+    return VirshSandbox(
+        "http://sandbox.test", api_key="vsb_test", transport=httpx.MockTransport(handler), **kw
+    )
+
+
+class Recorder:
+    """Answers from a list of (method, path suffix) -> response makers, and records."""
+
+    def __init__(self, routes):
+        self.routes = routes
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        for (method, suffix), respond in self.routes.items():
+            if request.method == method and request.url.path.endswith(suffix):
+                return respond(request) if callable(respond) else respond
+        return httpx.Response(404, text="<title>Not Found</title>")
+
+    def calls(self) -> list[str]:
+        return [f"{r.method} {r.url.path}" for r in self.requests]
+
+
+def demo_routes():
+    return {
+        ("POST", "/v1/sandboxes"): httpx.Response(
+            201,
+            json={
+                "sandbox": sandbox_json(),
+                "operation": operation_json(),
+                "ip_address": "127.0.0.1",
+            },
+        ),
+        ("POST", "/command"): httpx.Response(
+            200, json={"command": {"exit_code": 0, "stdout": "hello\n", "stderr": ""}}
+        ),
+        ("POST", "/snapshots"): httpx.Response(
+            201,
+            json={
+                "snapshot": {"name": "nginx-installed", "status": "ready"},
+                "operation": operation_json(kind="snapshot"),
+            },
+        ),
+        ("DELETE", f"/v1/sandboxes/{SB}"): httpx.Response(
+            202,
+            json={
+                "sandbox": sandbox_json(state="destroying"),
+                "operation": operation_json("pending", kind="destroy"),
+            },
+        ),
+        ("GET", "/v1/operations/0c6f1a8e-8a41-4a43-8d38-8b1f2c3d4e5f"): httpx.Response(
+            200, json=operation_json(kind="destroy")
+        ),
+        ("GET", f"/v1/sandboxes/{SB}"): httpx.Response(
+            200, json={"sandbox": sandbox_json(state="destroyed")}
+        ),
+    }
+
+
+def test_it_runs_the_original_readme_demo_unchanged(monkeypatch):
+    rec = Recorder(demo_routes())
+    monkeypatch.setenv("VIRSH_SANDBOX_API_KEY", "vsb_from_env")
+    # The demo as the original README wrote it; only the transport is injected.
+    client = VirshSandbox(
+        "http://localhost:8080", "http://localhost:8081", transport=httpx.MockTransport(rec)
+    )
+    sandbox = client.sandbox.create_sandbox(
+        source_vm_name="ubuntu-base",
+        agent_id="nginx-setup-agent",
+        auto_start=True,
+        wait_for_ip=True,
+    ).sandbox
+    client.sandbox.run_sandbox_command(sandbox.id, "apt update && apt install -y nginx")
+    client.sandbox.create_snapshot(sandbox.id, name="nginx-installed")
+    client.sandbox.destroy_sandbox(sandbox.id)
+
+    assert rec.calls() == [
+        "POST /v1/sandboxes",
+        f"POST /v1/sandboxes/{SB}/command",
+        f"POST /v1/sandboxes/{SB}/snapshots",
+        f"DELETE /v1/sandboxes/{SB}",
+        "GET /v1/operations/0c6f1a8e-8a41-4a43-8d38-8b1f2c3d4e5f",
+        f"GET /v1/sandboxes/{SB}",
+    ]
+    assert all(r.url.host == "localhost" and r.url.port == 8080 for r in rec.requests)
+    assert {r.headers["authorization"] for r in rec.requests} == {"Bearer vsb_from_env"}
+    bodies = [json.loads(r.content) for r in rec.requests if r.content]
+    assert bodies == [
+        {
+            "source_vm_name": "ubuntu-base",
+            "agent_id": "nginx-setup-agent",
+            "auto_start": True,
+            "wait_for_ip": True,
+        },
+        {"command": "apt update && apt install -y nginx"},
+        {"name": "nginx-installed", "wait": True},
+    ]
+    assert (
+        client.base_url == "http://localhost:8080"
+        and client._engine.tmux_host == "http://localhost:8081"
+    )
+
+
+def test_it_prefers_the_constructor_key_and_sends_none_without_one(monkeypatch):
+    monkeypatch.setenv("VIRSH_SANDBOX_API_KEY", "vsb_env")
+    rec = Recorder({("GET", "/v1/vms"): httpx.Response(200, json={"vms": [], "hosts": []})})
+    VirshSandbox("http://x", api_key="vsb_arg", transport=httpx.MockTransport(rec)).vms.list_vms()
+    monkeypatch.delenv("VIRSH_SANDBOX_API_KEY")
+    VirshSandbox("http://x", transport=httpx.MockTransport(rec)).vms.list_vms()
+    assert rec.requests[0].headers["authorization"] == "Bearer vsb_arg"
+    assert "authorization" not in rec.requests[1].headers
+
+
+def test_it_reads_the_url_from_the_environment(monkeypatch):
+    monkeypatch.setenv("VIRSH_SANDBOX_URL", "http://from-env:9000/")
+    assert VirshSandbox().base_url == "http://from-env:9000"
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "cls"),
+    [
+        (400, "invalid", ValidationError),
+        (401, "not_authenticated", AuthError),
+        (403, "permission_denied", AuthError),
+        (404, "not_found", NotFound),
+        (409, "invalid_state", Conflict),
+        (500, "error", ServerError),
+    ],
+)
+def test_it_raises_the_servers_error_with_status_code_message_and_fields(status, code, cls):
+    fields = (
+        {"memory_mb": ["Ensure this value is less than or equal to 16384."]}
+        if status == 400
+        else {}
+    )
+    client = client_for(lambda r: error(status, code, f"the message {status}", fields), retries=0)
+    with pytest.raises(cls) as info:
+        client.sandbox.create_sandbox(source_vm_name="debian-base", memory_mb=99999)
+    err = info.value
+    assert (err.status, err.code, err.message, err.fields) == (
+        status,
+        code,
+        f"the message {status}",
+        fields,
+    )
+    assert err.method == "POST" and err.url.endswith("/v1/sandboxes")
+    assert f"{status} {code}: the message {status}" in str(err)
+
+
+def test_it_names_a_route_the_server_does_not_have():
+    client = client_for(lambda r: httpx.Response(404, text="<html><title>Not Found</title></html>"))
+    with pytest.raises(NotFound) as info:
+        client.playbooks.get_playbook(SB, "before", "after")
+    assert info.value.code == "no_route"
+    assert "has no route GET" in info.value.message and "/playbook" in info.value.message
+
+
+def test_it_retries_a_get_on_502_503_and_504_with_bounded_attempts():
+    answers = [
+        httpx.Response(502, text="bad gateway"),
+        error(503, "busy", "try again"),
+        httpx.Response(504, text="gw"),
+    ]
+    rec = Recorder(
+        {
+            ("GET", "/v1/vms"): lambda r: (
+                answers.pop(0) if answers else httpx.Response(200, json={"vms": []})
+            )
+        }
+    )
+    assert client_for(rec, retries=3).vms.list_vms().vms == []
+    assert len(rec.requests) == 4
+
+    rec = Recorder(
+        {
+            ("GET", "/v1/vms"): httpx.Response(
+                503, json={"error": {"code": "busy", "message": "later"}}
+            )
+        }
+    )
+    with pytest.raises(ServerError) as info:
+        client_for(rec, retries=2).vms.list_vms()
+    assert info.value.status == 503 and info.value.code == "busy"
+    assert len(rec.requests) == 3  # one try and two retries, then the error
+
+
+def test_it_retries_a_post_on_503_but_not_on_a_gateways_502():
+    # 503: the server refused before doing anything (no worker with room): safe to repeat.
+    answers = [error(503, "capacity", "no room")]
+    rec = Recorder(
+        {
+            ("POST", "/v1/sandboxes"): lambda r: (
+                answers.pop(0)
+                if answers
+                else httpx.Response(
+                    202, json={"sandbox": sandbox_json(), "operation": operation_json("pending")}
+                )
+            )
+        }
+    )
+    assert client_for(rec).sandbox.create_sandbox(source_vm_name="debian-base").sandbox.id == SB
+    assert len(rec.requests) == 2
+    # A 502 may come after the work started; a repeated create would make a second VM.
+    rec = Recorder({("POST", "/v1/sandboxes"): httpx.Response(502, text="bad gateway")})
+    with pytest.raises(ServerError):
+        client_for(rec).sandbox.create_sandbox(source_vm_name="debian-base")
+    assert len(rec.requests) == 1
+
+
+def test_it_never_retries_a_final_operation_failure():
+    rec = Recorder(
+        {("GET", "/diff"): error(502, "operation_failed", "the diff failed: no loop device")}
+    )
+    with pytest.raises(ServerError) as info:
+        client_for(rec).sandbox.get_diff(SB, "a")
+    assert info.value.code == "operation_failed" and len(rec.requests) == 1
+
+
+def test_it_retries_connection_errors_for_gets_and_unsent_posts_only():
+    attempts = {"n": 0}
+
+    def flaky(request):
+        attempts["n"] += 1
+        if attempts["n"] < 3:
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(200, json={"vms": []})
+
+    client_for(flaky).vms.list_vms()
+    assert attempts["n"] == 3
+
+    def broken_after_send(request):
+        attempts["n"] += 1
+        raise httpx.ReadError("connection reset", request=request)
+
+    attempts["n"] = 0
+    with pytest.raises(TransportError) as info:
+        client_for(broken_after_send).sandbox.run_sandbox_command(SB, "touch /once")
+    assert attempts["n"] == 1, "a command whose answer was lost must not run twice"
+    assert info.value.code == "unreachable"
+
+
+def test_it_backs_off_exponentially_within_bounds_and_honours_retry_after():
+    policy = RetryPolicy(retries=5, backoff=0.5, max_backoff=4.0)
+    for attempt, ceiling in enumerate([0.5, 1.0, 2.0, 4.0, 4.0, 4.0]):
+        delays = [policy.delay(attempt) for _ in range(50)]
+        assert all(ceiling / 2 <= d <= ceiling for d in delays), (attempt, min(delays), max(delays))
+    assert policy.delay(0, httpx.Response(503, headers={"Retry-After": "3"})) == 3.0
+    assert policy.delay(0, httpx.Response(503, headers={"Retry-After": "120"})) == 4.0
+
+
+def test_it_retries_a_blocking_ask_with_the_same_idempotency_key():
+    answers = [httpx.Response(502, text="proxy restarted")]
+    rec = Recorder(
+        {
+            ("POST", "/api/v1/human/ask"): lambda r: (
+                answers.pop(0)
+                if answers
+                else httpx.Response(
+                    200,
+                    json={
+                        "request_id": "r1",
+                        "status": "approved",
+                        "approved": True,
+                        "decided_by": "olivia",
+                    },
+                )
+            )
+        }
+    )
+    answer = client_for(rec).human.ask("Apply?", timeout_secs=30)
+    keys = [json.loads(r.content)["idempotency_key"] for r in rec.requests]
+    assert len(keys) == 2 and keys[0] == keys[1]
+    assert answer.is_approved and answer.decided_by == "olivia"
+
+
+def test_models_keep_unknown_fields_and_tolerate_missing_ones():
+    resp = SandboxResponse.from_dict(
+        {"sandbox": {"id": "x", "state": "ready", "gpu": "none"}, "new_top": 1}
+    )
+    assert resp.sandbox.gpu == "none" and resp.sandbox.extra == {"gpu": "none"}
+    assert resp.sandbox.memory_mb is None and resp.operation is None and resp.new_top == 1
+    assert resp.to_dict()["sandbox"]["gpu"] == "none"
+    with pytest.raises(AttributeError):
+        _ = resp.sandbox.no_such_field
+    assert "state='ready'" in repr(Sandbox.from_dict({"id": "x", "state": "ready"}))
+
+    diff = Diff.from_dict(
+        {
+            "from": "a",
+            "to": "now",
+            "files": {"count": 1, "results": [{"change": "added", "path": "/x", "owner": "root"}]},
+        }
+    )
+    assert (diff.from_, diff.to, diff.files.results[0].path, diff.files.results[0].owner) == (
+        "a",
+        "now",
+        "/x",
+        "root",
+    )
+    assert diff.to_dict()["from"] == "a"
+
+
+def test_it_reads_paginated_lists():
+    rec = Recorder(
+        {
+            ("GET", "/v1/sandboxes"): httpx.Response(
+                200,
+                json={
+                    "count": 3,
+                    "next": "http://x/v1/sandboxes?offset=2",
+                    "previous": None,
+                    "results": [sandbox_json(), sandbox_json("b")],
+                },
+            )
+        }
+    )
+    listing = client_for(rec).sandbox.list_sandboxes(state="ready", limit=2)
+    assert listing.total == 3 and [s.id for s in listing.sandboxes] == [SB, "b"] and listing.next
+    assert dict(rec.requests[0].url.params) == {"state": "ready", "limit": "2"}
+
+
+def test_it_waits_for_an_operation_and_reports_its_progress():
+    states = [
+        ("pending", 0, "queued"),
+        ("running", 40, "booting"),
+        ("running", 40, "booting"),
+        ("succeeded", 100, "ready"),
+    ]
+    rec = Recorder(
+        {
+            ("GET", "/v1/operations/op1"): lambda r: httpx.Response(
+                200,
+                json=dict(
+                    zip(("status", "progress", "message"), states.pop(0), strict=True),
+                    id="op1",
+                    kind="create",
+                ),
+            )
+        }
+    )
+    seen = []
+    client = client_for(rec)
+    op = client.operations.wait(
+        "op1", 30, on_progress=lambda o: seen.append((o.progress, o.message))
+    )
+    assert op.succeeded and len(rec.requests) == 4
+    assert seen == [(0, "queued"), (40, "booting"), (100, "ready")]  # unchanged polls not repeated
+
+
+def test_it_raises_when_an_operation_fails_or_a_wait_runs_out():
+    rec = Recorder(
+        {
+            ("GET", "/v1/operations/op1"): httpx.Response(
+                200,
+                json={"id": "op1", "kind": "snapshot", "status": "failed", "error": "disk full"},
+            )
+        }
+    )
+    with pytest.raises(OperationFailed) as info:
+        client_for(rec).operations.wait("op1")
+    assert info.value.operation.error == "disk full" and "disk full" in info.value.message
+    assert client_for(rec).operations.wait("op1", raise_on_failure=False).status == "failed"
+
+    rec = Recorder(
+        {
+            ("GET", "/v1/operations/op2"): httpx.Response(
+                200, json={"id": "op2", "status": "running"}
+            )
+        }
+    )
+    t0 = time.monotonic()
+    with pytest.raises(WaitTimeout):
+        client_for(rec).operations.wait("op2", timeout=0.5)
+    assert time.monotonic() - t0 < 3
+
+
+def test_it_finds_out_which_routes_the_server_has():
+    schema = {"paths": {"/v1/sandboxes/{id}/command/": {"post": {}}, "/v1/health": {"get": {}}}}
+    rec = Recorder({("GET", "/api/schema/"): httpx.Response(200, json=schema)})
+    client = client_for(rec)
+    assert client.supports("POST", "/v1/sandboxes/{sandbox_id}/command")
+    assert not client.supports("POST", "/api/v1/human/ask")
+    assert len(rec.requests) == 1  # the schema is read once
+
+    # Without a schema it asks the route itself: an unrouted path is a 404.
+    rec = Recorder({("OPTIONS", "/v1/health"): httpx.Response(200, json={})})
+    client = client_for(rec)
+    assert client.supports("GET", "/v1/health") and not client.supports("POST", "/api/v1/human/ask")
+
+
+def test_the_async_twin_has_the_same_surface_and_runs_the_demo():
+    sync, asyn = VirshSandbox("http://x"), AsyncVirshSandbox("http://x")
+    for name in (
+        "sandbox",
+        "vms",
+        "health",
+        "operations",
+        "files",
+        "human",
+        "approvals",
+        "playbooks",
+        "tmux",
+        "audit",
+    ):
+        sync_methods = {m for m in dir(getattr(sync, name)) if not m.startswith("_")}
+        assert sync_methods == {m for m in dir(getattr(asyn, name)) if not m.startswith("_")}, name
+
+    rec = Recorder(demo_routes())
+
+    async def demo():
+        async with AsyncVirshSandbox(
+            "http://localhost:8080", api_key="k", transport=httpx.MockTransport(rec)
+        ) as c:
+            sandbox = (
+                await c.sandbox.create_sandbox(
+                    source_vm_name="debian-base", agent_id="a", wait_for_ip=True
+                )
+            ).sandbox
+            out = await c.sandbox.run_sandbox_command(sandbox.id, "echo hello")
+            await c.sandbox.create_snapshot(sandbox.id, name="s")
+            gone = await c.sandbox.destroy_sandbox(sandbox.id)
+            return out, gone
+
+    out, gone = asyncio.run(demo())
+    assert out.stdout == "hello\n" and out.exit_code == 0
+    assert gone.operation.succeeded and gone.sandbox.state == "destroyed"
+    assert len(rec.requests) == 6
+
+
+# -- files and streaming through the command API, against a real shell ------------------------
+
+
+def test_files_round_trip_bytes_exactly_in_chunks(tmp_path):
+    server = LocalShellServer(tmp_path)
+    client = client_for(server)
+    payload = os.urandom(150_000) + b"\x00\nend"
+    target = tmp_path / "deep" / "dir" / "blob.bin"
+    written = client.files.write_file(SB, str(target), payload, mode="0640")
+    assert written.bytes_written == len(payload)
+    assert target.read_bytes() == payload and oct(target.stat().st_mode & 0o777) == "0o640"
+    assert len(server.commands) == 4  # 48 KiB per write command
+    got = client.files.read_file(SB, str(target))
+    assert got.content == payload and got.size == len(payload)
+    assert not list(target.parent.glob("*.vsb-tmp"))
+
+    # Rewriting keeps the existing mode; text works too.
+    client.files.write_file(SB, str(target), "héllo\n")
+    assert target.read_text() == "héllo\n" and oct(target.stat().st_mode & 0o777) == "0o640"
+    assert client.files.read_file(SB, str(target)).text == "héllo\n"
+
+
+def test_reading_shrinks_its_chunks_when_the_server_caps_output(tmp_path):
+    server = LocalShellServer(tmp_path, output_limit=20_000)
+    data = os.urandom(70_000)
+    (tmp_path / "big").write_bytes(data)
+    assert client_for(server).files.read_file(SB, str(tmp_path / "big")).content == data
+
+
+def test_reading_a_missing_file_or_a_directory_says_so(tmp_path):
+    client = client_for(LocalShellServer(tmp_path))
+    with pytest.raises(NotFound) as info:
+        client.files.read_file(SB, str(tmp_path / "nope"))
+    assert info.value.code == "no_such_file"
+    with pytest.raises(ValidationError):
+        client.files.read_file(SB, str(tmp_path))
+
+
+def stream_directory(server: LocalShellServer) -> str:
+    """The guest directory of a stream, from the poll commands (``d=<dir>``)."""
+    polls = [c for c in server.commands if "rc=$(cat" in c]
+    return polls[0].split("\n")[0][2:].strip("'")
+
+
+def test_stream_command_yields_output_as_it_comes_then_the_exit_code(tmp_path):
+    server = LocalShellServer(tmp_path)
+    client = client_for(server)
+    script = (
+        "echo one; sleep 0.6; echo two >&2; printf 'caf\\303\\251 '; echo $GREETING; pwd; exit 3"
+    )
+    events, arrived = [], []
+    for event in client.sandbox.stream_command(
+        SB, script, env={"GREETING": "hi"}, cwd=str(tmp_path), poll_interval=0.1
+    ):
+        events.append(event)
+        arrived.append(time.monotonic())
+    out = "".join(e.data for e in events if e.kind == "stdout")
+    assert out == f"one\ncafé hi\n{tmp_path}\n"
+    assert "".join(e.data for e in events if e.kind == "stderr") == "two\n"
+    assert events[0].kind == "stdout" and events[0].data == "one\n"
+    assert arrived[1] - arrived[0] > 0.3, "the first line came before the command ended"
+    assert (events[-1].kind, events[-1].exit_code, events[-1].timed_out) == ("exit", 3, False)
+    directory = stream_directory(server)
+    assert directory.startswith("/tmp/vsb-stream.") and not os.path.exists(directory)
+
+
+def test_stream_command_marks_a_timeout(tmp_path):
+    client = client_for(LocalShellServer(tmp_path))
+    events = list(
+        client.sandbox.stream_command(SB, "echo go; sleep 20", timeout_seconds=1, poll_interval=0.2)
+    )
+    assert events[0].data == "go\n"
+    assert events[-1].kind == "exit" and events[-1].timed_out and events[-1].exit_code == 124
+
+
+def test_stopping_a_stream_early_kills_the_command_and_cleans_up(tmp_path):
+    server = LocalShellServer(tmp_path)
+    client = client_for(server)
+    marker = f"vsb-stream-test-{os.getpid()}"
+    stream = client.sandbox.stream_command(
+        SB, f"echo started; exec -a {marker} sleep 60", poll_interval=0.1
+    )
+    for event in stream:
+        assert event.data == "started\n"
+        break
+    stream.close()
+    assert not os.path.exists(stream_directory(server)), "the stream's files are removed"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        alive = subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0
+        if not alive:
+            break
+        time.sleep(0.1)
+    assert not alive, "the command was killed"
+
+
+def test_the_async_stream_yields_the_same_events(tmp_path):
+    server = LocalShellServer(tmp_path)
+
+    async def collect():
+        async with AsyncVirshSandbox(
+            "http://x", transport=httpx.MockTransport(server), backoff=0
+        ) as c:
+            return [
+                e
+                async for e in c.sandbox.stream_command(
+                    SB, "echo a; echo b >&2; exit 7", poll_interval=0.05
+                )
+            ]
+
+    events = asyncio.run(collect())
+    assert [(e.kind, e.data) for e in events[:-1]] == [("stdout", "a\n"), ("stderr", "b\n")]
+    assert events[-1].exit_code == 7
