@@ -13,9 +13,10 @@ from django.urls import re_path  # noqa: E402
 from approvals.ask_endpoint import blocking_ask_app  # noqa: E402
 from approvals.routing import websocket_urlpatterns as approval_sockets  # noqa: E402
 from config.ws_auth import ApiKeyAuthMiddleware  # noqa: E402
+from sandboxes.routing import websocket_urlpatterns as playbook_sockets  # noqa: E402
 from terminals.routing import websocket_urlpatterns as terminal_sockets  # noqa: E402
 
-websocket_urlpatterns = [*approval_sockets, *terminal_sockets]
+websocket_urlpatterns = [*approval_sockets, *terminal_sockets, *playbook_sockets]
 
 application = ProtocolTypeRouter(
     {

@@ -348,4 +348,12 @@ class ApiKey(models.Model):
         return hashlib.sha256(secret.encode()).hexdigest()
 
 
-from .playbooks.models import Playbook, PlaybookFile, PlaybookVersion  # noqa: E402,F401
+from .playbooks.models import (  # noqa: E402,F401
+    Inventory,
+    InventoryHost,
+    Playbook,
+    PlaybookEvent,
+    PlaybookFile,
+    PlaybookRun,
+    PlaybookVersion,
+)

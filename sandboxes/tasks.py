@@ -534,6 +534,15 @@ def verify_playbook(self, op_id: str) -> None:
         verify.abandon(op, f"{type(exc).__name__}: {exc}")
 
 
+@shared_task(name="sandboxes.run_playbook", bind=True, acks_late=True, ignore_result=True)
+def run_playbook(self, run_id: str) -> None:
+    """A dry run or an approved apply (playbooks/apply.py). Never applied twice: a
+    redelivered message finds the run already claimed and records that it was lost."""
+    from .playbooks import apply
+
+    apply.execute(run_id)
+
+
 # --- Periodic sweeps (control queue) -------------------------------------------------------
 
 

@@ -260,6 +260,9 @@ VSB = {
     "DRIVER": env.str("VSB_DRIVER", default="libvirt"),
 }
 
+# Encrypts inventory credentials at rest (sandboxes/playbooks/secrets.py); SECRET_KEY if unset.
+VSB_CREDENTIALS_KEY = env.str("VSB_CREDENTIALS_KEY", default="")
+
 # --- Approvals ------------------------------------------------------------------------------
 APPROVALS = {
     "DEFAULT_TIMEOUT_SECONDS": env.int("VSB_APPROVAL_DEFAULT_TIMEOUT_SECONDS", default=300),

@@ -63,6 +63,35 @@ class EditSerializer(StrictInputSerializer):
     note = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
 
 
+class InventoryHostSerializer(StrictInputSerializer):
+    name = serializers.CharField(max_length=100)
+    address = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
+    port = serializers.IntegerField(required=False, min_value=1, max_value=65535, default=22)
+    user = serializers.CharField(max_length=64, required=False, default="root")
+    groups = serializers.ListField(child=serializers.CharField(max_length=100), required=False, default=list)
+    variables = serializers.DictField(required=False, default=dict)
+    host_key = serializers.CharField(required=False, allow_blank=True, default="")
+    private_key = serializers.CharField(
+        required=False, allow_blank=True, default="", write_only=True, trim_whitespace=False
+    )
+    certificate = serializers.CharField(required=False, allow_blank=True, default="")
+    sandbox_id = serializers.UUIDField(required=False, allow_null=True, default=None)
+
+
+class InventorySerializer(StrictInputSerializer):
+    name = serializers.RegexField(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+    variables = serializers.DictField(required=False, default=dict)
+    hosts = InventoryHostSerializer(many=True)
+
+
+class RunSerializer(StrictInputSerializer):
+    inventory = serializers.UUIDField()
+    version = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1)
+    approval_id = serializers.UUIDField(required=False, allow_null=True, default=None)
+    wait = serializers.BooleanField(required=False, default=False)
+
+
 class PlaybookViewSet(viewsets.ViewSet):
     """Playbooks by id: versions, raw YAML, a tar.gz with files/, and operators' edits."""
 
@@ -87,6 +116,20 @@ class PlaybookViewSet(viewsets.ViewSet):
         response["Content-Disposition"] = f'attachment; filename="playbook-{pk}-v{version.number}.tar.gz"'
         return response
 
+    @extend_schema(summary="Dry run (ansible --check --diff) against an inventory", request=RunSerializer, responses={202: dict, 200: dict})
+    @action(detail=True, methods=["post"])
+    def check(self, request, pk=None):
+        return run_playbook_action(request, pk, "check")
+
+    @extend_schema(
+        summary="Apply to an inventory: 409 approval_required (with the new request) until approved",
+        request=RunSerializer,
+        responses={202: dict, 200: dict, 409: dict},
+    )
+    @action(detail=True, methods=["post"])
+    def apply(self, request, pk=None):
+        return run_playbook_action(request, pk, "apply")
+
     @extend_schema(summary="Edit: a new version (operators)", request=EditSerializer, responses={201: dict})
     @action(detail=True, methods=["post"])
     def versions(self, request, pk=None):
@@ -95,7 +138,8 @@ class PlaybookViewSet(viewsets.ViewSet):
             raise services.NotFound(f"No playbook {pk}.")
         serializer = EditSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        version = services.edit(playbook, request.user, **serializer.validated_data)
+        data = serializer.validated_data
+        version = services.edit(playbook, request.user, data["yaml"], data["note"])
         return Response({"playbook": version_body(playbook, version)}, status=201)
 
 
@@ -106,3 +150,120 @@ def _int(value) -> int | None:
         return int(value)
     except ValueError:
         raise serializers.ValidationError({"version": ["must be an integer."]}) from None
+
+
+# --- inventories, dry runs, applies -----------------------------------------------------------
+
+
+class InventoryViewSet(viewsets.ViewSet):
+    """Production targets. Credentials are write-only: never in a response."""
+
+    lookup_value_regex = "[0-9a-fA-F-]{32,36}"
+
+    @extend_schema(summary="Inventories", responses={200: dict})
+    def list(self, request):
+        from .models import Inventory
+        from .runs import inventory_dict
+
+        return Response({"results": [inventory_dict(i) for i in Inventory.objects.order_by("name")[:500]]})
+
+    @extend_schema(summary="One inventory", responses={200: dict})
+    def retrieve(self, request, pk=None):
+        from .runs import get_inventory, inventory_dict
+
+        return Response({"inventory": inventory_dict(get_inventory(pk))})
+
+    @extend_schema(summary="Register an inventory (operators)", request=InventorySerializer, responses={201: dict})
+    def create(self, request):
+        from .runs import create_inventory, inventory_dict
+
+        serializer = InventorySerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        inventory = create_inventory(
+            request.user,
+            name=data["name"],
+            description=data["description"],
+            variables=data["variables"],
+            hosts=[dict(h) for h in data["hosts"]],
+        )
+        return Response({"inventory": inventory_dict(inventory)}, status=201)
+
+
+def _wait_run(run, timeout: float):
+    import time
+
+    from .models import PlaybookRun
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = PlaybookRun.objects.select_related("version", "inventory").get(pk=run.pk)
+        if run.is_done:
+            return run
+        time.sleep(0.5)
+    return run
+
+
+def run_playbook_action(request, pk, kind: str):
+    from . import runs
+
+    serializer = RunSerializer(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    data = serializer.validated_data
+    if kind == "check":
+        run = runs.start_check(request.user, pk, data["inventory"], data["version"])
+    else:
+        if data["version"] is not None:
+            raise serializers.ValidationError({"version": ["an apply always uses the latest version."]})
+        outcome, value = runs.request_apply(request.user, pk, data["inventory"], data["approval_id"])
+        if outcome == "approval":
+            from approvals.services import as_dict
+
+            body = {
+                "error": {
+                    "code": "approval_required",
+                    "message": (
+                        f"Applying needs an operator's approval: request {value.id} is {value.status}. "
+                        "Call again with approval_id once it is approved."
+                    ),
+                    "fields": {},
+                },
+                "approval": as_dict(value),
+            }
+            return Response(body, status=409)
+        run = value
+    if data["wait"]:
+        run = _wait_run(run, 3600)
+        return Response({"run": runs.run_dict(run)}, status=200)
+    return Response({"run": runs.run_dict(run)}, status=202)
+
+
+class PlaybookRunViewSet(viewsets.ViewSet):
+    """Dry runs and applies: status, per-host results, events (`?after=seq`), cancel."""
+
+    lookup_value_regex = "[0-9a-fA-F-]{32,36}"
+
+    @extend_schema(summary="One run", responses={200: dict})
+    def retrieve(self, request, pk=None):
+        from .runs import get_run, run_dict
+
+        return Response({"run": run_dict(get_run(request.user, pk))})
+
+    @extend_schema(summary="A run's events after seq", parameters=[OpenApiParameter("after", int)], responses={200: dict})
+    @action(detail=True, methods=["get"])
+    def events(self, request, pk=None):
+        from .runs import get_run
+
+        run = get_run(request.user, pk)
+        after = _int(request.query_params.get("after")) or 0
+        rows = run.events.filter(seq__gt=after).order_by("seq")[:1000]
+        return Response({"events": [
+            {"seq": e.seq, "event": e.event, "host": e.host, "task": e.task, "data": e.data} for e in rows
+        ]})
+
+    @extend_schema(summary="Cancel a run", request=None, responses={200: dict})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        from .runs import cancel_run, run_dict
+
+        return Response({"run": run_dict(cancel_run(request.user, pk))})

@@ -242,6 +242,8 @@ def generate(
     for unit in units.get("unmasked", []):
         tasks.append({"name": f"Unmask {unit['name']}", "ansible.builtin.systemd_service": {"name": unit["name"], "masked": False}})
 
+    _tolerate_in_check_mode(tasks, users, groups, files)
+
     for note in diff.get("notes", []):
         out.warnings.append(f"diff: {note}")
 
@@ -250,6 +252,33 @@ def generate(
     out.task_count = len(tasks)
     out.yaml = _header(diff, source, out) + body
     return out
+
+
+CHECK_MODE_TOLERANT = "{{ ansible_check_mode }}"
+
+
+def _tolerate_in_check_mode(tasks: list[dict], users: dict, groups: dict, files: dict) -> None:
+    """A dry run (--check) changes nothing, so a task that needs an earlier task's change
+    (a file owned by a new user, a package from a .deb copied just before, a unit file
+    written just before) cannot succeed in it. Those tasks, and only those, ignore errors
+    in check mode; a real run still fails on them."""
+    new_users = {u["name"] for u in users.get("added", [])}
+    new_groups = {g["name"] for g in groups.get("added", [])}
+    new_units = {
+        posixpath.basename(r["path"])
+        for r in files.get("added", [])
+        if r["path"].startswith(("/etc/systemd/system/", "/usr/lib/systemd/system/", "/lib/systemd/system/"))
+    }
+    for task in tasks:
+        module, args = next((k, v) for k, v in task.items() if k.startswith("ansible.builtin."))
+        depends = (
+            args.get("owner") in new_users
+            or args.get("group") in new_groups
+            or (module == "ansible.builtin.apt" and "deb" in args)
+            or (module == "ansible.builtin.systemd_service" and args.get("name") in new_units)
+        )
+        if depends:
+            task["ignore_errors"] = CHECK_MODE_TOLERANT
 
 
 def _attrs(rec: dict) -> dict:

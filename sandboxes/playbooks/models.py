@@ -83,3 +83,106 @@ class PlaybookFile(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class Inventory(models.Model):
+    """Production targets an approved playbook may be applied to."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    variables = models.JSONField(default=dict, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        app_label = "sandboxes"
+        verbose_name_plural = "inventories"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class InventoryHost(models.Model):
+    """One target: an SSH endpoint with a pinned host key and an encrypted private key (never
+    returned by the API), or one of our sandboxes (reached with a short-lived certificate)."""
+
+    inventory = models.ForeignKey(Inventory, on_delete=models.CASCADE, related_name="hosts")
+    name = models.CharField(max_length=100)
+    address = models.CharField(max_length=255, blank=True)
+    port = models.PositiveIntegerField(default=22)
+    user = models.CharField(max_length=64, default="root")
+    groups = models.JSONField(default=list, blank=True)
+    variables = models.JSONField(default=dict, blank=True)
+    host_key = models.TextField(blank=True, help_text="Pinned: 'ssh-ed25519 AAAA...'.")
+    private_key_encrypted = models.TextField(blank=True)
+    certificate = models.TextField(blank=True)
+    sandbox = models.ForeignKey(
+        "sandboxes.Sandbox", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        app_label = "sandboxes"
+        constraints = [models.UniqueConstraint(fields=["inventory", "name"], name="unique_inventory_host")]
+
+    def __str__(self) -> str:
+        return f"{self.inventory.name}/{self.name}"
+
+
+class PlaybookRun(models.Model):
+    """A dry run (check) or an apply of one playbook version to one inventory."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    version = models.ForeignKey(PlaybookVersion, on_delete=models.PROTECT, related_name="runs")
+    inventory = models.ForeignKey(Inventory, on_delete=models.PROTECT, related_name="runs")
+    kind = models.CharField(max_length=10)  # check, apply
+    status = models.CharField(max_length=12, default="pending", db_index=True)
+    # pending, running, successful, failed, canceled, error
+    approval = models.OneToOneField(
+        "approvals.ApprovalRequest", null=True, blank=True, on_delete=models.PROTECT, related_name="playbook_run"
+    )
+    queue = models.CharField(max_length=80)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    cancel_requested = models.BooleanField(default=False)
+    host_stats = models.JSONField(default=dict, blank=True)
+    failed_tasks = models.JSONField(default=list, blank=True)
+    error = models.TextField(blank=True)
+    events_count = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        app_label = "sandboxes"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.version} -> {self.inventory} ({self.status})"
+
+    @property
+    def is_done(self) -> bool:
+        return self.status in ("successful", "failed", "canceled", "error")
+
+
+class PlaybookEvent(models.Model):
+    """One ansible-runner event of a run, in order (`seq`), as streamed over the websocket."""
+
+    run = models.ForeignKey(PlaybookRun, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveIntegerField()
+    event = models.CharField(max_length=50)
+    host = models.CharField(max_length=255, blank=True)
+    task = models.CharField(max_length=500, blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        app_label = "sandboxes"
+        ordering = ["run", "seq"]
+        constraints = [models.UniqueConstraint(fields=["run", "seq"], name="unique_playbook_event_seq")]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}#{self.seq} {self.event}"

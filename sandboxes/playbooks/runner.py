@@ -32,6 +32,7 @@ class HostStats:
     failed: int = 0
     unreachable: int = 0
     skipped: int = 0
+    ignored: int = 0
 
 
 @dataclass
@@ -86,7 +87,8 @@ def run(
         os.makedirs(keys, mode=0o700)
         hosts = {}
         for i, t in enumerate(targets):
-            key = _write(os.path.join(keys, f"id{i}"), t.private_key)
+            # OpenSSH refuses a key file whose last line has no newline.
+            key = _write(os.path.join(keys, f"id{i}"), t.private_key.rstrip("\n") + "\n")
             cert = _write(os.path.join(keys, f"id{i}-cert.pub"), t.certificate + "\n")
             known = _write(os.path.join(keys, f"known{i}"), _known_host(t))
             hosts[t.name] = {
@@ -153,6 +155,7 @@ def run(
                 failed=stats.get("failures", {}).get(name, 0),
                 unreachable=stats.get("dark", {}).get(name, 0),
                 skipped=stats.get("skipped", {}).get(name, 0),
+                ignored=stats.get("ignored", {}).get(name, 0),
             )
         return RunResult(
             status=result.status, rc=result.rc, hosts=per_host, failed_tasks=failed_tasks,

@@ -1163,9 +1163,84 @@ class PlaybooksAPI(_SubClient):
             )
         return op
 
+    @operation
+    def check_playbook(
+        self, playbook_id: str, inventory_id: str, *, version: int | None = None, wait: bool = True
+    ) -> Record:
+        """A dry run (``ansible --check --diff``) against an inventory; its result goes into the
+        approval an apply needs. Returns ``{"run": {...}}`` (finished when ``wait``)."""
+        body = yield Call(
+            "POST",
+            "/v1/playbooks/{playbook_id}/check",
+            {"playbook_id": playbook_id},
+            json=_body(inventory=inventory_id, version=version, wait=wait),
+            timeout=self._engine.wait_timeout,
+        )
+        return Record.from_dict(body)
+
+    @operation
+    def apply_playbook(
+        self, playbook_id: str, inventory_id: str, *, approval_id: str | None = None, wait: bool = True
+    ) -> Record:
+        """Apply the latest version to an inventory. Without an approved ``approval_id`` the
+        server refuses with ``approval_required`` (a Conflict whose ``body["approval"]`` is the
+        request it opened for an operator); call again with its id once approved."""
+        body = yield Call(
+            "POST",
+            "/v1/playbooks/{playbook_id}/apply",
+            {"playbook_id": playbook_id},
+            json=_body(inventory=inventory_id, approval_id=approval_id, wait=wait),
+            timeout=self._engine.wait_timeout,
+        )
+        return Record.from_dict(body)
+
+    @operation
+    def get_run(self, run_id: str) -> Record:
+        return Record.from_dict((yield Call("GET", "/v1/playbook-runs/{run_id}", {"run_id": run_id})))
+
+    @operation
+    def run_events(self, run_id: str, *, after: int | None = None) -> Record:
+        """A run's events after ``after`` (their ``seq``)."""
+        body = yield Call(
+            "GET", "/v1/playbook-runs/{run_id}/events", {"run_id": run_id}, params={"after": after}
+        )
+        return Record.from_dict(body)
+
+    @operation
+    def cancel_run(self, run_id: str) -> Record:
+        return Record.from_dict(
+            (yield Call("POST", "/v1/playbook-runs/{run_id}/cancel", {"run_id": run_id}))
+        )
+
+    @operation
+    def list_inventories(self) -> Record:
+        return Record.from_dict((yield Call("GET", "/v1/inventories", {})))
+
+    @operation
+    def get_inventory(self, inventory_id: str) -> Record:
+        return Record.from_dict(
+            (yield Call("GET", "/v1/inventories/{inventory_id}", {"inventory_id": inventory_id}))
+        )
+
+    @operation
+    def create_inventory(
+        self, name: str, hosts: list[dict], *, description: str | None = None, variables: dict | None = None
+    ) -> Record:
+        """Register production targets (operators). Each host: ``name`` plus either
+        ``sandbox_id`` or ``address``, ``host_key`` and ``private_key`` (never returned)."""
+        body = yield Call(
+            "POST",
+            "/v1/inventories",
+            {},
+            json=_body(name=name, hosts=hosts, description=description, variables=variables),
+        )
+        return Record.from_dict(body)
+
     get = get_playbook
     verify = verify_playbook
     export = get_playbook
+    check = check_playbook
+    apply = apply_playbook
 
 
 def _playbook(body: Any) -> Playbook:

@@ -117,3 +117,172 @@ def test_playbook_errors_are_4xx_naming_the_field(e2e_stack, changed):
     assert status == 404 and "nope" in body["error"]["message"]
     status, body = e2e_stack.bob.get(f"/v1/sandboxes/{changed}/playbook?from=p0&to=p1")
     assert status == 404
+
+
+@pytest.fixture(scope="module")
+def operator(e2e_stack):
+    """An operator who may register targets, edit playbooks and decide approvals."""
+    from django.contrib.auth.models import Permission, User
+
+    from sandboxes import services
+    from tests.support import stack
+
+    with e2e_stack.blocker.unblock():
+        user, _ = User.objects.get_or_create(username="e2e-olga", is_staff=True)
+        user.user_permissions.add(
+            *Permission.objects.filter(
+                codename__in=["decide_approvalrequest", "add_inventory", "change_playbook"]
+            )
+        )
+        key = services.create_api_key(user, "e2e")[1]
+    return stack.Api(e2e_stack.alice.base_url, key)
+
+
+@pytest.fixture(scope="module")
+def production(e2e_stack, operator):
+    """A 'production' machine: another fresh sandbox, registered by the operator as an
+    inventory host."""
+    status, body = operator.post(
+        "/v1/sandboxes", {"source_vm_name": "debian-base-systemd", "agent_id": "prod-1", "wait_for_ip": True}
+    )
+    assert status == 201, body
+    target = body["sandbox"]
+    status, inv = operator.post(
+        "/v1/inventories", {"name": "prod", "hosts": [{"name": "prod-1", "sandbox_id": target["id"]}]}
+    )
+    assert status == 201, inv
+    yield target, inv["inventory"]
+    status, body = operator.delete(f"/v1/sandboxes/{target['id']}")
+    if status == 202:
+        operator.wait_operation(body["operation"]["id"])
+
+
+def stream_events(api, run_id: str) -> list[dict]:
+    """The run's events as a websocket client sees them, until the run finishes."""
+    import json
+
+    import websocket
+
+    ws = websocket.create_connection(
+        api.base_url.replace("http", "ws") + f"/ws/playbook-runs/{run_id}/",
+        header=[f"Authorization: Bearer {api.key}"],
+        origin="http://127.0.0.1",
+        timeout=600,
+    )
+    seen = []
+    try:
+        while True:
+            msg = json.loads(ws.recv())
+            seen.append(msg)
+            if msg["type"] == "finished":
+                return seen
+    finally:
+        ws.close()
+
+
+def playbook_id(api, sid: str) -> str:
+    status, body = api.get(f"/v1/sandboxes/{sid}/playbook?from=p0&to=p1")
+    assert status == 200, body
+    return body["playbook"]["id"]
+
+
+def test_an_apply_is_refused_without_approval_and_runs_once_after_it(e2e_stack, changed, operator, production):
+    api = e2e_stack.alice
+    target, inventory = production
+    pid = playbook_id(api, changed)
+    apply = {"inventory": inventory["id"]}
+    status, body = api.post(f"/v1/playbooks/{pid}/apply", apply)
+    assert status == 409 and body["error"]["code"] == "dry_run_required", body
+    assert "PRIVATE KEY" not in json_text(inventory) and inventory["hosts"][0]["has_private_key"] is False
+
+    status, body = api.post(f"/v1/playbooks/{pid}/check", {**apply, "wait": True}, timeout=900)
+    assert status == 200 and body["run"]["status"] == "successful", body
+    assert body["run"]["host_stats"]["prod-1"]["changed"] > 0  # what the apply would change
+
+    status, body = api.post(f"/v1/playbooks/{pid}/apply", apply)
+    assert status == 409 and body["error"]["code"] == "approval_required", body
+    approval = body["approval"]
+    assert approval["status"] == "pending" and approval["payload"]["version"] == 1
+    assert approval["payload"]["dry_run"]["status"] == "successful"
+    assert api.post(f"/v1/approvals/{approval['id']}/approve", {})[0] == 403  # agents never decide
+    status, decided = operator.post(f"/v1/approvals/{approval['id']}/approve", {"reason": "reviewed"})
+    assert status == 200, decided
+
+    status, body = api.post(f"/v1/playbooks/{pid}/apply", {**apply, "approval_id": approval["id"]})
+    assert status == 202, body
+    run_id = body["run"]["id"]
+    events = stream_events(api, run_id)
+    assert events[-1]["type"] == "finished" and events[-1]["status"] == "successful", events[-1]
+    seqs = [e["seq"] for e in events if e["type"] == "event"]
+    assert seqs == list(range(1, len(seqs) + 1)), "every event, in order"
+    status, run = api.get(f"/v1/playbook-runs/{run_id}")
+    assert run["run"]["host_stats"]["prod-1"]["failed"] == 0
+    assert run["run"]["host_stats"]["prod-1"]["changed"] > 0
+    assert run["run"]["events_count"] == len(seqs)
+
+    # Production now matches the agent's sandbox on every changed path.
+    check = (
+        "sha256sum /etc/app.conf /srv/www/index.html /etc/systemd/system/app.service /root/vsb-hello.deb;"
+        " stat -c '%U:%G %a' /srv/www /srv/www/index.html; id -u appuser; dpkg-query -W vsb-hello;"
+        " systemctl is-enabled app.service; test -e /etc/motd; echo motd=$?"
+    )
+    assert run_in(api, changed, check) == run_in(operator, target["id"], check)
+
+    status, body = api.post(f"/v1/playbooks/{pid}/apply", {**apply, "approval_id": approval["id"]})
+    assert status == 409 and body["error"]["code"] == "approval_used", body
+
+
+def test_an_edit_voids_the_approval_and_a_failed_apply_names_task_and_host(
+    e2e_stack, changed, operator, production
+):
+    api = e2e_stack.alice
+    _target, inventory = production
+    pid = playbook_id(api, changed)
+    apply = {"inventory": inventory["id"]}
+    status, body = api.post(f"/v1/playbooks/{pid}/apply", apply)
+    assert status == 409 and body["error"]["code"] == "approval_required", body
+    old = body["approval"]
+    assert operator.post(f"/v1/approvals/{old['id']}/approve", {})[0] == 200
+
+    status, current = api.get(f"/v1/playbooks/{pid}")
+    # A step that fails halfway through: after the files, before the units.
+    edited = current["playbook"]["yaml"].replace(
+        "  - name: Reload systemd units\n",
+        "  - name: Operator's pre-flight check\n    ansible.builtin.command: /bin/false\n"
+        "  - name: Reload systemd units\n",
+        1,
+    )
+    assert edited != current["playbook"]["yaml"]
+    status, body = operator.post(f"/v1/playbooks/{pid}/versions", {"yaml": edited, "note": "pre-flight"})
+    assert status == 201 and body["playbook"]["version"] == 2 and body["playbook"]["syntax_ok"], body
+    status, body = api.post(f"/v1/playbooks/{pid}/apply", {**apply, "approval_id": old["id"]})
+    assert status == 409 and body["error"]["code"] == "approval_mismatch", body
+
+    status, body = api.post(f"/v1/playbooks/{pid}/check", {**apply, "wait": True}, timeout=900)
+    assert status == 200, body
+    status, body = api.post(f"/v1/playbooks/{pid}/apply", apply)
+    fresh = body["approval"]
+    assert fresh["payload"]["version"] == 2
+    assert operator.post(f"/v1/approvals/{fresh['id']}/approve", {})[0] == 200
+    status, body = api.post(f"/v1/playbooks/{pid}/apply", {**apply, "approval_id": fresh["id"], "wait": True}, timeout=900)
+    assert status == 200, body
+    run = body["run"]
+    assert run["status"] == "failed"
+    assert run["host_stats"]["prod-1"]["ok"] > 0  # the tasks before it ran
+    assert run["failed_tasks"][0]["task"] == "Operator's pre-flight check"
+    assert run["failed_tasks"][0]["host"] == "prod-1"
+    assert "Operator's pre-flight check" in run["error"] and "prod-1" in run["error"]
+    status, body = api.post(f"/v1/playbooks/{pid}/apply", {**apply, "approval_id": fresh["id"]})
+    assert status == 409 and body["error"]["code"] == "approval_used", body
+
+
+def json_text(value) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+def run_in(api, sandbox_id: str, command: str) -> str:
+    status, body = api.post(f"/v1/sandboxes/{sandbox_id}/command", {"command": command})
+    assert status == 200, body
+    return body["command"]["stdout"]

@@ -183,6 +183,16 @@ CALLS: dict[str, Any] = {
         OP, "- hosts: all\n", note="n"
     ),
     "PlaybooksAPI.verify_playbook": lambda c: c.playbooks.verify_playbook(SB, "a", "b", version=1),
+    "PlaybooksAPI.check_playbook": lambda c: c.playbooks.check_playbook(OP, SB, version=1, wait=True),
+    "PlaybooksAPI.apply_playbook": lambda c: c.playbooks.apply_playbook(OP, SB, approval_id=SB, wait=True),
+    "PlaybooksAPI.get_run": lambda c: c.playbooks.get_run(OP),
+    "PlaybooksAPI.run_events": lambda c: c.playbooks.run_events(OP, after=3),
+    "PlaybooksAPI.cancel_run": lambda c: c.playbooks.cancel_run(OP),
+    "PlaybooksAPI.list_inventories": lambda c: c.playbooks.list_inventories(),
+    "PlaybooksAPI.get_inventory": lambda c: c.playbooks.get_inventory(OP),
+    "PlaybooksAPI.create_inventory": lambda c: c.playbooks.create_inventory(
+        "prod", [{"name": "h", "sandbox_id": SB}], description="d", variables={"a": 1}
+    ),
     "TmuxAPI.list_sessions": lambda c: c.tmux.list_sessions(SB),
     "TmuxAPI.create_session": lambda c: c.tmux.create_session(
         SB, "main", cols=80, rows=24, window_name="w"

@@ -169,3 +169,11 @@ def test_the_playbook_passes_ansible_syntax_check(tmp_path: Path):
         capture_output=True, text=True, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_only_tasks_that_need_an_earlier_change_tolerate_a_dry_run():
+    tasks = by_name(generator.generate(DIFF, state(), title="t"))
+    tolerant = {name for name, t in tasks.items() if t.get("ignore_errors") == "{{ ansible_check_mode }}"}
+    assert {"User dave", "Write /srv/app/run.sh", "Directory /srv/app", "Package vsb-hello 1.0",
+            "Enable app.service"} <= tolerant
+    assert not {"Write /etc/app.conf", "Group dave", "Package jq 1.6-2.1", "Remove /etc/motd"} & tolerant

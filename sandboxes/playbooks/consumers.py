@@ -1,0 +1,55 @@
+"""/ws/playbook-runs/{id}/: a run's events live. History first (`?after=seq` in the query
+string, default 0), then the live tail; events carry `seq` so clients de-duplicate."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from .apply import group_for
+
+DENIED = 4403
+
+
+class PlaybookRunConsumer(AsyncJsonWebsocketConsumer):
+    async def connect(self):
+        self.run_id = self.scope["url_route"]["kwargs"]["run_id"]
+        user = self.scope.get("user")
+        history = await self._history(user)
+        if history is None:
+            await self.close(code=DENIED)
+            return
+        await self.channel_layer.group_add(group_for(self.run_id), self.channel_name)
+        await self.accept()
+        for event in history:
+            await self.send_json({"type": "event", **event})
+
+    @database_sync_to_async
+    def _history(self, user):
+        from sandboxes.exceptions import NotFound
+
+        from .runs import get_run
+
+        if user is None or not user.is_authenticated:
+            return None
+        try:
+            run = get_run(user, self.run_id)
+        except NotFound:
+            return None
+        after = int((parse_qs(self.scope.get("query_string", b"").decode()).get("after") or ["0"])[0] or 0)
+        return [
+            {"seq": e.seq, "event": e.event, "host": e.host, "task": e.task, "data": e.data}
+            for e in run.events.filter(seq__gt=after).order_by("seq")[:5000]
+        ]
+
+    async def disconnect(self, code):
+        await self.channel_layer.group_discard(group_for(self.run_id), self.channel_name)
+
+    async def run_events(self, message):
+        for event in message["events"]:
+            await self.send_json({"type": "event", **event})
+
+    async def run_finished(self, message):
+        await self.send_json({"type": "finished", **{k: v for k, v in message.items() if k != "type"}})
