@@ -155,3 +155,4 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False  # revoke instead: the key's history stays
+from .playbooks import admin as _playbooks_admin  # noqa: E402,F401  (registers its models)

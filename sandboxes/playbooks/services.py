@@ -89,6 +89,7 @@ def edit(playbook: Playbook, user, yaml_text: str, note: str = "") -> PlaybookVe
         raise Forbidden(f"Editing playbooks needs the {EDIT_PERMISSION} permission.")
     if not yaml_text.strip():
         raise InvalidInput.field("yaml", "must not be empty.")
+    yaml_text = yaml_text.rstrip("\n") + "\n"
     base = playbook.latest
     files = {f.name: bytes(f.content) for f in base.files.all()} if base else {}
     version = store_version(playbook, yaml_text, files, user=user, generated=False, note=note,

@@ -146,3 +146,22 @@ def test_operators_edit_playbooks_as_new_versions_and_agents_cannot(alice, olga,
     assert alice.get(f"/v1/playbooks/{playbook.id}?version=1").json()["playbook"]["version"] == 1
     broken = olga.post(f"/v1/playbooks/{playbook.id}/versions", {"yaml": "- hosts: all\n  tasks: [\n"}, format="json")
     assert broken.json()["playbook"]["syntax_ok"] is False
+
+
+def test_an_operator_edits_in_the_admin_and_gets_a_new_version(client, olga, playbook):
+    olga.user.set_password("pw")
+    olga.user.save()
+    client.force_login(olga.user)
+    page = client.get(f"/admin/sandboxes/playbook/{playbook.id}/change/")
+    assert page.status_code == 200 and b"tasks: []" in page.content
+    text = "- hosts: all\n  tasks:\n  - ansible.builtin.ping: {}\n"
+    client.post(f"/admin/sandboxes/playbook/{playbook.id}/change/", {
+        "new_yaml": text, "note": "ping", "versions-TOTAL_FORMS": "1", "versions-INITIAL_FORMS": "1",
+        "versions-MIN_NUM_FORMS": "0", "versions-MAX_NUM_FORMS": "1000",
+        "versions-0-id": str(playbook.latest.id), "versions-0-playbook": str(playbook.id),
+    }, follow=True)
+    latest = Playbook.objects.get(pk=playbook.pk).latest
+    assert latest.number == 2 and latest.yaml == text and latest.created_by == olga.user
+    from audit.models import AuditEvent
+
+    assert AuditEvent.objects.filter(verb="playbook.edit", actor="user:olga").exists()
