@@ -44,7 +44,11 @@ class ApprovalViewSet(viewsets.ViewSet):
 
     @extend_schema(
         summary="List approval requests",
-        parameters=[OpenApiParameter("status", str, enum=ApprovalStatus.values)],
+        parameters=[
+            OpenApiParameter("status", str, enum=ApprovalStatus.values),
+            OpenApiParameter("limit", int),
+            OpenApiParameter("offset", int),
+        ],
         responses=ApprovalSerializer(many=True),
     )
     def list(self, request):
