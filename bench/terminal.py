@@ -24,37 +24,14 @@ import re
 import statistics
 import sys
 import time
-import urllib.request
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
-
-import django  # noqa: E402
-
-django.setup()
 
 import websocket  # noqa: E402  (websocket-client)
 from django.conf import settings  # noqa: E402
+from foundation import Api, ms  # noqa: E402  (sets up Django and sys.path)
 
 from terminals.tmux_driver import TmuxDriver  # noqa: E402
 
 PROMPT_END = "# "
-
-
-class Api:
-    def __init__(self, url: str, key: str):
-        self.url, self.key = url.rstrip("/"), key
-
-    def call(self, method: str, path: str, body=None):
-        req = urllib.request.Request(
-            self.url + path,
-            method=method,
-            data=json.dumps(body).encode() if body is not None else None,
-            headers={"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=600) as resp:
-            return json.loads(resp.read() or b"null")
 
 
 class Socket:
@@ -98,10 +75,6 @@ def wait_screen(tmux: TmuxDriver, pane: str, predicate, timeout: float = 120) ->
         if predicate(screen):
             return screen
     raise TimeoutError("tmux: condition not met")
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms"
 
 
 def main() -> None:

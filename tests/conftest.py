@@ -42,9 +42,9 @@ def _fresh_drivers():
     runtime.reset_drivers()
 
 
-def make_agent(django_user_model, username: str):
+def make_agent(django_user_model, username: str, key_name: str = "test"):
     user = django_user_model.objects.create_user(username=username)
-    _, secret = services.create_api_key(user, "test")
+    _, secret = services.create_api_key(user, key_name)
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
     client.user = user

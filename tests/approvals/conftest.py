@@ -2,9 +2,8 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.auth.models import Permission
-from rest_framework.test import APIClient
 
-from sandboxes import services
+from tests.conftest import make_agent
 
 
 def grant(user, codename: str) -> None:
@@ -13,13 +12,8 @@ def grant(user, codename: str) -> None:
 
 def make_operator(django_user_model, username: str):
     """A person who may decide (the decide permission), using the API with a key."""
-    user = django_user_model.objects.create_user(username=username)
-    grant(user, "decide_approvalrequest")
-    _, secret = services.create_api_key(user, "ops")
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
-    client.user = user
-    client.secret = secret
+    client = make_agent(django_user_model, username, key_name="ops")
+    grant(client.user, "decide_approvalrequest")
     return client
 
 

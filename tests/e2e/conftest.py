@@ -61,45 +61,46 @@ def sweep_test_domains() -> list[str]:
     return leftovers
 
 
-@pytest.fixture(scope="module")
-def e2e_stack(django_db_setup, django_db_blocker):
-    """A worker (libvirt driver) and a daphne server on the test database, plus an agent
-    key. Module-scoped: VMs are expensive, so a module shares them."""
+def register_image_and_agents(blocker) -> dict[str, str]:
+    """Register the guest image as the source `debian-base` and give the agents e2e-alice and
+    e2e-bob an API key each (through `blocker`, pytest-django's db blocker): {name: key}."""
     from django.contrib.auth.models import User
 
     from sandboxes import services
 
+    manifest = json.loads((image_dir() / "manifest.json").read_text())
+    with blocker.unblock():
+        sources.register_image("debian-base", image_dir(), manifest)
+        keys = {}
+        for name in ("e2e-alice", "e2e-bob"):
+            user, _ = User.objects.get_or_create(username=name)
+            keys[name] = services.create_api_key(user, "e2e")[1]
+    return keys
+
+
+@pytest.fixture(scope="module")
+def e2e_stack(django_db_setup, django_db_blocker):
+    """A worker (libvirt driver) and a daphne server on the test database, plus an agent
+    key. Module-scoped: VMs are expensive, so a module shares them."""
     sweep_test_domains()
     shutil.rmtree(settings.VSB["SANDBOX_DIR"], ignore_errors=True)
     stack.flush_test_redis()
-    manifest = json.loads((image_dir() / "manifest.json").read_text())
-    with django_db_blocker.unblock():
-        sources.register_image("debian-base", image_dir(), manifest)
-        users = {}
-        for name in ("e2e-alice", "e2e-bob"):
-            user, _ = User.objects.get_or_create(username=name)
-            users[name] = services.create_api_key(user, "e2e")[1]
+    users = register_image_and_agents(django_db_blocker)
     env = {
         "VSB_DRIVER": "libvirt",
         "VSB_COMMAND_OUTPUT_LIMIT": "65536",
         "VSB_READY_TIMEOUT_SECONDS": "120",
     }
-    worker = stack.worker(**env)
-    worker.start()
-    port = stack.free_port()
-    web = stack.daphne(port, **env)
-    web.start()
+    worker, web, url = stack.start_servers(**env)
     handle = None
     try:
-        with django_db_blocker.unblock():
-            stack.wait_for_heartbeat(worker)
-        stack.wait_for_http(f"http://127.0.0.1:{port}/v1/health", web)
+        stack.wait_for_servers(django_db_blocker, worker, web, url)
         handle = E2EStack(
             worker=worker,
             web=web,
-            alice=stack.Api(f"http://127.0.0.1:{port}", users["e2e-alice"]),
-            bob=stack.Api(f"http://127.0.0.1:{port}", users["e2e-bob"]),
-            anonymous=stack.Api(f"http://127.0.0.1:{port}", None),
+            alice=stack.Api(url, users["e2e-alice"]),
+            bob=stack.Api(url, users["e2e-bob"]),
+            anonymous=stack.Api(url, None),
             blocker=django_db_blocker,
             env=env,
         )

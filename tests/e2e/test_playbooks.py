@@ -286,3 +286,43 @@ def run_in(api, sandbox_id: str, command: str) -> str:
     status, body = api.post(f"/v1/sandboxes/{sandbox_id}/command", {"command": command})
     assert status == 200, body
     return body["command"]["stdout"]
+
+
+def test_a_running_apply_is_cancelled(e2e_stack, changed, operator, production):
+    import time
+
+    api = e2e_stack.alice
+    _target, inventory = production
+    pid = playbook_id(api, changed)
+    apply = {"inventory": inventory["id"]}
+    status, current = api.get(f"/v1/playbooks/{pid}")
+    slow = current["playbook"]["yaml"].replace(
+        "  tasks:\n", "  tasks:\n  - name: A long maintenance step\n    ansible.builtin.command: sleep 600\n", 1
+    )
+    status, body = operator.post(f"/v1/playbooks/{pid}/versions", {"yaml": slow, "note": "slow"})
+    assert status == 201, body
+    assert api.post(f"/v1/playbooks/{pid}/check", {**apply, "wait": True}, timeout=900)[0] == 200
+    approval = api.post(f"/v1/playbooks/{pid}/apply", apply)[1]["approval"]
+    assert operator.post(f"/v1/approvals/{approval['id']}/approve", {})[0] == 200
+    status, body = api.post(f"/v1/playbooks/{pid}/apply", {**apply, "approval_id": approval["id"]})
+    assert status == 202, body
+    run_id = body["run"]["id"]
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # until the sleep has started on the target
+        events = api.get(f"/v1/playbook-runs/{run_id}/events")[1]["events"]
+        if any(e["event"] == "runner_on_start" and e["task"] == "A long maintenance step" for e in events):
+            break
+        time.sleep(1)
+    else:
+        raise AssertionError("the slow task never started")
+    cancelled_at = time.monotonic()
+    status, body = api.post(f"/v1/playbook-runs/{run_id}/cancel", {})
+    assert status == 200, body
+    while time.monotonic() - cancelled_at < 60:
+        run = api.get(f"/v1/playbook-runs/{run_id}")[1]["run"]
+        if run["status"] != "running":
+            break
+        time.sleep(0.5)
+    assert run["status"] == "canceled", run
+    assert time.monotonic() - cancelled_at < 30
+    assert api.post(f"/v1/playbook-runs/{run_id}/cancel", {})[0] == 409

@@ -176,6 +176,25 @@ def wait_for_http(url: str, proc: Proc, timeout: float = 30) -> None:
     raise RuntimeError(f"{url} did not answer:\n{proc.log_tail()}")
 
 
+def start_servers(**env: str) -> tuple[Proc, Proc, str]:
+    """Start a worker and a daphne server with `env`; returns (worker, web, base URL). The
+    caller stops both (in a `finally` that also covers `wait_for_servers`)."""
+    worker_proc = worker(**env)
+    worker_proc.start()
+    port = free_port()
+    web = daphne(port, **env)
+    web.start()
+    return worker_proc, web, f"http://127.0.0.1:{port}"
+
+
+def wait_for_servers(blocker, worker_proc: Proc, web: Proc, url: str) -> None:
+    """Until the worker has registered its host (through `blocker`, pytest-django's db
+    blocker) and the server answers /v1/health."""
+    with blocker.unblock():
+        wait_for_heartbeat(worker_proc)
+    wait_for_http(f"{url}/v1/health", web)
+
+
 class Api:
     """A minimal HTTP client for the tests: real HTTP through daphne, JSON in and out."""
 

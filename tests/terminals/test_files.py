@@ -24,7 +24,7 @@ def files(sftp_guest, tmp_path):
     allowed.mkdir()
     (tmp_path / "secret").write_text("top secret\n")
     client = connect(
-        SSHTarget(sftp_guest.host, sftp_guest.port, pinned_host_key=sftp_guest.host_key),
+        SSHTarget(sftp_guest.host, sftp_guest.port, pinned_host_key=sftp_guest.host_key_line),
         sftp_guest.ca.issue([sftp_guest.principal], ttl_seconds=60),
     )
     sftp = client.open_sftp()

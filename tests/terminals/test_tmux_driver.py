@@ -124,7 +124,7 @@ def test_a_pane_logs_into_the_guest_with_a_short_lived_certificate(tmux, sftp_gu
         host=sftp_guest.host,
         port=sftp_guest.port,
         username="root",
-        host_key=sftp_guest.host_key,
+        host_key=sftp_guest.host_key_line,
     )
     pane = tmux.new_session("vsb-unit-ssh", launch.command(), cols=100, rows=30)
     tmux.send_text(pane.pane_id, b"echo in-guest-$((2+3)) $SSH_CONNECTION\r")
