@@ -20,6 +20,9 @@ import yaml
 from .state import TargetState
 
 INLINE_LIMIT = 64 * 1024
+# A new directory holding at least this many new files is shipped as one tar archive
+# (`unarchive`) instead of one task per file: a thousand copy tasks take a thousand round trips.
+ARCHIVE_MIN_FILES = 20
 
 ACCOUNT_FILES = {
     f"/etc/{name}{suffix}"
@@ -100,6 +103,7 @@ def generate(
     hosts: str = "all",
     source: str = "",
     inline_limit: int = INLINE_LIMIT,
+    archive_min_files: int = ARCHIVE_MIN_FILES,
 ) -> Generated:
     out = Generated(yaml="")
     files = diff.get("files", {})
@@ -188,8 +192,19 @@ def generate(
     for pkg in packages.get("removed", []):
         tasks.append({"name": f"Remove package {pkg['name']}", "ansible.builtin.apt": {"name": pkg["name"], "state": "absent"}})
 
-    # Directories (parents first), files, links.
-    added_dirs = [r for r in files.get("added", []) if r.get("type") == "d"]
+    # New trees of many files travel as one archive; other directories (parents first),
+    # files and links one task each.
+    trees = _archived_trees(files.get("added", []), covered, state, archive_min_files)
+    in_tree = {p for tree in trees for p in tree.paths}
+    for tree in trees:
+        data = tree.archive(state)
+        fname = _file_name(tree.top + ".tar.gz", data)
+        out.files[fname] = data
+        tasks.append({
+            "name": f"Tree {tree.top} ({len(tree.paths)} entries)",
+            "ansible.builtin.unarchive": {"src": f"files/{fname}", "dest": "/"},
+        })
+    added_dirs = [r for r in files.get("added", []) if r.get("type") == "d" and r["path"] not in in_tree]
     for rec in sorted(added_dirs, key=lambda r: r["path"]):
         reason = covered(rec)
         if reason:
@@ -199,7 +214,7 @@ def generate(
 
     for section in ("added", "modified"):
         for rec in files.get(section, []):
-            if rec.get("type") == "d" and section == "added":
+            if (rec.get("type") == "d" and section == "added") or rec["path"] in in_tree:
                 continue
             reason = covered(rec)
             if reason:
@@ -252,6 +267,67 @@ def generate(
     out.task_count = len(tasks)
     out.yaml = _header(diff, source, out) + body
     return out
+
+
+@dataclass
+class _Tree:
+    top: str
+    records: list[dict]
+
+    @property
+    def paths(self) -> set[str]:
+        return {r["path"] for r in self.records}
+
+    def archive(self, state: TargetState) -> bytes:
+        """A deterministic tar.gz of the tree, with the guest's owner names and modes, paths
+        relative to /, so `unarchive dest=/` recreates it (tar --diff makes it idempotent)."""
+        import gzip
+        import io
+        import tarfile
+
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            for rec in sorted(self.records, key=lambda r: r["path"]):
+                info = tarfile.TarInfo(rec["path"].lstrip("/"))
+                info.mode = int(rec.get("mode") or "0644", 8)
+                info.uname, info.gname = rec.get("owner") or "root", rec.get("group") or "root"
+                info.mtime = ARCHIVE_MTIME
+                if rec["type"] == "d":
+                    info.type = tarfile.DIRTYPE
+                    tar.addfile(info)
+                elif rec["type"] == "l":
+                    info.type, info.linkname = tarfile.SYMTYPE, rec.get("target", "")
+                    tar.addfile(info)
+                else:
+                    data = state.contents[rec["path"]]
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        return gzip.compress(raw.getvalue(), mtime=0)
+
+
+# Fixed: the same tree gives the same archive bytes (and tar --diff sees no change on a rerun).
+ARCHIVE_MTIME = 1_700_000_000
+
+
+def _archived_trees(added: list[dict], covered, state: TargetState, min_files: int) -> list[_Tree]:
+    """Top-most new directories whose whole subtree is new, ours to write (nothing in it is
+    covered by another task), readable and of plain files, links and directories."""
+    by_path = {r["path"]: r for r in added}
+    trees: list[_Tree] = []
+    for rec in sorted((r for r in added if r.get("type") == "d"), key=lambda r: r["path"]):
+        top = rec["path"]
+        if any(top.startswith(t.top + "/") for t in trees) or covered(rec):
+            continue
+        inside = [r for p, r in by_path.items() if p == top or p.startswith(top + "/")]
+        regular = [r for r in inside if r.get("type") == "f"]
+        if len(regular) < min_files:
+            continue
+        if any(covered(r) for r in inside) or any(r.get("type") not in ("f", "d", "l") for r in inside):
+            continue
+        if any(r["path"] not in state.contents for r in regular):
+            continue
+        trees.append(_Tree(top, inside))
+    return trees
 
 
 CHECK_MODE_TOLERANT = "{{ ansible_check_mode }}"

@@ -19,6 +19,8 @@ printf '<h1>hello from the agent</h1>\\n' > /srv/www/index.html
 printf 'port = 8080\\nroot = /srv/www\\n' > /etc/app.conf
 useradd -m -s /bin/bash appuser
 chown -R appuser:appuser /srv/www
+mkdir -p /srv/assets && for i in $(seq 1 25); do echo "asset $i" > /srv/assets/a$i.css; done
+chmod 0640 /srv/assets/a7.css && chown -R appuser:appuser /srv/assets
 cat > /etc/systemd/system/app.service <<'UNIT'
 [Unit]
 Description=demo web app
@@ -73,6 +75,8 @@ def test_it_generates_a_readable_playbook_that_passes_syntax_check(e2e_stack, ch
     assert tasks["Enable app.service"]["ansible.builtin.systemd_service"]["enabled"] is True
     index = tasks["Write /srv/www/index.html"]["ansible.builtin.copy"]
     assert (index["owner"], index["group"]) == ("appuser", "appuser")
+    tree = tasks["Tree /srv/assets (26 entries)"]["ansible.builtin.unarchive"]
+    assert tree["dest"] == "/" and any(f["name"] == tree["src"][len("files/"):] for f in pb["files"])
     skipped = {s["path"] for s in pb["skipped"]}
     assert {"/etc/passwd", "/usr/share/vsb-hello/hello.txt", "/home/appuser/.bashrc"} <= skipped
     assert "/etc/systemd/system/multi-user.target.wants/app.service" in skipped
@@ -223,7 +227,8 @@ def test_an_apply_is_refused_without_approval_and_runs_once_after_it(e2e_stack, 
     # Production now matches the agent's sandbox on every changed path.
     check = (
         "sha256sum /etc/app.conf /srv/www/index.html /etc/systemd/system/app.service /root/vsb-hello.deb;"
-        " stat -c '%U:%G %a' /srv/www /srv/www/index.html; id -u appuser; dpkg-query -W vsb-hello;"
+        " stat -c '%U:%G %a' /srv/www /srv/www/index.html /srv/assets /srv/assets/a7.css;"
+        " cat /srv/assets/*.css | sha256sum; id -u appuser; dpkg-query -W vsb-hello;"
         " systemctl is-enabled app.service; test -e /etc/motd; echo motd=$?"
     )
     assert run_in(api, changed, check) == run_in(operator, target["id"], check)

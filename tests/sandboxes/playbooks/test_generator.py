@@ -177,3 +177,43 @@ def test_only_tasks_that_need_an_earlier_change_tolerate_a_dry_run():
     assert {"User dave", "Write /srv/app/run.sh", "Directory /srv/app", "Package vsb-hello 1.0",
             "Enable app.service"} <= tolerant
     assert not {"Write /etc/app.conf", "Group dave", "Package jq 1.6-2.1", "Remove /etc/motd"} & tolerant
+
+
+def test_a_new_tree_of_many_files_travels_as_one_archive(tmp_path: Path):
+    import io
+    import tarfile
+
+    diff = {**DIFF, "files": {**DIFF["files"], "added": [
+        *DIFF["files"]["added"],
+        {"path": "/srv/site", "type": "d", "size": 0, "mode": "0755", "owner": "dave", "group": "dave"},
+        {"path": "/srv/site/img", "type": "d", "size": 0, "mode": "0750", "owner": "dave", "group": "dave"},
+        *[f(f"/srv/site/p{i}.html", owner="dave", group="dave") for i in range(15)],
+        *[f(f"/srv/site/img/i{i}.png", mode="0600", owner="dave", group="dave") for i in range(10)],
+        {"path": "/srv/site/index.html", "type": "l", "size": 0, "mode": "0777", "owner": "dave",
+         "group": "dave", "target": "p0.html"},
+    ]}}
+    st = state()
+    for i in range(15):
+        st.contents[f"/srv/site/p{i}.html"] = f"<p>{i}</p>\n".encode()
+    for i in range(10):
+        st.contents[f"/srv/site/img/i{i}.png"] = b"\x89PNG\0" + bytes([i])
+    out = generator.generate(diff, st, title="t")
+    tasks = by_name(out)
+    tree = tasks["Tree /srv/site (28 entries)"]["ansible.builtin.unarchive"]
+    assert tree["dest"] == "/" and tree["src"].startswith("files/")
+    assert not [n for n in tasks if n.startswith(("Write /srv/site", "Directory /srv/site", "Link /srv/site"))]
+    assert "Write /srv/app/run.sh" in tasks  # /srv/app has too few files: one task per file
+    data = out.files[tree["src"][len("files/"):]]
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert members["srv/site/img/i3.png"].mode == 0o600 and members["srv/site/img"].mode == 0o750
+        assert (members["srv/site/p1.html"].uname, members["srv/site/p1.html"].gname) == ("dave", "dave")
+        assert members["srv/site/index.html"].issym() and members["srv/site/index.html"].linkname == "p0.html"
+        assert tar.extractfile("srv/site/p7.html").read() == b"<p>7</p>\n"
+    assert generator.generate(diff, st, title="t").files == out.files  # the same bytes every time
+    path = write_project(str(tmp_path), out.yaml, out.files)
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "--syntax-check", "-i", "localhost,", path],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
