@@ -23,14 +23,19 @@ from .serializers import (
 )
 
 
-def _create(request) -> Response:
+def ask_fields(request) -> dict:
+    """A validated ask; the idempotency key may also come as the Idempotency-Key header."""
     serializer = AskSerializer(data=request.data)
     serializer.is_valid(raise_exception=True)
     fields = dict(serializer.validated_data)
     fields["idempotency_key"] = (
         fields["idempotency_key"] or request.headers.get("Idempotency-Key", "")[:200]
     )
-    req, created = services.create_request(request.user, **fields)
+    return fields
+
+
+def _create(request) -> Response:
+    req, created = services.create_request(request.user, **ask_fields(request))
     return Response(
         services.as_dict(req), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
     )
@@ -155,13 +160,7 @@ class HumanAskView(APIView):
         responses=ApprovalSerializer,
     )
     def post(self, request):
-        serializer = AskSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        fields = dict(serializer.validated_data)
-        fields["idempotency_key"] = (
-            fields["idempotency_key"] or request.headers.get("Idempotency-Key", "")[:200]
-        )
-        return Response(async_to_sync(ask)(request.user, fields))
+        return Response(async_to_sync(ask)(request.user, ask_fields(request)))
 
 
 class HumanAskAsyncView(APIView):
