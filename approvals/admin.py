@@ -1,4 +1,8 @@
+import json
+
 from django.contrib import admin, messages
+from django.shortcuts import get_object_or_404, redirect
+from django.urls import path
 
 from sandboxes.exceptions import ServiceError
 
@@ -25,6 +29,35 @@ class ApprovalRequestAdmin(admin.ModelAdmin):
     search_fields = ("prompt", "agent_id", "requested_by__username", "action_type")
     readonly_fields = [f.name for f in ApprovalRequest._meta.fields]
     actions = ["approve_selected", "deny_selected"]
+
+    def get_urls(self):
+        decide = self.admin_site.admin_view(self.decide_view)
+        return [
+            path("<uuid:pk>/decide/", decide, name="approvals_approvalrequest_decide"),
+            *super().get_urls(),
+        ]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        req = self.get_object(request, object_id)
+        extra = dict(extra_context or {})
+        if req is not None:
+            extra["payload_text"] = json.dumps(req.payload, indent=2, sort_keys=True) if req.payload else ""
+            extra["can_decide_now"] = (
+                req.is_pending and services.can_decide(request.user) and req.requested_by_id != request.user.pk
+            )
+        return super().change_view(request, object_id, form_url, extra)
+
+    def decide_view(self, request, pk):
+        """The Approve / Deny buttons of the change page (POST only)."""
+        req = get_object_or_404(ApprovalRequest, pk=pk)
+        if request.method == "POST":
+            approve = request.POST.get("decision") == "Approve"
+            try:
+                services.decide(request.user, req.pk, approve=approve, reason=request.POST.get("reason", ""))
+                self.message_user(request, f"{'Approved' if approve else 'Denied'}.")
+            except ServiceError as err:
+                self.message_user(request, err.message, level=messages.ERROR)
+        return redirect("admin:approvals_approvalrequest_change", req.pk)
 
     @admin.display(description="prompt")
     def prompt_short(self, obj):

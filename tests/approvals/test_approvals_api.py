@@ -174,3 +174,28 @@ def test_an_operator_decides_in_the_admin_through_the_same_service(alice, dora, 
     assert decided.status == "approved" and decided.decided_by == dora.user
     assert AuditEvent.objects.filter(verb="approval.approved", actor="user:dora").exists()
     assert client.get(f"/admin/approvals/approvalrequest/{req['id']}/delete/").status_code == 403
+
+
+def test_an_operator_reads_the_request_and_decides_on_its_admin_page(alice, dora, client):
+    from django.contrib.auth.models import Permission
+
+    dora.user.is_staff = True
+    dora.user.save()
+    dora.user.user_permissions.add(Permission.objects.get(codename="view_approvalrequest"))
+    client.force_login(dora.user)
+    req = ask_async(alice, kind="action", payload={"playbook": "p1", "version": 2}, context="- hosts: all").json()
+    page = client.get(f"/admin/approvals/approvalrequest/{req['id']}/change/")
+    assert page.status_code == 200
+    assert b"May I restart nginx on prod-1?" in page.content and b"&quot;version&quot;: 2" in page.content
+    assert b'value="Approve"' in page.content and b"- hosts: all" in page.content
+    client.post(
+        f"/admin/approvals/approvalrequest/{req['id']}/decide/",
+        {"decision": "Deny", "reason": "not during business hours"},
+    )
+    decided = ApprovalRequest.objects.get(pk=req["id"])
+    assert (decided.status, decided.reason, decided.decided_by) == ("denied", "not during business hours", dora.user)
+    after = client.get(f"/admin/approvals/approvalrequest/{req['id']}/change/")
+    assert b'value="Approve"' not in after.content and b"Denied by dora" in after.content
+    # A second click is refused by the same compare-and-set, with a message, not a 500.
+    again = client.post(f"/admin/approvals/approvalrequest/{req['id']}/decide/", {"decision": "Approve"}, follow=True)
+    assert again.status_code == 200 and b"already denied" in again.content
