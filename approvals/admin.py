@@ -4,6 +4,7 @@ from django.contrib import admin, messages
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import path
 
+from config.admin_base import ReadOnlyModelAdmin
 from sandboxes.exceptions import ServiceError
 
 from . import services
@@ -11,7 +12,7 @@ from .models import ApprovalRequest
 
 
 @admin.register(ApprovalRequest)
-class ApprovalRequestAdmin(admin.ModelAdmin):
+class ApprovalRequestAdmin(ReadOnlyModelAdmin):
     """Operators decide here (actions), through the services: the same compare-and-set,
     permission check and audit as the API. The request itself is never edited."""
 
@@ -41,9 +42,13 @@ class ApprovalRequestAdmin(admin.ModelAdmin):
         req = self.get_object(request, object_id)
         extra = dict(extra_context or {})
         if req is not None:
-            extra["payload_text"] = json.dumps(req.payload, indent=2, sort_keys=True) if req.payload else ""
+            extra["payload_text"] = (
+                json.dumps(req.payload, indent=2, sort_keys=True) if req.payload else ""
+            )
             extra["can_decide_now"] = (
-                req.is_pending and services.can_decide(request.user) and req.requested_by_id != request.user.pk
+                req.is_pending
+                and services.can_decide(request.user)
+                and req.requested_by_id != request.user.pk
             )
         return super().change_view(request, object_id, form_url, extra)
 
@@ -53,7 +58,9 @@ class ApprovalRequestAdmin(admin.ModelAdmin):
         if request.method == "POST":
             approve = request.POST.get("decision") == "Approve"
             try:
-                services.decide(request.user, req.pk, approve=approve, reason=request.POST.get("reason", ""))
+                services.decide(
+                    request.user, req.pk, approve=approve, reason=request.POST.get("reason", "")
+                )
                 self.message_user(request, f"{'Approved' if approve else 'Denied'}.")
             except ServiceError as err:
                 self.message_user(request, err.message, level=messages.ERROR)
@@ -62,15 +69,6 @@ class ApprovalRequestAdmin(admin.ModelAdmin):
     @admin.display(description="prompt")
     def prompt_short(self, obj):
         return obj.prompt[:80]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
     def has_decide_permission(self, request):
         return services.can_decide(request.user)

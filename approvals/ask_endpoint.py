@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
 
 from channels.db import database_sync_to_async
 
 from audit.context import RequestContext, current
-from audit.middleware import _REQUEST_ID
-from config.ws_auth import _api_key
+from audit.middleware import request_id_from
+from config.ws_auth import api_key_from_headers
 from sandboxes.api.errors import error_body, validation_error_body
 from sandboxes.exceptions import ServiceError
 
@@ -70,8 +69,7 @@ def _header(scope, name: bytes) -> str:
 
 
 async def blocking_ask_app(scope, receive, send):
-    given = _header(scope, b"x-request-id")
-    request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    request_id = request_id_from(_header(scope, b"x-request-id"))
     client = scope.get("client") or (None, None)
     token = current.set(RequestContext(request_id=request_id, source_ip=client[0]))
     try:
@@ -98,7 +96,7 @@ async def _handle(scope, receive, send, request_id: str):
             send, 413, error_body("too_large", f"Body over {MAX_BODY} bytes."), request_id
         )
         return
-    secret = _api_key(scope.get("headers", []))
+    secret = api_key_from_headers(scope.get("headers", []))
     user = await _authenticate(secret) if secret else None
     if user is None:
         message = (

@@ -218,15 +218,10 @@ def decide(user, request_id, *, approve: bool, reason: str = "") -> ApprovalRequ
         ).update(status=status, decided_by=user, decided_at=now, reason=reason)
         if won:
             req.refresh_from_db()
-            event = audit.record(
-                f"approval.{status}",
-                user=user,
-                target=req,
-                sandbox_id=req.sandbox_id,
-                agent=req.agent_id,
+            _announce(
+                req, status, "decided", user=user,
                 data={"reason": reason[:2000], "requested_by": req.requested_by.get_username()},
             )
-            events.publish_on_commit("decided", as_dict(req), event.seq)
     if won:
         return req
     req.refresh_from_db()
@@ -274,16 +269,16 @@ def _close(request_id, status: str, *, user=None, reason: str = "", overdue: boo
         req = ApprovalRequest.objects.select_related("requested_by", "decided_by").get(
             pk=request_id
         )
-        event = audit.record(
-            f"approval.{status}",
-            user=user,
-            target=req,
-            sandbox_id=req.sandbox_id,
-            agent=req.agent_id,
-            data={"reason": reason},
-        )
-        events.publish_on_commit(status, as_dict(req), event.seq)
+        _announce(req, status, status, user=user, data={"reason": reason})
     return req
+
+
+def _announce(req: ApprovalRequest, status: str, kind: str, *, user, data: dict) -> None:
+    """Audit a change of status and tell operators and waiters once it commits."""
+    event = audit.record(
+        f"approval.{status}", user=user, target=req, sandbox_id=req.sandbox_id, agent=req.agent_id, data=data
+    )
+    events.publish_on_commit(kind, as_dict(req), event.seq)
 
 
 def _final(req: ApprovalRequest) -> ApprovalRequest:

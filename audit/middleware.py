@@ -17,9 +17,13 @@ AUDITED_PREFIXES = ("/v1/", "/api/v1/")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
-def request_id_of(request) -> str:
-    given = request.headers.get("X-Request-ID", "")
+def request_id_from(given: str) -> str:
+    """The client's X-Request-ID when it is sane, else a new one."""
     return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
+def request_id_of(request) -> str:
+    return request_id_from(request.headers.get("X-Request-ID", ""))
 
 
 def _should_audit(request) -> bool:

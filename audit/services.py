@@ -74,8 +74,10 @@ def record(
         "data": json.loads(json.dumps(data or {}, default=str)),
     }
     with transaction.atomic():
-        AuditHead.objects.get_or_create(pk=1)
-        head = AuditHead.objects.select_for_update().get(pk=1)
+        head = AuditHead.objects.select_for_update().filter(pk=1).first()
+        if head is None:  # the first event ever (or after a flush)
+            AuditHead.objects.get_or_create(pk=1)
+            head = AuditHead.objects.select_for_update().get(pk=1)
         fields["seq"] = head.seq + 1
         fields["created_at"] = timezone.now()
         digest = chain.event_hash(head.hash, fields)

@@ -8,7 +8,8 @@ from channels.db import database_sync_to_async
 from channels.middleware import BaseMiddleware
 
 
-def _api_key(headers) -> str:
+def api_key_from_headers(headers) -> str:
+    """The API key of raw ASGI headers (Authorization: Bearer, or X-API-Key), or ''."""
     for name, value in headers:
         if name == b"authorization":
             parts = value.decode("latin-1").split()
@@ -30,7 +31,7 @@ class ApiKeyAuthMiddleware(BaseMiddleware):
     async def __call__(self, scope, receive, send):
         user = scope.get("user")
         if user is None or not user.is_authenticated:
-            secret = _api_key(scope.get("headers", []))
+            secret = api_key_from_headers(scope.get("headers", []))
             if secret:
                 found = await _user_for(secret)
                 if found is not None:

@@ -133,6 +133,22 @@ def compute(diff: Diff) -> dict:
     return result
 
 
+def stored_result(sandbox, from_name: str, to_name: str) -> dict:
+    """The result of the diff between two snapshots, computed on this host if it is not
+    stored yet (playbook generation and verification run on the sandbox's host)."""
+    import json
+
+    diff = Diff.objects.filter(
+        sandbox=sandbox, from_name=from_name, to_name=to_name, status="ready"
+    ).first()
+    if diff is None:
+        created = Diff.objects.create(sandbox=sandbox, from_name=from_name, to_name=to_name)
+        diff = compute_and_store(created.pk)
+    if diff.status != "ready":
+        raise RuntimeError(f"the diff failed: {diff.error}")
+    return json.loads(diff.result)
+
+
 def compute_and_store(diff_id) -> Diff | None:
     """Compute a pending Diff row on this host, store the outcome and wake the waiter."""
     import json

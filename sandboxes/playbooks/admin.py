@@ -6,6 +6,8 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 
+from config.admin_base import ReadOnlyModelAdmin
+
 from ..exceptions import ServiceError
 from . import services
 from .models import Inventory, InventoryHost, Playbook, PlaybookRun, PlaybookVersion
@@ -47,7 +49,16 @@ class PlaybookForm(forms.ModelForm):
 class PlaybookAdmin(admin.ModelAdmin):
     form = PlaybookForm
     list_display = ["__str__", "status", "created_at"]
-    readonly_fields = ["sandbox", "from_name", "to_name", "status", "error", "created_by", "created_at", "warnings"]
+    readonly_fields = [
+        "sandbox",
+        "from_name",
+        "to_name",
+        "status",
+        "error",
+        "created_by",
+        "created_at",
+        "warnings",
+    ]
     inlines = [VersionInline]
 
     @admin.display(description="warnings of the latest version")
@@ -67,7 +78,9 @@ class PlaybookAdmin(admin.ModelAdmin):
         if not text.strip() or (latest and text.replace("\r\n", "\n") == latest.yaml):
             return
         try:
-            version = services.edit(obj, request.user, text.replace("\r\n", "\n"), form.cleaned_data.get("note", ""))
+            version = services.edit(
+                obj, request.user, text.replace("\r\n", "\n"), form.cleaned_data.get("note", "")
+            )
         except ServiceError as err:
             self.message_user(request, err.message, level=messages.ERROR)
             return
@@ -75,7 +88,11 @@ class PlaybookAdmin(admin.ModelAdmin):
         self.message_user(
             request,
             f"Saved version {version.number}"
-            + ("" if version.syntax_ok else f"; it does not pass --syntax-check: {version.syntax_output[-300:]}"),
+            + (
+                ""
+                if version.syntax_ok
+                else f"; it does not pass --syntax-check: {version.syntax_output[-300:]}"
+            ),
             level=level,
         )
 
@@ -108,16 +125,15 @@ class InventoryAdmin(admin.ModelAdmin):
 
 
 @admin.register(PlaybookRun)
-class PlaybookRunAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "kind", "status", "version", "inventory", "requested_by", "approval"]
+class PlaybookRunAdmin(ReadOnlyModelAdmin):
+    list_display = [
+        "created_at",
+        "kind",
+        "status",
+        "version",
+        "inventory",
+        "requested_by",
+        "approval",
+    ]
     list_filter = ["kind", "status"]
     readonly_fields = [f.name for f in PlaybookRun._meta.fields]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+import time
 
 from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -11,9 +12,11 @@ from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from approvals import services as approvals
+
 from ..api.serializers import StrictInputSerializer
-from . import services
-from .models import Playbook, PlaybookVersion
+from . import runs, services
+from .models import Inventory, Playbook, PlaybookRun, PlaybookVersion
 
 
 def version_body(playbook: Playbook, version: PlaybookVersion) -> dict:
@@ -162,39 +165,28 @@ class InventoryViewSet(viewsets.ViewSet):
 
     @extend_schema(summary="Inventories", responses={200: dict})
     def list(self, request):
-        from .models import Inventory
-        from .runs import inventory_dict
-
-        return Response({"results": [inventory_dict(i) for i in Inventory.objects.order_by("name")[:500]]})
+        return Response({"results": [runs.inventory_dict(i) for i in Inventory.objects.order_by("name")[:500]]})
 
     @extend_schema(summary="One inventory", responses={200: dict})
     def retrieve(self, request, pk=None):
-        from .runs import get_inventory, inventory_dict
-
-        return Response({"inventory": inventory_dict(get_inventory(pk))})
+        return Response({"inventory": runs.inventory_dict(runs.get_inventory(pk))})
 
     @extend_schema(summary="Register an inventory (operators)", request=InventorySerializer, responses={201: dict})
     def create(self, request):
-        from .runs import create_inventory, inventory_dict
-
         serializer = InventorySerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        inventory = create_inventory(
+        inventory = runs.create_inventory(
             request.user,
             name=data["name"],
             description=data["description"],
             variables=data["variables"],
             hosts=[dict(h) for h in data["hosts"]],
         )
-        return Response({"inventory": inventory_dict(inventory)}, status=201)
+        return Response({"inventory": runs.inventory_dict(inventory)}, status=201)
 
 
 def _wait_run(run, timeout: float):
-    import time
-
-    from .models import PlaybookRun
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         run = PlaybookRun.objects.select_related("version", "inventory").get(pk=run.pk)
@@ -205,8 +197,6 @@ def _wait_run(run, timeout: float):
 
 
 def run_playbook_action(request, pk, kind: str):
-    from . import runs
-
     serializer = RunSerializer(data=request.data)
     serializer.is_valid(raise_exception=True)
     data = serializer.validated_data
@@ -217,8 +207,6 @@ def run_playbook_action(request, pk, kind: str):
             raise serializers.ValidationError({"version": ["an apply always uses the latest version."]})
         outcome, value = runs.request_apply(request.user, pk, data["inventory"], data["approval_id"])
         if outcome == "approval":
-            from approvals.services import as_dict
-
             body = {
                 "error": {
                     "code": "approval_required",
@@ -228,7 +216,7 @@ def run_playbook_action(request, pk, kind: str):
                     ),
                     "fields": {},
                 },
-                "approval": as_dict(value),
+                "approval": approvals.as_dict(value),
             }
             return Response(body, status=409)
         run = value
@@ -245,16 +233,12 @@ class PlaybookRunViewSet(viewsets.ViewSet):
 
     @extend_schema(summary="One run", responses={200: dict})
     def retrieve(self, request, pk=None):
-        from .runs import get_run, run_dict
-
-        return Response({"run": run_dict(get_run(request.user, pk))})
+        return Response({"run": runs.run_dict(runs.get_run(request.user, pk))})
 
     @extend_schema(summary="A run's events after seq", parameters=[OpenApiParameter("after", int)], responses={200: dict})
     @action(detail=True, methods=["get"])
     def events(self, request, pk=None):
-        from .runs import get_run
-
-        run = get_run(request.user, pk)
+        run = runs.get_run(request.user, pk)
         after = _int(request.query_params.get("after")) or 0
         rows = run.events.filter(seq__gt=after).order_by("seq")[:1000]
         return Response({"events": [
@@ -264,6 +248,4 @@ class PlaybookRunViewSet(viewsets.ViewSet):
     @extend_schema(summary="Cancel a run", request=None, responses={200: dict})
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
-        from .runs import cancel_run, run_dict
-
-        return Response({"run": run_dict(cancel_run(request.user, pk))})
+        return Response({"run": runs.run_dict(runs.cancel_run(request.user, pk))})

@@ -3,44 +3,26 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 
 from django.db import transaction
 
 from .. import wakeups
+from ..diff_compute import stored_result
 from ..drivers.domain_xml import OVERLAY_NAME
 from ..drivers.snapshot_reader import mounted_snapshot
-from ..models import Diff
 from . import generator
 from .models import Playbook, PlaybookFile, PlaybookVersion
+from .runner import ANSIBLE_BIN
 from .state import read_target_state
 
 log = logging.getLogger(__name__)
 
 FILE_LIMIT = 64 * 1024 * 1024
-ANSIBLE_BIN = os.path.dirname(sys.executable)
-
-
-def _diff_for(playbook: Playbook) -> dict:
-    from ..diff_compute import compute_and_store
-
-    diff = Diff.objects.filter(
-        sandbox=playbook.sandbox, from_name=playbook.from_name, to_name=playbook.to_name, status="ready"
-    ).first()
-    if diff is None:
-        diff = Diff.objects.create(
-            sandbox=playbook.sandbox, from_name=playbook.from_name, to_name=playbook.to_name
-        )
-        diff = compute_and_store(diff.pk)
-    if diff.status != "ready":
-        raise RuntimeError(f"the diff failed: {diff.error}")
-    return json.loads(diff.result)
 
 
 def write_project(directory: str, yaml_text: str, files: dict[str, bytes]) -> str:
@@ -106,7 +88,7 @@ def generate_and_store(playbook_id) -> None:
         return
     sandbox = playbook.sandbox
     try:
-        diff = _diff_for(playbook)
+        diff = stored_result(sandbox, playbook.from_name, playbook.to_name)
         overlay = os.path.join(sandbox.workdir, OVERLAY_NAME)
         with mounted_snapshot(overlay, playbook.to_name, sandbox.workdir) as root:
             state = read_target_state(root, diff, inline_limit=generator.INLINE_LIMIT, file_limit=FILE_LIMIT)

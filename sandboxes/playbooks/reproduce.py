@@ -22,9 +22,7 @@ DPKG_NOISE = {"/var/lib/dpkg/status-old", "/var/lib/dpkg/status", "/var/lib/dpkg
 
 def _ignored(path: str) -> bool:
     return (
-        path == "/root/.ansible"
-        or path.startswith("/root/.ansible/")
-        or "/.ansible/" in path
+        "/.ansible/" in path
         or path.endswith("/.ansible")
         or path in DPKG_NOISE
         or path.startswith("/var/lib/apt/")

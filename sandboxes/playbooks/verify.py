@@ -5,16 +5,14 @@ the replica. Waiting for the replica to boot is a re-enqueued step, never a slee
 
 from __future__ import annotations
 
-import json
 import logging
-from datetime import timedelta
 
 from django.utils import timezone
 
 from .. import provisioning, services
 from ..choices import OperationStatus, SandboxState
-from ..models import Diff, Operation, Sandbox
-from ..runtime import vsb
+from ..diff_compute import compare_snapshots, stored_result
+from ..models import Operation, Sandbox
 from . import reproduce, runner
 from .models import PlaybookVersion
 
@@ -39,20 +37,6 @@ def target_for(sandbox: Sandbox, name: str | None = None) -> runner.Target:
 
 def version_files(version: PlaybookVersion) -> dict[str, bytes]:
     return {f.name: bytes(f.content) for f in version.files.all()}
-
-
-def _agent_diff(version: PlaybookVersion) -> dict:
-    from ..diff_compute import compute_and_store
-
-    playbook = version.playbook
-    diff = Diff.objects.filter(
-        sandbox=playbook.sandbox, from_name=playbook.from_name, to_name=playbook.to_name, status="ready"
-    ).first()
-    if diff is None:
-        diff = compute_and_store(
-            Diff.objects.create(sandbox=playbook.sandbox, from_name=playbook.from_name, to_name=playbook.to_name).pk
-        )
-    return json.loads(diff.result)
 
 
 def _save(op: Operation, **fields) -> dict:
@@ -126,10 +110,10 @@ def _replay(op: Operation, version: PlaybookVersion, replica: Sandbox) -> dict:
     first = runner.run(version.yaml, files, [target_for(replica)])
     services.report_progress(op.pk, 60, "diffing the replica")
     driver.snapshot_create(replica.name, AFTER, "after the playbook replay")
-    from ..diff_compute import compare_snapshots
-
     replica_diff = compare_snapshots(replica, BEFORE, AFTER)
-    verdict = reproduce.compare(_agent_diff(version), replica_diff)
+    playbook = version.playbook
+    agent_diff = stored_result(playbook.sandbox, playbook.from_name, playbook.to_name)
+    verdict = reproduce.compare(agent_diff, replica_diff)
     services.report_progress(op.pk, 80, "running the playbook a second time")
     second = runner.run(version.yaml, files, [target_for(replica)])
     idempotent = second.status == "successful" and second.changed == 0
@@ -169,7 +153,3 @@ def abandon(op: Operation, reason: str) -> None:
         if replica is not None:
             _destroy(replica, op)
     services.finish_operation(op.pk, OperationStatus.ERRORED, error=reason, message="failed")
-
-
-def deadline() -> timedelta:
-    return timedelta(seconds=vsb("READY_TIMEOUT_SECONDS") + 1800)
