@@ -8,9 +8,7 @@ the next diff."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import subprocess
 import time
 import uuid
 
@@ -19,42 +17,15 @@ from django.utils import timezone
 from . import diffing, provisioning, wakeups
 from .choices import SandboxState
 from .drivers.domain_xml import OVERLAY_NAME
-from .drivers.snapshot_reader import mounted_snapshot
 from .models import Command, Diff, Snapshot
-from .runtime import vsb
+from .runtime import get_guest_reader, vsb
 
 CONTENT_LIMIT = 64 * 1024
 MAX_CONTENT_FILES = 2000
 
 
-def _sh(script: str, what: str) -> bytes:
-    proc = subprocess.run(["sh", "-c", script], capture_output=True, timeout=600)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{what} failed: {proc.stderr.decode(errors='replace')[-500:]}")
-    return proc.stdout
-
-
 def _excludes() -> tuple[str, ...]:
     return tuple(diffing.DEFAULT_EXCLUDES) + tuple(vsb("DIFF_EXTRA_EXCLUDES"))
-
-
-def _read_state(root: str) -> diffing.Manifest:
-    return diffing.parse(_sh(diffing.collector_script(root=root, excludes=_excludes()), "manifest"))
-
-
-def _hashes(root: str, paths: list[str]) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for batch in diffing.batched(paths):
-        found.update(diffing.parse_hashes(_sh(diffing.hash_script(batch, root=root), "hashing")))
-    return found
-
-
-def _contents(root: str, paths: list[str]) -> dict[str, bytes]:
-    found: dict[str, bytes] = {}
-    for batch in diffing.batched(paths[:MAX_CONTENT_FILES]):
-        out = _sh(diffing.content_script(batch, CONTENT_LIMIT, root=root), "reading files")
-        found.update(diffing.parse_contents(out, CONTENT_LIMIT))
-    return found
 
 
 def _commands_between(diff: Diff, start, end) -> list[dict]:
@@ -77,30 +48,17 @@ def _commands_between(diff: Diff, start, end) -> list[dict]:
 def compare_snapshots(sandbox, before_pick: str | None, after_pick: str | None) -> dict:
     """The diff between two driver-level snapshots of the sandbox's overlay (None: the disk
     as it is, for a stopped sandbox). No rows needed: replay verification diffs snapshots
-    it took itself."""
+    it took itself. Both states are read by the unprivileged guest reader, in userspace."""
     overlay = os.path.join(sandbox.workdir, OVERLAY_NAME)
-    with contextlib.ExitStack() as stack:
-        before_root, after_root = (
-            stack.enter_context(mounted_snapshot(overlay, pick, sandbox.workdir))
-            for pick in (before_pick, after_pick)
-        )
-        before, after = _read_state(before_root), _read_state(after_root)
-        need = diffing.paths_needing_hashes(before, after)
-        hashes_before = _hashes(before_root, [p for p in need if p in before.files])
-        hashes_after = _hashes(after_root, [p for p in need if p in after.files])
-        text = diffing.paths_needing_contents(
-            before, after, hashes_before=hashes_before, hashes_after=hashes_after
-        )
-        contents_before = _contents(before_root, [p for p in text if p in before.files])
-        contents_after = _contents(after_root, [p for p in text if p in after.files])
-    return diffing.compare(
-        before,
-        after,
-        hashes_before=hashes_before,
-        hashes_after=hashes_after,
-        contents_before=contents_before,
-        contents_after=contents_after,
-    ).to_dict()
+    reader = get_guest_reader()
+    params = {
+        "excludes": list(_excludes()),
+        "content_limit": CONTENT_LIMIT,
+        "max_content_files": MAX_CONTENT_FILES,
+        "hash_limit": vsb("DIFF_HASH_LIMIT"),
+    }
+    with reader.snapshot_copies(overlay, [before_pick, after_pick], sandbox.workdir) as images:
+        return reader.run("diff", params, images)
 
 
 def compute(diff: Diff) -> dict:
@@ -111,11 +69,12 @@ def compute(diff: Diff) -> dict:
     times = {}
     try:
         picks = []
-        for name in (diff.from_name, diff.to_name):
-            if name != Diff.NOW:
-                snap = Snapshot.objects.get(sandbox=sandbox, name=name)
-                picks.append(name)
+        for name, snap in ((diff.from_name, diff.from_snapshot), (diff.to_name, diff.to_snapshot)):
+            if snap is not None:
+                picks.append(snap.name)
                 times[name] = snap.taken_at
+            elif name != Diff.NOW:
+                raise RuntimeError(f"snapshot {name!r} was deleted")
             elif sandbox.state == SandboxState.READY:
                 temporary = temporary or f"vsb-diff-{uuid.uuid4().hex[:12]}"
                 driver.snapshot_create(sandbox.name, temporary, "temporary, for a diff")
@@ -133,17 +92,22 @@ def compute(diff: Diff) -> dict:
     return result
 
 
-def stored_result(sandbox, from_name: str, to_name: str) -> dict:
+def stored_result(sandbox, from_snapshot: Snapshot, to_snapshot: Snapshot) -> dict:
     """The result of the diff between two snapshots, computed on this host if it is not
     stored yet (playbook generation and verification run on the sandbox's host)."""
     import json
 
     diff = Diff.objects.filter(
-        sandbox=sandbox, from_name=from_name, to_name=to_name, status="ready"
+        sandbox=sandbox, from_snapshot=from_snapshot, to_snapshot=to_snapshot, status="ready"
     ).first()
     if diff is None:
-        created = Diff.objects.create(sandbox=sandbox, from_name=from_name, to_name=to_name)
+        created = Diff.objects.create(
+            sandbox=sandbox, from_name=from_snapshot.name, to_name=to_snapshot.name,
+            from_snapshot=from_snapshot, to_snapshot=to_snapshot,
+        )
         diff = compute_and_store(created.pk)
+    if diff is None:
+        raise RuntimeError("the diff was deleted with its snapshot")
     if diff.status != "ready":
         raise RuntimeError(f"the diff failed: {diff.error}")
     return json.loads(diff.result)
@@ -154,7 +118,11 @@ def compute_and_store(diff_id) -> Diff | None:
     import json
     import logging
 
-    diff = Diff.objects.select_related("sandbox", "sandbox__host").filter(pk=diff_id).first()
+    diff = (
+        Diff.objects.select_related("sandbox", "sandbox__host", "from_snapshot", "to_snapshot")
+        .filter(pk=diff_id)
+        .first()
+    )
     if diff is None or diff.status != "pending":
         return diff
     try:

@@ -214,9 +214,11 @@ class Snapshot(models.Model):
 
 
 class Diff(models.Model):
-    """What changed in a sandbox between two states (snapshot names, or "now"), computed on
-    the host from the snapshots' disks. Diffs between two snapshots never change, so they are
-    kept and served again."""
+    """What changed in a sandbox between two states (snapshots, or "now"), computed on the
+    host from the snapshots' disks. Diffs between two snapshots never change, so they are kept
+    and served again: keyed by the snapshots themselves, not their names, so a snapshot
+    deleted and taken again under the same name never gets the old diff, and deleting a
+    snapshot deletes the diffs made from it."""
 
     NOW = "now"
 
@@ -224,6 +226,13 @@ class Diff(models.Model):
     sandbox = models.ForeignKey(Sandbox, on_delete=models.CASCADE, related_name="diffs")
     from_name = models.CharField(max_length=64)
     to_name = models.CharField(max_length=64)
+    from_snapshot = models.ForeignKey(
+        Snapshot, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    # None for "now".
+    to_snapshot = models.ForeignKey(
+        Snapshot, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
     status = models.CharField(max_length=10, default="pending")  # pending, ready, failed
     # JSON text, not jsonb: file names that are not UTF-8 travel as \udcXX escapes.
     result = models.TextField(blank=True)

@@ -67,3 +67,17 @@ def get_ssh_pool():
     from .remote.ssh import ConnectionPool
 
     return ConnectionPool()
+
+
+def get_guest_reader():
+    """The reader of guest disks, configured from settings (drivers/guest_reader.py)."""
+    from .drivers.guest_reader import GuestReader, ReaderConfig
+
+    return GuestReader(
+        ReaderConfig(
+            python=vsb("GUEST_READER_PYTHON"),
+            uid_base=vsb("GUEST_READER_UID_BASE"),
+            timeout=vsb("GUEST_READ_TIMEOUT_SECONDS"),
+            output_limit=vsb("GUEST_READ_OUTPUT_LIMIT"),
+        )
+    )

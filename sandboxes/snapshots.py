@@ -142,8 +142,10 @@ def get_diff(sandbox: Sandbox, user, from_name: str, to_name: str = Diff.NOW) ->
         raise InvalidInput.field("from", "is required: a snapshot name.")
     if from_name == Diff.NOW:
         raise InvalidInput.field("from", "must be a snapshot name (only `to` may be now).")
+    snaps = {}
     for field, name in (("from", from_name), ("to", to_name)):
         if name == Diff.NOW:
+            snaps[field] = None
             continue
         snap = Snapshot.objects.filter(sandbox=sandbox, name=name).first()
         if snap is None:
@@ -153,6 +155,7 @@ def get_diff(sandbox: Sandbox, user, from_name: str, to_name: str = Diff.NOW) ->
             )
         if snap.status != SnapshotStatus.READY:
             raise Conflict(f"Snapshot {name!r} is {snap.status}.", code="invalid_state")
+        snaps[field] = snap
     if to_name == Diff.NOW and sandbox.state not in (SandboxState.READY, SandboxState.STOPPED):
         raise Conflict(
             f"Sandbox {sandbox.name} is {sandbox.state}; a diff to now needs it ready or stopped.",
@@ -160,12 +163,15 @@ def get_diff(sandbox: Sandbox, user, from_name: str, to_name: str = Diff.NOW) ->
         )
     if to_name != Diff.NOW:
         kept = Diff.objects.filter(
-            sandbox=sandbox, from_name=from_name, to_name=to_name, status="ready"
+            sandbox=sandbox, from_snapshot=snaps["from"], to_snapshot=snaps["to"], status="ready"
         ).first()
         if kept:
             return kept
     with transaction.atomic():
-        diff = Diff.objects.create(sandbox=sandbox, from_name=from_name, to_name=to_name)
+        diff = Diff.objects.create(
+            sandbox=sandbox, from_name=from_name, to_name=to_name,
+            from_snapshot=snaps["from"], to_snapshot=snaps["to"],
+        )
         enqueue("sandboxes.compute_diff", sandbox.host, str(diff.pk))
     wakeups.wait(diff.pk, DIFF_TIMEOUT, kind="diff")
     diff.refresh_from_db()

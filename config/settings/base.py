@@ -256,6 +256,15 @@ VSB = {
     "TASK_MAX_ATTEMPTS": env.int("VSB_TASK_MAX_ATTEMPTS", default=5),
     # Path patterns left out of diffs on top of the built-in volatile list (docs/diff.md).
     "DIFF_EXTRA_EXCLUDES": env.list("VSB_DIFF_EXTRA_EXCLUDES", default=[]),
+    # Guest disks are read by an unprivileged, network-less process (drivers/guest_reader.py):
+    # the host interpreter it runs (its files must be readable by any uid), the first of the
+    # 65536 host uids its user namespace maps to (a range no one else uses), and its limits.
+    "GUEST_READER_PYTHON": env.str("VSB_GUEST_READER_PYTHON", default="/usr/bin/python3"),
+    "GUEST_READER_UID_BASE": env.int("VSB_GUEST_READER_UID_BASE", default=2_000_000_000),
+    "GUEST_READ_TIMEOUT_SECONDS": env.int("VSB_GUEST_READ_TIMEOUT_SECONDS", default=600),
+    "GUEST_READ_OUTPUT_LIMIT": env.int("VSB_GUEST_READ_OUTPUT_LIMIT", default=768 * 1024 * 1024),
+    # Files larger than this are not hashed for a diff ("changed, content unverified").
+    "DIFF_HASH_LIMIT": env.int("VSB_DIFF_HASH_LIMIT", default=256 * 1024 * 1024),
     # Which hypervisor driver to build: "libvirt" or "fake" (unit tests only).
     "DRIVER": env.str("VSB_DRIVER", default="libvirt"),
 }

@@ -105,6 +105,8 @@ def collector_script(
     root: str = "/",
     *,
     with_systemctl: bool = True,
+    with_packages: bool = True,
+    with_accounts: bool = True,
 ) -> str:
     """One read-only sh script printing a state manifest for `manifest.parse()`.
 
@@ -115,6 +117,9 @@ def collector_script(
     `with_systemctl=False` skips systemctl, the slowest part (offline it rescans the unit
     directories for every unit: 0.45 s here, against 10 ms for find over /etc); unit
     enablement still comes from the links in /etc/systemd/system.
+    `with_packages=False` / `with_accounts=False` leave out the sections that read guest files
+    by path (dpkg's database, /etc/passwd, /etc/group): the host-side reader reads those itself
+    without following the guest's symlinks (drivers/guest_reader_job.py).
     """
     boundary = secrets.token_hex(8)
     starts = sorted(dict.fromkeys(paths), key=lambda p: (p.count("/"), p))
@@ -145,12 +150,12 @@ done
 if [ -z "$FIND" ]; then echo 'vsb-manifest: needs GNU find (with -printf)' >&2; exit 3; fi
 section() {{ printf '\\n--%s %s\\n' "$B" "$1"; }}
 printf 'VSB-MANIFEST 1 %s\\n' "$B"
-if DPKG=$(real dpkg-query); then
+if {"true" if with_packages else "false"} && DPKG=$(real dpkg-query); then
   section dpkg
   "$DPKG" --admindir=./var/lib/dpkg -W -f={_q(_DPKG_FORMAT)}
   section "rc $?"
 fi
-if RPM=$(real rpm) && "$RPM" --version >/dev/null 2>&1; then
+if {"true" if with_packages else "false"} && RPM=$(real rpm) && "$RPM" --version >/dev/null 2>&1; then
   section rpm
   "$RPM" --root "$ROOT" -qa --qf {_q(_RPM_FORMAT)}
   section "rc $?"
@@ -162,8 +167,8 @@ if {"true" if with_systemctl else "false"} && SYSTEMCTL=$(real systemctl); then
   "$SYSTEMCTL" --root="$ROOT" list-unit-files --no-legend --no-pager 2>/dev/null
   section "rc $?"
 fi
-if [ -f etc/passwd ]; then section passwd; cat etc/passwd; fi
-if [ -f etc/group ]; then section group; cat etc/group; fi
+if {"true" if with_accounts else "false"} && [ -f etc/passwd ]; then section passwd; cat etc/passwd; fi
+if {"true" if with_accounts else "false"} && [ -f etc/group ]; then section group; cat etc/group; fi
 section files
 {find_lines}
 section end

@@ -14,11 +14,11 @@ from django.db import transaction
 from .. import wakeups
 from ..diff_compute import stored_result
 from ..drivers.domain_xml import OVERLAY_NAME
-from ..drivers.snapshot_reader import mounted_snapshot
+from ..runtime import get_guest_reader
 from . import generator
 from .models import Playbook, PlaybookFile, PlaybookVersion
 from .runner import ANSIBLE_BIN
-from .state import read_target_state
+from .state import read_target_state, snapshot_pair
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +83,23 @@ def store_version(
 
 
 def generate_and_store(playbook_id) -> None:
-    playbook = Playbook.objects.select_related("sandbox", "sandbox__host").filter(pk=playbook_id).first()
+    playbook = (
+        Playbook.objects.select_related("sandbox", "sandbox__host", "from_snapshot", "to_snapshot")
+        .filter(pk=playbook_id)
+        .first()
+    )
     if playbook is None or playbook.status != "pending":
         return
     sandbox = playbook.sandbox
     try:
-        diff = stored_result(sandbox, playbook.from_name, playbook.to_name)
+        from_snap, to_snap = snapshot_pair(playbook)
+        diff = stored_result(sandbox, from_snap, to_snap)
         overlay = os.path.join(sandbox.workdir, OVERLAY_NAME)
-        with mounted_snapshot(overlay, playbook.to_name, sandbox.workdir) as root:
-            state = read_target_state(root, diff, inline_limit=generator.INLINE_LIMIT, file_limit=FILE_LIMIT)
+        reader = get_guest_reader()
+        with reader.snapshot_copies(overlay, [to_snap.name], sandbox.workdir) as images:
+            state = read_target_state(
+                reader, images[0], diff, inline_limit=generator.INLINE_LIMIT, file_limit=FILE_LIMIT
+            )
         out = generator.generate(
             diff,
             state,

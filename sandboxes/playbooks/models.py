@@ -10,12 +10,22 @@ from django.db import models
 
 
 class Playbook(models.Model):
-    """The playbook for the change from snapshot `from_name` to snapshot `to_name`."""
+    """The playbook for the change from snapshot `from_name` to snapshot `to_name`: keyed by
+    the snapshots themselves. When one of them is deleted its link is cleared (the playbook
+    and its versions stay, as the record of what was reviewed and applied) and a later
+    request for the same names, even of a snapshot taken again under one of them, makes a
+    new playbook."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     sandbox = models.ForeignKey("sandboxes.Sandbox", on_delete=models.CASCADE, related_name="playbooks")
     from_name = models.CharField(max_length=64)
     to_name = models.CharField(max_length=64)
+    from_snapshot = models.ForeignKey(
+        "sandboxes.Snapshot", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    to_snapshot = models.ForeignKey(
+        "sandboxes.Snapshot", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     status = models.CharField(max_length=10, default="pending")  # pending, ready, failed
     error = models.TextField(blank=True)
     created_by = models.ForeignKey(
@@ -26,7 +36,9 @@ class Playbook(models.Model):
     class Meta:
         app_label = "sandboxes"
         constraints = [
-            models.UniqueConstraint(fields=["sandbox", "from_name", "to_name"], name="one_playbook_per_change")
+            models.UniqueConstraint(
+                fields=["sandbox", "from_snapshot", "to_snapshot"], name="one_playbook_per_snapshot_pair"
+            )
         ]
 
     def __str__(self) -> str:

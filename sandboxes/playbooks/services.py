@@ -17,7 +17,7 @@ GENERATE_TIMEOUT = 900
 EDIT_PERMISSION = "sandboxes.change_playbook"
 
 
-def _check_snapshot(sandbox: Sandbox, field: str, name: str) -> None:
+def _check_snapshot(sandbox: Sandbox, field: str, name: str) -> Snapshot:
     if not name:
         raise InvalidInput.field(field, "is required: a snapshot name.")
     if name == "now":
@@ -29,14 +29,18 @@ def _check_snapshot(sandbox: Sandbox, field: str, name: str) -> None:
         raise NotFound(f"Sandbox {sandbox.name} has no snapshot {name!r} ({field}).")
     if snap.status != SnapshotStatus.READY:
         raise Conflict(f"Snapshot {name!r} is {snap.status}.", code="invalid_state")
+    return snap
 
 
 def get_playbook(sandbox: Sandbox, user, from_name: str, to_name: str) -> Playbook:
     """The playbook from snapshot `from_name` to `to_name`, generated on the sandbox's host
     the first time (the request waits for it)."""
-    _check_snapshot(sandbox, "from", from_name)
-    _check_snapshot(sandbox, "to", to_name)
-    playbook = Playbook.objects.filter(sandbox=sandbox, from_name=from_name, to_name=to_name).first()
+    # Keyed by the snapshots, not their names: one deleted and taken again is a new state.
+    pair = {
+        "from_snapshot": _check_snapshot(sandbox, "from", from_name),
+        "to_snapshot": _check_snapshot(sandbox, "to", to_name),
+    }
+    playbook = Playbook.objects.filter(sandbox=sandbox, **pair).first()
     if playbook is not None and playbook.status == "ready":
         return playbook
     with transaction.atomic():
@@ -44,10 +48,10 @@ def get_playbook(sandbox: Sandbox, user, from_name: str, to_name: str) -> Playbo
             try:
                 with transaction.atomic():
                     playbook = Playbook.objects.create(
-                        sandbox=sandbox, from_name=from_name, to_name=to_name, created_by=user
+                        sandbox=sandbox, from_name=from_name, to_name=to_name, created_by=user, **pair
                     )
             except IntegrityError:
-                playbook = Playbook.objects.get(sandbox=sandbox, from_name=from_name, to_name=to_name)
+                playbook = Playbook.objects.get(sandbox=sandbox, **pair)
         elif playbook.status == "failed":
             Playbook.objects.filter(pk=playbook.pk, status="failed").update(status="pending", error="")
         if playbook.status != "ready":

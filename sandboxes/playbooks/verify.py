@@ -15,6 +15,7 @@ from ..diff_compute import compare_snapshots, stored_result
 from ..models import Operation, Sandbox
 from . import reproduce, runner
 from .models import PlaybookVersion
+from .state import snapshot_pair
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def _replay(op: Operation, version: PlaybookVersion, replica: Sandbox) -> dict:
     driver.snapshot_create(replica.name, AFTER, "after the playbook replay")
     replica_diff = compare_snapshots(replica, BEFORE, AFTER)
     playbook = version.playbook
-    agent_diff = stored_result(playbook.sandbox, playbook.from_name, playbook.to_name)
+    agent_diff = stored_result(playbook.sandbox, *snapshot_pair(playbook))
     verdict = reproduce.compare(agent_diff, replica_diff)
     services.report_progress(op.pk, 80, "running the playbook a second time")
     second = runner.run(version.yaml, files, [target_for(replica)])
