@@ -44,10 +44,10 @@ def timed(fn):
 
 
 def raw_read(sandbox: dict, snapshot: str, paths: list[str]) -> None:
-    from sandboxes.drivers.snapshot_reader import mounted_snapshot
+    from rawread import kernel_mounted
 
     workdir = os.path.join(settings.VSB["SANDBOX_DIR"], sandbox["name"])
-    with mounted_snapshot(os.path.join(workdir, "disk.qcow2"), snapshot, workdir) as root:
+    with kernel_mounted(os.path.join(workdir, "disk.qcow2"), snapshot, workdir) as root:
         for p in paths:
             with open(root + p, "rb") as f:
                 f.read()

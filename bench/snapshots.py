@@ -52,13 +52,16 @@ def login(sandbox: dict, ca: CertificateAuthority) -> None:
 
 
 def raw_read(sandbox: dict, *snapshots: str) -> None:
-    """The step a diff is built on, by hand: each snapshot copied out, mounted, listed."""
+    """The step a diff is built on, by hand, with the host kernel parsing the guest's
+    filesystem (the unsafe way the service no longer takes): each snapshot copied out,
+    loop-mounted, listed."""
+    from rawread import kernel_mounted
+
     from sandboxes.diffing import collector_script
-    from sandboxes.drivers.snapshot_reader import mounted_snapshot
 
     workdir = os.path.join(settings.VSB["SANDBOX_DIR"], sandbox["name"])
     for snap in snapshots:
-        with mounted_snapshot(os.path.join(workdir, "disk.qcow2"), snap, workdir) as root:
+        with kernel_mounted(os.path.join(workdir, "disk.qcow2"), snap, workdir) as root:
             subprocess.run(
                 ["sh", "-c", collector_script(root=root)], check=True, capture_output=True
             )

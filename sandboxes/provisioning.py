@@ -28,22 +28,33 @@ def console_log_path(sandbox: Sandbox) -> Path:
     return Path(sandbox.workdir) / "console.log"
 
 
-def console_tail(sandbox: Sandbox, lines: int = 15) -> str:
+# The serial console is written by the guest: read a bounded piece of it, never all.
+CONSOLE_HEAD_BYTES = 1 << 20
+CONSOLE_TAIL_BYTES = 64 * 1024
+
+
+def _console_bytes(sandbox: Sandbox, *, tail: bool) -> str:
     try:
-        text = console_log_path(sandbox).read_text(errors="replace")
+        with open(console_log_path(sandbox), "rb") as f:
+            if tail:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - CONSOLE_TAIL_BYTES))
+                return f.read(CONSOLE_TAIL_BYTES).decode(errors="replace")
+            return f.read(CONSOLE_HEAD_BYTES).decode(errors="replace")
     except OSError:
         return ""
+
+
+def console_tail(sandbox: Sandbox, lines: int = 15) -> str:
+    text = _console_bytes(sandbox, tail=True)
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
 def console_host_key(sandbox: Sandbox) -> str | None:
     """The host key the guest's first-boot script printed on its serial console. The first
     line wins: it is written before sshd (and so any user code) runs, while a later line
-    could be forged by root inside the sandbox writing to the serial port."""
-    try:
-        text = console_log_path(sandbox).read_text(errors="replace")
-    except OSError:
-        return None
+    could be forged by root inside the sandbox writing to the serial port. The first-boot
+    line comes within the first megabyte; nothing after it is read."""
+    text = _console_bytes(sandbox, tail=False)
     found = HOSTKEY_RE.findall(text.replace("\r", ""))
     return found[0] if found else None
 
