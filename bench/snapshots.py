@@ -3,12 +3,14 @@
   snapshot create: POST /v1/sandboxes/{id}/snapshots {"wait": true}  vs  virsh snapshot-create-as
   restore:         POST .../snapshots/{name}/restore {"wait": true}   vs  virsh snapshot-revert
                    (+ domtime --now + a first SSH login, the same readiness the API waits for)
-  diff:            GET .../diff?from=A&to=B  vs  the raw read it is built on: qemu-img convert
-                   of both snapshots + loop mount + the manifest script on each
+  diff:            GET .../diff?from=A&to=B  vs  a raw read of the same snapshots the unsafe
+                   way: qemu-img convert of both + a kernel loop mount + the manifest script on
+                   each (the API reads them in userspace, unprivileged: docs/diff.md)
 
 Runs against the service started by scripts/run.sh, on the same machine (root):
     .venv/bin/python bench/snapshots.py --api-key "$VSB_API_KEY"
-Target (issue 3): API <= 1.1 x raw for snapshot and restore.
+Targets: API <= 1.1 x raw for snapshot and restore (issue 3); the safe diff at most 1.5x the
+diff before it (issue 11: 1.75 x raw then, so <= 2.62 x raw).
 """
 
 from __future__ import annotations
@@ -167,11 +169,12 @@ def main() -> None:
     )
     for name, (raw, ours) in rows.items():
         r, a = statistics.median(raw), statistics.median(ours)
-        verdict = (
-            "(no target: the API also hashes and diffs)"
-            if name == "diff"
-            else (f"<= 1.10  {'OK' if a <= r * 1.10 else 'MISSED'}")
-        )
+        if name == "diff":
+            # Issue 11: reading disks safely may cost at most 1.5x the diff before it, which
+            # measured 1.75x this raw read (kernel loop mount) in the same bench.
+            verdict = f"<= {1.75 * 1.5:.2f}  {'OK' if a <= r * 1.75 * 1.5 else 'MISSED'}"
+        else:
+            verdict = f"<= 1.10  {'OK' if a <= r * 1.10 else 'MISSED'}"
         print(f"{name:<30}{r:>9.2f}s{a:>9.2f}s{a / r:>8.2f}   {verdict}")
 
 
