@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import stat
 import subprocess
@@ -19,6 +18,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from config import keyfiles
 from sandboxes.playbooks import secrets as credentials
+from tests.support import stack
 from tests.support.stack import ROOT
 
 SHOW_SETTINGS = """
@@ -46,40 +46,31 @@ def run_sh_settings_module() -> str:
     return match.group(1)
 
 
-def clean_env(data_dir: Path, **extra: str) -> dict[str, str]:
-    """This process's environment without any setting: a fresh shell running run.sh."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("DJANGO_", "VSB_")) and k not in ("REDIS_URL", "TEST_REDIS_URL")
-    }
-    env.update(DJANGO_SETTINGS_MODULE=run_sh_settings_module(), VSB_DATA_DIR=str(data_dir), **extra)
-    return env
-
-
-def start(data_dir: Path, **extra: str) -> dict:
-    """One process start (daphne's, the worker's): what its settings hold."""
-    out = subprocess.run(
+def launch(data_dir: Path, **extra: str) -> subprocess.CompletedProcess:
+    """One process start (daphne's, the worker's) from a fresh shell running run.sh."""
+    env = stack.settingless_env(
+        DJANGO_SETTINGS_MODULE=run_sh_settings_module(), VSB_DATA_DIR=str(data_dir), **extra
+    )
+    return subprocess.run(
         [sys.executable, "-c", SHOW_SETTINGS],
         cwd=ROOT,
-        env=clean_env(data_dir, **extra),
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def start(data_dir: Path, **extra: str) -> dict:
+    """What the settings of a started process hold."""
+    out = launch(data_dir, **extra)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
 
 def failed_start(data_dir: Path, **extra: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-c", SHOW_SETTINGS],
-        cwd=ROOT,
-        env=clean_env(data_dir, **extra),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    """Why a process refused to start."""
+    out = launch(data_dir, **extra)
     assert out.returncode != 0, out.stdout
     return out.stderr
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.stack import ROOT, free_port
+from tests.support.stack import ROOT, free_port, settingless_env
 
 pytestmark = pytest.mark.integration
 
@@ -35,12 +35,7 @@ class Setup:
         self.secrets = self.data / "secrets"
         self.redis_dir = tmp / "redis"
         self.pid_files = [self.redis_dir / f"redis-server-{self.port}.pid", tmp / "old.pid"]
-        self.env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("DJANGO_", "VSB_")) and k not in ("REDIS_URL", "TEST_REDIS_URL")
-        }
-        self.env.update(
+        self.env = settingless_env(
             VSB_DATA_DIR=str(self.data),
             VSB_REDIS_PORT=str(self.port),
             VSB_REDIS_DIR=str(self.redis_dir),
