@@ -2,6 +2,9 @@
 # README command 1: set up everything on a fresh Debian 12 machine and start the service
 # (daphne on :8080 and the Celery worker of this KVM host), then print the URL and an agent
 # API key. Run it again to restart. Stop with scripts/stop.sh.
+# Production settings (config/settings/production.py): DEBUG off; SECRET_KEY and the
+# inventory credentials key from the environment or generated once into $VSB_SECRETS_DIR,
+# Redis's password likewise (scripts/start-redis.sh).
 #   --foreground   keep both processes attached to this terminal (Ctrl-C stops them)
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -10,10 +13,10 @@ cd "$ROOT"
 "$ROOT/scripts/start-services.sh"
 "$ROOT/scripts/bootstrap.sh" requirements.txt
 
-export DJANGO_SETTINGS_MODULE="${DJANGO_SETTINGS_MODULE:-config.settings.local}"
+export DJANGO_SETTINGS_MODULE="${DJANGO_SETTINGS_MODULE:-config.settings.production}"
 PY="$VENV/bin/python"
-BIND="${VSB_BIND:-127.0.0.1}"
-PORT="${VSB_PORT:-8080}"
+# Exported: the settings add the bound address to ALLOWED_HOSTS.
+export VSB_BIND="${VSB_BIND:-127.0.0.1}" VSB_PORT="${VSB_PORT:-8080}"
 HOST_NAME="$("$PY" -c 'import django; django.setup(); from django.conf import settings; print(settings.VSB["HOST_NAME"])')"
 LOG="$VSB_DATA_DIR/log"
 
@@ -25,12 +28,12 @@ say "guest image (cached by recipe; the first build takes 1-2 minutes)"
 if ! "$PY" -c 'import django; django.setup(); from django.contrib.auth.models import User; raise SystemExit(0 if User.objects.filter(username="admin").exists() else 1)'; then
   pw=$("$PY" -c 'import secrets; print(secrets.token_urlsafe(12))')
   DJANGO_SUPERUSER_PASSWORD="$pw" "$PY" manage.py createsuperuser --noinput --username admin --email admin@localhost -v0
-  echo "$pw" > "$VSB_DATA_DIR/admin-password"; chmod 600 "$VSB_DATA_DIR/admin-password"
+  (umask 077; echo "$pw" > "$VSB_DATA_DIR/admin-password")
 fi
 KEY=$("$PY" manage.py create_agent demo-agent --key-name quickstart --revoke-others)
 
 "$ROOT/scripts/stop.sh" >/dev/null 2>&1 || true
-DAPHNE=("$VENV/bin/daphne" -b "$BIND" -p "$PORT" config.asgi:application)
+DAPHNE=("$VENV/bin/daphne" -b "$VSB_BIND" -p "$VSB_PORT" config.asgi:application)
 WORKER=("$VENV/bin/celery" -A config worker -Q "kvm.$HOST_NAME,control" -B -P threads -c 8
         --hostname "kvm-$HOST_NAME@%h" --schedule "$VSB_DATA_DIR/celerybeat-schedule" -l INFO)
 
@@ -44,7 +47,7 @@ fi
 nohup "${DAPHNE[@]}" >"$LOG/daphne.log" 2>&1 & echo $! > "$VSB_DATA_DIR/daphne.pid"
 nohup "${WORKER[@]}" >"$LOG/worker.log" 2>&1 & echo $! > "$VSB_DATA_DIR/worker.pid"
 
-URL="http://$BIND:$PORT"
+URL="http://$VSB_BIND:$VSB_PORT"
 for _ in $(seq 1 100); do
   curl -fsS "$URL/v1/health" 2>/dev/null | grep -q '"alive":true' && break
   sleep 0.3

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts what the service needs when it is not already running: libvirtd + virtlogd (no
-# systemd here), Redis, and with --postgres the PostgreSQL cluster the tests use.
+# systemd here), Redis (scripts/start-redis.sh), and with --postgres the PostgreSQL cluster
+# the tests use.
 source "$(dirname "$0")/lib.sh"
 
 want_pg=0
@@ -29,13 +30,8 @@ for _ in $(seq 1 50); do
 done
 virsh -c qemu:///system version >/dev/null 2>&1 || die "libvirtd did not come up (see /var/log/libvirt)"
 
-if ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
-  say "starting redis-server on 127.0.0.1:6379"
-  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no \
-    --logfile /var/log/redis/redis-server.log --dir /var/lib/redis >/dev/null
-  for _ in $(seq 1 50); do redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 && break; sleep 0.1; done
-fi
-redis-cli -h 127.0.0.1 ping >/dev/null || die "redis did not come up"
+# Loopback only, with a password generated once into $VSB_SECRETS_DIR (see the script).
+"$ROOT/scripts/start-redis.sh"
 
 if [ "$want_pg" = 1 ]; then
   ver=$(ls /usr/lib/postgresql | sort -n | tail -1)

@@ -1,13 +1,18 @@
 """Settings shared by every environment. Everything comes from the environment (see
 `.env.example`); the defaults are the embedded ones a new user gets: SQLite, local libvirt,
-Redis on loopback, the project's own guest image."""
+Redis on loopback with the password scripts/start-redis.sh generated, the project's own guest
+image. Secrets the install generates for itself live in SECRETS_DIR (config/keyfiles.py)."""
 
 from __future__ import annotations
 
 import socket
 from pathlib import Path
+from urllib.parse import quote
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
+
+from config import keyfiles
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -27,11 +32,52 @@ def env_secret(name: str, default: str | None = None) -> str | None:
 
 
 DATA_DIR = Path(env.str("VSB_DATA_DIR", default="/var/lib/virsh-sandbox"))
+# 0700, files 0600. Not DATA_DIR itself: QEMU (user libvirt-qemu) must traverse DATA_DIR to
+# reach the sandboxes' disks under it, so DATA_DIR stays 0755.
+SECRETS_DIR = Path(env.str("VSB_SECRETS_DIR", default=str(DATA_DIR / "secrets")))
 
-SECRET_KEY = env_secret("DJANGO_SECRET_KEY", "insecure-dev-key-change-me")
+
+def secret_file(name: str, create: bool = True) -> str | None:
+    """The install's own secret SECRETS_DIR/name, generated once on first use (`create`), or
+    None when it does not exist and `create` is false."""
+    try:
+        if create:
+            return keyfiles.read_or_create(SECRETS_DIR / name)
+        return keyfiles.read(SECRETS_DIR / name)
+    except (keyfiles.KeyFileError, OSError) as err:
+        raise ImproperlyConfigured(str(err)) from None
+
+
+def install_secrets(secret_key: str | None, credentials_key: str) -> tuple[str, str]:
+    """SECRET_KEY and VSB_CREDENTIALS_KEY: the environment's, else the install's own files
+    (what scripts/run.sh's daphne, its worker and manage.py all read)."""
+    return (
+        secret_key or secret_file("django-secret-key"),
+        credentials_key or secret_file("credentials-key"),
+    )
+
+
+def default_allowed_hosts(bind: str) -> list[str]:
+    """Loopback names, plus the address daphne binds to; on a wildcard bind this machine's
+    host name (other names and addresses: DJANGO_ALLOWED_HOSTS)."""
+    hosts = ["localhost", "127.0.0.1", "[::1]"]
+    if bind in ("", "0.0.0.0", "::"):
+        hosts.append(socket.gethostname())
+    else:
+        hosts.append(f"[{bind}]" if ":" in bind else bind)
+    return list(dict.fromkeys(hosts))
+
+
+# Set in local/production (generated into SECRETS_DIR when the environment has none) and test.
+SECRET_KEY = env_secret("DJANGO_SECRET_KEY")
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
-ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+ALLOWED_HOSTS = env.list(
+    "DJANGO_ALLOWED_HOSTS", default=default_allowed_hosts(env.str("VSB_BIND", default="127.0.0.1"))
+)
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+# Browser origins (scheme://host[:port]) allowed to open websockets; empty: the server's own
+# origin, from the request's Host and scheme (config/ws_origin.py).
+VSB_ALLOWED_ORIGINS = env.list("VSB_ALLOWED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
     "daphne",
@@ -54,6 +100,10 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Every error of a /v1 or /api path in the API's JSON shape, whatever produced it (the URL
+    # resolver's 404, a crash's 500, DEBUG's technical pages). Inside SecurityMiddleware so
+    # the JSON answer still gets its headers.
+    "config.middleware.api_json_errors",
     # Serves the admin's and the API docs' static files from STATIC_ROOT (no CDN, no nginx
     # needed for a single-machine install).
     "config.middleware.AsyncWhiteNoiseMiddleware",
@@ -121,7 +171,15 @@ STATIC_ROOT = Path(env.str("VSB_STATIC_ROOT", default=str(DATA_DIR / "static")))
 STATICFILES_DIRS = [BASE_DIR / "static"]
 
 # --- Redis, Celery, Channels -------------------------------------------------------------
-REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+def local_redis_url(db: int) -> str:
+    """The Redis scripts/start-redis.sh runs: loopback, VSB_REDIS_PORT, with the password it
+    generated (none when that file does not exist: a Redis this install did not set up)."""
+    password = secret_file("redis-password", create=False)
+    auth = f":{quote(password, safe='')}@" if password else ""
+    return f"redis://{auth}127.0.0.1:{env.int('VSB_REDIS_PORT', default=6379)}/{db}"
+
+
+REDIS_URL = env.str("REDIS_URL", default="") or local_redis_url(0)
 
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=REDIS_URL)
@@ -269,8 +327,9 @@ VSB = {
     "DRIVER": env.str("VSB_DRIVER", default="libvirt"),
 }
 
-# Encrypts inventory credentials at rest (sandboxes/playbooks/secrets.py); SECRET_KEY if unset.
-VSB_CREDENTIALS_KEY = env.str("VSB_CREDENTIALS_KEY", default="")
+# Encrypts inventory credentials at rest (sandboxes/playbooks/secrets.py). Separate from
+# SECRET_KEY: rotating that one (sessions, signed values) keeps the credentials readable.
+VSB_CREDENTIALS_KEY = env_secret("VSB_CREDENTIALS_KEY") or ""
 
 # --- Approvals ------------------------------------------------------------------------------
 APPROVALS = {

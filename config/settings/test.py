@@ -2,7 +2,11 @@
 database, its own port range and sandbox directory, so a running service is not disturbed."""
 
 from .base import *  # noqa: F401,F403
-from .base import CHANNEL_LAYERS, VSB, env
+from .base import CHANNEL_LAYERS, SECRET_KEY, VSB, VSB_CREDENTIALS_KEY, env, local_redis_url
+
+# Fixed test keys: every process of a test run (pytest, its daphne, its worker) agrees.
+SECRET_KEY = SECRET_KEY or "test-only-secret-key"
+VSB_CREDENTIALS_KEY = VSB_CREDENTIALS_KEY or "test-only-credentials-key"
 
 DATABASES = {
     "default": env.db(
@@ -12,7 +16,7 @@ DATABASES = {
 }
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
-REDIS_URL = env.str("TEST_REDIS_URL", default="redis://127.0.0.1:6379/15")
+REDIS_URL = env.str("TEST_REDIS_URL", default="") or local_redis_url(15)
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = REDIS_URL
 CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [{"address": REDIS_URL, "socket_timeout": None}]

@@ -1,6 +1,8 @@
 """Inventory credentials at rest: Fernet (AES-128-CBC + HMAC-SHA256) under a key derived from
-VSB_CREDENTIALS_KEY, or from Django's SECRET_KEY when that is not set. Rotating the key means
-re-entering the credentials; nothing decrypts them outside the worker that uses them."""
+VSB_CREDENTIALS_KEY, its own secret (generated into VSB_SECRETS_DIR by the settings when the
+environment has none), never Django's SECRET_KEY: rotating SECRET_KEY keeps them readable.
+Rotating the credentials key means re-entering the credentials; nothing decrypts them outside
+the worker that uses them."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import hashlib
 
 from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 
 class CredentialError(Exception):
@@ -16,7 +19,9 @@ class CredentialError(Exception):
 
 
 def _fernet() -> Fernet:
-    secret = getattr(settings, "VSB_CREDENTIALS_KEY", "") or settings.SECRET_KEY
+    secret = settings.VSB_CREDENTIALS_KEY
+    if not secret:
+        raise ImproperlyConfigured("VSB_CREDENTIALS_KEY is empty")
     key = hashlib.sha256(b"virsh-sandbox inventory credentials\0" + secret.encode()).digest()
     return Fernet(base64.urlsafe_b64encode(key))
 
@@ -32,5 +37,5 @@ def decrypt(token: str) -> str:
         return _fernet().decrypt(token.encode()).decode()
     except InvalidToken as err:
         raise CredentialError(
-            "the stored credential cannot be decrypted (VSB_CREDENTIALS_KEY or SECRET_KEY changed?)"
+            "the stored credential cannot be decrypted (VSB_CREDENTIALS_KEY changed?)"
         ) from err

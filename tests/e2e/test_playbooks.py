@@ -170,7 +170,7 @@ def stream_events(api, run_id: str) -> list[dict]:
     ws = websocket.create_connection(
         api.base_url.replace("http", "ws") + f"/ws/playbook-runs/{run_id}/",
         header=[f"Authorization: Bearer {api.key}"],
-        origin="http://127.0.0.1",
+        origin=api.base_url,
         timeout=600,
     )
     seen = []

@@ -50,6 +50,18 @@ def stack_env(**overrides: str) -> dict[str, str]:
     return env
 
 
+def settingless_env(**settings_env: str) -> dict[str, str]:
+    """This process's environment without any of the project's settings, plus
+    `settings_env`: a fresh shell on this machine, as scripts/run.sh starts from."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DJANGO_", "VSB_")) and k not in ("REDIS_URL", "TEST_REDIS_URL")
+    }
+    env.update(settings_env)
+    return env
+
+
 STARTED: list[Proc] = []
 
 

@@ -87,7 +87,7 @@ def _ws(sandbox, headers):
     return WebsocketCommunicator(
         application,
         f"/ws/sandboxes/{sandbox.id}/terminal/",
-        headers=[(b"origin", b"http://127.0.0.1"), *headers],
+        headers=[(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1"), *headers],
     )
 
 

@@ -59,7 +59,7 @@ def read_screen(api, pane_id: str, **extra) -> str:
 
 
 def ws_headers(key: str | None = None, cookie: str | None = None) -> list:
-    headers = [(b"origin", b"http://127.0.0.1")]
+    headers = [(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1")]
     if key:
         headers.append((b"authorization", f"Bearer {key}".encode()))
     if cookie:
