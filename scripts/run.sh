@@ -21,6 +21,9 @@ HOST_NAME="$("$PY" -c 'import django; django.setup(); from django.conf import se
 LOG="$VSB_DATA_DIR/log"
 
 "$PY" manage.py migrate --noinput -v0
+# The default SQLite database holds API key hashes, the audit trail and encrypted
+# credentials: owner only (SQLite gives its journal files the same mode).
+for f in "$VSB_DATA_DIR"/db.sqlite3*; do [ -e "$f" ] && chmod 0600 "$f"; done
 "$PY" manage.py collectstatic --noinput -v0
 say "guest image (cached by recipe; the first build takes 1-2 minutes)"
 "$PY" manage.py build_guest_image
