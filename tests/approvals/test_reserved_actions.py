@@ -13,7 +13,6 @@ from asgiref.sync import sync_to_async
 from channels.testing import HttpCommunicator
 from django.db import connections
 
-from approvals.choices import RESERVED_ACTION_TYPES
 from approvals.models import ApprovalRequest
 
 pytestmark = pytest.mark.django_db
@@ -40,6 +39,8 @@ ROUTES = ["/v1/approvals", "/api/v1/human/ask-async"]
 
 
 def test_the_reserved_set_is_declared_in_one_place():
+    from approvals.choices import RESERVED_ACTION_TYPES
+
     assert "apply_playbook" in RESERVED_ACTION_TYPES
 
 

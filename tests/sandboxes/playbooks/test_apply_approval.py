@@ -13,7 +13,7 @@ from django.utils import timezone
 from approvals import services as approvals
 from approvals.models import ApprovalRequest
 from sandboxes.playbooks import runs
-from sandboxes.playbooks.models import PlaybookRun
+from sandboxes.playbooks.models import Inventory, PlaybookRun
 
 from .conftest import grant, store_playbook
 
@@ -36,9 +36,7 @@ def test_an_apply_refuses_an_approved_request_a_caller_made_with_the_matching_pa
     olga, dora, playbook, inventory
 ):
     check = dry_run(playbook, inventory, olga.user)
-    payload = runs.apply_payload(
-        playbook.latest, runs.get_inventory(olga.user, inventory["id"]), check
-    )
+    payload = runs.apply_payload(playbook.latest, Inventory.objects.get(pk=inventory["id"]), check)
     # A row as the public routes made it before apply_playbook was reserved: same type, same
     # payload, a prompt that says something else.
     crafted = ApprovalRequest.objects.create(
@@ -81,9 +79,7 @@ def test_an_agent_cannot_craft_an_apply_approval_nor_use_one(
     alice, olga, dora, playbook, inventory
 ):
     check = dry_run(playbook, inventory, olga.user)
-    payload = runs.apply_payload(
-        playbook.latest, runs.get_inventory(olga.user, inventory["id"]), check
-    )
+    payload = runs.apply_payload(playbook.latest, Inventory.objects.get(pk=inventory["id"]), check)
     response = alice.post(
         "/v1/approvals",
         {
