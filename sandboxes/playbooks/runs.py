@@ -187,7 +187,10 @@ def queue_for(inventory: Inventory) -> str:
 
 def _version(playbook_id, number: int | None) -> PlaybookVersion:
     # Only reached by holders of the run permission: they take any agent's playbook to production.
-    playbook = Playbook.objects.filter(pk=playbook_id).first()
+    try:
+        playbook = Playbook.objects.filter(pk=playbook_id).first()
+    except ValidationError:  # the route lets dashes through: "----…" is no UUID
+        playbook = None
     if playbook is None:
         raise NotFound(f"No playbook {playbook_id}.")
     latest = playbook.latest

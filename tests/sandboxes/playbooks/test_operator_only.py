@@ -233,3 +233,13 @@ def test_the_run_websocket_closes_agents_with_4403_and_streams_to_operators(
         first["type"] == "event"
         and first["data"]["res"]["diff"]["before"] == "prod-db-password=s3cr3t\n"
     )
+
+
+def test_malformed_ids_are_404_for_operators_too(olga, inventory):
+    dashes = "-" * 36
+    for method, url, body in [
+        ("post", f"/v1/playbooks/{dashes}/check", {"inventory": inventory["id"]}),
+        ("get", f"/v1/inventories/{dashes}", None),
+        ("get", f"/v1/playbook-runs/{dashes}", None),
+    ]:
+        assert getattr(olga, method)(url, body, format="json").status_code == 404, url
