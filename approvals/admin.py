@@ -10,6 +10,10 @@ from sandboxes.exceptions import ServiceError
 from . import services
 from .models import ApprovalRequest
 
+# The question, payload and context are shown once, whole and escaped, above the fields
+# (templates/admin/approvals/approvalrequest/change_form.html).
+SHOWN_ABOVE = ("prompt", "payload", "context")
+
 
 @admin.register(ApprovalRequest)
 class ApprovalRequestAdmin(ReadOnlyModelAdmin):
@@ -22,13 +26,15 @@ class ApprovalRequestAdmin(ReadOnlyModelAdmin):
         "agent_id",
         "prompt_short",
         "action_type",
+        "origin",
         "urgency",
         "decided_by",
         "expires_at",
     )
-    list_filter = ("status", "urgency", "kind")
+    list_filter = ("status", "origin", "urgency", "kind")
     search_fields = ("prompt", "agent_id", "requested_by__username", "action_type")
-    readonly_fields = [f.name for f in ApprovalRequest._meta.fields]
+    exclude = SHOWN_ABOVE
+    readonly_fields = [f.name for f in ApprovalRequest._meta.fields if f.name not in SHOWN_ABOVE]
     actions = ["approve_selected", "deny_selected"]
 
     def get_urls(self):
@@ -45,6 +51,7 @@ class ApprovalRequestAdmin(ReadOnlyModelAdmin):
             extra["payload_text"] = (
                 json.dumps(req.payload, indent=2, sort_keys=True) if req.payload else ""
             )
+            extra["context_size"] = len(req.context)
             extra["can_decide_now"] = (
                 req.is_pending
                 and services.can_decide(request.user)

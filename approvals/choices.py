@@ -19,3 +19,24 @@ class Urgency(models.TextChoices):
     LOW = "low"
     MEDIUM = "medium"
     HIGH = "high"
+
+
+class ApprovalOrigin(models.TextChoices):
+    # Asked through a public route (/v1/approvals, /api/v1/human/ask, ask-async): by an agent
+    # or anyone with a key. Such a request can answer a question; it never unlocks an action
+    # the server reserves for itself.
+    CALLER = "caller"
+    # Opened by the server's own service layer for an action it is about to take (an apply).
+    SYSTEM = "system"
+
+
+# Action types only the server opens (ApprovalOrigin.SYSTEM) and only the server consumes.
+# Asking for one through a public route is a 400 naming `action_type` (or `payload` when its
+# "action" names one). A feature that gates an action on an approval adds its type here:
+# egress grants will.
+RESERVED_ACTION_TYPES: frozenset[str] = frozenset({"apply_playbook"})
+
+
+def is_reserved_action(value) -> bool:
+    """Compared case- and space-insensitively: a look-alike is refused as well."""
+    return isinstance(value, str) and value.strip().lower() in RESERVED_ACTION_TYPES

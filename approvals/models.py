@@ -7,7 +7,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 
-from .choices import ApprovalKind, ApprovalStatus, Urgency
+from .choices import ApprovalKind, ApprovalOrigin, ApprovalStatus, Urgency
 
 
 class ApprovalRequest(models.Model):
@@ -51,6 +51,12 @@ class ApprovalRequest(models.Model):
     idempotency_key = models.CharField(max_length=200, blank=True)
     # Set when an approved action is carried out: one approval allows one use.
     consumed_at = models.DateTimeField(null=True, blank=True)
+    # Who opened it: a caller of the public routes, or the server for an action it reserves
+    # (choices.RESERVED_ACTION_TYPES). Set only by the service layer; never an API input.
+    # Rows from before this field are callers': they can never unlock a reserved action.
+    origin = models.CharField(
+        max_length=10, choices=ApprovalOrigin.choices, default=ApprovalOrigin.CALLER
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

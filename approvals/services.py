@@ -16,7 +16,7 @@ from audit import services as audit
 from sandboxes.exceptions import Conflict, Forbidden, InvalidInput, NotFound
 
 from . import events
-from .choices import ApprovalKind, ApprovalStatus
+from .choices import ApprovalKind, ApprovalOrigin, ApprovalStatus, is_reserved_action
 from .models import ApprovalRequest
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ def as_dict(req: ApprovalRequest) -> dict:
         "expires_at": req.expires_at.isoformat(),
         "idempotency_key": req.idempotency_key,
         "consumed_at": req.consumed_at.isoformat() if req.consumed_at else None,
+        "origin": req.origin,
         "created_at": req.created_at.isoformat() if req.created_at else None,
     }
 
@@ -117,13 +118,28 @@ def create_request(
     agent_id: str = "",
     idempotency_key: str = "",
 ) -> tuple[ApprovalRequest, bool]:
-    """A new pending request, or, for an idempotency key this requester used before, that
-    same request (whatever its status now): a retry after a dropped connection or a server
-    restart picks up where it was. Returns (request, created)."""
+    """What the public routes (/v1/approvals, /api/v1/human/ask, ask-async) create: a new
+    pending request, or, for an idempotency key this requester used before, that same request
+    (whatever its status now): a retry after a dropped connection or a server restart picks
+    up where it was. Returns (request, created).
+
+    An action the server reserves for itself (choices.RESERVED_ACTION_TYPES) is refused, also
+    when only the payload's "action" names it: such approvals are opened by the server alone
+    (create_system_request) and only those unlock the action."""
     payload = payload or {}
     if not prompt.strip():
         raise InvalidInput.field("prompt", "must not be empty.")
     timeout = _timeout(timeout_seconds)
+    if is_reserved_action(action_type):
+        raise InvalidInput.field(
+            "action_type",
+            f"{action_type!r} is reserved: the server opens these requests itself when the "
+            "action is asked for through its own route.",
+        )
+    if isinstance(payload, dict) and is_reserved_action(payload.get("action")):
+        raise InvalidInput.field(
+            "payload", f"action {payload['action']!r} is reserved: the server opens these requests itself."
+        )
     if idempotency_key:
         existing = ApprovalRequest.objects.filter(
             requested_by=user, idempotency_key=idempotency_key
@@ -137,46 +153,65 @@ def create_request(
         sandbox = visible_sandboxes(user).filter(pk=sandbox_id).first()
         if sandbox is None:
             raise InvalidInput.field("sandbox_id", f"no sandbox {sandbox_id} of yours.")
-    now = timezone.now()
     try:
-        with transaction.atomic():
-            req = ApprovalRequest.objects.create(
-                requested_by=user,
-                agent_id=agent_id or (sandbox.agent_id if sandbox else user.get_username()),
-                sandbox=sandbox,
-                kind=kind,
-                prompt=prompt,
-                action_type=action_type,
-                payload=payload,
-                context=context,
-                urgency=urgency,
-                alternatives=alternatives or [],
-                timeout_seconds=timeout,
-                expires_at=now + timedelta(seconds=timeout),
-                idempotency_key=idempotency_key,
-            )
-            event = audit.record(
-                "approval.requested",
-                user=user,
-                target=req,
-                sandbox_id=req.sandbox_id,
-                agent=req.agent_id,
-                data={
-                    "prompt": prompt[:2000],
-                    "kind": kind,
-                    "action_type": action_type,
-                    "payload": payload,
-                    "timeout_seconds": timeout,
-                },
-            )
-            body = as_dict(req)
-            events.publish_on_commit("created", body, event.seq)
-            transaction.on_commit(lambda: _send_webhook(req.id))
+        return _insert(
+            user, ApprovalOrigin.CALLER, sandbox=sandbox, kind=kind, prompt=prompt,
+            action_type=action_type, payload=payload, context=context, urgency=urgency,
+            alternatives=alternatives or [], timeout=timeout, agent_id=agent_id, idempotency_key=idempotency_key,
+        ), True
     except IntegrityError:
         # The same key, at the same moment, from another connection of this requester.
         existing = ApprovalRequest.objects.get(requested_by=user, idempotency_key=idempotency_key)
         return _reuse(existing, prompt, payload), False
-    return req, True
+
+
+def create_system_request(
+    user, *, action_type: str, prompt: str, payload: dict, context: str = ""
+) -> ApprovalRequest:
+    """The server asks an operator before an action it is about to take for `user` (an apply):
+    origin=system, so consume() accepts it for a reserved action. Never reached from a public
+    route. `context` is kept whole (the operator decides on all of it, e.g. the playbook)."""
+    return _insert(
+        user, ApprovalOrigin.SYSTEM, kind=ApprovalKind.ACTION, prompt=prompt,
+        action_type=action_type, payload=payload, context=context, timeout=_timeout(None),
+    )
+
+
+def _insert(
+    user, origin: str, *, prompt: str, timeout: int, sandbox=None, alternatives=(),
+    agent_id: str = "", **fields,
+) -> ApprovalRequest:
+    """The one INSERT of a request, its audit event and its announcements (after commit)."""
+    with transaction.atomic():
+        req = ApprovalRequest.objects.create(
+            requested_by=user,
+            agent_id=agent_id or (sandbox.agent_id if sandbox else user.get_username()),
+            sandbox=sandbox,
+            prompt=prompt,
+            alternatives=list(alternatives),
+            timeout_seconds=timeout,
+            expires_at=timezone.now() + timedelta(seconds=timeout),
+            origin=origin,
+            **fields,
+        )
+        event = audit.record(
+            "approval.requested",
+            user=user,
+            target=req,
+            sandbox_id=req.sandbox_id,
+            agent=req.agent_id,
+            data={
+                "prompt": prompt[:2000],
+                "kind": req.kind,
+                "action_type": req.action_type,
+                "payload": req.payload,
+                "timeout_seconds": timeout,
+                "origin": origin,
+            },
+        )
+        events.publish_on_commit("created", as_dict(req), event.seq)
+        transaction.on_commit(lambda: _send_webhook(req.id))
+    return req
 
 
 def _reuse(existing: ApprovalRequest, prompt: str, payload: dict) -> ApprovalRequest:
@@ -286,11 +321,32 @@ def _final(req: ApprovalRequest) -> ApprovalRequest:
     raise Conflict(f"Approval request {req.id} is already {req.status}.", code="already_decided")
 
 
-def consume(request_id, *, expected_payload: dict | None = None) -> ApprovalRequest:
-    """Spend an approval on the action it allowed: once, and only for the payload approved."""
+def consume(
+    request_id, *, expected_payload: dict | None = None, action_type: str | None = None
+) -> ApprovalRequest:
+    """Spend an approval on the action it allowed: once, and only for the payload approved.
+    With `action_type`, only a request of that type; for a reserved type
+    (choices.RESERVED_ACTION_TYPES) only one the server opened itself (origin=system), so a
+    request a caller crafted with the same type and payload (one from before the type was
+    reserved) never unlocks the action."""
     now = timezone.now()
     with transaction.atomic():
         req = ApprovalRequest.objects.select_for_update().get(pk=request_id)
+        if action_type is not None and req.action_type != action_type:
+            raise Conflict(
+                f"Approval request {req.id} is for {req.action_type or 'a question'!r}, not {action_type!r}.",
+                code="approval_mismatch",
+            )
+        reserved = any(
+            is_reserved_action(value)
+            for value in (action_type, req.action_type, (expected_payload or {}).get("action"))
+        )
+        if reserved and req.origin != ApprovalOrigin.SYSTEM:
+            raise Conflict(
+                f"Approval request {req.id} was not opened by the server for this action "
+                f"(origin {req.origin}); only the request the server opens for it can allow it.",
+                code="approval_not_system",
+            )
         if req.status != ApprovalStatus.APPROVED:
             raise Conflict(
                 f"Approval request {req.id} is {req.status}, not approved.", code="not_approved"

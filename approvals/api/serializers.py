@@ -4,7 +4,7 @@ from rest_framework import serializers
 
 from sandboxes.api.serializers import StrictInputSerializer
 
-from ..choices import ApprovalKind, ApprovalStatus, Urgency
+from ..choices import ApprovalKind, ApprovalOrigin, ApprovalStatus, Urgency
 
 
 class AskSerializer(StrictInputSerializer):
@@ -87,4 +87,9 @@ class ApprovalSerializer(serializers.Serializer):
     expires_at = serializers.DateTimeField()
     idempotency_key = serializers.CharField()
     consumed_at = serializers.DateTimeField(allow_null=True)
+    origin = serializers.ChoiceField(
+        ApprovalOrigin.choices,
+        help_text="caller: asked through a public route; system: opened by the server for an "
+        "action it reserves (an apply), the only kind that action accepts.",
+    )
     created_at = serializers.DateTimeField()

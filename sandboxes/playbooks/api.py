@@ -16,7 +16,7 @@ from approvals import services as approvals
 
 from ..api.serializers import StrictInputSerializer
 from . import runs, services
-from .models import Inventory, Playbook, PlaybookRun, PlaybookVersion
+from .models import Playbook, PlaybookRun, PlaybookVersion
 
 
 def version_body(playbook: Playbook, version: PlaybookVersion) -> dict:
@@ -119,13 +119,17 @@ class PlaybookViewSet(viewsets.ViewSet):
         response["Content-Disposition"] = f'attachment; filename="playbook-{pk}-v{version.number}.tar.gz"'
         return response
 
-    @extend_schema(summary="Dry run (ansible --check --diff) against an inventory", request=RunSerializer, responses={202: dict, 200: dict})
+    @extend_schema(
+        summary="Dry run (ansible --check --diff) against an inventory (run_inventory; else 404)",
+        request=RunSerializer,
+        responses={202: dict, 200: dict},
+    )
     @action(detail=True, methods=["post"])
     def check(self, request, pk=None):
         return run_playbook_action(request, pk, "check")
 
     @extend_schema(
-        summary="Apply to an inventory: 409 approval_required (with the new request) until approved",
+        summary="Apply to an inventory (run_inventory; else 404): 409 approval_required (with the new request) until approved",
         request=RunSerializer,
         responses={202: dict, 200: dict, 409: dict},
     )
@@ -159,20 +163,25 @@ def _int(value) -> int | None:
 
 
 class InventoryViewSet(viewsets.ViewSet):
-    """Production targets. Credentials are write-only: never in a response."""
+    """Production targets, for operators only (an inventory permission: view_inventory,
+    add_inventory or run_inventory); anyone else gets 404. Credentials are write-only: never
+    in a response."""
 
     lookup_value_regex = "[0-9a-fA-F-]{32,36}"
 
-    @extend_schema(summary="Inventories", responses={200: dict})
+    @extend_schema(summary="Inventories (operators)", responses={200: dict})
     def list(self, request):
-        return Response({"results": [runs.inventory_dict(i) for i in Inventory.objects.order_by("name")[:500]]})
+        runs.require(request.user)
+        inventories = runs.visible_inventories(request.user).order_by("name")[:500]
+        return Response({"results": [runs.inventory_dict(i) for i in inventories]})
 
-    @extend_schema(summary="One inventory", responses={200: dict})
+    @extend_schema(summary="One inventory (operators)", responses={200: dict})
     def retrieve(self, request, pk=None):
-        return Response({"inventory": runs.inventory_dict(runs.get_inventory(pk))})
+        return Response({"inventory": runs.inventory_dict(runs.get_inventory(request.user, pk))})
 
-    @extend_schema(summary="Register an inventory (operators)", request=InventorySerializer, responses={201: dict})
+    @extend_schema(summary="Register an inventory (add_inventory)", request=InventorySerializer, responses={201: dict})
     def create(self, request):
+        runs.require(request.user, runs.ADD_PERMISSION)
         serializer = InventorySerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
@@ -197,6 +206,8 @@ def _wait_run(run, timeout: float):
 
 
 def run_playbook_action(request, pk, kind: str):
+    # Before the body is read: to an agent the route answers 404 whatever it sends.
+    runs.require(request.user, runs.RUN_PERMISSION, what=f"No playbook {pk} to run.")
     serializer = RunSerializer(data=request.data)
     serializer.is_valid(raise_exception=True)
     data = serializer.validated_data
@@ -227,7 +238,8 @@ def run_playbook_action(request, pk, kind: str):
 
 
 class PlaybookRunViewSet(viewsets.ViewSet):
-    """Dry runs and applies: status, per-host results, events (`?after=seq`), cancel."""
+    """Dry runs and applies: status, per-host results, events (`?after=seq`), cancel. For
+    operators only (an inventory permission; cancelling needs run_inventory); else 404."""
 
     lookup_value_regex = "[0-9a-fA-F-]{32,36}"
 

@@ -15,6 +15,7 @@ from audit import services as audit
 
 from . import runner, secrets
 from .models import PlaybookEvent, PlaybookRun
+from .runs import audit_origin
 from .verify import target_for, version_files
 
 log = logging.getLogger(__name__)
@@ -155,8 +156,7 @@ def execute(run_id) -> None:
         f"playbook.{run.kind}.{status}",
         user=run.requested_by,
         target=run,
-        sandbox_id=run.version.playbook.sandbox_id,
-        data={"version": run.version.number, "inventory": run.inventory.name, "hosts": stats, "error": error[:1000]},
+        data={**audit_origin(run.version), "inventory": run.inventory.name, "hosts": stats, "error": error[:1000]},
     )
     layer = get_channel_layer()
     if layer is not None:

@@ -112,6 +112,9 @@ class Inventory(models.Model):
     class Meta:
         app_label = "sandboxes"
         verbose_name_plural = "inventories"
+        # Who may see inventories, their variables and the runs against them
+        # (docs/playbooks.md "Who may do what"): view_inventory, add_inventory, run_inventory.
+        permissions = [("run_inventory", "Can run playbooks (dry runs and applies) against inventories")]
 
     def __str__(self) -> str:
         return self.name

@@ -1,5 +1,11 @@
 """Inventories, dry runs and approved applies: the service layer (the only writer).
 
+Production is operators' business. Inventories, their variables and the runs against them
+(status, per-host stats, events with `--check --diff` output, the run's websocket) exist only
+for holders of an inventory permission (VIEW, ADD, RUN below); for anyone else, agents
+included, every one of them is a 404, as if it did not exist. Their audit events carry no
+sandbox id, so an agent does not read them through its sandbox's audit trail either.
+
 An apply needs an approval request whose payload pins the playbook version (id and sha256),
 the inventory (id and a fingerprint of its hosts) and the dry run it was shown. One approval
 allows one apply, consumed before the run starts, also when the run then fails. Editing the
@@ -10,10 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
 from approvals import services as approvals
+from approvals.choices import ApprovalOrigin
 from approvals.models import ApprovalRequest
 from audit import services as audit
 
@@ -22,19 +30,44 @@ from ..models import Host, Sandbox
 from ..remote.ca import parse_public_key
 from ..services import QUEUE_RE
 from . import secrets
-from .models import Inventory, InventoryHost, PlaybookRun, PlaybookVersion
-from .services import visible_playbooks
+from .models import Inventory, InventoryHost, Playbook, PlaybookRun, PlaybookVersion
 
-INVENTORY_PERMISSION = "sandboxes.add_inventory"
+VIEW_PERMISSION = "sandboxes.view_inventory"  # inventories and runs: read
+ADD_PERMISSION = "sandboxes.add_inventory"  # register an inventory
+RUN_PERMISSION = "sandboxes.run_inventory"  # dry runs, applies, cancelling a run
+INVENTORY_PERMISSIONS = (VIEW_PERMISSION, ADD_PERMISSION, RUN_PERMISSION)
+APPLY_ACTION = "apply_playbook"  # reserved in approvals.choices.RESERVED_ACTION_TYPES
 CONTROL_QUEUE = "control"
+
+
+# --- who may see production ------------------------------------------------------------
+
+
+def sees_inventories(user) -> bool:
+    """Holders of any inventory permission see inventories and runs; nobody else does."""
+    return bool(
+        user and user.is_authenticated and any(user.has_perm(p) for p in INVENTORY_PERMISSIONS)
+    )
+
+
+def require(user, permission: str | None = None, *, what: str = "Not found.") -> None:
+    """A 404 for whoever holds no inventory permission (an agent learns nothing, not even that
+    the thing exists); a 403 naming `permission` for an operator who lacks that one."""
+    if not sees_inventories(user):
+        raise NotFound(what)
+    if permission and not user.has_perm(permission):
+        raise Forbidden(f"This needs the {permission} permission.")
+
+
+def visible_inventories(user):
+    return Inventory.objects.all() if sees_inventories(user) else Inventory.objects.none()
 
 
 # --- inventories -------------------------------------------------------------------------
 
 
 def create_inventory(user, *, name: str, description: str = "", variables=None, hosts=()) -> Inventory:
-    if not user.has_perm(INVENTORY_PERMISSION):
-        raise Forbidden(f"Registering production targets needs the {INVENTORY_PERMISSION} permission.")
+    require(user, ADD_PERMISSION)
     if Inventory.objects.filter(name=name).exists():
         raise Conflict(f"An inventory named {name!r} exists.", fields={"name": ["already exists"]}, code="duplicate")
     if not hosts:
@@ -128,10 +161,10 @@ def fingerprint(inventory: Inventory) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-def get_inventory(inventory_id) -> Inventory:
+def get_inventory(user, inventory_id) -> Inventory:
     try:
-        return Inventory.objects.get(pk=inventory_id)
-    except (Inventory.DoesNotExist, ValueError, TypeError):
+        return visible_inventories(user).get(pk=inventory_id)
+    except (Inventory.DoesNotExist, ValueError, TypeError, ValidationError):
         raise NotFound(f"No inventory {inventory_id}.") from None
 
 
@@ -152,8 +185,12 @@ def queue_for(inventory: Inventory) -> str:
 # --- runs ---------------------------------------------------------------------------------
 
 
-def _version(user, playbook_id, number: int | None) -> PlaybookVersion:
-    playbook = visible_playbooks(user).filter(pk=playbook_id).first()
+def _version(playbook_id, number: int | None) -> PlaybookVersion:
+    # Only reached by holders of the run permission: they take any agent's playbook to production.
+    try:
+        playbook = Playbook.objects.filter(pk=playbook_id).first()
+    except ValidationError:  # the route lets dashes through: "----…" is no UUID
+        playbook = None
     if playbook is None:
         raise NotFound(f"No playbook {playbook_id}.")
     latest = playbook.latest
@@ -172,19 +209,31 @@ def _enqueue_run(run: PlaybookRun) -> None:
 
 
 def start_check(user, playbook_id, inventory_id, version: int | None = None) -> PlaybookRun:
-    """A dry run (ansible --check --diff): no approval needed, nothing changes on the targets."""
-    version_row = _version(user, playbook_id, version)
+    """A dry run (ansible --check --diff): no approval needed, nothing changes on the targets,
+    but its output is production's file contents: operators with the run permission only."""
+    require(user, RUN_PERMISSION, what=f"No inventory {inventory_id}.")
+    version_row = _version(playbook_id, version)
     if version_row.syntax_ok is False:
         raise Conflict("This version does not pass ansible-playbook --syntax-check.", code="syntax_error")
-    inventory = get_inventory(inventory_id)
+    inventory = get_inventory(user, inventory_id)
     with transaction.atomic():
         run = PlaybookRun.objects.create(
             version=version_row, inventory=inventory, kind="check", queue=queue_for(inventory), requested_by=user
         )
-        audit.record("playbook.check", user=user, target=run, sandbox_id=version_row.playbook.sandbox_id,
-                     data={"version": version_row.number, "inventory": inventory.name})
+        audit.record("playbook.check", user=user, target=run,
+                     data={**audit_origin(version_row), "inventory": inventory.name})
         _enqueue_run(run)
     return run
+
+
+def audit_origin(version: PlaybookVersion) -> dict:
+    """Where a run's playbook came from, for its audit events. In `data`, not as the event's
+    sandbox id: that would show the run (inventory, per-host stats, errors) to the agent."""
+    return {
+        "playbook": str(version.playbook_id),
+        "version": version.number,
+        "from_sandbox": str(version.playbook.sandbox_id),
+    }
 
 
 def apply_payload(version: PlaybookVersion, inventory: Inventory, check: PlaybookRun) -> dict:
@@ -213,14 +262,23 @@ def _latest_check(version: PlaybookVersion, inventory: Inventory) -> PlaybookRun
 def request_apply(user, playbook_id, inventory_id, approval_id=None) -> tuple[str, object]:
     """("approval", ApprovalRequest) when an approval is still needed (a new request is made
     pending), or ("run", PlaybookRun) when `approval_id` is approved for exactly this apply.
-    The apply always uses the playbook's latest version."""
-    version = _version(user, playbook_id, None)
-    inventory = get_inventory(inventory_id)
+    The apply always uses the playbook's latest version. Only a request the server opened for
+    an apply (origin=system) counts: one a caller made with the same action type and payload,
+    and whatever prompt, never does."""
+    require(user, RUN_PERMISSION, what=f"No inventory {inventory_id}.")
+    version = _version(playbook_id, None)
+    inventory = get_inventory(user, inventory_id)
     req = None
     if approval_id:
         req = ApprovalRequest.objects.filter(pk=approval_id).first()
         if req is None or req.requested_by_id != user.pk:
             raise NotFound(f"No approval request {approval_id} of yours.")
+        if req.origin != ApprovalOrigin.SYSTEM or req.action_type != APPLY_ACTION:
+            raise Conflict(
+                f"Approval request {req.id} was not opened by the server for an apply; ask for "
+                "one with this route (without approval_id).",
+                code="approval_not_system",
+            )
     pinned_check = (req.payload.get("dry_run_id") if req else None) or None
     check = (
         PlaybookRun.objects.filter(pk=pinned_check, version=version, inventory=inventory).first()
@@ -243,22 +301,21 @@ def request_apply(user, playbook_id, inventory_id, approval_id=None) -> tuple[st
     if not approval_id:
         # Asking again while a request for exactly this apply is open returns that one.
         for open_req in ApprovalRequest.objects.filter(
-            requested_by=user, action_type="apply_playbook", consumed_at__isnull=True,
-            status__in=["pending", "approved"],
+            requested_by=user, action_type=APPLY_ACTION, origin=ApprovalOrigin.SYSTEM,
+            consumed_at__isnull=True, status__in=["pending", "approved"],
         ).order_by("-created_at")[:50]:
             if open_req.payload == payload:
                 return "approval", open_req
-        req, _ = approvals.create_request(
+        req = approvals.create_system_request(
             user,
-            kind="action",
-            action_type="apply_playbook",
+            action_type=APPLY_ACTION,
             prompt=(
                 f"Apply playbook {version.playbook} version {version.number} to inventory "
                 f"{inventory.name} ({inventory.hosts.count()} host(s))"
             ),
             payload=payload,
-            context=version.yaml[:20000],
-            sandbox_id=version.playbook.sandbox_id,
+            # The whole playbook: the operator approves all of it, not a first part.
+            context=version.yaml,
         )
         return "approval", req
     pinned = req.payload.get("version_id")
@@ -269,26 +326,27 @@ def request_apply(user, playbook_id, inventory_id, approval_id=None) -> tuple[st
             code="approval_mismatch",
         )
     with transaction.atomic():
-        approvals.consume(req.pk, expected_payload=payload)
+        approvals.consume(req.pk, expected_payload=payload, action_type=APPLY_ACTION)
         run = PlaybookRun.objects.create(
             version=version, inventory=inventory, kind="apply", queue=queue_for(inventory),
             requested_by=user, approval=req,
         )
-        audit.record("playbook.apply", user=user, target=run, sandbox_id=version.playbook.sandbox_id,
-                     data={"version": version.number, "inventory": inventory.name, "approval": str(req.id)})
+        audit.record("playbook.apply", user=user, target=run,
+                     data={**audit_origin(version), "inventory": inventory.name, "approval": str(req.id)})
         _enqueue_run(run)
     return "run", run
 
 
 def visible_runs(user):
     qs = PlaybookRun.objects.select_related("version", "version__playbook", "inventory", "requested_by")
-    if user.is_staff or approvals.is_operator(user):
-        return qs
-    return qs.filter(version__playbook__sandbox__owner=user)
+    return qs if sees_inventories(user) else qs.none()
 
 
 def get_run(user, run_id) -> PlaybookRun:
-    run = visible_runs(user).filter(pk=run_id).first()
+    try:
+        run = visible_runs(user).filter(pk=run_id).first()
+    except (ValueError, ValidationError):
+        run = None
     if run is None:
         raise NotFound(f"No playbook run {run_id}.")
     return run
@@ -296,13 +354,14 @@ def get_run(user, run_id) -> PlaybookRun:
 
 def cancel_run(user, run_id) -> PlaybookRun:
     run = get_run(user, run_id)
+    require(user, RUN_PERMISSION)
     if run.is_done:
         raise Conflict(f"Run {run.id} is already {run.status}.", code="invalid_state")
     PlaybookRun.objects.filter(pk=run.pk).update(cancel_requested=True)
     PlaybookRun.objects.filter(pk=run.pk, status="pending").update(
         status="canceled", finished_at=timezone.now(), error="canceled before it started"
     )
-    audit.record("playbook.cancel", user=user, target=run, sandbox_id=run.version.playbook.sandbox_id)
+    audit.record("playbook.cancel", user=user, target=run, data=audit_origin(run.version))
     run.refresh_from_db()
     return run
 

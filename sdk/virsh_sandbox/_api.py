@@ -1168,7 +1168,9 @@ class PlaybooksAPI(_SubClient):
         self, playbook_id: str, inventory_id: str, *, version: int | None = None, wait: bool = True
     ) -> Record:
         """A dry run (``ansible --check --diff``) against an inventory; its result goes into the
-        approval an apply needs. Returns ``{"run": {...}}`` (finished when ``wait``)."""
+        approval an apply needs. Returns ``{"run": {...}}`` (finished when ``wait``).
+        Operators only (``sandboxes.run_inventory``): for an agent's key, like every inventory
+        and run method here, it raises NotFound (404)."""
         body = yield Call(
             "POST",
             "/v1/playbooks/{playbook_id}/check",
@@ -1182,9 +1184,11 @@ class PlaybooksAPI(_SubClient):
     def apply_playbook(
         self, playbook_id: str, inventory_id: str, *, approval_id: str | None = None, wait: bool = True
     ) -> Record:
-        """Apply the latest version to an inventory. Without an approved ``approval_id`` the
-        server refuses with ``approval_required`` (a Conflict whose ``body["approval"]`` is the
-        request it opened for an operator); call again with its id once approved."""
+        """Apply the latest version to an inventory (operators with ``sandboxes.run_inventory``;
+        404 for agents). Without an approved ``approval_id`` the server refuses with
+        ``approval_required`` (a Conflict whose ``body["approval"]`` is the request it opened
+        for another operator to decide); call again with its id once approved. Only that
+        request counts: one asked through ``ask``/``ask_async`` never allows an apply."""
         body = yield Call(
             "POST",
             "/v1/playbooks/{playbook_id}/apply",

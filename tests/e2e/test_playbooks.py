@@ -123,23 +123,31 @@ def test_playbook_errors_are_4xx_naming_the_field(e2e_stack, changed):
     assert status == 404
 
 
-@pytest.fixture(scope="module")
-def operator(e2e_stack):
-    """An operator who may register targets, edit playbooks and decide approvals."""
+def _api_user(e2e_stack, username: str, codenames: list[str]):
     from django.contrib.auth.models import Permission, User
 
     from sandboxes import services
     from tests.support import stack
 
     with e2e_stack.blocker.unblock():
-        user, _ = User.objects.get_or_create(username="e2e-olga", is_staff=True)
-        user.user_permissions.add(
-            *Permission.objects.filter(
-                codename__in=["decide_approvalrequest", "add_inventory", "change_playbook"]
-            )
-        )
+        user, _ = User.objects.get_or_create(username=username, is_staff=True)
+        user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
         key = services.create_api_key(user, "e2e")[1]
     return stack.Api(e2e_stack.alice.base_url, key)
+
+
+@pytest.fixture(scope="module")
+def operator(e2e_stack):
+    """An operator who may register targets, run playbooks against them and edit playbooks."""
+    return _api_user(
+        e2e_stack, "e2e-olga", ["view_inventory", "add_inventory", "run_inventory", "change_playbook"]
+    )
+
+
+@pytest.fixture(scope="module")
+def decider(e2e_stack):
+    """Another operator, who decides approvals (nobody decides a request they asked)."""
+    return _api_user(e2e_stack, "e2e-dora", ["decide_approvalrequest"])
 
 
 @pytest.fixture(scope="module")
@@ -190,39 +198,43 @@ def playbook_id(api, sid: str) -> str:
     return body["playbook"]["id"]
 
 
-def test_an_apply_is_refused_without_approval_and_runs_once_after_it(e2e_stack, changed, operator, production):
+def test_an_apply_is_refused_without_approval_and_runs_once_after_it(e2e_stack, changed, operator, decider, production):
     api = e2e_stack.alice
     target, inventory = production
     pid = playbook_id(api, changed)
     apply = {"inventory": inventory["id"]}
-    status, body = api.post(f"/v1/playbooks/{pid}/apply", apply)
+    # Production is the operator's: to the agent whose playbook it is, it does not exist.
+    assert api.post(f"/v1/playbooks/{pid}/check", apply)[0] == 404
+    assert api.get(f"/v1/inventories/{inventory['id']}")[0] == 404
+    status, body = operator.post(f"/v1/playbooks/{pid}/apply", apply)
     assert status == 409 and body["error"]["code"] == "dry_run_required", body
     assert "PRIVATE KEY" not in json_text(inventory) and inventory["hosts"][0]["has_private_key"] is False
 
-    status, body = api.post(f"/v1/playbooks/{pid}/check", {**apply, "wait": True}, timeout=900)
+    status, body = operator.post(f"/v1/playbooks/{pid}/check", {**apply, "wait": True}, timeout=900)
     assert status == 200 and body["run"]["status"] == "successful", body
     assert body["run"]["host_stats"]["prod-1"]["changed"] > 0  # what the apply would change
 
-    status, body = api.post(f"/v1/playbooks/{pid}/apply", apply)
+    status, body = operator.post(f"/v1/playbooks/{pid}/apply", apply)
     assert status == 409 and body["error"]["code"] == "approval_required", body
     approval = body["approval"]
     assert approval["status"] == "pending" and approval["payload"]["version"] == 1
     assert approval["payload"]["dry_run"]["status"] == "successful"
     assert api.post(f"/v1/approvals/{approval['id']}/approve", {})[0] == 403  # agents never decide
-    status, decided = operator.post(f"/v1/approvals/{approval['id']}/approve", {"reason": "reviewed"})
+    status, decided = decider.post(f"/v1/approvals/{approval['id']}/approve", {"reason": "reviewed"})
     assert status == 200, decided
 
-    status, body = api.post(f"/v1/playbooks/{pid}/apply", {**apply, "approval_id": approval["id"]})
+    status, body = operator.post(f"/v1/playbooks/{pid}/apply", {**apply, "approval_id": approval["id"]})
     assert status == 202, body
     run_id = body["run"]["id"]
-    events = stream_events(api, run_id)
+    events = stream_events(operator, run_id)
     assert events[-1]["type"] == "finished" and events[-1]["status"] == "successful", events[-1]
     seqs = [e["seq"] for e in events if e["type"] == "event"]
     assert seqs == list(range(1, len(seqs) + 1)), "every event, in order"
-    status, run = api.get(f"/v1/playbook-runs/{run_id}")
+    status, run = operator.get(f"/v1/playbook-runs/{run_id}")
     assert run["run"]["host_stats"]["prod-1"]["failed"] == 0
     assert run["run"]["host_stats"]["prod-1"]["changed"] > 0
     assert run["run"]["events_count"] == len(seqs)
+    assert api.get(f"/v1/playbook-runs/{run_id}/events")[0] == 404
 
     # Production now matches the agent's sandbox on every changed path.
     check = (
@@ -233,21 +245,21 @@ def test_an_apply_is_refused_without_approval_and_runs_once_after_it(e2e_stack, 
     )
     assert run_in(api, changed, check) == run_in(operator, target["id"], check)
 
-    status, body = api.post(f"/v1/playbooks/{pid}/apply", {**apply, "approval_id": approval["id"]})
+    status, body = operator.post(f"/v1/playbooks/{pid}/apply", {**apply, "approval_id": approval["id"]})
     assert status == 409 and body["error"]["code"] == "approval_used", body
 
 
 def test_an_edit_voids_the_approval_and_a_failed_apply_names_task_and_host(
-    e2e_stack, changed, operator, production
+    e2e_stack, changed, operator, decider, production
 ):
     api = e2e_stack.alice
     _target, inventory = production
     pid = playbook_id(api, changed)
     apply = {"inventory": inventory["id"]}
-    status, body = api.post(f"/v1/playbooks/{pid}/apply", apply)
+    status, body = operator.post(f"/v1/playbooks/{pid}/apply", apply)
     assert status == 409 and body["error"]["code"] == "approval_required", body
     old = body["approval"]
-    assert operator.post(f"/v1/approvals/{old['id']}/approve", {})[0] == 200
+    assert decider.post(f"/v1/approvals/{old['id']}/approve", {})[0] == 200
 
     status, current = api.get(f"/v1/playbooks/{pid}")
     # A step that fails halfway through: after the files, before the units.
@@ -260,16 +272,16 @@ def test_an_edit_voids_the_approval_and_a_failed_apply_names_task_and_host(
     assert edited != current["playbook"]["yaml"]
     status, body = operator.post(f"/v1/playbooks/{pid}/versions", {"yaml": edited, "note": "pre-flight"})
     assert status == 201 and body["playbook"]["version"] == 2 and body["playbook"]["syntax_ok"], body
-    status, body = api.post(f"/v1/playbooks/{pid}/apply", {**apply, "approval_id": old["id"]})
+    status, body = operator.post(f"/v1/playbooks/{pid}/apply", {**apply, "approval_id": old["id"]})
     assert status == 409 and body["error"]["code"] == "approval_mismatch", body
 
-    status, body = api.post(f"/v1/playbooks/{pid}/check", {**apply, "wait": True}, timeout=900)
+    status, body = operator.post(f"/v1/playbooks/{pid}/check", {**apply, "wait": True}, timeout=900)
     assert status == 200, body
-    status, body = api.post(f"/v1/playbooks/{pid}/apply", apply)
+    status, body = operator.post(f"/v1/playbooks/{pid}/apply", apply)
     fresh = body["approval"]
     assert fresh["payload"]["version"] == 2
-    assert operator.post(f"/v1/approvals/{fresh['id']}/approve", {})[0] == 200
-    status, body = api.post(f"/v1/playbooks/{pid}/apply", {**apply, "approval_id": fresh["id"], "wait": True}, timeout=900)
+    assert decider.post(f"/v1/approvals/{fresh['id']}/approve", {})[0] == 200
+    status, body = operator.post(f"/v1/playbooks/{pid}/apply", {**apply, "approval_id": fresh["id"], "wait": True}, timeout=900)
     assert status == 200, body
     run = body["run"]
     assert run["status"] == "failed"
@@ -277,7 +289,7 @@ def test_an_edit_voids_the_approval_and_a_failed_apply_names_task_and_host(
     assert run["failed_tasks"][0]["task"] == "Operator's pre-flight check"
     assert run["failed_tasks"][0]["host"] == "prod-1"
     assert "Operator's pre-flight check" in run["error"] and "prod-1" in run["error"]
-    status, body = api.post(f"/v1/playbooks/{pid}/apply", {**apply, "approval_id": fresh["id"]})
+    status, body = operator.post(f"/v1/playbooks/{pid}/apply", {**apply, "approval_id": fresh["id"]})
     assert status == 409 and body["error"]["code"] == "approval_used", body
 
 
@@ -293,7 +305,7 @@ def run_in(api, sandbox_id: str, command: str) -> str:
     return body["command"]["stdout"]
 
 
-def test_a_running_apply_is_cancelled(e2e_stack, changed, operator, production):
+def test_a_running_apply_is_cancelled(e2e_stack, changed, operator, decider, production):
     import time
 
     api = e2e_stack.alice
@@ -306,28 +318,28 @@ def test_a_running_apply_is_cancelled(e2e_stack, changed, operator, production):
     )
     status, body = operator.post(f"/v1/playbooks/{pid}/versions", {"yaml": slow, "note": "slow"})
     assert status == 201, body
-    assert api.post(f"/v1/playbooks/{pid}/check", {**apply, "wait": True}, timeout=900)[0] == 200
-    approval = api.post(f"/v1/playbooks/{pid}/apply", apply)[1]["approval"]
-    assert operator.post(f"/v1/approvals/{approval['id']}/approve", {})[0] == 200
-    status, body = api.post(f"/v1/playbooks/{pid}/apply", {**apply, "approval_id": approval["id"]})
+    assert operator.post(f"/v1/playbooks/{pid}/check", {**apply, "wait": True}, timeout=900)[0] == 200
+    approval = operator.post(f"/v1/playbooks/{pid}/apply", apply)[1]["approval"]
+    assert decider.post(f"/v1/approvals/{approval['id']}/approve", {})[0] == 200
+    status, body = operator.post(f"/v1/playbooks/{pid}/apply", {**apply, "approval_id": approval["id"]})
     assert status == 202, body
     run_id = body["run"]["id"]
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # until the sleep has started on the target
-        events = api.get(f"/v1/playbook-runs/{run_id}/events")[1]["events"]
+        events = operator.get(f"/v1/playbook-runs/{run_id}/events")[1]["events"]
         if any(e["event"] == "runner_on_start" and e["task"] == "A long maintenance step" for e in events):
             break
         time.sleep(1)
     else:
         raise AssertionError("the slow task never started")
     cancelled_at = time.monotonic()
-    status, body = api.post(f"/v1/playbook-runs/{run_id}/cancel", {})
+    status, body = operator.post(f"/v1/playbook-runs/{run_id}/cancel", {})
     assert status == 200, body
     while time.monotonic() - cancelled_at < 60:
-        run = api.get(f"/v1/playbook-runs/{run_id}")[1]["run"]
+        run = operator.get(f"/v1/playbook-runs/{run_id}")[1]["run"]
         if run["status"] != "running":
             break
         time.sleep(0.5)
     assert run["status"] == "canceled", run
     assert time.monotonic() - cancelled_at < 30
-    assert api.post(f"/v1/playbook-runs/{run_id}/cancel", {})[0] == 409
+    assert operator.post(f"/v1/playbook-runs/{run_id}/cancel", {})[0] == 409
