@@ -6,7 +6,7 @@ from django.db import migrations
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('sandboxes', '0005_inventories_and_runs'),
+        ('sandboxes', '0006_snapshot_identity'),
     ]
 
     operations = [
