@@ -312,6 +312,7 @@ class TmuxReleaseSessionView(APIView):
         responses={200: OpenApiTypes.OBJECT, **ERRORS},
     )
     def post(self, request, name):
+        services.check_session_name(name, "name")
         sandbox_id = request.query_params.get("sandbox_id") or (request.data or {}).get(
             "sandbox_id"
         )
