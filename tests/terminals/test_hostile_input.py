@@ -1,9 +1,12 @@
-"""Names an agent sends never reach tmux unless they match their pattern: every name field of
-every tmux-related route (REST, the original tmux-client's paths, the websocket) answers 400
-naming the field, and nothing happens on the host. Driven through a real worker (fake
-hypervisor) whose relay keeps a control client on every session — the condition under which
-tmux runs `#(cmd)` found in a window name — and a real tmux server on a socket of this
-module; the panes ssh into a loopback sshd that plays the guest."""
+"""What an agent sends and a guest holds is data on the host, never a command. Names reach tmux
+only when they match their pattern: every name field of every tmux-related route (REST, the
+original tmux-client's paths, the websocket) answers 400 naming the field, and nothing happens
+on the host. Files whose guest names are hostile are answered, not crashed on.
+
+Driven through a real worker (fake hypervisor) whose relay keeps a control client on every
+session — the condition under which tmux runs `#(cmd)` found in a window name — and a real
+tmux server on a socket of this module; panes and SFTP reach a loopback sshd that plays the
+guest (its filesystem is this machine's: the tests create their files under tmp)."""
 
 from __future__ import annotations
 
@@ -16,21 +19,15 @@ from urllib.parse import quote
 
 import pytest
 from channels.testing import WebsocketCommunicator
-from django.conf import settings
 
-from sandboxes.choices import SandboxState
-from sandboxes.models import Sandbox
 from terminals import hostside
 from terminals.models import TerminalSession
 from terminals.tmux_driver import TmuxDriver
-from tests.support import stack
-from tests.support.sshd import start_sshd
-from tests.terminals.conftest import tmux_socket_name
+from tests.terminals.conftest import SANDBOX_ID
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
-SANDBOX_ID = uuid.uuid4()
-MARKER = f"/tmp/vsb-tmux-names-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+MARKER = f"/tmp/vsb-hostile-input-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 # Each is refused in every name field (session names, window names, pane ids, key names).
 HOSTILE = [
@@ -51,57 +48,6 @@ HOSTILE = [
 ]
 
 
-@pytest.fixture(scope="module")
-def term_host(django_db_setup, django_db_blocker, tmp_path_factory):
-    """A worker on this host's queue with its relay on a private tmux socket, and a loopback
-    sshd that trusts the worker's CA for the sandbox's principal."""
-    base = tmp_path_factory.mktemp("tmux-names")
-    sshd = start_sshd(base / "guest", f"sandbox-{SANDBOX_ID.hex}")
-    socket = tmux_socket_name("names")
-    env = {
-        "VSB_DRIVER": "fake",
-        "VSB_TMUX_SOCKET": socket,
-        "VSB_TERMINAL_DIR": str(base / "terminals"),
-        "VSB_SSH_CA_KEY": sshd.ca.key_path,
-    }
-    saved = {k: settings.VSB[k] for k in ("TMUX_SOCKET", "TERMINAL_DIR", "SSH_CA_KEY")}
-    settings.VSB.update(
-        TMUX_SOCKET=socket, TERMINAL_DIR=str(base / "terminals"), SSH_CA_KEY=sshd.ca.key_path
-    )
-    stack.flush_test_redis()
-    proc = stack.worker(**env)
-    proc.start()
-    try:
-        with django_db_blocker.unblock():
-            stack.wait_for_heartbeat(proc)
-        yield {"sshd": sshd, "tmux": TmuxDriver(socket), "dir": base / "terminals"}
-    finally:
-        proc.stop()
-        TmuxDriver(socket).kill_server()
-        sshd.stop()
-        settings.VSB.update(saved)
-        hostside._driver.cache_clear()
-
-
-@pytest.fixture
-def sandbox(term_host, alice, host, source):
-    sshd = term_host["sshd"]
-    sandbox = Sandbox.objects.create(
-        id=SANDBOX_ID,
-        name="sbx-names01",
-        agent_id="alice",
-        owner=alice.user,
-        host=host,
-        source=source,
-        state=SandboxState.READY,
-        ssh_host=sshd.host,
-        ssh_port=sshd.port,
-        host_key=sshd.host_key_line,
-    )
-    yield sandbox
-    term_host["tmux"].kill_server()
-
-
 def _tmux_state(tmux: TmuxDriver) -> tuple[list[str], list[tuple[str, str, str]]]:
     """Sessions, and every pane by session, window id and pane id (not names: a window tmux
     names after its command is renamed as that command changes)."""
@@ -118,9 +64,11 @@ def _assert_refused(response, field: str, what: str) -> None:
     assert error["code"] == "invalid" and named == {field}, (what, error)
 
 
-def test_every_tmux_name_field_answers_400_naming_it_and_nothing_runs(alice, sandbox, term_host):
-    base = f"/v1/sandboxes/{sandbox.id}/terminals"
-    sid = str(sandbox.id)
+def test_every_tmux_name_field_answers_400_naming_it_and_nothing_runs(
+    alice, ready_sandbox, term_host
+):
+    base = f"/v1/sandboxes/{SANDBOX_ID}/terminals"
+    sid = str(SANDBOX_ID)
     created = alice.post(
         f"{base}/sessions", {"name": "main", "window_name": "build.log"}, format="json"
     )
@@ -226,9 +174,9 @@ def _ws(sandbox, query: str, secret: str):
     )
 
 
-def test_the_websocket_refuses_hostile_session_and_pane_names(alice, sandbox, term_host):
+def test_the_websocket_refuses_hostile_session_and_pane_names(alice, ready_sandbox, term_host):
     async def refused(query: str) -> dict:
-        comm = _ws(sandbox, query, alice.secret)
+        comm = _ws(ready_sandbox, query, alice.secret)
         assert (await comm.connect())[0]
         assert json.loads(await comm.receive_from(5))["type"] == "hello"
         error = json.loads(await comm.receive_from(5))
@@ -249,7 +197,7 @@ def test_the_websocket_refuses_hostile_session_and_pane_names(alice, sandbox, te
                 assert error["code"] == "invalid" and "session" in error["fields"], (value, error)
                 error = await refused(f"pane={quote(value, safe='')}")
                 assert error["code"] == "invalid" and "pane" in error["fields"], (value, error)
-        comm = _ws(sandbox, "session=main", alice.secret)
+        comm = _ws(ready_sandbox, "session=main", alice.secret)
         assert (await comm.connect())[0]
         assert json.loads(await comm.receive_from(5))["type"] == "hello"
         for value in HOSTILE:
@@ -270,13 +218,13 @@ def test_the_websocket_refuses_hostile_session_and_pane_names(alice, sandbox, te
 
 
 def test_the_host_side_refuses_hostile_names_if_the_web_side_check_is_bypassed(
-    alice, sandbox, term_host
+    alice, ready_sandbox, term_host
 ):
     """What reaches the worker through Redis is checked again before a certificate is issued
     or tmux is called."""
     tmux_main = f"vsb-{SANDBOX_ID.hex}-main"
     created = alice.post(
-        f"/v1/sandboxes/{sandbox.id}/terminals/sessions", {"name": "main"}, format="json"
+        f"/v1/sandboxes/{SANDBOX_ID}/terminals/sessions", {"name": "main"}, format="json"
     )
     assert created.status_code == 201, created.content
     pane = created.json()["pane"]["pane_id"]
@@ -303,3 +251,30 @@ def test_the_host_side_refuses_hostile_names_if_the_web_side_check_is_bypassed(
     assert _tmux_state(term_host["tmux"]) == before
     assert sorted(os.listdir(term_host["dir"] / SANDBOX_ID.hex)) == keys_before
     assert "typed-anyway" not in term_host["tmux"].capture(pane)
+
+
+def test_guest_file_names_are_data_in_answers_never_headers_or_crashes(
+    alice, ready_sandbox, tmp_path
+):
+    """A name the guest chose (here reached through a symlink it resolves) may hold CR/LF or
+    bytes that are not UTF-8: a download still answers with one Content-Disposition header,
+    a listing with a 4xx naming the path."""
+    work = tmp_path / "guest-files"
+    work.mkdir()
+    hostile = "report\r\nX-Injected: 1.txt"
+    (work / hostile).write_bytes(b"data")
+    os.symlink(work / hostile, work / "latest")
+    os.mkdir(os.path.join(bytes(work), b"caf\xe9"))
+    base = f"/v1/sandboxes/{SANDBOX_ID}/files"
+    response = alice.get(f"{base}/download", {"path": str(work / "latest")})
+    assert response.status_code == 200 and response.content == b"data"
+    assert "X-Injected" not in response.headers
+    disposition = response["Content-Disposition"]
+    assert disposition == (
+        'attachment; filename="report__X-Injected_ 1.txt"; '
+        "filename*=UTF-8''report%0D%0AX-Injected%3A%201.txt"
+    )
+    listing = alice.get(f"{base}/list", {"path": str(work)})
+    assert listing.status_code == 422, listing.content
+    error = listing.json()["error"]
+    assert error["code"] == "not_utf8" and "path" in error["fields"]
