@@ -9,7 +9,6 @@ sandboxes, so a pane id of someone else's sandbox is "not found" here too."""
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from functools import lru_cache
 
@@ -23,7 +22,7 @@ from . import blobs
 from .files import FileError, GuestFiles, PathPolicy
 from .models import TerminalSession
 from .tmux_driver import (
-    TMUX_NAME_RE,
+    SESSION_TARGET_RE,
     InvalidTmuxArgument,
     PaneInfo,
     SSHLaunch,
@@ -98,13 +97,10 @@ def _pane_dict(info: PaneInfo) -> dict:
     return data
 
 
-_SESSION_TARGET_RE = re.compile(TMUX_NAME_RE.pattern + r":[0-9]{0,9}(\.[0-9]{0,9})?")
-
-
 def _find_pane(target: str, allowed: list[str]) -> PaneInfo:
     """A pane by `%N` or `<tmux session>:<window>.<pane>`, only among `allowed` sandboxes."""
     if not isinstance(target, str) or not (
-        valid_pane_id(target) or _SESSION_TARGET_RE.fullmatch(target)
+        valid_pane_id(target) or SESSION_TARGET_RE.fullmatch(target)
     ):
         raise HostOpError(400, "invalid", f"invalid pane {target!r}", "pane_id")
     panes = [

@@ -8,7 +8,6 @@ answer (a Redis wake-up, as commands do), so the web server may run on any machi
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 
@@ -28,6 +27,7 @@ from .models import TerminalSession
 from .tmux_driver import (
     SESSION_NAME_RULE,
     WINDOW_NAME_RULE,
+    WINDOW_PANE_RE,
     valid_key_name,
     valid_pane_id,
     valid_session_name,
@@ -163,7 +163,7 @@ def _pane_target(user, pane_id: str, sandbox: Sandbox | None) -> str:
     if valid_pane_id(pane_id):
         return pane_id
     session, sep, rest = pane_id.partition(":")
-    if not valid_session_name(session) or (rest and not _WINDOW_PANE_OK(rest)):
+    if not valid_session_name(session) or not WINDOW_PANE_RE.fullmatch(rest):
         raise InvalidInput.field("pane_id", "must look like %3 or session:window.pane.")
     rows = TerminalSession.objects.filter(sandbox__owner=user, name=session, closed_at__isnull=True)
     if sandbox is not None:
@@ -174,10 +174,6 @@ def _pane_target(user, pane_id: str, sandbox: Sandbox | None) -> str:
     if len(names) > 1:
         raise InvalidInput.field("sandbox_id", f"several sandboxes have a session {session!r}.")
     return f"{names[0]}{sep}{rest}"
-
-
-def _WINDOW_PANE_OK(rest: str) -> bool:  # noqa: N802 - reads like the regex it is
-    return re.fullmatch(r"[0-9]{0,9}(\.[0-9]{0,9})?", rest) is not None
 
 
 def pane_op(user, op: str, pane_id: str, sandbox: Sandbox | None = None, **params) -> dict:

@@ -51,6 +51,9 @@ WINDOW_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 WINDOW_NAME_RULE = "1-64 letters, digits, _ . and -, starting with a letter or digit"
 # A session's name on the tmux server: `vsb-<sandbox hex>-<name>` for ours.
 TMUX_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+# `window.pane` after `session:` in a target (either may be empty: the active one).
+WINDOW_PANE_RE = re.compile(r"[0-9]{0,9}(\.[0-9]{0,9})?")
+SESSION_TARGET_RE = re.compile(f"{TMUX_NAME_RE.pattern}:{WINDOW_PANE_RE.pattern}")
 # A paste buffer the relay captures a screen into (see `capture_command`).
 CAPTURE_BUFFER_RE = re.compile(r"vsb-capture-[0-9a-f]{16}")
 MAX_COLS, MAX_ROWS = 1000, 500
@@ -521,13 +524,16 @@ class TmuxDriver:
         """The bytes of paste buffer `name` (which is then deleted), read as the whole stdout
         of one tmux client: no line framing for a guest's screen to imitate."""
         _checked(name, CAPTURE_BUFFER_RE, "buffer")
-        proc = subprocess.run(
-            [self.tmux_bin, *self.socket_args, "save-buffer", "-b", name, "-", ";",
-             "delete-buffer", "-b", name],
-            capture_output=True,
-            timeout=30,
-            check=False,
-        )  # fmt: skip
+        try:
+            proc = subprocess.run(
+                [self.tmux_bin, *self.socket_args, "save-buffer", "-b", name, "-", ";",
+                 "delete-buffer", "-b", name],
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise TmuxError("tmux save-buffer did not answer") from None
         if proc.returncode != 0:
             raise TmuxError(f"tmux save-buffer: {proc.stderr.decode(errors='replace').strip()}")
         return proc.stdout

@@ -5,6 +5,7 @@ argument, so a test can tell how much the host read. Run by sshd as `Subsystem s
 
 from __future__ import annotations
 
+import os
 import struct
 import sys
 
@@ -53,8 +54,9 @@ def main() -> None:
                 string(f"entry-{sent + i:09d}".encode()) * 2 + DIR_ATTRS for i in range(PER_READDIR)
             )
             sent += PER_READDIR
-            with open(count_file, "w") as fh:  # before the answer: the test reads it after
-                fh.write(str(sent))
+            with open(f"{count_file}.tmp", "w") as fh:  # before the answer: the test reads it
+                fh.write(str(sent))  # after; whole (a rename), never half-written
+            os.replace(f"{count_file}.tmp", count_file)
             reply(NAME, rid + struct.pack(">I", PER_READDIR) + names)
         elif kind in (READDIR, CLOSE):
             reply(STATUS, rid + struct.pack(">I", EOF if kind == READDIR else OK) + string(b"") * 2)

@@ -35,6 +35,7 @@ def wait_for(fn, timeout: float = 10.0, interval: float = 0.05):
 def test_it_types_text_byte_for_byte_and_reads_the_screen(tmux):
     pane = tmux.new_session("vsb-unit-a", "env PS1='$ ' sh", cols=80, rows=24)
     assert pane.pane_id.startswith("%") and (pane.pane_width, pane.pane_height) == (80, 24)
+    wait_for(lambda: "$" in tmux.capture(pane.pane_id))  # typed before the prompt, it echoes first
     tmux.send_text(pane.pane_id, b"echo \"hi $((40+2))\" 'q\\x'\r")
     screen = wait_for(lambda: (s := tmux.capture(pane.pane_id)) and "hi 42 q\\x" in s and s)
     assert "$ echo" in screen
