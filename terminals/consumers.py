@@ -8,13 +8,15 @@ Protocol (JSON text frames):
                     {"type": "resize", "cols": 120, "rows": 40}
                     {"type": "select", "pane": "%3"}        watch another pane
                     {"type": "snapshot"}                     send the current screen again
+  (query: ?session=<name> (default main), ?pane=%N; a bad one is an error naming the field,
+   then close 4400; a bad `select` pane is an error naming `pane`)
                     {"type": "takeover"} / {"type": "release"}
                     {"type": "respawn"}                      reconnect a pane whose ssh ended
   server -> client  {"type": "hello", "role", "sandbox", "taken_over_by"}
                     {"type": "screen", "pane", "seq", "data", "cursor", "cols", "rows"}
                     {"type": "output", "pane", "seq", "data"}   live, seq > the screen's
                     {"type": "control", "taken_over_by"}
-                    {"type": "error", "code", "message"}
+                    {"type": "error", "code", "message"[, "fields"]}
 
 The consumer never talks to tmux: output arrives through the group `sandbox.<hex>.term`,
 which the relay on the sandbox's host fills; input and screen requests go to that relay's
@@ -28,19 +30,24 @@ import contextlib
 import json
 import logging
 import time
+from urllib.parse import unquote
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from sandboxes.exceptions import ServiceError
+from sandboxes.runtime import vsb
 
 from . import services
 from .relay import relay_channel, term_group
+from .tmux_driver import SESSION_NAME_RULE, valid_pane_id, valid_session_name
 
 log = logging.getLogger(__name__)
 
+CLOSE_INVALID = 4400
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_READY = 4409
+PANE_RULE = "a pane id like %3"
 SCREEN_TIMEOUT_SECONDS = 10
 AUDIT_FLUSH_SECONDS = 2.0
 AUDIT_FLUSH_BYTES = 1024
@@ -83,11 +90,30 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         )
         query = dict(
             part.split("=", 1)
-            for part in self.scope.get("query_string", b"").decode().split("&")
+            for part in self.scope.get("query_string", b"").decode(errors="replace").split("&")
             if "=" in part
         )
         self.pane = query.get("pane", "").replace("%25", "%") or None
-        self.screen_task = asyncio.create_task(self._start(query.get("session") or "main"))
+        session = unquote(query.get("session", "")) or "main"
+        for field, bad, rule in (
+            ("session", not valid_session_name(session), SESSION_NAME_RULE),
+            ("pane", self.pane is not None and not valid_pane_id(self.pane), PANE_RULE),
+        ):
+            if bad:
+                await self._invalid(field, rule)
+                await self.close(code=CLOSE_INVALID)
+                return
+        self.screen_task = asyncio.create_task(self._start(session))
+
+    async def _invalid(self, field: str, rule: str) -> None:
+        await self._send(
+            {
+                "type": "error",
+                "code": "invalid",
+                "message": f"{field}: {rule}.",
+                "fields": {field: [f"{rule}."]},
+            }
+        )
 
     async def _start(self, session: str) -> None:
         try:
@@ -166,7 +192,11 @@ class TerminalConsumer(AsyncWebsocketConsumer):
                         },
                     )
         elif kind == "select":
-            self.pane = str(message.get("pane") or "") or None
+            pane = message.get("pane") or None
+            if pane is not None and not valid_pane_id(pane):
+                await self._invalid("pane", PANE_RULE)
+                return
+            self.pane = pane
             self._schedule_screen()
         elif kind == "snapshot":
             self._schedule_screen()
@@ -189,6 +219,17 @@ class TerminalConsumer(AsyncWebsocketConsumer):
 
     async def _input(self, data: str) -> None:
         if not data:
+            return
+        limit = vsb("TERMINAL_MAX_INPUT_BYTES")
+        if len(data.encode("utf-8", "surrogatepass")) > limit:
+            await self._send(
+                {
+                    "type": "error",
+                    "code": "too_large",
+                    "message": f"data: at most {limit} bytes per message.",
+                    "fields": {"data": [f"at most {limit} bytes per message."]},
+                }
+            )
             return
         if not self._may_type():
             code = "read_only" if self.role != "control" else "taken_over"

@@ -5,23 +5,31 @@ Every path is made absolute and normalised, checked, then resolved *by the guest
 (`realpath` of OpenSSH's sftp-server follows `..` and every symlink, and accepts a missing
 last component), and the resolved path is checked again. Operations then act on the resolved
 path, so a symlink cannot lead them anywhere the check did not see.
+
+Nothing here touches the host's filesystem: paths are strings sent to the guest's SFTP server,
+and what comes back is data. The server is the guest's (root there can replace it), so every
+answer is capped: reads by size, listings by entry count (stopping the READDIR loop, not
+trimming a full listing), names that are not UTF-8 are an error, not a crash.
 """
 
 from __future__ import annotations
 
 import difflib
 import errno
+import functools
 import io
 import posixpath
 import secrets
 import stat as statmod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import paramiko
 
 _CHUNK = 32768
+# READDIR requests in flight while listing: bounds what is read past the entry cap.
+_READ_AHEADS = 4
 
 
 class FileError(Exception):
@@ -54,6 +62,28 @@ class FileConflict(FileError):
 class FileTooLarge(FileError):
     status = 413
     code = "too_large"
+
+
+class NameNotUtf8(FileError):
+    status = 422
+    code = "not_utf8"
+
+
+def _utf8_names(method: Callable) -> Callable:
+    """paramiko decodes every name the server sends as strict UTF-8; a guest can hold (or its
+    server send) any bytes. That is an answer for the caller, not a crash of the worker."""
+
+    @functools.wraps(method)
+    def wrapper(self, path, *args, **kwargs):
+        try:
+            return method(self, path, *args, **kwargs)
+        except UnicodeDecodeError:
+            raise NameNotUtf8(
+                f"{path} is or holds a name that is not UTF-8; use a command in the sandbox",
+                field="path",
+            ) from None
+
+    return wrapper
 
 
 def _under(path: str, prefix: str) -> bool:
@@ -215,26 +245,27 @@ class GuestFiles:
 
     # -- reading -------------------------------------------------------------------------
 
+    @_utf8_names
     def stat(self, path: str) -> dict:
         real = self.resolve(path)
         return {"path": path, "resolved": real, **_attrs(self._stat(real, path))}
 
+    @_utf8_names
     def list(self, path: str) -> dict:
+        """Up to `max_entries` entries, sorted by name; past the cap the listing stops (the
+        guest's server decides which entries came first) and `truncated` is true."""
         real = self.resolve(path)
         if not statmod.S_ISDIR(self._stat(real, path).st_mode or 0):
             raise FileError(f"{path} is not a directory", field="path")
         entries = []
-        for attr in sorted(self.sftp.listdir_attr(real), key=lambda a: a.filename):
+        truncated = False
+        for attr in self.sftp.listdir_iter(real, read_aheads=_READ_AHEADS):
             if len(entries) >= self.max_entries:
+                truncated = True
                 break
             entries.append({"name": attr.filename, **_attrs(attr)})
-        total = len(self.sftp.listdir(real)) if len(entries) >= self.max_entries else len(entries)
-        return {
-            "path": path,
-            "resolved": real,
-            "entries": entries,
-            "truncated": total > len(entries),
-        }
+        entries.sort(key=lambda e: e["name"])
+        return {"path": path, "resolved": real, "entries": entries, "truncated": truncated}
 
     def _read_bytes(self, real: str, shown: str, limit: int, hint: str) -> tuple[bytes, dict]:
         attr = self._stat(real, shown)
@@ -254,6 +285,7 @@ class GuestFiles:
                     raise FileTooLarge(f"{shown} grew past the limit of {limit} bytes")
         return buf.getvalue(), _attrs(attr)
 
+    @_utf8_names
     def read_text(self, path: str, *, from_line: int = 1, max_lines: int | None = None) -> dict:
         real = self.resolve(path)
         data, attrs = self._read_bytes(real, path, self.max_read, "Use download for big files.")
@@ -276,6 +308,7 @@ class GuestFiles:
             **attrs,
         }
 
+    @_utf8_names
     def download(self, path: str) -> tuple[bytes, dict]:
         real = self.resolve(path)
         data, attrs = self._read_bytes(real, path, self.max_transfer, "")
@@ -351,6 +384,7 @@ class GuestFiles:
             "mode": f"{final_mode:04o}",
         }
 
+    @_utf8_names
     def write_text(
         self,
         path: str,
@@ -367,6 +401,7 @@ class GuestFiles:
             path, data, mode=parse_mode(mode), create_dirs=create_dirs, overwrite=overwrite
         )
 
+    @_utf8_names
     def upload(
         self,
         path: str,
@@ -382,6 +417,7 @@ class GuestFiles:
             path, data, mode=parse_mode(mode), create_dirs=create_dirs, overwrite=overwrite
         )
 
+    @_utf8_names
     def edit(self, path: str, old_text: str, new_text: str, *, replace_all: bool = False) -> dict:
         """Exact string replacement. `old_text` must occur exactly once unless `replace_all`."""
         if not old_text:
@@ -420,6 +456,7 @@ class GuestFiles:
             "diff": diff,
         }
 
+    @_utf8_names
     def delete(self, path: str, *, recursive: bool = False) -> dict:
         normal = self.policy.normalise(path)
         self.policy.check(normal)
@@ -437,18 +474,49 @@ class GuestFiles:
             raise FileError(f"cannot stat {path}: {exc}") from None
         is_dir = statmod.S_ISDIR(attr.st_mode or 0)
         if is_dir:
-            if not recursive and self.sftp.listdir(target):
+            if not recursive and self._has_entries(target):
                 raise FileConflict(f"{path} is a non-empty directory; set recursive=true")
             self._remove_tree(target)
         else:
             self.sftp.remove(target)
         return {"path": path, "resolved": target, "deleted": True, "was_dir": is_dir}
 
+    def _entries(self, directory: str, limit: int) -> list[paramiko.SFTPAttributes]:
+        """Up to `limit` entries (lstat attributes) of `directory`, or an error past it; read
+        to the end before anything else is sent on the session (paramiko's READDIR loop
+        reads its answers raw, so another request in between would take them)."""
+        entries = []
+        for attr in self.sftp.listdir_iter(directory, read_aheads=_READ_AHEADS):
+            if len(entries) >= limit:
+                raise FileConflict(
+                    f"{directory} holds more than {limit} entries; delete it with a command"
+                )
+            entries.append(attr)
+        return entries
+
+    def _has_entries(self, directory: str) -> bool:
+        # An abandoned READDIR loop is safe: paramiko drops its late answers.
+        for _ in self.sftp.listdir_iter(directory, read_aheads=1):
+            return True
+        return False
+
     def _remove_tree(self, directory: str) -> None:
-        for attr in self.sftp.listdir_attr(directory):
-            child = posixpath.join(directory, attr.filename)
-            if statmod.S_ISDIR(attr.st_mode or 0):
-                self._remove_tree(child)
-            else:
-                self.sftp.remove(child)
-        self.sftp.rmdir(directory)
+        """Depth-first without recursion (the guest decides how deep the tree is) and with a
+        budget of entries (it decides how wide). Entries come from READDIR, i.e. lstat: a
+        symlink is removed, never followed."""
+        budget = self.max_entries * 100
+        pending = [(directory, False)]
+        while pending:
+            current, emptied = pending.pop()
+            if emptied:
+                self.sftp.rmdir(current)
+                continue
+            pending.append((current, True))
+            entries = self._entries(current, budget)
+            budget -= len(entries)
+            for attr in entries:
+                child = posixpath.join(current, attr.filename)
+                if statmod.S_ISDIR(attr.st_mode or 0):
+                    pending.append((child, False))
+                else:
+                    self.sftp.remove(child)

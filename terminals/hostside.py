@@ -9,6 +9,7 @@ sandboxes, so a pane id of someone else's sandbox is "not found" here too."""
 from __future__ import annotations
 
 import logging
+import uuid
 from functools import lru_cache
 
 from sandboxes import provisioning
@@ -21,12 +22,17 @@ from . import blobs
 from .files import FileError, GuestFiles, PathPolicy
 from .models import TerminalSession
 from .tmux_driver import (
-    PANE_ID_RE,
+    SESSION_TARGET_RE,
+    InvalidTmuxArgument,
     PaneInfo,
     SSHLaunch,
     TmuxDriver,
     TmuxError,
     TmuxNotFound,
+    check_new_pane_names,
+    sandbox_hex_of,
+    valid_key_name,
+    valid_pane_id,
     write_credentials,
 )
 
@@ -93,12 +99,16 @@ def _pane_dict(info: PaneInfo) -> dict:
 
 def _find_pane(target: str, allowed: list[str]) -> PaneInfo:
     """A pane by `%N` or `<tmux session>:<window>.<pane>`, only among `allowed` sandboxes."""
+    if not isinstance(target, str) or not (
+        valid_pane_id(target) or SESSION_TARGET_RE.fullmatch(target)
+    ):
+        raise HostOpError(400, "invalid", f"invalid pane {target!r}", "pane_id")
     panes = [
         p
         for p in driver().list_panes()
         if TerminalSession.sandbox_hex_of(p.session_name) in allowed
     ]
-    if PANE_ID_RE.match(target):
+    if valid_pane_id(target):
         found = [p for p in panes if p.pane_id == target]
     else:
         session, _, rest = target.partition(":")
@@ -127,7 +137,19 @@ def _blocked(info: PaneInfo, blocked: list[str]) -> None:
 # --- operations ---------------------------------------------------------------------------
 
 
+def _checked_names(p: dict) -> str | None:
+    """The session must be one of this sandbox's (`vsb-<its hex>-<valid name>`) and the window
+    name valid, before a certificate is issued or tmux is called; returns the window name
+    (None: not given)."""
+    if sandbox_hex_of(p.get("tmux_name")) != uuid.UUID(str(p["sandbox_id"])).hex:
+        raise HostOpError(400, "invalid", f"invalid session {p.get('tmux_name')!r}", "name")
+    window_name = p.get("window_name") or None  # "" from the web side: not given
+    check_new_pane_names(p["tmux_name"], window_name)
+    return window_name
+
+
 def op_create_session(p: dict) -> dict:
+    window_name = _checked_names(p)
     sandbox = _sandbox(p["sandbox_id"])
     launch = ssh_launch(sandbox, p.get("identity", ""))
     cols, rows = (
@@ -135,18 +157,17 @@ def op_create_session(p: dict) -> dict:
         p.get("rows") or vsb("TERMINAL_DEFAULT_SIZE")[1],
     )
     info = driver().new_session(
-        p["tmux_name"], launch.command(), cols=cols, rows=rows, window_name=p.get("window_name", "")
+        p["tmux_name"], launch.command(), cols=cols, rows=rows, window_name=window_name
     )
     _poke_relay()
     return {"pane": _pane_dict(info)}
 
 
 def op_new_window(p: dict) -> dict:
+    window_name = _checked_names(p)
     sandbox = _sandbox(p["sandbox_id"])
     launch = ssh_launch(sandbox, p.get("identity", ""))
-    info = driver().new_window(
-        p["tmux_name"], launch.command(), window_name=p.get("window_name", "")
-    )
+    info = driver().new_window(p["tmux_name"], launch.command(), window_name=window_name)
     return {"pane": _pane_dict(info)}
 
 
@@ -216,16 +237,16 @@ def op_select(p: dict) -> dict:
 
 
 def op_send(p: dict) -> dict:
+    bad = [k for k in p.get("keys") or [] if not valid_key_name(k)]
+    if bad:  # before any text is typed
+        raise HostOpError(400, "invalid", f"unknown key name(s): {bad!r}", "keys")
     target = _find_pane(p["pane_id"], p["allowed"])
     _blocked(target, p.get("blocked", []))
     tmux = driver()
     if p.get("text"):
         tmux.send_text(target.pane_id, p["text"].encode("utf-8"))
     if p.get("keys"):
-        try:
-            tmux.send_keys(target.pane_id, p["keys"])
-        except ValueError as exc:
-            raise HostOpError(400, "invalid", str(exc), "keys") from None
+        tmux.send_keys(target.pane_id, p["keys"])
     return {"pane": _pane_dict(target), "sent": True}
 
 
@@ -322,6 +343,8 @@ def run(op: str, params: dict) -> dict:
         return handler(params)
     except HostOpError:
         raise
+    except InvalidTmuxArgument as exc:
+        raise HostOpError(400, "invalid", str(exc), exc.field) from None
     except TmuxNotFound as exc:
         raise HostOpError(404, "not_found", str(exc)) from None
     except TmuxError as exc:

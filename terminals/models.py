@@ -12,7 +12,10 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
 
-session_name_validator = RegexValidator(r"^[A-Za-z0-9_-]{1,64}$", "1-64 letters, digits, _ and -")
+from .tmux_driver import SESSION_NAME_RE, SESSION_NAME_RULE
+from .tmux_driver import sandbox_hex_of as _sandbox_hex_of
+
+session_name_validator = RegexValidator(rf"\A{SESSION_NAME_RE.pattern}\Z", SESSION_NAME_RULE)
 
 
 class TerminalSession(models.Model):
@@ -59,7 +62,4 @@ class TerminalSession(models.Model):
     @staticmethod
     def sandbox_hex_of(tmux_name: str) -> str | None:
         """The sandbox a tmux session belongs to, from its name (`vsb-<hex>-<name>`)."""
-        parts = tmux_name.split("-", 2)
-        if len(parts) == 3 and parts[0] == "vsb" and len(parts[1]) == 32:
-            return parts[1]
-        return None
+        return _sandbox_hex_of(tmux_name)

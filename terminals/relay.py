@@ -27,7 +27,19 @@ import time
 from channels.layers import get_channel_layer
 from django.db import close_old_connections
 
-from .tmux_driver import PANE_ID_RE, ControlClient, TmuxDriver, TmuxError, input_commands
+from .tmux_driver import (
+    ControlClient,
+    InvalidTmuxArgument,
+    TmuxDriver,
+    TmuxError,
+    capture_command,
+    cursor_command,
+    input_commands,
+    new_capture_buffer,
+    resize_command,
+    sandbox_hex_of,
+    valid_pane_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +56,6 @@ def relay_channel(host_name: str) -> str:
 
 def term_group(sandbox_hex: str) -> str:
     return f"sandbox.{sandbox_hex}.term"
-
-
-def sandbox_hex_of(tmux_name: str) -> str | None:
-    parts = tmux_name.split("-", 2)
-    if len(parts) == 3 and parts[0] == "vsb" and len(parts[1]) == 32:
-        return parts[1]
-    return None
 
 
 class Relay:
@@ -170,6 +175,8 @@ class Relay:
     ) -> tuple[ControlClient, str]:
         """The control client and pane for a request; `pane` None means the sandbox's
         default: the active pane of session `main`, else of its first session."""
+        if pane is not None and not valid_pane_id(pane):
+            raise LookupError(f"invalid pane id {pane!r}")
         if pane is None or self.pane_session.get(pane) is None:
             await self.scan()
         if pane is None:
@@ -281,16 +288,14 @@ class Relay:
             client.send_line(line)
 
     async def _resize(self, message: dict) -> None:
-        cols, rows = int(message["cols"]), int(message["rows"])
-        if not (2 <= cols <= 1000 and 2 <= rows <= 500):
-            return
         client, pane = await self._client_for_pane(message["sandbox"], message.get("pane"))
-        client.send_line(f"resize-window -t {pane} -x {cols} -y {rows}")
+        with contextlib.suppress(InvalidTmuxArgument, TypeError, ValueError):
+            client.send_line(resize_command(pane, int(message["cols"]), int(message["rows"])))
 
     async def _snapshot(self, message: dict) -> None:
         reply_to = message["reply_to"]
         pane = message.get("pane") or None
-        if pane is not None and not PANE_ID_RE.match(pane):
+        if pane is not None and not valid_pane_id(pane):
             pane = None
         try:
             client, pane = await self._client_for_pane(message["sandbox"], pane)
@@ -305,7 +310,9 @@ class Relay:
         )
 
     async def capture(self, client: ControlClient, pane: str) -> dict:
-        """The pane's screen with colours, cursor and size, and the seq it is current to."""
+        """The pane's screen with colours, cursor and size, and the seq it is current to.
+        The screen goes into a paste buffer, read outside the control client: its reply
+        block then holds nothing the guest printed (see tmux_driver)."""
         for _ in range(5):
             marks: dict[str, int] = {}
 
@@ -314,17 +321,19 @@ class Relay:
                 if name == "screen":
                     marks["seq"] = self._cut(pane)
 
-            info = await client.command(
-                f"display-message -p -t {pane} "
-                "'#{cursor_x} #{cursor_y} #{pane_width} #{pane_height} #{pane_dead} #{cursor_flag}'",
-                on_begin=lambda: mark("info"),
-            )
-            lines = await client.command(
-                f"capture-pane -p -e -t {pane}", on_begin=lambda: mark("screen")
-            )
+            info = await client.command(cursor_command(pane), on_begin=lambda: mark("info"))
+            buffer = new_capture_buffer()
+            await client.command(capture_command(pane, buffer), on_begin=lambda: mark("screen"))
+            screen = await asyncio.to_thread(self.driver.take_buffer, buffer)
             if marks["info"] == marks["screen"]:
                 break  # no output in between: cursor and screen belong together
-        x, y, w, h, dead, cursor_on = (info[0].decode().split() + ["0"] * 6)[:6]
+        numbers = info[0].decode(errors="replace").split() if info else []
+        if len(numbers) != 6 or not all(n.isdigit() for n in numbers):
+            raise TmuxError(f"unexpected cursor reply {info[:1]!r}")
+        x, y, w, h, dead, cursor_on = numbers
+        lines = screen.split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
         return {
             "pane": pane,
             "seq": marks["seq"],

@@ -24,7 +24,15 @@ from sandboxes.runtime import vsb
 
 from . import blobs
 from .models import TerminalSession
-from .tmux_driver import PANE_ID_RE, SESSION_NAME_RE, valid_key_name
+from .tmux_driver import (
+    SESSION_NAME_RULE,
+    WINDOW_NAME_RULE,
+    WINDOW_PANE_RE,
+    valid_key_name,
+    valid_pane_id,
+    valid_session_name,
+    valid_window_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -128,14 +136,34 @@ def _scopes(user, sandbox: Sandbox | None) -> list[tuple[Host, dict]]:
     return list(by_host.values())
 
 
+# --- names that reach tmux -----------------------------------------------------------------
+# Checked here, before anything is stored or sent to a host, with the driver's own patterns
+# (which the driver applies again): tmux expands formats in names, `#(cmd)` runs a command.
+
+
+def check_session_name(value, field: str = "name") -> str:
+    if not valid_session_name(value):
+        raise InvalidInput.field(field, f"{SESSION_NAME_RULE}.")
+    return value
+
+
+def check_window_name(value, field: str = "window_name") -> str:
+    """An empty name (or None) leaves the window named after its command."""
+    if value in ("", None):
+        return ""
+    if not valid_window_name(value):
+        raise InvalidInput.field(field, f"{WINDOW_NAME_RULE}.")
+    return value
+
+
 def _pane_target(user, pane_id: str, sandbox: Sandbox | None) -> str:
     """`%N` as is; `session:w.p` with the caller's session name mapped to its tmux name."""
     if not isinstance(pane_id, str) or not pane_id:
         raise InvalidInput.field("pane_id", "is required.")
-    if PANE_ID_RE.match(pane_id):
+    if valid_pane_id(pane_id):
         return pane_id
     session, sep, rest = pane_id.partition(":")
-    if not SESSION_NAME_RE.match(session) or (rest and not _WINDOW_PANE_OK(rest)):
+    if not valid_session_name(session) or not WINDOW_PANE_RE.fullmatch(rest):
         raise InvalidInput.field("pane_id", "must look like %3 or session:window.pane.")
     rows = TerminalSession.objects.filter(sandbox__owner=user, name=session, closed_at__isnull=True)
     if sandbox is not None:
@@ -146,11 +174,6 @@ def _pane_target(user, pane_id: str, sandbox: Sandbox | None) -> str:
     if len(names) > 1:
         raise InvalidInput.field("sandbox_id", f"several sandboxes have a session {session!r}.")
     return f"{names[0]}{sep}{rest}"
-
-
-def _WINDOW_PANE_OK(rest: str) -> bool:  # noqa: N802 - reads like the regex it is
-    window, _, pane = rest.partition(".")
-    return (window == "" or window.isdigit()) and (pane == "" or pane.isdigit())
 
 
 def pane_op(user, op: str, pane_id: str, sandbox: Sandbox | None = None, **params) -> dict:
@@ -193,8 +216,8 @@ def create_session(
     window_name: str = "",
 ) -> tuple[TerminalSession, dict]:
     """A new tmux session on the sandbox's host whose first pane is ssh into the guest."""
-    if not SESSION_NAME_RE.match(name or ""):
-        raise InvalidInput.field("name", "1-64 letters, digits, _ and -.")
+    check_session_name(name, "name")
+    window_name = check_window_name(window_name)
     _require_ready(sandbox)
     open_rows = TerminalSession.objects.filter(sandbox=sandbox, closed_at__isnull=True)
     if open_rows.count() >= vsb("TERMINAL_MAX_SESSIONS"):
@@ -242,6 +265,7 @@ def create_session(
 
 def ensure_session(sandbox: Sandbox, user, name: str = "main") -> TerminalSession:
     """The open session `name`, created when missing (or gone with a host reboot)."""
+    check_session_name(name, "session")
     _require_ready(sandbox)
     row = TerminalSession.objects.filter(sandbox=sandbox, name=name, closed_at__isnull=True).first()
     if row is not None and row.tmux_name in _live_tmux_names(sandbox):
@@ -299,7 +323,8 @@ def list_sessions(sandbox: Sandbox) -> list[dict]:
     return result
 
 
-def _session_row(sandbox: Sandbox, name: str) -> TerminalSession:
+def _session_row(sandbox: Sandbox, name: str, field: str = "name") -> TerminalSession:
+    check_session_name(name, field)
     row = TerminalSession.objects.filter(sandbox=sandbox, name=name, closed_at__isnull=True).first()
     if row is None:
         raise NotFound(f"No terminal session {name!r} in this sandbox.")
@@ -315,8 +340,9 @@ def kill_session(sandbox: Sandbox, user, name: str) -> dict:
 
 
 def new_window(sandbox: Sandbox, user, session: str, window_name: str = "") -> dict:
+    window_name = check_window_name(window_name)
     _require_ready(sandbox)
-    row = _session_row(sandbox, session)
+    row = _session_row(sandbox, session, "session_name")
     result = call_host(
         sandbox.host,
         "new_window",
@@ -345,9 +371,10 @@ def respawn_pane(user, pane_id: str, *, sandbox: Sandbox | None = None) -> dict:
 def list_panes(user, *, sandbox: Sandbox | None = None, session: str = "") -> list[dict]:
     tmux_name = ""
     if session:
+        check_session_name(session, "session")
         if sandbox is None:
             raise InvalidInput.field("sandbox_id", "is required with session.")
-        tmux_name = _session_row(sandbox, session).tmux_name
+        tmux_name = _session_row(sandbox, session, "session").tmux_name
     panes: list[dict] = []
     for host, scope in _scopes(user, sandbox):
         panes += call_host(host, "list_panes", {**scope, "tmux_name": tmux_name})["panes"]

@@ -10,6 +10,13 @@ and arguments, failures leave as `TmuxError` (and subclasses). Two ways in:
   pane prints as `%output %<pane> <octal-escaped bytes>`, in order, and answers commands
   written to it in `%begin/%end` blocks that are ordered with that output. A screen capture
   sent through it is therefore exactly "everything before this point" of the stream.
+
+Every name an agent chooses and every byte a guest prints is hostile here. A session, window
+or pane name/id becomes a tmux argument only after it matched its strict pattern (else
+`InvalidTmuxArgument`, and nothing runs): tmux expands formats in session and window names,
+and `#(cmd)` in a format runs a shell command on this host. Keys are an allow-list, text is
+typed as hex bytes. List output is framed by per-call random markers, not by tabs and
+newlines a name can hold. Control-mode replies never carry guest text.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import os
 import re
 import secrets
 import shlex
+import subprocess
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -27,19 +35,37 @@ from dataclasses import asdict, dataclass
 
 import libtmux
 
-PANE_ID_RE = re.compile(r"^%[0-9]{1,9}$")
-WINDOW_ID_RE = re.compile(r"^@[0-9]{1,9}$")
-# tmux forbids '.' and ':' in session names (they separate window and pane in targets).
-SESSION_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Every name or id that reaches a tmux argument matches one of these (always `fullmatch`:
+# `$` would let a trailing newline through). None of them can hold `#` (tmux expands formats,
+# `#(cmd)` runs a shell command, in session and window names), `;` (an argument ending in `;`
+# ends the tmux command), whitespace, a newline or a leading `-`.
+PANE_ID_RE = re.compile(r"%[0-9]{1,9}")
+WINDOW_ID_RE = re.compile(r"@[0-9]{1,9}")
+SESSION_ID_RE = re.compile(r"\$[0-9]{1,9}")
+# What an agent may call a session: tmux turns '.' and ':' in session names into '_' (they
+# separate window and pane in targets), so they are refused rather than silently changed.
+SESSION_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+SESSION_NAME_RULE = "1-64 letters, digits, _ and -, starting with a letter or digit"
+# What an agent may call a window.
+WINDOW_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+WINDOW_NAME_RULE = "1-64 letters, digits, _ . and -, starting with a letter or digit"
+# A session's name on the tmux server: `vsb-<sandbox hex>-<name>` for ours.
+TMUX_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+# `window.pane` after `session:` in a target (either may be empty: the active one).
+WINDOW_PANE_RE = re.compile(r"[0-9]{0,9}(\.[0-9]{0,9})?")
+SESSION_TARGET_RE = re.compile(f"{TMUX_NAME_RE.pattern}:{WINDOW_PANE_RE.pattern}")
+# A paste buffer the relay captures a screen into (see `capture_command`).
+CAPTURE_BUFFER_RE = re.compile(r"vsb-capture-[0-9a-f]{16}")
+MAX_COLS, MAX_ROWS = 1000, 500
+_SANDBOX_TMUX_NAME_RE = re.compile(r"vsb-(?P<hex>[0-9a-f]{32})-" + SESSION_NAME_RE.pattern)
 # Key names `send-keys` accepts in key mode: modifiers plus one key. Anything else is typed as
-# text (literal mode), so no tmux command syntax ever reaches the command parser.
-TMUX_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+# text (hex bytes), so no tmux command syntax ever reaches the command parser.
 _NAMED_KEYS = {
     "Enter", "Escape", "Tab", "BTab", "BSpace", "Space", "Up", "Down", "Left", "Right",
     "Home", "End", "PageUp", "PageDown", "PPage", "NPage", "Insert", "Delete", "IC", "DC",
     *(f"F{n}" for n in range(1, 13)),
 }  # fmt: skip
-_KEY_RE = re.compile(r"^(?:[CMS]-){0,3}(?P<key>[A-Za-z0-9]|[\[\]\\^_@/?]|[A-Z][A-Za-z0-9]*)$")
+_KEY_RE = re.compile(r"(?:[CMS]-){0,3}(?P<key>[A-Za-z0-9]|[\[\]\\^_@/?]|[A-Z][A-Za-z0-9]*)")
 _OCTAL_RE = re.compile(rb"\\([0-7]{3})")
 _INPUT_CHUNK = 256
 CREDENTIAL_MAX_AGE_SECONDS = 900
@@ -55,12 +81,54 @@ class TmuxNotFound(TmuxError):
     """The session, window or pane does not exist (any more)."""
 
 
-def valid_key_name(name: str) -> bool:
-    match = _KEY_RE.match(name)
+class InvalidTmuxArgument(TmuxError, ValueError):
+    """A name or id for a tmux argument does not match its pattern: nothing was run. The
+    API checks the same patterns first; this is the driver refusing on its own."""
+
+    def __init__(self, field: str, value: object, rule: str) -> None:
+        super().__init__(f"invalid {field} {value!r}: {rule}")
+        self.field = field
+        self.rule = rule
+
+
+def _checked(value: object, pattern: re.Pattern, field: str, rule: str = "") -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise InvalidTmuxArgument(field, value, rule or f"must match {pattern.pattern}")
+    return value
+
+
+def check_new_pane_names(session: str, window_name: str | None = None) -> None:
+    """The names a new session or window is given (`None`: tmux names the window after its
+    command); raises `InvalidTmuxArgument`."""
+    _checked(session, TMUX_NAME_RE, "session", SESSION_NAME_RULE)
+    if window_name is not None:
+        _checked(window_name, WINDOW_NAME_RE, "window_name", WINDOW_NAME_RULE)
+
+
+def valid_session_name(name: object) -> bool:
+    return isinstance(name, str) and SESSION_NAME_RE.fullmatch(name) is not None
+
+
+def valid_window_name(name: object) -> bool:
+    return isinstance(name, str) and WINDOW_NAME_RE.fullmatch(name) is not None
+
+
+def valid_pane_id(pane_id: object) -> bool:
+    return isinstance(pane_id, str) and PANE_ID_RE.fullmatch(pane_id) is not None
+
+
+def valid_key_name(name: object) -> bool:
+    match = _KEY_RE.fullmatch(name) if isinstance(name, str) else None
     if not match:
         return False
     key = match.group("key")
     return len(key) == 1 or key in _NAMED_KEYS
+
+
+def sandbox_hex_of(tmux_name: str) -> str | None:
+    """The sandbox a tmux session belongs to, from its name (`vsb-<hex>-<name>`)."""
+    match = _SANDBOX_TMUX_NAME_RE.fullmatch(tmux_name) if isinstance(tmux_name, str) else None
+    return match.group("hex") if match else None
 
 
 # -- SSH in a pane -------------------------------------------------------------------------
@@ -110,10 +178,22 @@ def _write_private(path: str, text: str, mode: int = 0o600) -> None:
     os.replace(tmp, path)
 
 
+_KEY_TYPE_RE = re.compile(r"[a-z][a-z0-9@.-]{2,63}")
+_KEY_B64_RE = re.compile(r"[A-Za-z0-9+/]{4,16384}={0,2}")
+
+
 def known_hosts_line(host: str, port: int, host_key: str) -> str:
+    """The pinned key came from the guest: only a key type and base64 reach the file, never a
+    marker (`@cert-authority`), a pattern or a second line."""
+    parts = host_key.split()
+    if (
+        len(parts) < 2
+        or not _KEY_TYPE_RE.fullmatch(parts[0])
+        or not _KEY_B64_RE.fullmatch(parts[1])
+    ):
+        raise TmuxError("the sandbox's pinned host key is malformed; refusing to ssh with it")
     name = host if port == 22 else f"[{host}]:{port}"
-    key_type, b64 = host_key.split()[:2]
-    return f"{name} {key_type} {b64}\n"
+    return f"{name} {parts[0]} {parts[1]}\n"
 
 
 def write_credentials(
@@ -174,44 +254,90 @@ class PaneInfo:
         return asdict(self)
 
 
-_PANE_FORMAT = "\t".join(
-    [
-        "#{session_name}",
-        "#{session_id}",
-        "#{window_index}",
-        "#{window_id}",
-        "#{pane_index}",
-        "#{pane_id}",
-        "#{pane_pid}",
-        "#{pane_width}",
-        "#{pane_height}",
-        "#{pane_active}",
-        "#{pane_dead}",
-        "#{pane_current_path}",
-        "#{window_name}",
-        "#{pane_title}",
-    ]
+_NUMBER_RE = re.compile(r"[0-9]{1,10}")
+_FLAG_RE = re.compile(r"[01]")
+_FREE_TEXT_MAX = 4096
+
+# What a pane record asks tmux for, and the pattern each id or number must match. The last
+# three are free text (a window name tmux keeps raw, a title and a path the guest can set):
+# they are data, never parsed for structure.
+_PANE_FIELDS: tuple[tuple[str, re.Pattern | None], ...] = (
+    ("session_name", TMUX_NAME_RE),
+    ("session_id", SESSION_ID_RE),
+    ("window_index", _NUMBER_RE),
+    ("window_id", WINDOW_ID_RE),
+    ("pane_index", _NUMBER_RE),
+    ("pane_id", PANE_ID_RE),
+    ("pane_pid", _NUMBER_RE),
+    ("pane_width", _NUMBER_RE),
+    ("pane_height", _NUMBER_RE),
+    ("pane_active", _FLAG_RE),
+    ("pane_dead", _FLAG_RE),
+    ("pane_current_path", None),
+    ("window_name", None),
+    ("pane_title", None),
+)
+_SESSION_FIELDS: tuple[tuple[str, re.Pattern | None], ...] = (
+    ("session_name", TMUX_NAME_RE),
+    ("session_id", SESSION_ID_RE),
+    ("session_windows", _NUMBER_RE),
+    ("session_created", _NUMBER_RE),
+    ("session_attached", _NUMBER_RE),
 )
 
 
-def _parse_pane(line: str) -> PaneInfo:
-    f = line.split("\t", 13)
-    f += [""] * (14 - len(f))
+def _framed_format(fields: Sequence[tuple[str, re.Pattern | None]]) -> tuple[str, tuple]:
+    """A `-F` format whose records and fields are delimited by markers made of a fresh random
+    token. Nothing that chose a name or a title knows the token, so no value can contain a
+    marker: a tab, a newline or a whole forged record inside a value stays inside it. (tmux
+    prints window names given with `-n` raw, newlines included.)"""
+    token = secrets.token_hex(16)
+    markers = (f"<{token}<", f"|{token}|", f">{token}>")
+    begin, sep, end = markers
+    return begin + sep.join(f"#{{{name}}}" for name, _ in fields) + end, markers
+
+
+def _parse_framed(
+    text: str, fields: Sequence[tuple[str, re.Pattern | None]], markers: tuple
+) -> list[dict[str, str]]:
+    """The records of `text`; a record whose ids or numbers do not match their patterns is not
+    one of ours and is left out. Anything outside the markers is an error."""
+    begin, sep, end = markers
+    records: list[dict[str, str]] = []
+    pos = 0
+    while (start := text.find(begin, pos)) != -1:
+        stop = text.find(end, start)
+        if stop == -1 or text[pos:start].strip("\n"):
+            raise TmuxError("tmux answered with output outside its records")
+        values = text[start + len(begin) : stop].split(sep)
+        pos = stop + len(end)
+        if len(values) != len(fields):
+            raise TmuxError("tmux answered with a record of the wrong shape")
+        if all(p is None or p.fullmatch(v) for (_, p), v in zip(fields, values, strict=True)):
+            records.append(
+                {name: v[:_FREE_TEXT_MAX] for (name, _), v in zip(fields, values, strict=True)}
+            )
+    if text[pos:].strip("\n"):
+        raise TmuxError("tmux answered with output outside its records")
+    return records
+
+
+def _pane_info(r: dict[str, str]) -> PaneInfo:
     return PaneInfo(
-        session_name=f[0],
-        session_id=f[1],
-        window_index=int(f[2] or 0),
-        window_id=f[3],
-        pane_index=int(f[4] or 0),
-        pane_id=f[5],
-        pane_pid=int(f[6] or 0),
-        pane_width=int(f[7] or 0),
-        pane_height=int(f[8] or 0),
-        active=f[9] == "1",
-        dead=f[10] == "1",
-        current_path=f[11],
-        window_name=f[12],
-        pane_title=f[13],
+        session_name=r["session_name"],
+        session_id=r["session_id"],
+        window_index=int(r["window_index"]),
+        window_id=r["window_id"],
+        pane_index=int(r["pane_index"]),
+        pane_id=r["pane_id"],
+        pane_pid=int(r["pane_pid"]),
+        pane_width=int(r["pane_width"]),
+        pane_height=int(r["pane_height"]),
+        active=r["pane_active"] == "1",
+        dead=r["pane_dead"] == "1",
+        current_path=r["pane_current_path"],
+        window_name=r["window_name"],
+        pane_title=r["pane_title"],
     )
 
 
@@ -261,9 +387,13 @@ class TmuxDriver:
         args: list[str] = []
         for option, value in (
             ("remain-on-exit", "on"),
-            ("history-limit", str(self.history_limit)),
+            ("history-limit", str(int(self.history_limit))),
             ("status", "off"),
             ("escape-time", "0"),
+            # Window names change only through us (explicit, even where it is the default):
+            # a guest's escape sequences neither rename windows nor write paste buffers.
+            ("allow-rename", "off"),
+            ("set-clipboard", "off"),
         ):
             args += ["set-option", "-g", option, value, ";"]
         return args
@@ -271,97 +401,106 @@ class TmuxDriver:
     def running(self) -> bool:
         return self.server.is_alive()
 
-    def new_session(
-        self, name: str, command: str, *, cols: int, rows: int, window_name: str = ""
-    ) -> PaneInfo:
-        if not TMUX_NAME_RE.match(name):
-            raise TmuxError(f"invalid session name {name!r}")
-        args = ["new-session", "-d", "-s", name, "-x", str(cols), "-y", str(rows)]
-        args += ["-P", "-F", _PANE_FORMAT]
-        if window_name:
-            args += ["-n", window_name]
-        out = self._cmd(*self._options(), *args, command)
-        info = _parse_pane(out[0])
-        return self.pane(info.pane_id)
+    def _list(self, args: Sequence[str], fields) -> list[dict[str, str]]:
+        fmt, markers = _framed_format(fields)
+        return _parse_framed("\n".join(self._cmd(*args, "-F", fmt)), fields, markers)
 
-    def new_window(self, session: str, command: str, *, window_name: str = "") -> PaneInfo:
-        args = ["new-window", "-d", "-t", f"={session}:", "-P", "-F", _PANE_FORMAT]
-        if window_name:
+    def _new_pane_id(self, out: list[str]) -> str:
+        """`-P -F '#{pane_id}'` prints the new pane's id and nothing else."""
+        if len(out) != 1 or not PANE_ID_RE.fullmatch(out[0]):
+            raise TmuxError(f"tmux did not answer with a pane id: {out[:2]!r}")
+        return out[0]
+
+    def new_session(
+        self, name: str, command: str, *, cols: int, rows: int, window_name: str | None = None
+    ) -> PaneInfo:
+        check_new_pane_names(name, window_name)
+        args = ["new-session", "-d", "-s", name, "-x", str(int(cols)), "-y", str(int(rows))]
+        args += ["-P", "-F", "#{pane_id}"]
+        if window_name is not None:
             args += ["-n", window_name]
-        return _parse_pane(self._cmd(*args, command)[0])
+        return self.pane(self._new_pane_id(self._cmd(*self._options(), *args, command)))
+
+    def new_window(self, session: str, command: str, *, window_name: str | None = None) -> PaneInfo:
+        check_new_pane_names(session, window_name)
+        args = ["new-window", "-d", "-t", f"={session}:", "-P", "-F", "#{pane_id}"]
+        if window_name is not None:
+            args += ["-n", window_name]
+        return self.pane(self._new_pane_id(self._cmd(*args, command)))
 
     def split(self, pane_id: str, command: str, *, horizontal: bool = False) -> PaneInfo:
+        _checked(pane_id, PANE_ID_RE, "pane_id")
         args = ["split-window", "-d", "-h" if horizontal else "-v", "-t", pane_id]
-        args += ["-P", "-F", _PANE_FORMAT]
-        return _parse_pane(self._cmd(*args, command)[0])
+        args += ["-P", "-F", "#{pane_id}"]
+        return self.pane(self._new_pane_id(self._cmd(*args, command)))
 
     def respawn(self, pane_id: str, command: str) -> PaneInfo:
-        self._cmd("respawn-pane", "-k", "-t", pane_id, command)
+        self._cmd("respawn-pane", "-k", "-t", _checked(pane_id, PANE_ID_RE, "pane_id"), command)
         return self.pane(pane_id)
 
     def list_panes(self, session: str | None = None) -> list[PaneInfo]:
+        if session is not None:
+            _checked(session, TMUX_NAME_RE, "session", SESSION_NAME_RULE)
         try:
             if session:
-                out = self._cmd("list-panes", "-s", "-t", f"={session}", "-F", _PANE_FORMAT)
+                records = self._list(["list-panes", "-s", "-t", f"={session}"], _PANE_FIELDS)
             else:
-                out = self._cmd("list-panes", "-a", "-F", _PANE_FORMAT)
+                records = self._list(["list-panes", "-a"], _PANE_FIELDS)
         except TmuxNotFound:
             if session:
                 raise
             return []
-        return [_parse_pane(line) for line in out if line]
+        return [_pane_info(r) for r in records]
 
     def list_sessions(self) -> list[dict]:
-        fmt = "#{session_name}\t#{session_id}\t#{session_windows}\t#{session_created}\t#{session_attached}"
         try:
-            out = self._cmd("list-sessions", "-F", fmt)
+            records = self._list(["list-sessions"], _SESSION_FIELDS)
         except TmuxNotFound:
             return []
-        sessions = []
-        for line in out:
-            name, sid, windows, created, attached = (line.split("\t") + [""] * 5)[:5]
-            sessions.append(
-                {
-                    "name": name,
-                    "id": sid,
-                    "windows": int(windows or 0),
-                    "created": int(created or 0),
-                    "attached": int(attached or 0),
-                }
-            )
-        return sessions
+        return [
+            {
+                "name": r["session_name"],
+                "id": r["session_id"],
+                "windows": int(r["session_windows"]),
+                "created": int(r["session_created"]),
+                "attached": int(r["session_attached"]),
+            }
+            for r in records
+        ]
 
     def pane(self, pane_id: str) -> PaneInfo:
-        if not PANE_ID_RE.match(pane_id):
-            raise TmuxNotFound(f"invalid pane id {pane_id!r}")
+        _checked(pane_id, PANE_ID_RE, "pane_id")
         for info in self.list_panes():
             if info.pane_id == pane_id:
                 return info
         raise TmuxNotFound(f"no pane {pane_id}")
 
     def kill_session(self, session: str) -> None:
-        self._cmd("kill-session", "-t", f"={session}")
+        self._cmd("kill-session", "-t", f"={_checked(session, TMUX_NAME_RE, 'session')}")
 
     def kill_window(self, window_id: str) -> None:
-        self._cmd("kill-window", "-t", window_id)
+        self._cmd("kill-window", "-t", _checked(window_id, WINDOW_ID_RE, "window_id"))
 
     def kill_pane(self, pane_id: str) -> None:
-        self._cmd("kill-pane", "-t", pane_id)
+        self._cmd("kill-pane", "-t", _checked(pane_id, PANE_ID_RE, "pane_id"))
 
     def select_pane(self, pane_id: str) -> None:
-        self._cmd("select-window", "-t", pane_id)
+        self._cmd("select-window", "-t", _checked(pane_id, PANE_ID_RE, "pane_id"))
         self._cmd("select-pane", "-t", pane_id)
 
     def send_text(self, pane_id: str, data: bytes) -> None:
         """Type raw bytes into the pane (as hex keys: no quoting, no key-name lookup)."""
+        _checked(pane_id, PANE_ID_RE, "pane_id")
         for start in range(0, len(data), _INPUT_CHUNK):
             chunk = data[start : start + _INPUT_CHUNK]
             self._cmd("send-keys", "-t", pane_id, "-H", *(f"{b:02x}" for b in chunk))
 
     def send_keys(self, pane_id: str, keys: Sequence[str]) -> None:
+        """Press named keys from the allow-list (`valid_key_name`); nothing else is passed."""
+        _checked(pane_id, PANE_ID_RE, "pane_id")
         bad = [k for k in keys if not valid_key_name(k)]
         if bad:
-            raise ValueError(f"unknown key name(s): {', '.join(bad)}")
+            raise InvalidTmuxArgument("keys", bad, "unknown key name(s)")
         if keys:
             self._cmd("send-keys", "-t", pane_id, *keys)
 
@@ -369,11 +508,11 @@ class TmuxDriver:
         self, pane_id: str, *, last_n_lines: int | None = None, escapes: bool = False
     ) -> str:
         """The visible screen, or the last `last_n_lines` lines of history + screen."""
-        args = ["capture-pane", "-p", "-t", pane_id]
+        args = ["capture-pane", "-p", "-t", _checked(pane_id, PANE_ID_RE, "pane_id")]
         if escapes:
             args.append("-e")
         if last_n_lines:
-            args += ["-S", f"-{last_n_lines}", "-J"]
+            args += ["-S", f"-{int(last_n_lines)}", "-J"]
         lines = self._cmd(*args)
         if last_n_lines:
             while lines and not lines[-1].strip():
@@ -381,8 +520,26 @@ class TmuxDriver:
             lines = lines[-last_n_lines:]
         return "\n".join(lines)
 
+    def take_buffer(self, name: str) -> bytes:
+        """The bytes of paste buffer `name` (which is then deleted), read as the whole stdout
+        of one tmux client: no line framing for a guest's screen to imitate."""
+        _checked(name, CAPTURE_BUFFER_RE, "buffer")
+        try:
+            proc = subprocess.run(
+                [self.tmux_bin, *self.socket_args, "save-buffer", "-b", name, "-", ";",
+                 "delete-buffer", "-b", name],
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise TmuxError("tmux save-buffer did not answer") from None
+        if proc.returncode != 0:
+            raise TmuxError(f"tmux save-buffer: {proc.stderr.decode(errors='replace').strip()}")
+        return proc.stdout
+
     def resize_window(self, pane_id: str, cols: int, rows: int) -> None:
-        self._cmd("resize-window", "-t", pane_id, "-x", str(cols), "-y", str(rows))
+        self._cmd(*resize_args(pane_id, cols, rows))
 
     def kill_server(self) -> None:
         """Stop this tmux server and everything in it, and remove its socket file."""
@@ -405,8 +562,49 @@ def decode_output(escaped: bytes) -> bytes:
     return _OCTAL_RE.sub(lambda m: bytes([int(m.group(1), 8)]), escaped)
 
 
+def resize_args(pane_id: str, cols: int, rows: int) -> list[str]:
+    _checked(pane_id, PANE_ID_RE, "pane_id")
+    if not all(isinstance(v, int) for v in (cols, rows)) or not (
+        2 <= cols <= MAX_COLS and 2 <= rows <= MAX_ROWS
+    ):
+        raise InvalidTmuxArgument("size", (cols, rows), f"2-{MAX_COLS} x 2-{MAX_ROWS}")
+    return ["resize-window", "-t", pane_id, "-x", str(cols), "-y", str(rows)]
+
+
+# Control-mode command lines are parsed by tmux's command parser, so each is built here from
+# checked ids and numbers only. Their replies come back in %begin/%end blocks whose lines tmux
+# does not escape: a command sent through a control client must never answer with text a
+# guest chose (a screen line `%end <time> <number> 1` would end the block early and the
+# lines after it would be read as notifications). Hence screens go through a paste buffer.
+
+
+def resize_command(pane_id: str, cols: int, rows: int) -> str:
+    return " ".join(resize_args(pane_id, cols, rows))
+
+
+def cursor_command(pane_id: str) -> str:
+    """Cursor, size and state of a pane: numbers only in the reply."""
+    _checked(pane_id, PANE_ID_RE, "pane_id")
+    return (
+        f"display-message -p -t {pane_id} "
+        "'#{cursor_x} #{cursor_y} #{pane_width} #{pane_height} #{pane_dead} #{cursor_flag}'"
+    )
+
+
+def capture_command(pane_id: str, buffer: str) -> str:
+    """The screen with colours into paste buffer `buffer` (read it with `take_buffer`): the
+    reply is empty, the capture is still ordered with the output stream."""
+    _checked(pane_id, PANE_ID_RE, "pane_id")
+    return f"capture-pane -e -b {_checked(buffer, CAPTURE_BUFFER_RE, 'buffer')} -t {pane_id}"
+
+
+def new_capture_buffer() -> str:
+    return f"vsb-capture-{secrets.token_hex(8)}"
+
+
 def input_commands(pane_id: str, data: bytes) -> list[str]:
     """Control-mode command lines that type `data` into the pane byte for byte."""
+    _checked(pane_id, PANE_ID_RE, "pane_id")
     return [
         f"send-keys -t {pane_id} -H " + " ".join(f"{b:02x}" for b in data[i : i + _INPUT_CHUNK])
         for i in range(0, len(data), _INPUT_CHUNK)
@@ -434,7 +632,7 @@ class ControlClient:
         tmux_bin: str = "tmux",
     ) -> None:
         self.socket_args = list(socket_args)
-        self.session = session
+        self.session = _checked(session, TMUX_NAME_RE, "session")
         self.on_output = on_output
         self.tmux_bin = tmux_bin
         self.proc: asyncio.subprocess.Process | None = None
@@ -472,7 +670,7 @@ class ControlClient:
                     break
                 line = line.rstrip(b"\n")
                 if block is not None or ours:
-                    if line.startswith((b"%end ", b"%error ")) and _same_block(line, begin):
+                    if _closes(line, begin):
                         if block is not None and not block.future.done():
                             if line.startswith(b"%error "):
                                 text = b"\n".join(block.lines).decode(errors="replace")
@@ -485,8 +683,9 @@ class ControlClient:
                     continue
                 if line.startswith(b"%output "):
                     _, pane, data = (line.split(b" ", 2) + [b""])[:3]
-                    self.on_output(pane.decode(), decode_output(data))
-                elif line.startswith(b"%begin "):
+                    if PANE_ID_RE.fullmatch(pane.decode(errors="replace")):
+                        self.on_output(pane.decode(), decode_output(data))
+                elif _BLOCK_RE.fullmatch(line) and line.startswith(b"%begin "):
                     begin = line
                     flags = line.split(b" ")[3:4]
                     if flags == [b"1"] and self._pending:
@@ -548,5 +747,13 @@ class ControlClient:
                 await self._reader
 
 
-def _same_block(end_line: bytes, begin_line: bytes) -> bool:
-    return end_line.split(b" ")[1:3] == begin_line.split(b" ")[1:3]
+_BLOCK_RE = re.compile(rb"%(begin|end|error) [0-9]{1,20} [0-9]{1,20} [0-9]{1,10}")
+
+
+def _closes(line: bytes, begin_line: bytes) -> bool:
+    """`%end`/`%error` with exactly the time, number and flags of the open `%begin`."""
+    return (
+        line.startswith((b"%end ", b"%error "))
+        and _BLOCK_RE.fullmatch(line) is not None
+        and line.split(b" ", 1)[1] == begin_line.split(b" ", 1)[1]
+    )

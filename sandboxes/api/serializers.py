@@ -15,13 +15,21 @@ class StrictInputSerializer(serializers.Serializer):
         if not isinstance(data, dict):
             raise serializers.ValidationError({"non_field_errors": ["Expected a JSON object."]})
         data = dict(data)
+        sent_as = {}
         for old, new in self.aliases.items():
             if old in data and new not in data:
                 data[new] = data.pop(old)
+                sent_as[new] = old
         unknown = sorted(set(data) - set(self.fields) - set(self.aliases))
         if unknown:
             raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
-        return super().to_internal_value(data)
+        try:
+            return super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            # Name the field as the caller spelled it.
+            if sent_as and isinstance(exc.detail, dict):
+                exc.detail = {sent_as.get(k, k): v for k, v in exc.detail.items()}
+            raise
 
 
 class SandboxSerializer(serializers.ModelSerializer):

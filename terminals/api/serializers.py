@@ -4,13 +4,50 @@ from rest_framework import serializers
 
 from sandboxes.api.serializers import StrictInputSerializer
 
+from ..tmux_driver import (
+    SESSION_NAME_RE,
+    SESSION_NAME_RULE,
+    WINDOW_NAME_RE,
+    WINDOW_NAME_RULE,
+    valid_key_name,
+)
+
+
+def _name_field(pattern, rule: str, **kwargs) -> serializers.RegexField:
+    """A name that becomes a tmux argument: the driver's pattern, whole string (no trimming:
+    a trailing newline is an error, not something to strip quietly)."""
+    return serializers.RegexField(
+        rf"\A{pattern.pattern}\Z",
+        trim_whitespace=False,
+        error_messages={"invalid": f"{rule}."},
+        help_text=f"{rule}.",
+        **kwargs,
+    )
+
+
+def session_name_field(**kwargs) -> serializers.RegexField:
+    return _name_field(SESSION_NAME_RE, SESSION_NAME_RULE, **kwargs)
+
+
+def window_name_field(**kwargs) -> serializers.RegexField:
+    return _name_field(WINDOW_NAME_RE, WINDOW_NAME_RULE, required=False, default="", **kwargs)
+
+
+def pane_id_field(**kwargs) -> serializers.CharField:
+    return serializers.CharField(
+        max_length=100,
+        trim_whitespace=False,
+        help_text="`%3` or `session:window.pane`.",
+        **kwargs,
+    )
+
 
 class CreateSessionSerializer(StrictInputSerializer):
     aliases = {"session_name": "name"}
-    name = serializers.RegexField(r"^[A-Za-z0-9_-]{1,64}$", default="main")
+    name = session_name_field(default="main")
     cols = serializers.IntegerField(min_value=10, max_value=1000, required=False)
     rows = serializers.IntegerField(min_value=5, max_value=500, required=False)
-    window_name = serializers.CharField(max_length=64, required=False, default="")
+    window_name = window_name_field()
     sandbox_id = serializers.UUIDField(required=False)
     # The original ran an arbitrary command in the session; ours always runs ssh into the guest.
     command = serializers.CharField(required=False, allow_blank=True)
@@ -24,11 +61,11 @@ class CreateSessionSerializer(StrictInputSerializer):
 
 
 class CreatePaneSerializer(StrictInputSerializer):
-    session_name = serializers.RegexField(r"^[A-Za-z0-9_-]{1,64}$", default="main")
-    window_name = serializers.CharField(max_length=64, required=False, default="")
+    session_name = session_name_field(default="main")
+    window_name = window_name_field()
     new_window = serializers.BooleanField(default=False)
     horizontal = serializers.BooleanField(default=False)
-    pane_id = serializers.CharField(max_length=100, required=False, help_text="Pane to split.")
+    pane_id = pane_id_field(required=False)
     sandbox_id = serializers.UUIDField(required=False)
     command = serializers.CharField(required=False, allow_blank=True)
 
@@ -39,12 +76,12 @@ class CreatePaneSerializer(StrictInputSerializer):
 
 
 class PaneTargetSerializer(StrictInputSerializer):
-    pane_id = serializers.CharField(max_length=100)
+    pane_id = pane_id_field()
     sandbox_id = serializers.UUIDField(required=False)
 
 
 class SendKeysSerializer(StrictInputSerializer):
-    pane_id = serializers.CharField(max_length=100, required=False)
+    pane_id = pane_id_field(required=False)
     sandbox_id = serializers.UUIDField(required=False)
     text = serializers.CharField(
         required=False,
@@ -54,10 +91,12 @@ class SendKeysSerializer(StrictInputSerializer):
         help_text="Typed literally, byte for byte (newlines included).",
     )
     key = serializers.CharField(
-        required=False, help_text="One tmux key name (the original's field): Enter, C-c, Up..."
+        required=False,
+        trim_whitespace=False,
+        help_text="One tmux key name (the original's field): Enter, C-c, Up...",
     )
     keys = serializers.ListField(
-        child=serializers.CharField(max_length=32),
+        child=serializers.CharField(max_length=32, trim_whitespace=False),
         required=False,
         default=list,
         help_text="tmux key names, pressed after `text`.",
@@ -69,9 +108,14 @@ class SendKeysSerializer(StrictInputSerializer):
 
     def validate(self, attrs):
         key = attrs.pop("key", None)
+        bad = [k for k in attrs.get("keys", []) if not valid_key_name(k)]
+        if bad:
+            raise serializers.ValidationError({"keys": [f"unknown key name(s): {bad!r}."]})
         if key is not None:
             if attrs.pop("literal"):
                 attrs["text"] = attrs.get("text", "") + key
+            elif not valid_key_name(key):
+                raise serializers.ValidationError({"key": [f"unknown key name {key!r}."]})
             else:
                 attrs["keys"] = [key, *attrs.get("keys", [])]
         else:
@@ -80,7 +124,7 @@ class SendKeysSerializer(StrictInputSerializer):
 
 
 class ReadPaneSerializer(StrictInputSerializer):
-    pane_id = serializers.CharField(max_length=100, required=False)
+    pane_id = pane_id_field(required=False)
     sandbox_id = serializers.UUIDField(required=False)
     last_n_lines = serializers.IntegerField(min_value=1, required=False)
 

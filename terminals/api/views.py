@@ -4,6 +4,9 @@ pane is a 404. Typed input and every change to a file is in the audit trail."""
 
 from __future__ import annotations
 
+import re
+from urllib.parse import quote
+
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -312,6 +315,7 @@ class TmuxReleaseSessionView(APIView):
         responses={200: OpenApiTypes.OBJECT, **ERRORS},
     )
     def post(self, request, name):
+        services.check_session_name(name, "name")
         sandbox_id = request.query_params.get("sandbox_id") or (request.data or {}).get(
             "sandbox_id"
         )
@@ -484,7 +488,14 @@ class DownloadView(SandboxScoped):
         params = _valid(s.PathSerializer, request.query_params.dict())
         data, meta = services.download(sandbox, request.user, params["path"])
         response = HttpResponse(data, content_type="application/octet-stream")
-        name = meta["resolved"].rsplit("/", 1)[-1].replace('"', "")
-        response["Content-Disposition"] = f'attachment; filename="{name}"'
+        response["Content-Disposition"] = attachment(meta["resolved"].rsplit("/", 1)[-1])
         response["X-File-Mode"] = meta["mode"]
         return response
+
+
+def attachment(name: str) -> str:
+    """Content-Disposition for a file name the guest chose (any character but / and NUL):
+    an ASCII stand-in with anything outside printable ASCII, quotes, backslashes and `:` `;`
+    replaced, plus the exact name percent-encoded (RFC 6266). Never a CR or LF in a header."""
+    plain = re.sub(r'[^\x20-\x7e]|["\\:;]', "_", name)[:200] or "download"
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(name, safe='')}"

@@ -1,6 +1,7 @@
 """Fixtures of the terminals tests: a private tmux server per test module (never the
-user's, never the service's), a loopback sshd with SFTP that plays a guest, and the VM
-stack for the end-to-end module."""
+user's, never the service's), a loopback sshd with SFTP that plays a guest, a host worker
+with a ready sandbox whose guest is such an sshd, and the VM stack for the end-to-end
+module."""
 
 from __future__ import annotations
 
@@ -42,6 +43,74 @@ def sftp_guest(tmp_path_factory) -> LoopbackSshd:
         yield sshd
     finally:
         sshd.stop()
+
+
+# --- a host worker with terminals, without a VM --------------------------------------------
+
+SANDBOX_ID = uuid.uuid4()  # the guest sshd of term_host trusts this sandbox's principal
+
+
+@pytest.fixture(scope="module")
+def term_host(django_db_setup, django_db_blocker, tmp_path_factory):
+    """A worker on this host's queue with its relay on a private tmux socket, and a loopback
+    sshd that trusts the worker's CA for the sandbox's principal."""
+    from django.conf import settings
+
+    from terminals import hostside
+    from tests.support import stack
+
+    base = tmp_path_factory.mktemp("term-host")
+    (base / "guest").mkdir()
+    sshd = start_sshd(
+        base / "guest", f"sandbox-{SANDBOX_ID.hex}", extra_config=["Subsystem sftp internal-sftp"]
+    )
+    socket = tmux_socket_name("host")
+    env = {
+        "VSB_DRIVER": "fake",
+        "VSB_TMUX_SOCKET": socket,
+        "VSB_TERMINAL_DIR": str(base / "terminals"),
+        "VSB_SSH_CA_KEY": sshd.ca.key_path,
+    }
+    saved = {k: settings.VSB[k] for k in ("TMUX_SOCKET", "TERMINAL_DIR", "SSH_CA_KEY")}
+    settings.VSB.update(
+        TMUX_SOCKET=socket, TERMINAL_DIR=str(base / "terminals"), SSH_CA_KEY=sshd.ca.key_path
+    )
+    stack.flush_test_redis()
+    proc = stack.worker(**env)
+    proc.start()
+    try:
+        with django_db_blocker.unblock():
+            stack.wait_for_heartbeat(proc)
+        yield {"sshd": sshd, "tmux": TmuxDriver(socket), "dir": base / "terminals"}
+    finally:
+        proc.stop()
+        TmuxDriver(socket).kill_server()
+        sshd.stop()
+        settings.VSB.update(saved)
+        hostside._driver.cache_clear()
+
+
+@pytest.fixture
+def ready_sandbox(term_host, alice, host, source):
+    """alice's ready sandbox whose guest is the loopback sshd of `term_host`."""
+    from sandboxes.choices import SandboxState
+    from sandboxes.models import Sandbox
+
+    sshd = term_host["sshd"]
+    sandbox = Sandbox.objects.create(
+        id=SANDBOX_ID,
+        name="sbx-term01",
+        agent_id="alice",
+        owner=alice.user,
+        host=host,
+        source=source,
+        state=SandboxState.READY,
+        ssh_host=sshd.host,
+        ssh_port=sshd.port,
+        host_key=sshd.host_key_line,
+    )
+    yield sandbox
+    term_host["tmux"].kill_server()
 
 
 # --- the VM stack ---------------------------------------------------------------------------

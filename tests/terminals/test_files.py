@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +19,9 @@ from terminals.files import (
     PathDenied,
     PathPolicy,
 )
+from tests.support import hostile_sftp
+from tests.support.sshd import start_sshd
+from tests.terminals.conftest import GUEST_PRINCIPAL
 
 
 @pytest.fixture
@@ -130,3 +136,66 @@ def test_the_policy_compares_whole_path_components():
         with pytest.raises(PathDenied):
             policy.check(bad)
     assert policy.normalise("//srv/./app/../app/x") == "/srv/app/x"
+
+
+# --- what a hostile guest can hand back ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def endless_guest(tmp_path_factory):
+    """An sshd whose sftp subsystem is a hostile server: its directory listings never end."""
+    base = tmp_path_factory.mktemp("endless-guest")
+    count = base / "sent"
+    server = f"{sys.executable} {Path(hostile_sftp.__file__)} {count}"
+    sshd = start_sshd(base, GUEST_PRINCIPAL, extra_config=[f"Subsystem sftp {server}"])
+    try:
+        yield sshd, count
+    finally:
+        sshd.stop()
+
+
+def test_a_listing_that_never_ends_is_read_only_up_to_the_cap(endless_guest):
+    sshd, count = endless_guest
+    client = connect(
+        SSHTarget(sshd.host, sshd.port, pinned_host_key=sshd.host_key_line),
+        sshd.ca.issue([sshd.principal], ttl_seconds=60),
+    )
+    try:
+        files = GuestFiles(client.open_sftp(), PathPolicy(), max_entries=10)
+        listing = files.list("/anywhere")
+    finally:
+        client.close()
+    assert int(count.read_text()) <= 1000, "the host stopped reading soon after the cap"
+    assert [e["name"] for e in listing["entries"]] == [f"entry-{n:09d}" for n in range(10)]
+    assert listing["truncated"] is True
+
+
+def test_names_that_are_not_utf8_are_refused_with_a_4xx_not_a_crash(files, tmp_path):
+    work = tmp_path / "work"
+    os.mkdir(os.path.join(bytes(work), b"caf\xe9"))
+    os.symlink(os.path.join(bytes(work), b"caf\xe9"), bytes(work / "link"))
+    for action in (lambda: files.list(str(work)), lambda: files.stat(str(work / "link"))):
+        with pytest.raises(FileError) as refused:
+            action()
+        assert refused.value.status == 422 and "UTF-8" in refused.value.message
+
+
+def test_a_tree_deeper_than_the_python_stack_is_deleted(files, tmp_path):
+    deep = tmp_path / "work" / "deep"
+    subprocess.run(["mkdir", "-p", str(deep) + "/d" * 1500], check=True)  # os.makedirs recurses
+    (deep / "d" / "f").write_text("x")
+    try:
+        assert files.delete(str(deep), recursive=True)["was_dir"] is True
+        assert not deep.exists()
+    finally:
+        subprocess.run(["rm", "-rf", str(deep)], check=True)  # pytest's own cleanup recurses
+
+
+def test_a_listing_never_follows_a_guest_symlink_and_shows_it_as_one(files, tmp_path):
+    work = tmp_path / "work"
+    os.symlink("/etc", work / "etc-link")
+    os.mkfifo(work / "fifo")
+    entries = {e["name"]: e["type"] for e in files.list(str(work))["entries"]}
+    assert entries == {"etc-link": "symlink", "fifo": "other"}
+    with pytest.raises(FileError, match="not a regular file"):
+        files.read_text(str(work / "fifo"))

@@ -5,6 +5,7 @@ and keystrokes from the host's channel reach the pane."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 import uuid
 
@@ -115,3 +116,57 @@ def test_a_screen_request_is_consistent_with_the_stream(tmux):
     assert all("before" not in e["data"] for e in newer)
     assert refused["type"] == "term.error", "another sandbox's terminal is not served"
     assert "stale" not in tmux.capture(pane.pane_id), "keystrokes queued too long are dropped"
+
+
+def _current_command_number(tmux) -> tuple[int, int]:
+    """(time, number) of a command run now: tmux numbers commands server-wide, so the next
+    ones get slightly higher numbers. A guest can guess both as well."""
+    proc = subprocess.run(
+        ["tmux", *tmux.socket_args, "-C", "attach-session", "-t", f"={SESSION}"],
+        input=b"display-message -p x\n",
+        capture_output=True,
+        timeout=10,
+        check=True,
+    )
+    begins = [line.split() for line in proc.stdout.splitlines() if line.startswith(b"%begin ")]
+    _, when, number, _ = begins[-1]
+    return int(when), int(number)
+
+
+def test_a_guest_screen_cannot_end_a_control_mode_reply_early(tmux, tmp_path):
+    """tmux does not escape the lines of a command's reply in control mode. A guest that prints
+    `%end <time> <number> 1` lines (it can guess both) and then `%output %<pane> ...` must
+    neither cut a screen capture short nor have the relay publish output it made up."""
+    script = tmp_path / "screen"
+    pane = tmux.new_session(SESSION, f"sh -c 'read go; cat {script}; sleep 600'", cols=80, rows=400)
+
+    async def body(layer, relay, viewer):
+        when, number = _current_command_number(tmux)
+        forged = [
+            f"%end {t} {n} 1" for t in range(when, when + 3) for n in range(number, number + 120)
+        ]
+        script.write_text(
+            "\n".join([*forged, "%output %99 INJECTED\\015\\012", "last line"]) + "\n"
+        )
+        tmux.send_text(pane.pane_id, b"\r")
+        await _collect(layer, viewer, lambda ev: "last line" in "".join(e["data"] for e in ev))
+        reply = await layer.new_channel()
+        await layer.send(
+            relay_channel("unit"),
+            {"type": "term.snapshot", "sandbox": HEX, "pane": pane.pane_id, "reply_to": reply},
+        )
+        screen = await asyncio.wait_for(layer.receive(reply), 10)
+        await asyncio.sleep(0.5)
+        later = []
+        while True:
+            try:
+                later.append(await asyncio.wait_for(layer.receive(viewer), 0.2))
+            except TimeoutError:
+                return screen, later
+
+    screen, later = _run(tmux, body)
+    assert screen["type"] == "term.screen" and screen["pane"] == pane.pane_id
+    assert screen["data"].count("%end ") == 360
+    assert "%output %99 INJECTED\\015\\012" in screen["data"] and "last line" in screen["data"]
+    assert (screen["cols"], screen["rows"]) == (80, 400)
+    assert [e for e in later if e["pane"] != pane.pane_id] == []

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import time
 
 import pytest
 
 from terminals.tmux_driver import (
+    InvalidTmuxArgument,
     TmuxError,
     TmuxNotFound,
     decode_output,
     input_commands,
+    known_hosts_line,
     valid_key_name,
     write_credentials,
 )
@@ -32,6 +35,7 @@ def wait_for(fn, timeout: float = 10.0, interval: float = 0.05):
 def test_it_types_text_byte_for_byte_and_reads_the_screen(tmux):
     pane = tmux.new_session("vsb-unit-a", "env PS1='$ ' sh", cols=80, rows=24)
     assert pane.pane_id.startswith("%") and (pane.pane_width, pane.pane_height) == (80, 24)
+    wait_for(lambda: "$" in tmux.capture(pane.pane_id))  # typed before the prompt, it echoes first
     tmux.send_text(pane.pane_id, b"echo \"hi $((40+2))\" 'q\\x'\r")
     screen = wait_for(lambda: (s := tmux.capture(pane.pane_id)) and "hi 42 q\\x" in s and s)
     assert "$ echo" in screen
@@ -146,3 +150,135 @@ def test_a_pane_refuses_a_guest_presenting_another_host_key(tmux, sftp_guest, tm
     pane = tmux.new_session("vsb-unit-mitm", launch.command(), cols=100, rows=30)
     wait_for(lambda: tmux.pane(pane.pane_id).dead, timeout=15)
     assert "Host key verification failed" in tmux.capture(pane.pane_id, last_n_lines=20)
+
+
+# --- agent-chosen names never reach tmux as formats or command syntax ------------------------
+
+HOSTILE_NAMES = [
+    "#(touch {marker})",  # a shell job, run by tmux when a client is attached
+    "#{pid}",  # any format
+    "a\nb",  # a second output line
+    "main\n",  # `$` would let a trailing newline through
+    "a;b",
+    "a;",  # an argument ending in ; ends the tmux command
+    "a b",
+    "a:b",
+    "-x",  # an option
+    "",
+    "x" * 129,
+]
+
+
+@pytest.fixture
+def attached(tmux):
+    """A session with a control-mode client attached, as the relay keeps one on every
+    session: that is when tmux runs `#(...)` jobs found while expanding a name."""
+    tmux.new_session("vsb-unit-h", "sh", cols=80, rows=24)
+    proc = subprocess.Popen(
+        [
+            "tmux",
+            *tmux.socket_args,
+            "-C",
+            "attach-session",
+            "-f",
+            "ignore-size",
+            "-t",
+            "=vsb-unit-h",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: "(attached)" in "".join(tmux.server.cmd("list-sessions").stdout))
+        yield "vsb-unit-h"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_hostile_name_given_to_tmux_directly_runs_on_the_host(tmux, attached, tmp_path):
+    """The canary for the test below: without the driver's checks, `-n '#(cmd)'` runs cmd
+    (tmux kills the job when the command's client exits, so it is a race: try a few times)."""
+    marker = tmp_path / "ran"
+    for _ in range(20):
+        tmux.server.cmd("new-window", "-d", "-t", f"={attached}:", "-n", f"#(touch {marker})", "sh")
+        time.sleep(0.2)
+        if marker.exists():
+            break
+    assert marker.exists()
+
+
+def test_it_refuses_hostile_names_even_when_the_api_check_is_bypassed(tmux, attached, tmp_path):
+    marker = tmp_path / "ran"
+    pane = tmux.list_panes(attached)[0]
+    for template in HOSTILE_NAMES:
+        name = template.replace("{marker}", str(marker))
+        calls = {
+            "session": lambda n=name: tmux.new_session(n, "sh", cols=80, rows=24),
+            "window_name": lambda n=name: tmux.new_window(attached, "sh", window_name=n),
+            "first window_name": lambda n=name: tmux.new_session(
+                "vsb-unit-h2", "sh", cols=80, rows=24, window_name=n
+            ),
+            "session of new_window": lambda n=name: tmux.new_window(n, "sh"),
+            "list_panes": lambda n=name: tmux.list_panes(n),
+            "kill_session": lambda n=name: tmux.kill_session(n),
+            "kill_window": lambda n=name: tmux.kill_window(n),
+            "kill_pane": lambda n=name: tmux.kill_pane(n),
+            "split": lambda n=name: tmux.split(n, "sh"),
+            "respawn": lambda n=name: tmux.respawn(n, "sh"),
+            "select": lambda n=name: tmux.select_pane(n),
+            "send_text": lambda n=name: tmux.send_text(n, b"x"),
+            "capture": lambda n=name: tmux.capture(n),
+            "resize": lambda n=name: tmux.resize_window(n, 80, 24),
+        }
+        for what, call in calls.items():
+            with pytest.raises(InvalidTmuxArgument):
+                call()
+                pytest.fail(f"{what} accepted {name!r}")
+    with pytest.raises(InvalidTmuxArgument):
+        tmux.send_keys(pane.pane_id, ["Enter\n"])
+    time.sleep(1)  # a #() job would run in the background
+    assert not marker.exists()
+    assert [s["name"] for s in tmux.list_sessions()] == [attached]
+    assert [p.pane_id for p in tmux.list_panes()] == [pane.pane_id]
+
+
+def test_window_names_allow_dots_and_sessions_do_not(tmux):
+    pane = tmux.new_session("vsb-unit-n", "sh", cols=80, rows=24, window_name="build.log-2_x")
+    assert pane.window_name == "build.log-2_x"
+    with pytest.raises(InvalidTmuxArgument):
+        tmux.new_session("vsb-unit.n", "sh", cols=80, rows=24)
+
+
+def test_a_window_name_cannot_forge_lines_of_list_output(tmux):
+    """tmux keeps a name given with `new-window -n` raw (tab and newline included) and prints it
+    raw. Such a window (made before names were checked, or by anything else that reaches the
+    tmux server) must not add a pane, move a pane to another sandbox, or shift a field."""
+    alice, bob = "a1" * 16, "b2" * 16
+    mine = tmux.new_session(f"vsb-{alice}-main", "sh", cols=80, rows=24)
+    theirs = tmux.new_session(f"vsb-{bob}-main", "sh", cols=80, rows=24)
+    forged = f"vsb-{alice}-main\t$9\t0\t@9\t0\t{theirs.pane_id}\t1\t80\t24\t1\t0\t/\tw\tt"
+    name = f"x\n{forged}\n"
+    tmux.server.cmd("new-window", "-d", "-t", f"=vsb-{alice}-main:", "-n", name, "sh")
+    panes = {p.pane_id: p for p in tmux.list_panes()}
+    assert len(panes) == 3 and panes[theirs.pane_id].session_name == f"vsb-{bob}-main"
+    assert [p.pane_id for p in tmux.list_panes(f"vsb-{alice}-main")] == [
+        p.pane_id for p in panes.values() if p.session_name == f"vsb-{alice}-main"
+    ]
+    (window,) = [p for p in panes.values() if p.window_name == name]
+    assert (window.pane_width, window.pane_height, window.dead) == (80, 24, False)
+    assert tmux.pane(mine.pane_id).window_name != name
+    assert sorted(s["name"] for s in tmux.list_sessions()) == [
+        f"vsb-{alice}-main",
+        f"vsb-{bob}-main",
+    ]
+
+
+def test_a_known_hosts_line_is_built_only_from_a_well_formed_key():
+    assert known_hosts_line("127.0.0.1", 22, "ssh-ed25519 AAAAC3Nz comment") == (
+        "127.0.0.1 ssh-ed25519 AAAAC3Nz\n"
+    )
+    for bad in ("ssh-ed25519", "@cert-authority * ssh-ed25519 AAAA", "ssh-ed25519 AA#A"):
+        with pytest.raises(TmuxError, match="host key"):
+            known_hosts_line("127.0.0.1", 22, bad)
