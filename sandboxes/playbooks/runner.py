@@ -179,9 +179,14 @@ def _keep() -> list[str]:
     return sorted(os.path.realpath(p) for p in paths)
 
 
+# Resolved before any fork: the child between fork and exec only calls it.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+PR_SET_PDEATHSIG = 1
+
+
 def _die_with_parent() -> None:
     # If the worker dies, unshare dies, its --kill-child kills PID 1, the namespace ends.
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass
