@@ -96,7 +96,7 @@ class RunResult:
 
 
 def _known_host(target: Target) -> str:
-    key = " ".join(target.host_key.split())
+    key = " ".join(target.host_key.split()[:2])  # type and key; a comment is dropped
     if not HOST_KEY_RE.fullmatch(key) or not target.host or any(c.isspace() for c in target.host):
         raise ValueError(f"target {target.name}: not a host and a pinned host key")
     where = target.host if target.port == 22 else f"[{target.host}]:{target.port}"

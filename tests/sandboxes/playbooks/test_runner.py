@@ -84,6 +84,9 @@ def task_result(events, task: str, kind: str = "runner_on_ok") -> dict:
 def test_ansible_runs_unprivileged_and_cannot_read_the_ca_key(isolation, target, target_sshd, secrets_dir):
     ca_key = target_sshd.ca_key_path
     planted = secrets_dir / "ca"
+    sibling = Path(isolation.run_root) / "run-sibling"  # another run's directory, readable by modes
+    sibling.mkdir(parents=True, mode=0o755)
+    (sibling / "id0").write_text("another run's key\n")
     playbook = f"""
 - hosts: all
   gather_facts: false
@@ -97,6 +100,7 @@ def test_ansible_runs_unprivileged_and_cannot_read_the_ca_key(isolation, target,
         root_home: "{{{{ lookup('pipe', 'ls -A /root') }}}}"
         data_dir: "{{{{ lookup('pipe', 'ls -A {runtime.settings.DATA_DIR} || true') }}}}"
         processes: "{{{{ lookup('pipe', 'ls /proc | grep -c ^[0-9]') }}}}"
+        runs: "{{{{ lookup('pipe', 'ls -A {isolation.run_root}') }}}}"
   - name: Read the CA key
     ansible.builtin.debug:
       msg: "{{{{ lookup('file', '{ca_key}') }}}}"
@@ -124,6 +128,7 @@ def test_ansible_runs_unprivileged_and_cannot_read_the_ca_key(isolation, target,
     assert set(facts["root_home"].split()) <= {".pyenv"}  # only the Python installation shows
     assert facts["data_dir"] == ""
     assert int(facts["processes"]) < 20  # its own PID namespace: the worker is not there
+    assert facts["runs"].startswith("run-") and facts["runs"] != "run-sibling"  # only its own run
 
     st = os.stat(ca_key)
     assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o600)
@@ -133,7 +138,7 @@ def test_ansible_runs_unprivileged_and_cannot_read_the_ca_key(isolation, target,
     everything = json.dumps(events)
     assert secret not in everything and "bm90IGEga2V5IGJ1dCBhIHNlY3JldA" not in everything
     assert task_result(events, "On the target")["stdout"] == "root"  # the run's own credentials work
-    assert os.listdir(isolation.run_root) == []  # the run directory is gone
+    assert os.listdir(isolation.run_root) == ["run-sibling"]  # its own directory is gone
 
 
 def test_events_stream_in_order_and_a_failure_names_its_task(isolation, target):
@@ -209,3 +214,13 @@ def test_without_its_system_user_ansible_does_not_run(target, tmp_path):
     missing = runner.Isolation(user="vsb-no-such-user", run_root=str(tmp_path / "runs"))
     with pytest.raises(runner.RunnerError, match="install-system.sh"):
         runner.run("- hosts: all\n  tasks: []\n", {}, [target], isolation=missing)
+
+
+def test_a_pinned_host_key_cannot_add_known_hosts_lines(target):
+    """The host key of a sandbox target was read from its (hostile) guest."""
+    target.host_key = target.host_key + "\n[10.0.0.1]:22 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAttacker"
+    line = runner._known_host(target)
+    assert line.count("\n") == 1 and "Attacker" not in line
+    target.host = "127.0.0.1 evil"
+    with pytest.raises(ValueError):
+        runner._known_host(target)
