@@ -421,3 +421,20 @@ def test_files_shipped_beside_the_playbook_have_plain_names_inside_files(tmp_pat
         with pytest.raises(ValueError):
             write_project(str(tmp_path / "p"), "- hosts: all\n", {bad: b"x"})
     assert not (tmp_path / "p").exists()  # refused before anything was written
+
+
+def test_an_agent_chosen_title_does_not_run_in_the_syntax_check():
+    """`ansible-playbook --syntax-check` templates the play's name, which carries the agent's
+    own sandbox name and agent_id: generating a playbook must not run them."""
+    import uuid
+
+    from sandboxes.playbooks.build import syntax_check
+
+    marker = Path(f"/tmp/vsb-test-title-{uuid.uuid4().hex}")
+    out = generator.generate(DIFF, state(), title=f"Reproduce {jinja(marker)}", source=jinja(marker))
+    try:
+        ok, output = syntax_check(out.yaml, out.files)
+        assert ok, output
+        assert not marker.exists()
+    finally:
+        marker.unlink(missing_ok=True)

@@ -224,3 +224,17 @@ def test_a_pinned_host_key_cannot_add_known_hosts_lines(target):
     target.host = "127.0.0.1 evil"
     with pytest.raises(ValueError):
         runner._known_host(target)
+
+
+def test_the_syntax_check_runs_as_the_ansible_user_too(isolation):
+    """An operator's edit may hold Jinja in a play's name, which --syntax-check templates."""
+    from sandboxes.playbooks.build import syntax_check
+
+    seen = Path(f"/tmp/vsb-test-syntax-{uuid.uuid4().hex}")
+    try:
+        ok, output = syntax_check(f"- name: \"{{{{ lookup('pipe', 'id -u > {seen}') }}}}\"\n  hosts: all\n  tasks: []\n", {})
+        assert ok, output
+        assert int(seen.read_text()) == pwd.getpwnam("vsb-ansible").pw_uid
+    finally:
+        seen.unlink(missing_ok=True)
+    assert os.listdir(isolation.run_root) == []
