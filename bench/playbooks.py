@@ -24,6 +24,7 @@ import time
 from django.conf import settings  # noqa: E402
 from foundation import Api  # noqa: E402  (sets up Django and sys.path)
 
+from sandboxes import runtime  # noqa: E402
 from sandboxes.models import Sandbox  # noqa: E402
 from sandboxes.playbooks import runner  # noqa: E402
 from sandboxes.playbooks.verify import target_for  # noqa: E402
@@ -97,7 +98,7 @@ def main() -> None:
         result = verify["operation"]["result"]
         clone = create(from_sandbox=small["id"], from_snapshot="v0", agent_id="bench-raw")
         row = Sandbox.objects.get(pk=clone["id"])
-        raw_run_s, raw_run = timed(lambda: runner.run(small_pb["yaml"], {}, [target_for(row)]))
+        raw_run_s, raw_run = timed(lambda: runner.run(small_pb["yaml"], {}, [target_for(row)], isolation=runtime.ansible_isolation()))
     finally:
         for sandbox_id in made:
             try:

@@ -1,5 +1,5 @@
 """Worker-side computation of a Diff: both states are read from the sandbox's own disk on the
-host (see drivers/snapshot_reader.py and docs/diff.md). "now" of a running sandbox is a
+host by the unprivileged guest reader (drivers/guest_reader.py, docs/diff.md). "now" of a running sandbox is a
 temporary internal snapshot, taken after flushing the guest's page cache and deleted after.
 
 Reading disks instead of asking the guest means a change typed in any shell shows up, a

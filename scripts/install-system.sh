@@ -43,3 +43,12 @@ if ! command -v npm >/dev/null; then
   say "installing npm"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends npm
 fi
+# The unprivileged account ansible-playbook runs as (docs/playbooks.md "Who runs Ansible"): no
+# password, no login shell, no home; it owns one run's private directory at a time.
+ansible_user="${VSB_ANSIBLE_USER:-vsb-ansible}"
+if ! getent passwd "$ansible_user" >/dev/null; then
+  say "creating system user $ansible_user (runs ansible-playbook)"
+  useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$ansible_user"
+else
+  say "system user $ansible_user: present"
+fi

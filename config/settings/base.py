@@ -331,6 +331,18 @@ VSB = {
 # SECRET_KEY: rotating that one (sessions, signed values) keeps the credentials readable.
 VSB_CREDENTIALS_KEY = env_secret("VSB_CREDENTIALS_KEY") or ""
 
+# Who runs ansible-playbook (sandboxes/playbooks/runner.py, docs/playbooks.md "Who runs
+# Ansible"): an unprivileged system user (scripts/install-system.sh creates it), one private
+# directory per run under ANSIBLE_RUN_DIR, and these directories covered in its namespace on
+# top of the data, sandbox, terminal and CA key directories and root's home.
+VSB.update(
+    {
+        "ANSIBLE_USER": env.str("VSB_ANSIBLE_USER", default="vsb-ansible"),
+        "ANSIBLE_RUN_DIR": env.str("VSB_ANSIBLE_RUN_DIR", default="/run/virsh-sandbox/ansible"),
+        "ANSIBLE_HIDE": env.list("VSB_ANSIBLE_HIDE", default=[]),
+    }
+)
+
 # --- Approvals ------------------------------------------------------------------------------
 APPROVALS = {
     "DEFAULT_TIMEOUT_SECONDS": env.int("VSB_APPROVAL_DEFAULT_TIMEOUT_SECONDS", default=300),

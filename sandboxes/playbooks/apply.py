@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from audit import services as audit
 
+from .. import runtime
 from . import runner, secrets
 from .models import PlaybookEvent, PlaybookRun
 from .runs import audit_origin
@@ -132,6 +133,7 @@ def execute(run_id) -> None:
             run.version.yaml,
             version_files(run.version),
             _targets(run),
+            isolation=runtime.ansible_isolation(),
             check=run.kind == "check",
             on_event=stream.add,
             cancelled=_cancel_checker(run.pk),
@@ -144,7 +146,7 @@ def execute(run_id) -> None:
             first = failed[0]
             error = f"task {first['task']!r} failed on {first['host']}: {first['message'][:500]}"
         elif status == "failed":
-            error = f"ansible-runner ended {result.status} (rc {result.rc})"
+            error = f"ansible-runner ended {result.status} (rc {result.rc})" + (f": {result.error}" if result.error else "")
     except Exception as exc:  # noqa: BLE001 - the run must end with the reason
         log.exception("playbook run %s", run_id)
         error = f"{type(exc).__name__}: {exc}"

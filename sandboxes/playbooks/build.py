@@ -5,19 +5,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
-import subprocess
-import tempfile
 
 from django.db import transaction
 
-from .. import wakeups
+from .. import runtime, wakeups
 from ..diff_compute import stored_result
 from ..drivers.domain_xml import OVERLAY_NAME
 from ..runtime import get_guest_reader
-from . import generator
+from . import generator, runner
 from .models import Playbook, PlaybookFile, PlaybookVersion
-from .runner import ANSIBLE_BIN
+from .runner import write_project  # noqa: F401 - the runner lays projects out (and checks file names)
 from .state import read_target_state, snapshot_pair
 
 log = logging.getLogger(__name__)
@@ -25,34 +22,9 @@ log = logging.getLogger(__name__)
 FILE_LIMIT = 64 * 1024 * 1024
 
 
-def write_project(directory: str, yaml_text: str, files: dict[str, bytes]) -> str:
-    """Lay the playbook out as Ansible expects: playbook.yml beside files/."""
-    os.makedirs(os.path.join(directory, "files"), exist_ok=True)
-    path = os.path.join(directory, "playbook.yml")
-    with open(path, "w") as f:
-        f.write(yaml_text)
-    for name, data in files.items():
-        with open(os.path.join(directory, "files", name), "wb") as f:
-            f.write(data)
-    return path
-
-
 def syntax_check(yaml_text: str, files: dict[str, bytes]) -> tuple[bool, str]:
-    scratch = tempfile.mkdtemp(prefix="vsb-syntax-")
-    try:
-        path = write_project(scratch, yaml_text, files)
-        env = dict(os.environ, ANSIBLE_LOCAL_TEMP=os.path.join(scratch, "tmp"), ANSIBLE_NOCOLOR="1")
-        proc = subprocess.run(
-            [os.path.join(ANSIBLE_BIN, "ansible-playbook"), "--syntax-check", "-i", "localhost,", path],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=env,
-            cwd=scratch,
-        )
-        return proc.returncode == 0, (proc.stdout + proc.stderr).strip()[-4000:]
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    """`ansible-playbook --syntax-check` templates play-level fields: isolated like a run."""
+    return runner.syntax_check(yaml_text, files, isolation=runtime.ansible_isolation())
 
 
 def store_version(

@@ -5,7 +5,14 @@ playbook: declarative tasks where Ansible has a module for the change, a `shell`
 What a task of its own already covers is left out of the file tasks, so the playbook says
 each change once: files a package installed (unless the agent edited them after), the
 account files of users and groups, a new user's copy of /etc/skel, and the symlinks
-`systemctl enable` makes. Pure: no Django, no I/O."""
+`systemctl enable` makes. Pure: no Django, no I/O.
+
+Every string the guest or the agent chose (paths, link targets, names, comments, homes,
+shells, versions, the title) is emitted as `!unsafe`, so Ansible never templates it on the
+controller: the YAML dumper tags every `str` that way unless the generator itself marked it
+as one of its own words (`_Word`) or its one template (`_Template`). A new field that forgets
+to say what it is fails closed, not open. See docs/playbooks.md "Guest data is never a
+template"."""
 
 from __future__ import annotations
 
@@ -43,6 +50,18 @@ SIDE_EFFECT_PREFIXES = (
 )
 WANTS_RE = re.compile(r"^/etc/systemd/(system|user)/[^/]+\.(wants|requires)/")
 
+# What the target's tools accept; a name outside these is not reproduced by a task (it would
+# fail there) but said in the warnings. shadow's useradd/groupadd (Debian 12):
+ACCOUNT_NAME_RE = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,30}\$?$")
+# Debian policy 5.6.1 and 5.6.12:
+PACKAGE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]{1,200}$")
+PACKAGE_VERSION_RE = re.compile(r"^[A-Za-z0-9.+~:-]{1,200}$")
+# systemd.unit(5): name, optional @instance, a known type.
+UNIT_NAME_RE = re.compile(
+    r"^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?"
+    r"\.(service|socket|device|mount|automount|swap|target|path|timer|slice|scope)$"
+)
+
 
 @dataclass
 class Generated:
@@ -53,26 +72,44 @@ class Generated:
     task_count: int = 0
 
 
-class _Unsafe(str):
-    """Emitted as `!unsafe`: Ansible must not template file contents ({{ }} in a config)."""
+class _Word(str):
+    """A string the generator wrote itself (a module's state, a fixed task name): plain."""
 
 
-def _unsafe_representer(dumper: yaml.SafeDumper, value: _Unsafe):
+class _Template(str):
+    """The generator's own Jinja (`ignore_errors: "{{ ansible_check_mode }}"`): plain."""
+
+
+def _unsafe_representer(dumper: yaml.SafeDumper, value: str):
+    """Every other string came from the diff, the guest or the agent: `!unsafe`, which Ansible
+    never templates (not in module arguments, not in task or play names)."""
     style = "|" if "\n" in value else None
     return dumper.represent_scalar("!unsafe", str(value), style=style)
 
 
-def _str_representer(dumper: yaml.SafeDumper, value: str):
-    style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+def _plain_representer(dumper: yaml.SafeDumper, value: str):
+    return dumper.represent_scalar("tag:yaml.org,2002:str", str(value))
+
+
+KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
 
 class _Dumper(yaml.SafeDumper):
-    pass
+    def represent_mapping(self, tag, mapping, flow_style=None):
+        # Keys are module and argument names the generator wrote: plain, and nothing else
+        # may become a key (a guest string there would be a new argument or a template).
+        for key in mapping:
+            if not (isinstance(key, str) and KEY_RE.fullmatch(key)):
+                raise ValueError(f"not a playbook key: {key!r}")
+        node = super().represent_mapping(tag, mapping, flow_style)
+        for key_node, _value in node.value:
+            key_node.tag = "tag:yaml.org,2002:str"
+        return node
 
 
-_Dumper.add_representer(_Unsafe, _unsafe_representer)
-_Dumper.add_representer(str, _str_representer)
+_Dumper.add_representer(str, _unsafe_representer)
+_Dumper.add_representer(_Word, _plain_representer)
+_Dumper.add_representer(_Template, _plain_representer)
 
 
 def _is_text(data: bytes) -> bool:
@@ -82,13 +119,30 @@ def _is_text(data: bytes) -> bool:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         return False
-    # YAML cannot carry most control characters in a block scalar; keep such files as files.
-    return not any(ord(c) < 32 and c not in "\t\n" for c in text) and "\r" not in text
+    # YAML cannot carry most control characters in a block scalar, and reads NEL, LS and PS
+    # as line breaks: keep such files as files.
+    return not any((ord(c) < 32 and c not in "\t\n") or c in "\r\x85\u2028\u2029" for c in text)
 
 
 def _file_name(path: str, data: bytes) -> str:
-    base = posixpath.basename(path) or "file"
+    """A name under files/ that is one plain path component whatever the guest called the
+    file: no `/`, no `..`, no Jinja, no control characters, not over NAME_MAX."""
+    base = re.sub(r"[^A-Za-z0-9._+-]", "_", posixpath.basename(path))[:100] or "file"
     return f"{hashlib.sha256(data).hexdigest()[:12]}-{base}"
+
+
+def _valid_account(name) -> bool:
+    return isinstance(name, str) and bool(ACCOUNT_NAME_RE.fullmatch(name)) and not name.isdigit() and name not in (".", "..")
+
+
+def _passwd_field(value, *, absolute: bool = False) -> bool:
+    """useradd's own check: no `:` or newline (the file's separators); home and shell absolute."""
+    ok = isinstance(value, str) and ":" not in value and "\n" not in value
+    return ok and (not absolute or not value or value.startswith("/"))
+
+
+def _valid_unit(name) -> bool:
+    return isinstance(name, str) and len(name) <= 255 and bool(UNIT_NAME_RE.fullmatch(name))
 
 
 def _mode(rec: dict) -> str:
@@ -126,7 +180,8 @@ def generate(
             return "user and group tasks"
         if path.startswith(SIDE_EFFECT_PREFIXES) or path in SIDE_EFFECT_PREFIXES:
             return "written by dpkg/apt/systemd"
-        if WANTS_RE.match(path) and rec.get("type") == "l":
+        if WANTS_RE.match(path) and rec.get("type") == "l" and _valid_unit(posixpath.basename(path)):
+            # A name systemctl refuses has no systemd task: its link is copied as a link.
             return "systemd task (enabled)"
         if path in deb_paths:
             return "package task (copied with it)"
@@ -156,8 +211,15 @@ def generate(
     # Groups, then users (a user's primary group must exist first).
     for g in groups.get("added", []) + groups.get("changed", []):
         g = g.get("after", g) if "after" in g else g
-        tasks.append({"name": f"Group {g['name']}", "ansible.builtin.group": {"name": g["name"], "gid": g["gid"], "state": "present"}})
+        if not _valid_account(g["name"]):
+            out.warnings.append(f"group {g['name']!r}: groupadd refuses this name; not in the playbook, add it by hand")
+            continue
+        tasks.append({"name": f"Group {g['name']}", "ansible.builtin.group": {"name": g["name"], "gid": g["gid"], "state": PRESENT}})
     for u in users.get("added", []) + [c.get("after", c) for c in users.get("changed", [])]:
+        refused = _refused_user_fields(u)
+        if refused:
+            out.warnings.append(f"user {u['name']!r}: useradd refuses its {refused}; not in the playbook, add it by hand")
+            continue
         args = {
             "name": u["name"],
             "uid": u["uid"],
@@ -166,7 +228,7 @@ def generate(
             "shell": u["shell"],
             "comment": u.get("gecos", ""),
             "create_home": u["home"].rstrip("/") in new_homes,
-            "state": "present",
+            "state": PRESENT,
         }
         if args["group"] is None:
             args.pop("group")
@@ -177,6 +239,8 @@ def generate(
     for pkg in packages.get("installed", []) + packages.get("upgraded", []):
         name = pkg["name"]
         version = pkg.get("version") or pkg.get("new_version")
+        if not _valid_package(name, version, out):
+            continue
         deb = debs.get(name)
         if deb and deb.path in state.contents:
             data = state.contents[deb.path]
@@ -184,13 +248,15 @@ def generate(
             out.files[fname] = data
             tasks.append({
                 "name": f"Package file {posixpath.basename(deb.path)}",
-                "ansible.builtin.copy": {"src": f"files/{fname}", "dest": deb.path, "owner": "root", "group": "root", "mode": "0644"},
+                "ansible.builtin.copy": {"src": f"files/{fname}", "dest": deb.path, "owner": ROOT, "group": ROOT, "mode": _Word("0644")},
             })
-            tasks.append({"name": f"Package {name} {version}", "ansible.builtin.apt": {"deb": deb.path, "state": "present"}})
+            tasks.append({"name": f"Package {name} {version}", "ansible.builtin.apt": {"deb": deb.path, "state": PRESENT}})
         else:
-            tasks.append({"name": f"Package {name} {version}", "ansible.builtin.apt": {"name": f"{name}={version}", "state": "present"}})
+            tasks.append({"name": f"Package {name} {version}", "ansible.builtin.apt": {"name": f"{name}={version}", "state": PRESENT}})
     for pkg in packages.get("removed", []):
-        tasks.append({"name": f"Remove package {pkg['name']}", "ansible.builtin.apt": {"name": pkg["name"], "state": "absent"}})
+        if not _valid_package(pkg["name"], pkg.get("version") or "0", out):
+            continue
+        tasks.append({"name": f"Remove package {pkg['name']}", "ansible.builtin.apt": {"name": pkg["name"], "state": ABSENT}})
 
     # New trees of many files travel as one archive; other directories (parents first),
     # files and links one task each.
@@ -202,7 +268,7 @@ def generate(
         out.files[fname] = data
         tasks.append({
             "name": f"Tree {tree.top} ({len(tree.paths)} entries)",
-            "ansible.builtin.unarchive": {"src": f"files/{fname}", "dest": "/"},
+            "ansible.builtin.unarchive": {"src": f"files/{fname}", "dest": _Word("/")},
         })
     added_dirs = [r for r in files.get("added", []) if r.get("type") == "d" and r["path"] not in in_tree]
     for rec in sorted(added_dirs, key=lambda r: r["path"]):
@@ -210,7 +276,7 @@ def generate(
         if reason:
             out.skipped.append({"path": rec["path"], "reason": reason})
             continue
-        tasks.append({"name": f"Directory {rec['path']}", "ansible.builtin.file": {"path": rec["path"], "state": "directory", **_attrs(rec)}})
+        tasks.append({"name": f"Directory {rec['path']}", "ansible.builtin.file": {"path": rec["path"], "state": DIRECTORY, **_attrs(rec)}})
 
     for section in ("added", "modified"):
         for rec in files.get(section, []):
@@ -234,7 +300,7 @@ def generate(
             out.skipped.append({"path": path, "reason": reason})
             continue
         tops.append(path)
-        tasks.append({"name": f"Remove {path}", "ansible.builtin.file": {"path": path, "state": "absent"}})
+        tasks.append({"name": f"Remove {path}", "ansible.builtin.file": {"path": path, "state": ABSENT}})
 
     # systemd: reload once if any unit file changed, then enable/disable/mask.
     unit_files_changed = any(
@@ -243,18 +309,19 @@ def generate(
         for s in ("added", "modified", "removed")
         for r in files.get(s, [])
     )
-    if unit_files_changed or any(units.get(k) for k in ("enabled", "disabled", "masked", "unmasked")):
-        tasks.append({"name": "Reload systemd units", "ansible.builtin.systemd_service": {"daemon_reload": True}})
-    for unit in units.get("enabled", []):
+    named = {k: _valid_units(units.get(k, []), k, out) for k in ("enabled", "disabled", "masked", "unmasked")}
+    if unit_files_changed or any(named.values()):
+        tasks.append({"name": _Word("Reload systemd units"), "ansible.builtin.systemd_service": {"daemon_reload": True}})
+    for unit in named["enabled"]:
         args = {"name": unit["name"], "enabled": True}
         if unit["name"].endswith(".service") or unit["name"].endswith(".timer") or unit["name"].endswith(".socket"):
-            args["state"] = "started"
+            args["state"] = _Word("started")
         tasks.append({"name": f"Enable {unit['name']}", "ansible.builtin.systemd_service": args})
-    for unit in units.get("disabled", []):
+    for unit in named["disabled"]:
         tasks.append({"name": f"Disable {unit['name']}", "ansible.builtin.systemd_service": {"name": unit["name"], "enabled": False}})
-    for unit in units.get("masked", []):
+    for unit in named["masked"]:
         tasks.append({"name": f"Mask {unit['name']}", "ansible.builtin.systemd_service": {"name": unit["name"], "masked": True}})
-    for unit in units.get("unmasked", []):
+    for unit in named["unmasked"]:
         tasks.append({"name": f"Unmask {unit['name']}", "ansible.builtin.systemd_service": {"name": unit["name"], "masked": False}})
 
     _tolerate_in_check_mode(tasks, users, groups, files)
@@ -262,7 +329,8 @@ def generate(
     for note in diff.get("notes", []):
         out.warnings.append(f"diff: {note}")
 
-    play = [{"name": title, "hosts": hosts, "become": True, "gather_facts": False, "tasks": tasks}]
+    play = [{"name": title, "hosts": _Word(hosts) if KEY_RE.fullmatch(hosts) else hosts, "become": True,
+             "gather_facts": False, "tasks": tasks}]
     body = yaml.dump(play, Dumper=_Dumper, sort_keys=False, width=100, allow_unicode=True)
     out.task_count = len(tasks)
     out.yaml = _header(diff, source, out) + body
@@ -330,7 +398,7 @@ def _archived_trees(added: list[dict], covered, state: TargetState, min_files: i
     return trees
 
 
-CHECK_MODE_TOLERANT = "{{ ansible_check_mode }}"
+CHECK_MODE_TOLERANT = _Template("{{ ansible_check_mode }}")
 
 
 def _tolerate_in_check_mode(tasks: list[dict], users: dict, groups: dict, files: dict) -> None:
@@ -357,6 +425,38 @@ def _tolerate_in_check_mode(tasks: list[dict], users: dict, groups: dict, files:
             task["ignore_errors"] = CHECK_MODE_TOLERANT
 
 
+PRESENT, ABSENT, DIRECTORY, ROOT = _Word("present"), _Word("absent"), _Word("directory"), _Word("root")
+
+
+def _refused_user_fields(u: dict) -> str:
+    """The passwd fields of `u` that useradd would refuse, as words ("" when none)."""
+    refused = [] if _valid_account(u["name"]) else ["name"]
+    refused += [] if _passwd_field(u.get("gecos", "")) else ["comment"]
+    refused += [f for f in ("home", "shell") if not _passwd_field(u.get(f, ""), absolute=True)]
+    return ", ".join(refused)
+
+
+def _valid_package(name, version, out: Generated) -> bool:
+    """A name or version apt would read otherwise (a comma lists two packages, `=` pins) is
+    not a task: it could install or remove something else on the target."""
+    if isinstance(name, str) and PACKAGE_NAME_RE.fullmatch(name) and isinstance(version, str) and PACKAGE_VERSION_RE.fullmatch(version):
+        return True
+    out.warnings.append(f"package {name!r} {version!r}: not a Debian package name and version; not in the playbook")
+    return False
+
+
+def _valid_units(records: list[dict], change: str, out: Generated) -> list[dict]:
+    kept = []
+    for unit in records:
+        if _valid_unit(unit["name"]):
+            kept.append(unit)
+        else:
+            out.warnings.append(
+                f"unit {unit['name']!r} ({change}): systemctl refuses this name; no systemd task, its files and links are copied as they are"
+            )
+    return kept
+
+
 def _attrs(rec: dict) -> dict:
     fields = {}
     if rec.get("owner") is not None:
@@ -379,11 +479,11 @@ def _file_tasks(rec: dict, section: str, state: TargetState, out: Generated, inl
     if kind == "l":
         return [{
             "name": f"Link {path}",
-            "ansible.builtin.file": {"path": path, "src": rec.get("target", ""), "state": "link", "force": True,
+            "ansible.builtin.file": {"path": path, "src": rec.get("target", ""), "state": _Word("link"), "force": True,
                                      **({"owner": rec["owner"]} if rec.get("owner") else {})},
         }]
     if kind == "d":  # a modified directory: its mode or owner
-        return [{"name": f"Directory {path}", "ansible.builtin.file": {"path": path, "state": "directory", **_attrs(rec)}}]
+        return [{"name": f"Directory {path}", "ansible.builtin.file": {"path": path, "state": DIRECTORY, **_attrs(rec)}}]
     if kind != "f":
         out.warnings.append(f"{path}: a special file (type {kind}) is created with a shell task")
         command = f"mkfifo -m {_mode(rec)} {_shell_quote(path)}" if kind == "p" else f"test -e {_shell_quote(path)}"
@@ -398,7 +498,7 @@ def _file_tasks(rec: dict, section: str, state: TargetState, out: Generated, inl
         return []
     args: dict = {"dest": path, **_attrs(rec)}
     if len(data) <= inline_limit and _is_text(data):
-        args = {"dest": path, "content": _Unsafe(data.decode("utf-8")), **_attrs(rec)}
+        args = {"dest": path, "content": data.decode("utf-8"), **_attrs(rec)}
     else:
         fname = _file_name(path, data)
         out.files[fname] = data
@@ -413,21 +513,30 @@ def _shell_quote(text: str) -> str:
     return "'" + text.replace("'", "'\"'\"'") + "'"
 
 
+# Anything YAML reads as a line break (YAML 1.1 counts NEL, LS and PS too) or a reader might
+# trip on: inside a `#` comment it would end the comment and start YAML of the guest's making.
+_COMMENT_BREAKERS = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029\ufeff]")
+
+
+def _comment(text: str) -> str:
+    return _COMMENT_BREAKERS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def _header(diff: dict, source: str, out: Generated) -> str:
     summary = diff.get("summary", {})
     lines = [
         "# Generated by virsh-sandbox from the diff of a sandbox; review before applying.",
-        f"# Source: {source}" if source else "# Source: (unspecified)",
+        f"# Source: {_comment(source)}" if source else "# Source: (unspecified)",
         f"# Generated: {datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}",
         "# Changes: " + ", ".join(
-            f"{section} " + "/".join(f"{k} {v}" for k, v in counts.items() if v)
+            _comment(f"{section} " + "/".join(f"{k} {v}" for k, v in counts.items() if v))
             for section, counts in summary.items() if any(counts.values())
         ) if summary else "# Changes: (no summary)",
         f"# Tasks: {out.task_count}; left to other tasks: {len(out.skipped)} paths",
     ]
     if out.warnings:
         lines.append("# Warnings:")
-        lines.extend(f"#   - {w}" for w in out.warnings)
+        lines.extend(f"#   - {_comment(w)}" for w in out.warnings)
     else:
         lines.append("# Warnings: none")
     return "\n".join(lines) + "\n---\n"

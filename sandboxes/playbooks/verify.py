@@ -9,7 +9,7 @@ import logging
 
 from django.utils import timezone
 
-from .. import provisioning, services
+from .. import provisioning, runtime, services
 from ..choices import OperationStatus, SandboxState
 from ..diff_compute import compare_snapshots, stored_result
 from ..models import Operation, Sandbox
@@ -108,7 +108,7 @@ def _replay(op: Operation, version: PlaybookVersion, replica: Sandbox) -> dict:
     services.report_progress(op.pk, 30, "replica ready: snapshot before the replay")
     driver.snapshot_create(replica.name, BEFORE, "before the playbook replay")
     services.report_progress(op.pk, 40, "running the playbook on the replica")
-    first = runner.run(version.yaml, files, [target_for(replica)])
+    first = runner.run(version.yaml, files, [target_for(replica)], isolation=runtime.ansible_isolation())
     services.report_progress(op.pk, 60, "diffing the replica")
     driver.snapshot_create(replica.name, AFTER, "after the playbook replay")
     replica_diff = compare_snapshots(replica, BEFORE, AFTER)
@@ -116,7 +116,7 @@ def _replay(op: Operation, version: PlaybookVersion, replica: Sandbox) -> dict:
     agent_diff = stored_result(playbook.sandbox, *snapshot_pair(playbook))
     verdict = reproduce.compare(agent_diff, replica_diff)
     services.report_progress(op.pk, 80, "running the playbook a second time")
-    second = runner.run(version.yaml, files, [target_for(replica)])
+    second = runner.run(version.yaml, files, [target_for(replica)], isolation=runtime.ansible_isolation())
     idempotent = second.status == "successful" and second.changed == 0
     return {
         **op.result,

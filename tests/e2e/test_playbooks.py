@@ -1,10 +1,19 @@
 """From an agent's change to a verified playbook, on real VMs (the systemd image, so units
 really start): generate, syntax-check, replay on a fresh clone of the `from` state, compare
-the replica's diff with the agent's, and run it again to prove idempotence."""
+the replica's diff with the agent's, and run it again to prove idempotence.
+
+The agent's change also carries Jinja that would touch a marker file on the worker host, in a
+symlink target, a user's comment, home and shell, a group name, a file path and a unit name:
+verify, check and apply must reproduce those strings literally (or, where the target's tools
+refuse them, say so in the warnings) and never run them (docs/playbooks.md "Guest data is
+never a template"). Sharing the module's VMs and runs keeps that nearly free."""
 
 from __future__ import annotations
 
 import base64
+import glob
+import shlex
+import uuid
 
 import pytest
 import yaml
@@ -37,6 +46,46 @@ dpkg -i /root/vsb-hello.deb >/dev/null
 """
 
 
+TAG = uuid.uuid4().hex[:10]
+
+
+def payload(field: str) -> str:
+    return "{{ lookup('pipe', 'touch /tmp/vsb-jinja-" + TAG + "-" + field + "') }}"
+
+
+def host_markers() -> list[str]:
+    return sorted(glob.glob(f"/tmp/vsb-jinja-{TAG}-*"))
+
+
+# A file name cannot hold `/`: the unit name spells it with format(47).
+JINJA_UNIT = "{{ lookup('pipe', 'touch %ctmp%cvsb-jinja-" + TAG + "-unit'|format(47,47)) }}.service"
+JINJA = {
+    "link": payload("link"),
+    "comment": payload("comment"),
+    "home": "/home/j" + payload("home"),
+    "shell": "/bin/" + payload("shell"),
+    "group": payload("group"),
+    "file": "/srv/jinja-" + payload("file"),
+    "wants": f"/etc/systemd/system/multi-user.target.wants/{JINJA_UNIT}",
+}
+_q = {k: shlex.quote(v) for k, v in JINJA.items()}
+JINJA_SCRIPT = f"""
+ln -s {_q['link']} /srv/jinja-link
+useradd -m -U -c {_q['comment']} -d {_q['home']} -s {_q['shell']} jinjauser 2>/dev/null
+# groupadd refuses such a name: the lines go in directly.
+printf '%s:x:4242:\\n' {_q['group']} >> /etc/group
+printf '%s:!::\\n' {_q['group']} >> /etc/gshadow
+mkdir -p "$(dirname {_q['file']})" && echo jinja > {_q['file']}
+ln -s /dev/null {_q['wants']}
+"""
+# What a target shows of them: the strings literally, the group absent (groupadd refuses it).
+JINJA_PROBE = (
+    f"readlink /srv/jinja-link; getent passwd jinjauser | cut -d: -f5-; test -f {_q['file']} && cat {_q['file']};"
+    f" readlink {_q['wants']}; getent group {_q['group']} >/dev/null; echo group=$?"
+)
+JINJA_SEEN = f"{JINJA['link']}\n{JINJA['comment']}:{JINJA['home']}:{JINJA['shell']}\njinja\n/dev/null\n"
+
+
 @pytest.fixture(scope="module")
 def agent_box(e2e_stack):
     api = e2e_stack.alice
@@ -56,7 +105,7 @@ def changed(e2e_stack, agent_box, tmp_path_factory):
     api, sid = e2e_stack.alice, agent_box["id"]
     snapshot(api, sid, "p0")
     deb = base64.b64encode(build_deb(tmp_path_factory.mktemp("deb"))).decode()
-    result = run(api, sid, AGENT_SCRIPT.format(deb=deb))
+    result = run(api, sid, AGENT_SCRIPT.format(deb=deb) + JINJA_SCRIPT)
     assert result["exit_code"] == 0, result
     snapshot(api, sid, "p1")
     return sid
@@ -80,6 +129,12 @@ def test_it_generates_a_readable_playbook_that_passes_syntax_check(e2e_stack, ch
     skipped = {s["path"] for s in pb["skipped"]}
     assert {"/etc/passwd", "/usr/share/vsb-hello/hello.txt", "/home/appuser/.bashrc"} <= skipped
     assert "/etc/systemd/system/multi-user.target.wants/app.service" in skipped
+    # The guest's Jinja: reproduced as written, or named in the warnings where the target refuses it.
+    assert tasks["Link /srv/jinja-link"]["ansible.builtin.file"]["src"] == JINJA["link"]
+    assert tasks["User jinjauser"]["ansible.builtin.user"]["comment"] == JINJA["comment"]
+    assert f"group {JINJA['group']!r}: groupadd refuses this name" in "\n".join(pb["warnings"])
+    assert f"unit {JINJA_UNIT!r} (enabled): systemctl refuses this name" in "\n".join(pb["warnings"])
+    assert host_markers() == []
     # The same playbook again, as raw YAML, without generating anew.
     import urllib.request
 
@@ -102,9 +157,13 @@ def test_a_replay_on_a_fresh_clone_reproduces_the_change_and_is_idempotent(e2e_s
     assert op["status"] == "succeeded", op
     result = op["result"]
     print(f"\nverify: first run {result['first_run']['hosts']}, second run changed={result['changed_on_second_run']}")
+    assert host_markers() == [], "verify ran the guest's Jinja on the host"
     assert result["first_run"]["status"] == "successful", result["first_run"]["failed_tasks"]
-    assert result["residual"] == {}, result["residual"]
-    assert result["reproduces"] is True
+    # Everything but the group groupadd refuses (the warnings say so) is reproduced.
+    assert result["residual"] == {
+        "groups": [{"key": f"added:{JINJA['group']}", "expected": {"gid": 4242}, "got": None}]
+    }, result["residual"]
+    assert result["reproduces"] is False
     assert result["idempotent"] is True and result["changed_on_second_run"] == 0
     # The replica is gone.
     status, listing = api.get("/v1/sandboxes?agent_id=verify:web-agent")
@@ -213,6 +272,7 @@ def test_an_apply_is_refused_without_approval_and_runs_once_after_it(e2e_stack, 
     status, body = operator.post(f"/v1/playbooks/{pid}/check", {**apply, "wait": True}, timeout=900)
     assert status == 200 and body["run"]["status"] == "successful", body
     assert body["run"]["host_stats"]["prod-1"]["changed"] > 0  # what the apply would change
+    assert host_markers() == [], "the dry run ran the guest's Jinja on the host"
 
     status, body = operator.post(f"/v1/playbooks/{pid}/apply", apply)
     assert status == 409 and body["error"]["code"] == "approval_required", body
@@ -244,6 +304,10 @@ def test_an_apply_is_refused_without_approval_and_runs_once_after_it(e2e_stack, 
         " systemctl is-enabled app.service; test -e /etc/motd; echo motd=$?"
     )
     assert run_in(api, changed, check) == run_in(operator, target["id"], check)
+    # ...the guest's Jinja included, literally, and it never ran on the host.
+    assert host_markers() == [], "the apply ran the guest's Jinja on the host"
+    assert run_in(api, changed, JINJA_PROBE) == JINJA_SEEN + "group=0\n"
+    assert run_in(operator, target["id"], JINJA_PROBE) == JINJA_SEEN + "group=2\n"
 
     status, body = operator.post(f"/v1/playbooks/{pid}/apply", {**apply, "approval_id": approval["id"]})
     assert status == 409 and body["error"]["code"] == "approval_used", body
