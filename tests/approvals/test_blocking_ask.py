@@ -136,7 +136,8 @@ def test_deciding_needs_the_permission_and_agents_never_decide(server):
 
 def test_bad_input_and_missing_credentials_get_4xx_from_the_blocking_endpoint(server):
     status, body = server.agent.post("/api/v1/human/ask", {"prompt": "x", "timeout_secs": "soon"})
-    assert status == 400 and "timeout_seconds" in body["error"]["fields"]
+    # The error names the field as the caller spelled it (the original's `timeout_secs`).
+    assert status == 400 and "timeout_secs" in body["error"]["fields"], body
     status, body = server.agent.post("/api/v1/human/ask", {"promt": "typo"})
     assert status == 400 and "promt" in body["error"]["fields"]
     anonymous = stack.Api(server.agent.base_url, None)
