@@ -17,14 +17,18 @@ class PlaybookRunConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self):
         self.run_id = self.scope["url_route"]["kwargs"]["run_id"]
         user = self.scope.get("user")
-        history = await self._history(user)
-        if history is None:
+        if await self._history(user) is None:
             await self.close(code=DENIED)
             return
+        # Join first, then read history and state: a run that ends in between is announced
+        # twice (clients take the first "finished"), never zero times.
         await self.channel_layer.group_add(group_for(self.run_id), self.channel_name)
         await self.accept()
+        history, finished = await self._history(user)
         for event in history:
             await self.send_json({"type": "event", **event})
+        if finished is not None:
+            await self.send_json({"type": "finished", **finished})
 
     @database_sync_to_async
     def _history(self, user):
@@ -38,11 +42,15 @@ class PlaybookRunConsumer(AsyncJsonWebsocketConsumer):
             run = get_run(user, self.run_id)
         except NotFound:
             return None
-        after = int((parse_qs(self.scope.get("query_string", b"").decode()).get("after") or ["0"])[0] or 0)
-        return [
+        raw_after = (parse_qs(self.scope.get("query_string", b"").decode()).get("after") or ["0"])[0]
+        after = int(raw_after) if raw_after.isdigit() else 0
+        events = [
             {"seq": e.seq, "event": e.event, "host": e.host, "task": e.task, "data": e.data}
             for e in run.events.filter(seq__gt=after).order_by("seq")[:5000]
         ]
+        done = run.status not in ("pending", "running")
+        finished = {"status": run.status, "host_stats": run.host_stats, "error": run.error} if done else None
+        return events, finished
 
     async def disconnect(self, code):
         await self.channel_layer.group_discard(group_for(self.run_id), self.channel_name)

@@ -225,14 +225,17 @@ def test_the_run_websocket_closes_agents_with_4403_and_streams_to_operators(
         connected, _ = await ws.connect()
         assert connected
         first = await ws.receive_json_from(timeout=5)
+        # The run ended before this client came: it is told so, instead of waiting forever.
+        last = await ws.receive_json_from(timeout=5)
         await ws.disconnect()
-        return first
+        return first, last
 
-    first = asyncio.run(scenario())
+    first, last = asyncio.run(scenario())
     assert (
         first["type"] == "event"
         and first["data"]["res"]["diff"]["before"] == "prod-db-password=s3cr3t\n"
     )
+    assert last == {"type": "finished", "status": "successful", "host_stats": {"web-1": {"changed": 1}}, "error": ""}
 
 
 def test_malformed_ids_are_404_for_operators_too(olga, inventory):
