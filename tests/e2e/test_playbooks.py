@@ -53,29 +53,34 @@ def payload(field: str) -> str:
     return "{{ lookup('pipe', 'touch /tmp/vsb-jinja-" + TAG + "-" + field + "') }}"
 
 
+def component(field: str) -> str:
+    """The same, as one file name (no `/`: spelt with format(47)), so a path holds it in one
+    component and the playbook needs no task per directory of it."""
+    return "{{ lookup('pipe', 'touch %ctmp%cvsb-jinja-" + TAG + "-" + field + "'|format(47,47)) }}"
+
+
 def host_markers() -> list[str]:
     return sorted(glob.glob(f"/tmp/vsb-jinja-{TAG}-*"))
 
 
-# A file name cannot hold `/`: the unit name spells it with format(47).
-JINJA_UNIT = "{{ lookup('pipe', 'touch %ctmp%cvsb-jinja-" + TAG + "-unit'|format(47,47)) }}.service"
+JINJA_UNIT = component("unit") + ".service"
 JINJA = {
     "link": payload("link"),
     "comment": payload("comment"),
-    "home": "/home/j" + payload("home"),
+    "home": "/home/" + component("home"),
     "shell": "/bin/" + payload("shell"),
     "group": payload("group"),
-    "file": "/srv/jinja-" + payload("file"),
+    "file": "/srv/" + component("file"),
     "wants": f"/etc/systemd/system/multi-user.target.wants/{JINJA_UNIT}",
 }
 _q = {k: shlex.quote(v) for k, v in JINJA.items()}
 JINJA_SCRIPT = f"""
 ln -s {_q['link']} /srv/jinja-link
-useradd -m -U -c {_q['comment']} -d {_q['home']} -s {_q['shell']} jinjauser 2>/dev/null
+useradd -m -N -g users -c {_q['comment']} -d {_q['home']} -s {_q['shell']} jinjauser 2>/dev/null
 # groupadd refuses such a name: the lines go in directly.
 printf '%s:x:4242:\\n' {_q['group']} >> /etc/group
 printf '%s:!::\\n' {_q['group']} >> /etc/gshadow
-mkdir -p "$(dirname {_q['file']})" && echo jinja > {_q['file']}
+echo jinja > {_q['file']}
 ln -s /dev/null {_q['wants']}
 """
 # What a target shows of them: the strings literally, the group absent (groupadd refuses it).
