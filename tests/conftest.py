@@ -42,6 +42,17 @@ def _fresh_drivers():
     runtime.reset_drivers()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_channel_layer():
+    """Each test's event loop gets its own channel layer: a layer made under another test's
+    loop keeps that loop's locks ("bound to a different event loop")."""
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
+
+
 def make_agent(django_user_model, username: str, key_name: str = "test"):
     user = django_user_model.objects.create_user(username=username)
     _, secret = services.create_api_key(user, key_name)

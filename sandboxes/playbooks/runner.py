@@ -356,6 +356,9 @@ def run(
                 "ANSIBLE_RETRY_FILES_ENABLED": "False",
                 "ANSIBLE_LOCAL_TEMP": os.path.join(base, "tmp", "ansible"),
                 "ANSIBLE_SSH_CONTROL_PATH_DIR": os.path.join(base, "cp"),
+                # One SSH exec per task instead of mkdir/put/chmod/exec/rm: targets log in as
+                # root (no sudo, no requiretty), and under TCG every guest process costs.
+                "ANSIBLE_PIPELINING": "True",
             },
             "cmdline": "--check --diff" if check else None,
             "timeout": timeout,
