@@ -26,6 +26,7 @@ O_NONBLOCK, on a nodev mount, and every read is capped. See docs/threat-model.md
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -98,6 +99,7 @@ class ReaderConfig:
     qemu_img: str = "qemu-img"
 
 
+@functools.lru_cache(maxsize=1)
 def _job_zip() -> bytes:
     """The job's code as a zipapp: guest_reader_job.py as __main__ plus the diffing package
     (stdlib only). It travels as a file descriptor, like the images."""
@@ -108,17 +110,6 @@ def _job_zip() -> bytes:
         for src in sorted((_PACKAGE / "diffing").glob("*.py")):
             zf.write(src, f"diffing/{src.name}")
     return buf.getvalue()
-
-
-_ZIP_LOCK = threading.Lock()
-_ZIP_CACHE: dict[str, bytes] = {}
-
-
-def _cached_job_zip() -> bytes:
-    with _ZIP_LOCK:
-        if "zip" not in _ZIP_CACHE:
-            _ZIP_CACHE["zip"] = _job_zip()
-        return _ZIP_CACHE["zip"]
 
 
 class GuestReader:
@@ -170,7 +161,7 @@ class GuestReader:
         cfg = self.config
         fds: list[int] = []
         try:
-            code_fd = _memfd("vsb-reader-job", _cached_job_zip())
+            code_fd = _memfd("vsb-reader-job", _job_zip())
             fds.append(code_fd)
             for image in images:
                 fd = os.open(image, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)

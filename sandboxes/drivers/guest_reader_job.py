@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 
@@ -213,7 +214,7 @@ def copy_units(root: GuestRoot, dest: str) -> None:
 
 
 def systemctl_section(root: GuestRoot, index: int) -> bytes | None:
-    systemctl = _which("systemctl")
+    systemctl = shutil.which("systemctl")
     if systemctl is None:
         return None
     dest = f"/tmp/units{index}"
@@ -227,14 +228,6 @@ def systemctl_section(root: GuestRoot, index: int) -> bytes | None:
     except subprocess.TimeoutExpired:
         return None
     return proc.stdout if proc.returncode == 0 else None
-
-
-def _which(name: str) -> str | None:
-    for d in os.environ.get("PATH", "").split(":"):
-        path = os.path.join(d, name)
-        if os.path.isfile(path) and os.access(path, os.X_OK):
-            return path
-    return None
 
 
 _RECORD = "{kind}\t{size}\t{mtime}\t{ctime}\t{ino}\t{mode:o}\t{uid}\t{gid}\t{uid}\t{gid}\t"
@@ -394,7 +387,7 @@ def _conffile_md5s(root: GuestRoot) -> dict[str, str]:
 def job_target_state(roots: list[GuestRoot], params: dict) -> dict:
     """What the playbook generator needs from the `to` state (sandboxes.playbooks.state)."""
     root, diff = roots[0], params["diff"]
-    inline_limit, file_limit = params["inline_limit"], params["file_limit"]
+    file_limit = params["file_limit"]
     skel = {rel: hashlib.sha256(data).hexdigest()
             for rel, data in root.walk_regular("/etc/skel", file_limit).items() if data is not None}
     group_names: dict[str, str] = {}
@@ -438,7 +431,6 @@ def job_target_state(roots: list[GuestRoot], params: dict) -> dict:
                 debs.append({"path": path, "package": fields["Package"], "version": fields.get("Version", ""),
                              "arch": fields.get("Architecture", "")})
                 contents.setdefault(path, base64.b64encode(data).decode())
-    del inline_limit
     return {"contents": contents, "too_large": too_large, "owned": owned, "shipped_md5": shipped,
             "debs": debs, "skel_sha256": skel, "group_names": group_names}
 
