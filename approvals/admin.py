@@ -5,7 +5,7 @@ from django.shortcuts import get_object_or_404, redirect
 from django.urls import path
 
 from config.admin_base import ReadOnlyModelAdmin
-from sandboxes.exceptions import ServiceError
+from core.errors import ServiceError
 
 from . import services
 from .models import ApprovalRequest

@@ -17,8 +17,8 @@ from channels.db import database_sync_to_async
 from audit.context import RequestContext, current
 from audit.middleware import request_id_from
 from config.ws_auth import api_key_from_headers
-from sandboxes.api.errors import error_body, validation_error_body
-from sandboxes.exceptions import ServiceError
+from core.api.errors import error_body, validation_error_body
+from core.errors import ServiceError, http_status
 
 from .api.serializers import AskSerializer
 from .asking import ask
@@ -139,7 +139,7 @@ async def _handle(scope, receive, send, request_id: str):
         body = waiting.result()
     except ServiceError as err:
         await _respond(
-            send, err.status_code, error_body(err.code, err.message, err.fields), request_id
+            send, http_status(err), error_body(err.code, err.message, err.fields), request_id
         )
         return
     finally:

@@ -13,7 +13,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit import services as audit
-from sandboxes.exceptions import Conflict, Forbidden, InvalidInput, NotFound
+from core.errors import Conflict, Forbidden, InvalidInput, NotFound
 
 from . import events
 from .choices import ApprovalKind, ApprovalOrigin, ApprovalStatus, is_reserved_action
@@ -138,7 +138,8 @@ def create_request(
         )
     if isinstance(payload, dict) and is_reserved_action(payload.get("action")):
         raise InvalidInput.field(
-            "payload", f"action {payload['action']!r} is reserved: the server opens these requests itself."
+            "payload",
+            f"action {payload['action']!r} is reserved: the server opens these requests itself.",
         )
     if idempotency_key:
         existing = ApprovalRequest.objects.filter(
@@ -155,9 +156,19 @@ def create_request(
             raise InvalidInput.field("sandbox_id", f"no sandbox {sandbox_id} of yours.")
     try:
         return _insert(
-            user, ApprovalOrigin.CALLER, sandbox=sandbox, kind=kind, prompt=prompt,
-            action_type=action_type, payload=payload, context=context, urgency=urgency,
-            alternatives=alternatives or [], timeout=timeout, agent_id=agent_id, idempotency_key=idempotency_key,
+            user,
+            ApprovalOrigin.CALLER,
+            sandbox=sandbox,
+            kind=kind,
+            prompt=prompt,
+            action_type=action_type,
+            payload=payload,
+            context=context,
+            urgency=urgency,
+            alternatives=alternatives or [],
+            timeout=timeout,
+            agent_id=agent_id,
+            idempotency_key=idempotency_key,
         ), True
     except IntegrityError:
         # The same key, at the same moment, from another connection of this requester.
@@ -172,14 +183,27 @@ def create_system_request(
     origin=system, so consume() accepts it for a reserved action. Never reached from a public
     route. `context` is kept whole (the operator decides on all of it, e.g. the playbook)."""
     return _insert(
-        user, ApprovalOrigin.SYSTEM, kind=ApprovalKind.ACTION, prompt=prompt,
-        action_type=action_type, payload=payload, context=context, timeout=_timeout(None),
+        user,
+        ApprovalOrigin.SYSTEM,
+        kind=ApprovalKind.ACTION,
+        prompt=prompt,
+        action_type=action_type,
+        payload=payload,
+        context=context,
+        timeout=_timeout(None),
     )
 
 
 def _insert(
-    user, origin: str, *, prompt: str, timeout: int, sandbox=None, alternatives=(),
-    agent_id: str = "", **fields,
+    user,
+    origin: str,
+    *,
+    prompt: str,
+    timeout: int,
+    sandbox=None,
+    alternatives=(),
+    agent_id: str = "",
+    **fields,
 ) -> ApprovalRequest:
     """The one INSERT of a request, its audit event and its announcements (after commit)."""
     with transaction.atomic():
@@ -254,7 +278,10 @@ def decide(user, request_id, *, approve: bool, reason: str = "") -> ApprovalRequ
         if won:
             req.refresh_from_db()
             _announce(
-                req, status, "decided", user=user,
+                req,
+                status,
+                "decided",
+                user=user,
                 data={"reason": reason[:2000], "requested_by": req.requested_by.get_username()},
             )
     if won:
@@ -311,7 +338,12 @@ def _close(request_id, status: str, *, user=None, reason: str = "", overdue: boo
 def _announce(req: ApprovalRequest, status: str, kind: str, *, user, data: dict) -> None:
     """Audit a change of status and tell operators and waiters once it commits."""
     event = audit.record(
-        f"approval.{status}", user=user, target=req, sandbox_id=req.sandbox_id, agent=req.agent_id, data=data
+        f"approval.{status}",
+        user=user,
+        target=req,
+        sandbox_id=req.sandbox_id,
+        agent=req.agent_id,
+        data=data,
     )
     events.publish_on_commit(kind, as_dict(req), event.seq)
 

@@ -87,7 +87,12 @@ def main() -> None:
     started = time.monotonic()
     asks = [
         pool.submit(
-            call, url, asker, "POST", "/api/v1/human/ask", {"prompt": f"{tag} #{i}", "timeout_secs": 600}
+            call,
+            url,
+            asker,
+            "POST",
+            "/api/v1/human/ask",
+            {"prompt": f"{tag} #{i}", "timeout_secs": 600},
         )
         for i in range(args.asks)
     ]
@@ -113,12 +118,22 @@ def main() -> None:
     grow_kib = during["VmRSS"] - before["VmRSS"]
     print(f"\n{args.asks} concurrent blocking asks against {url} (daphne pid {pid})")
     print(f"  {'':28}{'before':>12}{'while waiting':>16}{'after':>12}")
-    print(f"  {'server RSS (MiB)':28}{before['VmRSS'] / 1024:>12.1f}{during['VmRSS'] / 1024:>16.1f}{after['VmRSS'] / 1024:>12.1f}")
-    print(f"  {'server threads':28}{before['Threads']:>12}{during['Threads']:>16}{after['Threads']:>12}")
-    print(f"  memory per waiting ask: {grow_kib / args.asks:.1f} KiB; threads per waiting ask: "
-          f"{(during['Threads'] - before['Threads']) / args.asks:.2f}")
-    print(f"  all {args.asks} asks pending after {all_pending_s:.2f} s; answered before the decision: {early}")
-    print(f"  bulk approval -> last answer: {resolved_s:.2f} s; approved answers: {approved}/{args.asks}")
+    print(
+        f"  {'server RSS (MiB)':28}{before['VmRSS'] / 1024:>12.1f}{during['VmRSS'] / 1024:>16.1f}{after['VmRSS'] / 1024:>12.1f}"
+    )
+    print(
+        f"  {'server threads':28}{before['Threads']:>12}{during['Threads']:>16}{after['Threads']:>12}"
+    )
+    print(
+        f"  memory per waiting ask: {grow_kib / args.asks:.1f} KiB; threads per waiting ask: "
+        f"{(during['Threads'] - before['Threads']) / args.asks:.2f}"
+    )
+    print(
+        f"  all {args.asks} asks pending after {all_pending_s:.2f} s; answered before the decision: {early}"
+    )
+    print(
+        f"  bulk approval -> last answer: {resolved_s:.2f} s; approved answers: {approved}/{args.asks}"
+    )
     if approved != args.asks or early:
         raise SystemExit(1)
 

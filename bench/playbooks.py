@@ -55,7 +55,9 @@ def raw_read(sandbox: dict, snapshot: str, paths: list[str]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--url", default="http://127.0.0.1:8080")
     parser.add_argument("--api-key", default=os.environ.get("VSB_API_KEY"))
     parser.add_argument("--files", type=int, default=1000)
@@ -66,7 +68,11 @@ def main() -> None:
     made = []
 
     def create(**body) -> dict:
-        sb = api.call("POST", "/v1/sandboxes", {"source_vm_name": "debian-base-systemd", "wait_for_ip": True, **body})["sandbox"]
+        sb = api.call(
+            "POST",
+            "/v1/sandboxes",
+            {"source_vm_name": "debian-base-systemd", "wait_for_ip": True, **body},
+        )["sandbox"]
         made.append(sb["id"])
         return sb
 
@@ -75,12 +81,18 @@ def main() -> None:
         sb = create(agent_id="bench-playbook")
         sid = sb["id"]
         api.call("POST", f"/v1/sandboxes/{sid}/snapshots", {"name": "b0", "wait": True})
-        api.call("POST", f"/v1/sandboxes/{sid}/command", {
-            "command": f"mkdir -p /srv/bench && for i in $(seq 1 {args.files}); do echo \"file $i\" > /srv/bench/f$i.conf; done",
-            "timeout_seconds": 600,
-        })
+        api.call(
+            "POST",
+            f"/v1/sandboxes/{sid}/command",
+            {
+                "command": f'mkdir -p /srv/bench && for i in $(seq 1 {args.files}); do echo "file $i" > /srv/bench/f$i.conf; done',
+                "timeout_seconds": 600,
+            },
+        )
         api.call("POST", f"/v1/sandboxes/{sid}/snapshots", {"name": "b1", "wait": True})
-        diff_s, diff = timed(lambda: api.call("GET", f"/v1/sandboxes/{sid}/diff?from=b0&to=b1&limit=1"))
+        diff_s, diff = timed(
+            lambda: api.call("GET", f"/v1/sandboxes/{sid}/diff?from=b0&to=b1&limit=1")
+        )
         gen_s, pb = timed(lambda: api.call("GET", f"/v1/sandboxes/{sid}/playbook?from=b0&to=b1"))
         paths = [f"/srv/bench/f{i}.conf" for i in range(1, args.files + 1)]
         raw_s, _ = timed(lambda: raw_read(sb, "b1", paths))
@@ -91,14 +103,24 @@ def main() -> None:
         api.call("POST", f"/v1/sandboxes/{small['id']}/snapshots", {"name": "v0", "wait": True})
         api.call("POST", f"/v1/sandboxes/{small['id']}/command", {"command": SMALL_CHANGE})
         api.call("POST", f"/v1/sandboxes/{small['id']}/snapshots", {"name": "v1", "wait": True})
-        small_pb = api.call("GET", f"/v1/sandboxes/{small['id']}/playbook?from=v0&to=v1")["playbook"]
-        verify_s, verify = timed(lambda: api.call(
-            "POST", f"/v1/sandboxes/{small['id']}/playbook/verify", {"from": "v0", "to": "v1", "wait": True}
-        ))
+        small_pb = api.call("GET", f"/v1/sandboxes/{small['id']}/playbook?from=v0&to=v1")[
+            "playbook"
+        ]
+        verify_s, verify = timed(
+            lambda: api.call(
+                "POST",
+                f"/v1/sandboxes/{small['id']}/playbook/verify",
+                {"from": "v0", "to": "v1", "wait": True},
+            )
+        )
         result = verify["operation"]["result"]
         clone = create(from_sandbox=small["id"], from_snapshot="v0", agent_id="bench-raw")
         row = Sandbox.objects.get(pk=clone["id"])
-        raw_run_s, raw_run = timed(lambda: runner.run(small_pb["yaml"], {}, [target_for(row)], isolation=runtime.ansible_isolation()))
+        raw_run_s, raw_run = timed(
+            lambda: runner.run(
+                small_pb["yaml"], {}, [target_for(row)], isolation=runtime.ansible_isolation()
+            )
+        )
     finally:
         for sandbox_id in made:
             try:
@@ -107,13 +129,23 @@ def main() -> None:
                 pass
 
     print(f"\n1. {args.files} files changed between two snapshots")
-    print(f"  {'diff (API, computed and stored)':42}{diff_s:8.2f} s   ({diff['diff']['summary']['files']})")
-    print(f"  {'playbook generation (API)':42}{gen_s:8.2f} s   ({tasks} tasks, syntax_ok={pb['playbook']['syntax_ok']})")
+    print(
+        f"  {'diff (API, computed and stored)':42}{diff_s:8.2f} s   ({diff['diff']['summary']['files']})"
+    )
+    print(
+        f"  {'playbook generation (API)':42}{gen_s:8.2f} s   ({tasks} tasks, syntax_ok={pb['playbook']['syntax_ok']})"
+    )
     print(f"  {'raw: read the 1,000 files from the snapshot':42}{raw_s:8.2f} s")
     print("\n2. replay verification of a small change (file, user, directory, unit)")
-    print(f"  {'verify (API: fork, boot, run, diff, run, destroy)':52}{verify_s:8.2f} s   reproduces={result.get('reproduces')} idempotent={result.get('idempotent')}")
-    print(f"  {'raw: ansible-runner, one run on a running clone':52}{raw_run_s:8.2f} s   status={raw_run.status} changed={raw_run.changed}")
-    print(f"  ratio verify / raw run: {verify_s / raw_run_s:.1f}x (verify runs the playbook twice and boots and diffs a clone)")
+    print(
+        f"  {'verify (API: fork, boot, run, diff, run, destroy)':52}{verify_s:8.2f} s   reproduces={result.get('reproduces')} idempotent={result.get('idempotent')}"
+    )
+    print(
+        f"  {'raw: ansible-runner, one run on a running clone':52}{raw_run_s:8.2f} s   status={raw_run.status} changed={raw_run.changed}"
+    )
+    print(
+        f"  ratio verify / raw run: {verify_s / raw_run_s:.1f}x (verify runs the playbook twice and boots and diffs a clone)"
+    )
 
 
 if __name__ == "__main__":

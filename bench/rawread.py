@@ -20,8 +20,20 @@ def kernel_mounted(overlay: str, snapshot: str, scratch_parent: str) -> Iterator
     os.mkdir(mnt)
     try:
         subprocess.run(
-            ["qemu-img", "convert", "-U", "-q", "-f", "qcow2", "-l", f"snapshot.name={snapshot}",
-             "-O", "raw", overlay, raw],
+            [
+                "qemu-img",
+                "convert",
+                "-U",
+                "-q",
+                "-f",
+                "qcow2",
+                "-l",
+                f"snapshot.name={snapshot}",
+                "-O",
+                "raw",
+                overlay,
+                raw,
+            ],
             check=True,
         )
         subprocess.run(["mount", "-o", "loop,rw,noatime", raw, mnt], check=True)

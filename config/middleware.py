@@ -61,7 +61,7 @@ def is_api_path(path: str) -> bool:
 
 def error_response_body(status: int, method: str) -> dict:
     """The API's error shape for a bare HTTP status: a code and message, never a detail."""
-    from sandboxes.api.errors import error_body
+    from core.api.errors import error_body
 
     try:
         phrase = HTTPStatus(status).phrase

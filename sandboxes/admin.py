@@ -1,7 +1,8 @@
 from django.contrib import admin, messages
 
+from core.errors import ServiceError
+
 from . import services
-from .exceptions import ServiceError
 from .models import ApiKey, Command, Host, Operation, Sandbox, SourceVM
 
 
@@ -60,6 +61,7 @@ class SandboxAdmin(admin.ModelAdmin):
             '<a href="{}" target="_blank">Open the live terminal</a>',
             reverse("terminal-page", args=[obj.pk]),
         )
+
     actions = ["stop_selected", "start_selected", "destroy_selected"]
 
     def _apply(self, request, queryset, verb: str, fn) -> None:
@@ -155,4 +157,6 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False  # revoke instead: the key's history stays
+
+
 from .playbooks import admin as _playbooks_admin  # noqa: E402,F401  (registers its models)

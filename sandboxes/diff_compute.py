@@ -14,11 +14,14 @@ import uuid
 
 from django.utils import timezone
 
-from . import diffing, provisioning, wakeups
+from core import wakeups
+from core.conf import vsb
+
+from . import diffing, provisioning
 from .choices import SandboxState
 from .drivers.domain_xml import OVERLAY_NAME
 from .models import Command, Diff, Snapshot
-from .runtime import get_guest_reader, vsb
+from .runtime import get_guest_reader
 
 CONTENT_LIMIT = 64 * 1024
 MAX_CONTENT_FILES = 2000
@@ -102,8 +105,11 @@ def stored_result(sandbox, from_snapshot: Snapshot, to_snapshot: Snapshot) -> di
     ).first()
     if diff is None:
         created = Diff.objects.create(
-            sandbox=sandbox, from_name=from_snapshot.name, to_name=to_snapshot.name,
-            from_snapshot=from_snapshot, to_snapshot=to_snapshot,
+            sandbox=sandbox,
+            from_name=from_snapshot.name,
+            to_name=to_snapshot.name,
+            from_snapshot=from_snapshot,
+            to_snapshot=to_snapshot,
         )
         diff = compute_and_store(created.pk)
     if diff is None:
@@ -127,7 +133,11 @@ def compute_and_store(diff_id) -> Diff | None:
         return diff
     try:
         result = compute(diff)
-        fields = {"status": "ready", "result": json.dumps(result), "duration_ms": result["duration_ms"]}
+        fields = {
+            "status": "ready",
+            "result": json.dumps(result),
+            "duration_ms": result["duration_ms"],
+        }
     except Exception as exc:  # noqa: BLE001 - the waiting request must get an answer
         logging.getLogger(__name__).exception("diff %s failed", diff_id)
         fields = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}

@@ -9,12 +9,14 @@ import os
 import re
 from pathlib import Path
 
+from core.conf import vsb
+
 from . import lifecycle, services
 from .choices import NetworkMode, SandboxState, SourceKind
 from .drivers.base import CloneSpec, LibvirtNetwork, PortForward
 from .drivers.domain_xml import OVERLAY_NAME
 from .models import Sandbox
-from .runtime import get_ca, get_driver, get_ssh_pool, vsb
+from .runtime import get_ca, get_driver, get_ssh_pool
 
 log = logging.getLogger(__name__)
 HOSTKEY_RE = re.compile(r"^vsb-hostkey: (ssh-[a-z0-9-]+ [A-Za-z0-9+/=]+)$", re.MULTILINE)

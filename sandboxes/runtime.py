@@ -11,15 +11,13 @@ from functools import lru_cache
 
 from django.conf import settings
 
+from core.conf import vsb
+
 from .drivers.base import HypervisorDriver
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _drivers: dict[str, HypervisorDriver] = {}
-
-
-def vsb(key: str):
-    return settings.VSB[key]
 
 
 def get_driver(libvirt_uri: str | None = None) -> HypervisorDriver:
@@ -98,4 +96,6 @@ def ansible_isolation():
         "/root",
         *vsb("ANSIBLE_HIDE"),
     }
-    return Isolation(user=vsb("ANSIBLE_USER"), run_root=vsb("ANSIBLE_RUN_DIR"), hide=tuple(sorted(hidden)))
+    return Isolation(
+        user=vsb("ANSIBLE_USER"), run_root=vsb("ANSIBLE_RUN_DIR"), hide=tuple(sorted(hidden))
+    )

@@ -19,8 +19,11 @@ from django.utils import timezone
 from audit import services as audit
 from audit.chain import sha256_text
 from config.celery import app as celery_app
+from core import wakeups
+from core.conf import vsb
+from core.errors import Conflict, InvalidInput, OperationTimeout, Unavailable
 
-from . import lifecycle, wakeups
+from . import lifecycle
 from .choices import (
     CommandStatus,
     NetworkMode,
@@ -28,10 +31,8 @@ from .choices import (
     OperationStatus,
     SandboxState,
 )
-from .exceptions import Conflict, InvalidInput, OperationTimeout, Unavailable
 from .models import ApiKey, Command, Host, Operation, Sandbox, SourceVM
 from .remote.ssh import MAX_COMMAND_BYTES
-from .runtime import vsb
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,12 @@ def create_api_key(user, name: str = "") -> tuple[ApiKey, str]:
     key = ApiKey.objects.create(
         user=user, name=name, prefix=prefix, key_hash=ApiKey.hash_secret(secret)
     )
-    audit.record("apikey.issued", actor=audit.actor_of(user), target=key, data={"name": name, "prefix": prefix})
+    audit.record(
+        "apikey.issued",
+        actor=audit.actor_of(user),
+        target=key,
+        data={"name": name, "prefix": prefix},
+    )
     return key, secret
 
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from django.db import IntegrityError, transaction
 
-from . import lifecycle, wakeups
+from core import wakeups
+from core.conf import vsb
+from core.errors import Conflict, InvalidInput, NotFound, OperationTimeout
+
+from . import lifecycle
 from .choices import OperationKind, SandboxState, SnapshotStatus
-from .exceptions import Conflict, InvalidInput, NotFound, OperationTimeout
 from .models import Diff, Operation, Sandbox, Snapshot, snapshot_name_validator
-from .runtime import vsb
 from .services import enqueue, new_operation
 
 SNAPSHOT_DEADLINE = 600
@@ -169,8 +171,11 @@ def get_diff(sandbox: Sandbox, user, from_name: str, to_name: str = Diff.NOW) ->
             return kept
     with transaction.atomic():
         diff = Diff.objects.create(
-            sandbox=sandbox, from_name=from_name, to_name=to_name,
-            from_snapshot=snaps["from"], to_snapshot=snaps["to"],
+            sandbox=sandbox,
+            from_name=from_name,
+            to_name=to_name,
+            from_snapshot=snaps["from"],
+            to_snapshot=snaps["to"],
         )
         enqueue("sandboxes.compute_diff", sandbox.host, str(diff.pk))
     wakeups.wait(diff.pk, DIFF_TIMEOUT, kind="diff")

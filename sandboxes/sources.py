@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.errors import InvalidInput
+
 from .choices import SourceKind
-from .exceptions import InvalidInput
 from .models import SourceVM
 
 

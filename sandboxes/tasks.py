@@ -11,7 +11,10 @@ import logging
 from celery import shared_task
 from django.utils import timezone
 
-from . import lifecycle, provisioning, services, wakeups
+from core import wakeups
+from core.conf import vsb
+
+from . import lifecycle, provisioning, services
 from .choices import (
     CommandStatus,
     OperationKind,
@@ -22,7 +25,6 @@ from .choices import (
 )
 from .drivers.base import RUNNING, DriverError
 from .models import Command, Operation, Snapshot
-from .runtime import vsb
 
 log = logging.getLogger(__name__)
 
@@ -520,7 +522,9 @@ def verify_playbook(self, op_id: str) -> None:
     """One step of a replay verification (playbooks/verify.py); safe to run twice."""
     from .playbooks import verify
 
-    op = Operation.objects.select_related("sandbox", "host", "requested_by").filter(pk=op_id).first()
+    op = (
+        Operation.objects.select_related("sandbox", "host", "requested_by").filter(pk=op_id).first()
+    )
     if op is None or op.is_done:
         return
     if op.status == OperationStatus.PENDING:

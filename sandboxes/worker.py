@@ -11,10 +11,11 @@ from celery.signals import worker_ready, worker_shutdown
 from django.db import close_old_connections, connection
 
 from config.celery import app as celery_app
+from core.conf import vsb
 
 from . import services
 from .models import Host
-from .runtime import get_driver, vsb
+from .runtime import get_driver
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 15

@@ -35,8 +35,8 @@ from urllib.parse import unquote
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from sandboxes.exceptions import ServiceError
-from sandboxes.runtime import vsb
+from core.conf import vsb
+from core.errors import ServiceError
 
 from . import services
 from .relay import relay_channel, term_group

@@ -12,11 +12,12 @@ import logging
 import uuid
 from functools import lru_cache
 
+from core.conf import vsb
 from sandboxes import provisioning
 from sandboxes.choices import SandboxState
 from sandboxes.models import Sandbox
 from sandboxes.remote.errors import RemoteError
-from sandboxes.runtime import get_ca, vsb
+from sandboxes.runtime import get_ca
 
 from . import blobs
 from .files import FileError, GuestFiles, PathPolicy

@@ -16,11 +16,19 @@ from django.utils import timezone
 
 from audit import services as audit
 from config.celery import app as celery_app
-from sandboxes import wakeups
+from core import wakeups
+from core.conf import vsb
+from core.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    OperationTimeout,
+    ServiceError,
+    TooLarge,
+    from_http_status,
+)
 from sandboxes.choices import SandboxState
-from sandboxes.exceptions import Conflict, InvalidInput, NotFound, OperationTimeout, ServiceError
 from sandboxes.models import Host, Sandbox
-from sandboxes.runtime import vsb
 
 from . import blobs
 from .models import TerminalSession
@@ -37,19 +45,6 @@ from .tmux_driver import (
 log = logging.getLogger(__name__)
 
 TASK = "terminals.host_op"
-
-
-class HostError(ServiceError):
-    """An error the host's worker answered with; carries its HTTP status."""
-
-    def __init__(self, status: int, code: str, message: str, field: str = "") -> None:
-        super().__init__(message, code=code, fields={field: [message]} if field else None)
-        self.status_code = status
-
-
-class TooLarge(ServiceError):
-    status_code = 413
-    code = "too_large"
 
 
 # --- scoping -------------------------------------------------------------------------------
@@ -100,7 +95,9 @@ def call_host(host: Host, op: str, params: dict, timeout: float | None = None) -
         )
     if "error" in answer:
         err = answer["error"]
-        raise HostError(err["status"], err["code"], err["message"], err.get("field", ""))
+        raise from_http_status(
+            err["status"], err["message"], code=err["code"], field=err.get("field", "")
+        )
     return answer["ok"]
 
 
@@ -182,13 +179,11 @@ def pane_op(user, op: str, pane_id: str, sandbox: Sandbox | None = None, **param
     scopes = _scopes(user, sandbox)
     if not scopes:
         raise NotFound(f"No pane {pane_id} in your sandboxes.")
-    last: HostError | None = None
+    last: NotFound | None = None
     for host, scope in scopes:
         try:
             return call_host(host, op, {**scope, **params, "pane_id": target})
-        except HostError as exc:
-            if exc.status_code != 404:
-                raise
+        except NotFound as exc:
             last = exc
     raise last
 

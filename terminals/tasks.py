@@ -8,7 +8,7 @@ import logging
 
 from celery import shared_task
 
-from sandboxes import wakeups
+from core import wakeups
 
 from . import hostside
 

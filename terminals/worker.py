@@ -9,8 +9,8 @@ import logging
 
 from celery.signals import worker_ready, worker_shutdown
 
+from core.conf import vsb
 from sandboxes.models import Host
-from sandboxes.runtime import vsb
 
 from . import hostside, relay
 

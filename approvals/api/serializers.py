@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from sandboxes.api.serializers import StrictInputSerializer
+from core.api.serializers import StrictInputSerializer
 
 from ..choices import ApprovalKind, ApprovalOrigin, ApprovalStatus, Urgency
 

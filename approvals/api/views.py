@@ -9,7 +9,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from sandboxes.exceptions import ServiceError
+from core.errors import Forbidden, ServiceError
 
 from .. import services
 from ..asking import ask
@@ -66,7 +66,7 @@ class ApprovalViewSet(viewsets.ViewSet):
                     fields={"status": ["unknown status"]},
                 )
             qs = qs.filter(status=wanted)
-        from sandboxes.api.pagination import LimitOffsetPagination
+        from core.api.pagination import LimitOffsetPagination
 
         paginator = LimitOffsetPagination()
         page = paginator.paginate_queryset(qs, request, view=self)
@@ -129,7 +129,7 @@ class ApprovalViewSet(viewsets.ViewSet):
                 results.append({"id": str(req.id), "status": req.status})
             except ServiceError as err:
                 if (
-                    err.status_code == 403
+                    isinstance(err, Forbidden)
                     and err.code == "forbidden"
                     and not services.can_decide(request.user)
                 ):

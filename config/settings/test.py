@@ -28,7 +28,9 @@ VSB.update(
         "SANDBOX_DIR": env.str("VSB_SANDBOX_DIR", default="/var/lib/virsh-sandbox/test-sandboxes"),
         "SSH_CA_KEY": env.str("VSB_SSH_CA_KEY", default="/var/lib/virsh-sandbox/test-ssh/ca"),
         # Per test host: parallel test stacks on one machine never share a tmux server.
-        "TMUX_SOCKET": env.str("VSB_TMUX_SOCKET", default=f"vsb-{env.str('VSB_HOST_NAME', default='testhost')}"),
+        "TMUX_SOCKET": env.str(
+            "VSB_TMUX_SOCKET", default=f"vsb-{env.str('VSB_HOST_NAME', default='testhost')}"
+        ),
         "TERMINAL_DIR": env.str(
             "VSB_TERMINAL_DIR",
             default=f"/var/lib/virsh-sandbox/terminals-{env.str('VSB_HOST_NAME', default='testhost')}",

@@ -13,17 +13,18 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.api.serializers import ErrorSerializer
+from core.conf import vsb
+from core.errors import OperationFailed
+
 from .. import services, snapshots
 from ..choices import OperationStatus
-from ..exceptions import ServiceError
 from ..models import Host, Operation, Sandbox, SourceVM
-from ..runtime import vsb
 from .serializers import (
     CommandResultSerializer,
     CommandSerializer,
     CreateSandboxSerializer,
     CreateSnapshotSerializer,
-    ErrorSerializer,
     HealthSerializer,
     HostSerializer,
     OperationSerializer,
@@ -41,11 +42,6 @@ from .serializers import (
 log = logging.getLogger(__name__)
 
 ERRORS = {400: ErrorSerializer, 401: ErrorSerializer, 404: ErrorSerializer, 409: ErrorSerializer}
-
-
-class OperationFailed(ServiceError):
-    status_code = 502
-    code = "operation_failed"
 
 
 def _waited(op: Operation, timeout: float) -> Operation:
@@ -346,7 +342,10 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 
         sandbox = self.get_object()
         playbook = playbooks.get_playbook(
-            sandbox, request.user, request.query_params.get("from", ""), request.query_params.get("to", "")
+            sandbox,
+            request.user,
+            request.query_params.get("from", ""),
+            request.query_params.get("to", ""),
         )
         if playbook.status != "ready":
             raise OperationFailed(f"generating the playbook failed: {playbook.error}")
@@ -368,11 +367,15 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         params = VerifyPlaybookSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         data = params.validated_data
-        op = playbooks.start_verify(sandbox, request.user, data["from_name"], data["to_name"], data["version"])
+        op = playbooks.start_verify(
+            sandbox, request.user, data["from_name"], data["to_name"], data["version"]
+        )
         if data["wait"]:
             op = services.wait_for_operation(op, playbooks.VERIFY_DEADLINE_SECONDS)
             return Response({"operation": OperationSerializer(op).data}, status=status.HTTP_200_OK)
-        return Response({"operation": OperationSerializer(op).data}, status=status.HTTP_202_ACCEPTED)
+        return Response(
+            {"operation": OperationSerializer(op).data}, status=status.HTTP_202_ACCEPTED
+        )
 
     @extend_schema(summary="Command history", responses={200: CommandSerializer(many=True)})
     @action(detail=True, methods=["get"])

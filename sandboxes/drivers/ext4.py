@@ -34,8 +34,15 @@ _INCOMPAT_ENCRYPT = 0x10000
 _FL_EXTENTS = 0x80000
 _FL_INLINE_DATA = 0x10000000
 _EXTENT_MAGIC = 0xF30A
-_TYPE_CHAR = {stat.S_IFREG: "f", stat.S_IFDIR: "d", stat.S_IFLNK: "l", stat.S_IFIFO: "p",
-              stat.S_IFSOCK: "s", stat.S_IFBLK: "b", stat.S_IFCHR: "c"}
+_TYPE_CHAR = {
+    stat.S_IFREG: "f",
+    stat.S_IFDIR: "d",
+    stat.S_IFLNK: "l",
+    stat.S_IFIFO: "p",
+    stat.S_IFSOCK: "s",
+    stat.S_IFBLK: "b",
+    stat.S_IFCHR: "c",
+}
 
 
 class Ext4Error(ValueError):
@@ -74,8 +81,19 @@ class Ext4:
         sb = self._pread(1024, 1024)
         if len(sb) < 1024 or struct.unpack_from("<H", sb, 56)[0] != 0xEF53:
             raise Ext4Error("not an ext2/3/4 filesystem (bad superblock magic)")
-        (self.inodes_count, blocks_lo, _, _, _, self.first_data_block, log_bs, _, self.blocks_per_group,
-         _, self.inodes_per_group) = struct.unpack_from("<11I", sb, 0)
+        (
+            self.inodes_count,
+            blocks_lo,
+            _,
+            _,
+            _,
+            self.first_data_block,
+            log_bs,
+            _,
+            self.blocks_per_group,
+            _,
+            self.inodes_per_group,
+        ) = struct.unpack_from("<11I", sb, 0)
         if log_bs > 6 or not self.inodes_per_group:
             raise Ext4Error("implausible superblock geometry")
         self.block_size = 1024 << log_bs
@@ -118,9 +136,13 @@ class Ext4:
         if not 0 < ino <= self.inodes_count:
             raise Ext4Error(f"inode {ino} out of range")
         group, index = divmod(ino - 1, self.inodes_per_group)
-        raw = self._pread(self.inode_tables[group] * self.block_size + index * self.inode_size, self.inode_size)
+        raw = self._pread(
+            self.inode_tables[group] * self.block_size + index * self.inode_size, self.inode_size
+        )
         raw = raw.ljust(self.inode_size, b"\0")
-        mode, uid_lo, size_lo, _atime, ctime, mtime, _dtime, gid_lo = struct.unpack_from("<HHIIIIIH", raw, 0)
+        mode, uid_lo, size_lo, _atime, ctime, mtime, _dtime, gid_lo = struct.unpack_from(
+            "<HHIIIIIH", raw, 0
+        )
         flags = struct.unpack_from("<I", raw, 0x20)[0]
         size_hi = struct.unpack_from("<I", raw, 0x6C)[0]
         uid_hi, gid_hi = struct.unpack_from("<HH", raw, 0x78)
@@ -129,9 +151,15 @@ class Ext4:
         mtime_x = struct.unpack_from("<I", raw, 0x88)[0] if extra >= 12 else None
         signed = lambda v: v - (1 << 32) if v & 0x80000000 else v  # noqa: E731
         return Inode(
-            ino=ino, mode=mode, uid=uid_lo | (uid_hi << 16), gid=gid_lo | (gid_hi << 16),
-            size=size_lo | (size_hi << 32), mtime_ns=_time_ns(signed(mtime), mtime_x),
-            ctime_ns=_time_ns(signed(ctime), ctime_x), flags=flags, block=raw[0x28:0x28 + 60],
+            ino=ino,
+            mode=mode,
+            uid=uid_lo | (uid_hi << 16),
+            gid=gid_lo | (gid_hi << 16),
+            size=size_lo | (size_hi << 32),
+            mtime_ns=_time_ns(signed(mtime), mtime_x),
+            ctime_ns=_time_ns(signed(ctime), ctime_x),
+            flags=flags,
+            block=raw[0x28 : 0x28 + 60],
         )
 
     # -- data blocks -----------------------------------------------------------------------
@@ -145,7 +173,9 @@ class Ext4:
         else:
             yield from self._map_runs(inode)
 
-    def _extent_runs(self, node: bytes, depth: int, seen: set[int]) -> Iterator[tuple[int, int, int]]:
+    def _extent_runs(
+        self, node: bytes, depth: int, seen: set[int]
+    ) -> Iterator[tuple[int, int, int]]:
         magic, entries, _max, node_depth = struct.unpack_from("<HHHH", node, 0)
         if magic != _EXTENT_MAGIC or depth > 8 or entries * 12 + 12 > len(node):
             raise Ext4Error("corrupt extent tree")
@@ -171,7 +201,7 @@ class Ext4:
             yield i, pointers[i], 1
         logical = 12
         for level, top in ((1, pointers[12]), (2, pointers[13]), (3, pointers[14])):
-            span = per ** level
+            span = per**level
             if top:
                 yield from self._indirect(top, level, logical)
             logical += span
@@ -201,7 +231,9 @@ class Ext4:
             if physical:
                 if physical + length > self.blocks_count:
                     raise Ext4Error(f"inode {inode.ino} points past the end of the filesystem")
-                out[start:start + nbytes] = self._pread(physical * bs, nbytes).ljust(nbytes, b"\0")
+                out[start : start + nbytes] = self._pread(physical * bs, nbytes).ljust(
+                    nbytes, b"\0"
+                )
         return bytes(out)
 
     def chunks(self, inode: Inode, chunk: int = 1 << 20) -> Iterator[bytes]:
@@ -241,8 +273,14 @@ class Ext4:
                 ino, rec_len, name_len = struct.unpack_from("<IHB", data, pos)
                 if rec_len < 8 or pos + rec_len > base + bs:
                     break  # a corrupt block: skip the rest of it
-                name = data[pos + 8: pos + 8 + name_len]
-                if ino and name not in (b".", b"..") and b"/" not in name and b"\0" not in name and name:
+                name = data[pos + 8 : pos + 8 + name_len]
+                if (
+                    ino
+                    and name not in (b".", b"..")
+                    and b"/" not in name
+                    and b"\0" not in name
+                    and name
+                ):
                     count += 1
                     if count > MAX_ENTRIES:
                         raise Ext4Error("a directory with implausibly many entries")

@@ -140,11 +140,25 @@ class GuestReader:
 
     def _copy_out(self, overlay: str, snapshot: str | None, raw: str) -> None:
         pick = ["-l", f"snapshot.name={snapshot}"] if snapshot else []
-        cmd = [self.config.qemu_img, "convert", "-U", "-q", "-f", "qcow2", *pick, "-O", "raw", overlay, raw]
+        cmd = [
+            self.config.qemu_img,
+            "convert",
+            "-U",
+            "-q",
+            "-f",
+            "qcow2",
+            *pick,
+            "-O",
+            "raw",
+            overlay,
+            raw,
+        ]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         except subprocess.TimeoutExpired:
-            raise TransientDriverError(f"copying snapshot {snapshot!r} out took over 300 s") from None
+            raise TransientDriverError(
+                f"copying snapshot {snapshot!r} out took over 300 s"
+            ) from None
         if proc.returncode != 0:
             raise PermanentDriverError(
                 f"copying snapshot {snapshot!r} out of {overlay} failed: {(proc.stderr or proc.stdout).strip()[-500:]}"
@@ -171,15 +185,41 @@ class GuestReader:
                 os.fchown(fd, cfg.uid_base, cfg.uid_base)
             request = json.dumps({"job": job, "params": params, "image_fds": fds[1:]}).encode()
             cmd = [
-                cfg.python, "-I", "-S", "-c", _LAUNCHER,
-                str(cfg.uid_base), str(cfg.uid_count), str(cfg.memory_limit),
-                "unshare", "--mount", "--net", "--pid", "--fork", "--kill-child", "--mount-proc",
-                "--", cfg.python, "-I", "-S", f"/proc/self/fd/{code_fd}",
+                cfg.python,
+                "-I",
+                "-S",
+                "-c",
+                _LAUNCHER,
+                str(cfg.uid_base),
+                str(cfg.uid_count),
+                str(cfg.memory_limit),
+                "unshare",
+                "--mount",
+                "--net",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--mount-proc",
+                "--",
+                cfg.python,
+                "-I",
+                "-S",
+                f"/proc/self/fd/{code_fd}",
             ]
-            env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "VSB_E2FSCK": cfg.e2fsck}
+            env = {
+                "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "LC_ALL": "C.UTF-8",
+                "VSB_E2FSCK": cfg.e2fsck,
+            }
             proc = subprocess.Popen(
-                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                pass_fds=fds, env=env, cwd="/", start_new_session=True,
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=fds,
+                env=env,
+                cwd="/",
+                start_new_session=True,
             )
         finally:
             for fd in fds:
@@ -187,11 +227,15 @@ class GuestReader:
         out, err = _communicate_capped(proc, request, cfg.timeout, cfg.output_limit)
         if proc.returncode != 0:
             tail = err.decode(errors="replace").strip()[-800:]
-            raise PermanentDriverError(f"reading the guest disk ({job}) failed (exit {proc.returncode}): {tail}")
+            raise PermanentDriverError(
+                f"reading the guest disk ({job}) failed (exit {proc.returncode}): {tail}"
+            )
         try:
             return json.loads(out)
         except ValueError:
-            raise PermanentDriverError(f"reading the guest disk ({job}) returned no answer") from None
+            raise PermanentDriverError(
+                f"reading the guest disk ({job}) returned no answer"
+            ) from None
 
 
 def _memfd(name: str, data: bytes) -> int:
@@ -201,7 +245,9 @@ def _memfd(name: str, data: bytes) -> int:
     return fd
 
 
-def _communicate_capped(proc: subprocess.Popen, request: bytes, timeout: float, limit: int) -> tuple[bytes, bytes]:
+def _communicate_capped(
+    proc: subprocess.Popen, request: bytes, timeout: float, limit: int
+) -> tuple[bytes, bytes]:
     """Send the request, read stdout up to `limit` bytes and stderr's tail, kill the whole
     process group past `timeout` or `limit`."""
     chunks: list[bytes] = []
@@ -219,7 +265,10 @@ def _communicate_capped(proc: subprocess.Popen, request: bytes, timeout: float, 
             proc.stdin.write(request)
             proc.stdin.close()
 
-    threads = [threading.Thread(target=pump_err, daemon=True), threading.Thread(target=feed, daemon=True)]
+    threads = [
+        threading.Thread(target=pump_err, daemon=True),
+        threading.Thread(target=feed, daemon=True),
+    ]
     for t in threads:
         t.start()
     timer = threading.Timer(timeout, lambda: (failure.append("timeout"), _kill(proc)))

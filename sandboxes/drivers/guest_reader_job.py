@@ -43,8 +43,12 @@ SYSTEMCTL_TIMEOUT = 60
 # Where unit files live, relative to the guest root; copied out (symlinks as symlinks) for an
 # offline `systemctl --root`, which is slow on FUSE and must not run against guest paths.
 UNIT_DIRS = (
-    "etc/systemd/system", "etc/systemd/system-preset", "usr/lib/systemd/system",
-    "usr/lib/systemd/system-preset", "lib/systemd/system", "lib/systemd/system-preset",
+    "etc/systemd/system",
+    "etc/systemd/system-preset",
+    "usr/lib/systemd/system",
+    "usr/lib/systemd/system-preset",
+    "lib/systemd/system",
+    "lib/systemd/system-preset",
     "usr/local/lib/systemd/system",
 )
 
@@ -61,7 +65,9 @@ class GuestRoot:
         except ext4.Ext4Error:
             return None
 
-    def read(self, guest_path: str, limit: int, *, physical: bool = True) -> tuple[str, bytes | None, int]:
+    def read(
+        self, guest_path: str, limit: int, *, physical: bool = True
+    ) -> tuple[str, bytes | None, int]:
         """(kind, data, size): kind "f" with data (None when over `limit`), or what it is
         instead ("missing", "l", "d", "p", "c", "b", "s"). physical: the path as listed, no
         symlink anywhere on it; otherwise symlinks resolve inside the guest root."""
@@ -105,7 +111,9 @@ class GuestRoot:
         for rel, inode in _walk_from(self.fs, top):
             if inode.kind == "f" and len(found) < MAX_DIR_ENTRIES:
                 try:
-                    found[os.fsdecode(rel)] = self.fs.read(inode, limit) if inode.size <= limit else None
+                    found[os.fsdecode(rel)] = (
+                        self.fs.read(inode, limit) if inode.size <= limit else None
+                    )
                 except ext4.Ext4Error:
                     found[os.fsdecode(rel)] = None
         return found
@@ -132,20 +140,44 @@ def _walk_from(fs, top) -> list:
 def _check(cmd: list[str], what: str, timeout: float, ok=(0,), pass_fds=()) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, pass_fds=pass_fds)
     if proc.returncode not in ok:
-        sys.stderr.write(f"{what} failed (exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()[-600:]}\n")
+        sys.stderr.write(
+            f"{what} failed (exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()[-600:]}\n"
+        )
         raise SystemExit(3)
 
 
 def open_images(image_fds: list[int]) -> list[GuestRoot]:
     """A private tmpfs for scratch, then each image with its journal replayed in userspace
     (on the private copy) and parsed here."""
-    _check(["mount", "-t", "tmpfs", "-o", "size=1g,mode=0700,nosuid,nodev,noexec", "vsb-reader", "/tmp"],
-           "scratch tmpfs", 30)
+    _check(
+        [
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=1g,mode=0700,nosuid,nodev,noexec",
+            "vsb-reader",
+            "/tmp",
+        ],
+        "scratch tmpfs",
+        30,
+    )
     roots = []
     for fd in image_fds:
         # -p: replay the journal only (and fix nothing else); 1 means "journal replayed".
-        _check([os.environ.get("VSB_E2FSCK", "e2fsck"), "-E", "journal_only", "-p", f"/proc/self/fd/{fd}"],
-               "replaying the guest's journal (e2fsck)", 300, ok=(0, 1), pass_fds=(fd,))
+        _check(
+            [
+                os.environ.get("VSB_E2FSCK", "e2fsck"),
+                "-E",
+                "journal_only",
+                "-p",
+                f"/proc/self/fd/{fd}",
+            ],
+            "replaying the guest's journal (e2fsck)",
+            300,
+            ok=(0, 1),
+            pass_fds=(fd,),
+        )
         try:
             roots.append(GuestRoot(fd))
         except ext4.Ext4Error as exc:
@@ -157,8 +189,16 @@ def open_images(image_fds: list[int]) -> list[GuestRoot]:
 # -- the state manifest ------------------------------------------------------------------
 
 _WANT = {"unknown": "u", "install": "i", "hold": "h", "deinstall": "r", "purge": "p"}
-_STATE = {"not-installed": "n", "config-files": "c", "half-installed": "H", "unpacked": "U",
-          "half-configured": "F", "triggers-awaited": "W", "triggers-pending": "t", "installed": "i"}
+_STATE = {
+    "not-installed": "n",
+    "config-files": "c",
+    "half-installed": "H",
+    "unpacked": "U",
+    "half-configured": "F",
+    "triggers-awaited": "W",
+    "triggers-pending": "t",
+    "installed": "i",
+}
 
 
 def dpkg_section(status: bytes) -> bytes:
@@ -174,8 +214,14 @@ def dpkg_section(status: bytes) -> bytes:
         name, state = fields.get("Package"), fields.get("Status", "").split()
         if not name or len(state) != 3 or state[2] == "not-installed":
             continue
-        abbrev = _WANT.get(state[0], "u") + _STATE.get(state[2], "n") + ("R" if state[1] == "reinstreq" else " ")
-        lines.append(f"{name}\t{fields.get('Version', '')}\t{fields.get('Architecture', '')}\t{abbrev}\n")
+        abbrev = (
+            _WANT.get(state[0], "u")
+            + _STATE.get(state[2], "n")
+            + ("R" if state[1] == "reinstreq" else " ")
+        )
+        lines.append(
+            f"{name}\t{fields.get('Version', '')}\t{fields.get('Architecture', '')}\t{abbrev}\n"
+        )
     return "".join(lines).encode()
 
 
@@ -195,7 +241,9 @@ def copy_units(root: GuestRoot, dest: str) -> None:
                     os.makedirs(out, exist_ok=True)
                 elif inode.kind == "l":
                     os.symlink(root.fs.symlink_target(inode), os.fsencode(out))
-                elif inode.kind == "f" and inode.size <= UNIT_FILE_LIMIT and total < UNIT_COPY_LIMIT:
+                elif (
+                    inode.kind == "f" and inode.size <= UNIT_FILE_LIMIT and total < UNIT_COPY_LIMIT
+                ):
                     data = root.fs.read(inode, UNIT_FILE_LIMIT)
                     total += len(data)
                     with open(out, "wb") as f:
@@ -223,7 +271,8 @@ def systemctl_section(root: GuestRoot, index: int) -> bytes | None:
     try:
         proc = subprocess.run(
             [systemctl, f"--root={dest}", "list-unit-files", "--no-legend", "--no-pager"],
-            capture_output=True, timeout=SYSTEMCTL_TIMEOUT,
+            capture_output=True,
+            timeout=SYSTEMCTL_TIMEOUT,
         )
     except subprocess.TimeoutExpired:
         return None
@@ -256,9 +305,16 @@ def file_records(root: GuestRoot, excludes: list[str]) -> bytes:
                 target = root.fs.symlink_target(inode).replace(b"\0", b"")
             except ext4.Ext4Error:
                 target = b""
-        head = _RECORD.format(kind=inode.kind, size=inode.size, mtime=_stamp(inode.mtime_ns),
-                              ctime=_stamp(inode.ctime_ns), ino=inode.ino, mode=inode.mode & 0o7777,
-                              uid=inode.uid, gid=inode.gid)
+        head = _RECORD.format(
+            kind=inode.kind,
+            size=inode.size,
+            mtime=_stamp(inode.mtime_ns),
+            ctime=_stamp(inode.ctime_ns),
+            ino=inode.ino,
+            mode=inode.mode & 0o7777,
+            uid=inode.uid,
+            gid=inode.gid,
+        )
         out.append(head.encode() + path + b"\0" + target + b"\0")
     return b"".join(out)
 
@@ -298,10 +354,15 @@ def manifest_document(root: GuestRoot, index: int, excludes: list[str]) -> bytes
 
 def job_diff(roots: list[GuestRoot], params: dict) -> dict:
     excludes = params["excludes"]
-    content_limit, max_files, hash_limit = params["content_limit"], params["max_content_files"], params["hash_limit"]
+    content_limit, max_files, hash_limit = (
+        params["content_limit"],
+        params["max_content_files"],
+        params["hash_limit"],
+    )
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         before, after = pool.map(
-            lambda pair: diffing.parse(manifest_document(pair[1], pair[0], excludes)), enumerate(roots)
+            lambda pair: diffing.parse(manifest_document(pair[1], pair[0], excludes)),
+            enumerate(roots),
         )
         need = diffing.paths_needing_hashes(before, after)
 
@@ -313,7 +374,9 @@ def job_diff(roots: list[GuestRoot], params: dict) -> dict:
             return found
 
         hashes_before, hashes_after = pool.map(hashes, roots, (before, after))
-        text = diffing.paths_needing_contents(before, after, hashes_before=hashes_before, hashes_after=hashes_after)
+        text = diffing.paths_needing_contents(
+            before, after, hashes_before=hashes_before, hashes_after=hashes_after
+        )
 
         def contents(root: GuestRoot, manifest) -> dict[str, bytes]:
             found = {}
@@ -325,8 +388,12 @@ def job_diff(roots: list[GuestRoot], params: dict) -> dict:
 
         contents_before, contents_after = pool.map(contents, roots, (before, after))
     return diffing.compare(
-        before, after, hashes_before=hashes_before, hashes_after=hashes_after,
-        contents_before=contents_before, contents_after=contents_after,
+        before,
+        after,
+        hashes_before=hashes_before,
+        hashes_after=hashes_after,
+        contents_before=contents_before,
+        contents_after=contents_after,
     ).to_dict()
 
 
@@ -335,8 +402,12 @@ def _deb_fields(data: bytes) -> dict[str, str] | None:
     with open(path, "wb") as f:
         f.write(data)
     try:
-        proc = subprocess.run(["dpkg-deb", "-f", path, "Package", "Version", "Architecture"],
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            ["dpkg-deb", "-f", path, "Package", "Version", "Architecture"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     except subprocess.TimeoutExpired:
         return None
     finally:
@@ -354,7 +425,9 @@ def _package_lists(root: GuestRoot, package: str, arch: str) -> tuple[list[str],
         kind, listing, _ = root.read(f"/var/lib/dpkg/info/{stem}.list", LIST_LIMIT, physical=False)
         if kind != "f" or listing is None:
             continue
-        paths = [line for line in listing.decode("utf-8", "surrogateescape").split("\n") if line.strip()]
+        paths = [
+            line for line in listing.decode("utf-8", "surrogateescape").split("\n") if line.strip()
+        ]
         md5s = {}
         kind, sums, _ = root.read(f"/var/lib/dpkg/info/{stem}.md5sums", LIST_LIMIT, physical=False)
         if kind == "f" and sums is not None:
@@ -388,8 +461,11 @@ def job_target_state(roots: list[GuestRoot], params: dict) -> dict:
     """What the playbook generator needs from the `to` state (sandboxes.playbooks.state)."""
     root, diff = roots[0], params["diff"]
     file_limit = params["file_limit"]
-    skel = {rel: hashlib.sha256(data).hexdigest()
-            for rel, data in root.walk_regular("/etc/skel", file_limit).items() if data is not None}
+    skel = {
+        rel: hashlib.sha256(data).hexdigest()
+        for rel, data in root.walk_regular("/etc/skel", file_limit).items()
+        if data is not None
+    }
     group_names: dict[str, str] = {}
     kind, group, _ = root.read("/etc/group", ACCOUNT_LIMIT, physical=False)
     for line in (group or b"").decode("utf-8", "replace").splitlines():
@@ -419,20 +495,40 @@ def job_target_state(roots: list[GuestRoot], params: dict) -> dict:
                 too_large[rec["path"]] = size
     debs = []
     if wanted:
-        candidates = [r["path"] for r in files.get("added", []) + files.get("modified", [])
-                      if r.get("type") == "f" and r["path"].endswith(".deb")]
-        archives = [f"/var/cache/apt/archives/{n}" for n in root.listdir("/var/cache/apt/archives") if n.endswith(".deb")]
+        candidates = [
+            r["path"]
+            for r in files.get("added", []) + files.get("modified", [])
+            if r.get("type") == "f" and r["path"].endswith(".deb")
+        ]
+        archives = [
+            f"/var/cache/apt/archives/{n}"
+            for n in root.listdir("/var/cache/apt/archives")
+            if n.endswith(".deb")
+        ]
         for path in candidates + archives:
             kind, data, _ = root.read(path, file_limit)
             if kind != "f" or data is None:
                 continue
             fields = _deb_fields(data)
             if fields and (fields["Package"], fields.get("Version", "")) in wanted:
-                debs.append({"path": path, "package": fields["Package"], "version": fields.get("Version", ""),
-                             "arch": fields.get("Architecture", "")})
+                debs.append(
+                    {
+                        "path": path,
+                        "package": fields["Package"],
+                        "version": fields.get("Version", ""),
+                        "arch": fields.get("Architecture", ""),
+                    }
+                )
                 contents.setdefault(path, base64.b64encode(data).decode())
-    return {"contents": contents, "too_large": too_large, "owned": owned, "shipped_md5": shipped,
-            "debs": debs, "skel_sha256": skel, "group_names": group_names}
+    return {
+        "contents": contents,
+        "too_large": too_large,
+        "owned": owned,
+        "shipped_md5": shipped,
+        "debs": debs,
+        "skel_sha256": skel,
+        "group_names": group_names,
+    }
 
 
 def job_probe(roots: list[GuestRoot], params: dict) -> dict:
@@ -443,8 +539,14 @@ def job_probe(roots: list[GuestRoot], params: dict) -> dict:
         time.sleep(params["sleep_seconds"])
     reads = {}
     for path in params.get("paths", []):
-        kind, data, size = roots[0].read(path, params.get("limit", 1 << 20), physical=params.get("physical", True))
-        reads[path] = {"kind": kind, "size": size, "data": base64.b64encode(data).decode() if data is not None else None}
+        kind, data, size = roots[0].read(
+            path, params.get("limit", 1 << 20), physical=params.get("physical", True)
+        )
+        reads[path] = {
+            "kind": kind,
+            "size": size,
+            "data": base64.b64encode(data).decode() if data is not None else None,
+        }
     host = {}
     for path in params.get("host_paths", []):
         try:
@@ -452,9 +554,16 @@ def job_probe(roots: list[GuestRoot], params: dict) -> dict:
                 host[path] = f"read {len(f.read(64))} bytes"
         except OSError as exc:
             host[path] = exc.strerror
-    return {"uid": os.getuid(), "euid": os.geteuid(), "reads": reads, "host": host,
-            "interfaces": sorted(line.split(":")[0].strip() for line in open("/proc/self/net/dev").readlines()[2:]),
-            "mounts": open("/proc/self/mounts").read()}
+    return {
+        "uid": os.getuid(),
+        "euid": os.geteuid(),
+        "reads": reads,
+        "host": host,
+        "interfaces": sorted(
+            line.split(":")[0].strip() for line in open("/proc/self/net/dev").readlines()[2:]
+        ),
+        "mounts": open("/proc/self/mounts").read(),
+    }
 
 
 JOBS = {"diff": job_diff, "target_state": job_target_state, "probe": job_probe}

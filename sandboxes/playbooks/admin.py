@@ -7,8 +7,8 @@ from django import forms
 from django.contrib import admin, messages
 
 from config.admin_base import ReadOnlyModelAdmin
+from core.errors import ServiceError
 
-from ..exceptions import ServiceError
 from . import services
 from .models import Inventory, InventoryHost, Playbook, PlaybookRun, PlaybookVersion
 

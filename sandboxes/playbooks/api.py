@@ -13,8 +13,8 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from approvals import services as approvals
+from core.api.serializers import StrictInputSerializer
 
-from ..api.serializers import StrictInputSerializer
 from . import runs, services
 from .models import Playbook, PlaybookRun, PlaybookVersion
 
@@ -32,7 +32,9 @@ def version_body(playbook: Playbook, version: PlaybookVersion) -> dict:
         "yaml": version.yaml,
         "warnings": version.warnings,
         "skipped": version.skipped,
-        "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in version.files.all()],
+        "files": [
+            {"name": f.name, "size": f.size, "sha256": f.sha256} for f in version.files.all()
+        ],
         "syntax_ok": version.syntax_ok,
         "syntax_output": version.syntax_output,
         "note": version.note,
@@ -71,7 +73,9 @@ class InventoryHostSerializer(StrictInputSerializer):
     address = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
     port = serializers.IntegerField(required=False, min_value=1, max_value=65535, default=22)
     user = serializers.CharField(max_length=64, required=False, default="root")
-    groups = serializers.ListField(child=serializers.CharField(max_length=100), required=False, default=list)
+    groups = serializers.ListField(
+        child=serializers.CharField(max_length=100), required=False, default=list
+    )
     variables = serializers.DictField(required=False, default=dict)
     host_key = serializers.CharField(required=False, allow_blank=True, default="")
     private_key = serializers.CharField(
@@ -111,12 +115,18 @@ class PlaybookViewSet(viewsets.ViewSet):
             return yaml_response(version)
         return Response({"playbook": version_body(version.playbook, version)})
 
-    @extend_schema(summary="The playbook as a tar.gz (playbook.yml + files/)", parameters=[OpenApiParameter("version", int)], responses={(200, "application/gzip"): bytes})
+    @extend_schema(
+        summary="The playbook as a tar.gz (playbook.yml + files/)",
+        parameters=[OpenApiParameter("version", int)],
+        responses={(200, "application/gzip"): bytes},
+    )
     @action(detail=True, methods=["get"])
     def archive(self, request, pk=None):
         version = services.get_version(request.user, pk, _int(request.query_params.get("version")))
         response = HttpResponse(archive(version), content_type="application/gzip")
-        response["Content-Disposition"] = f'attachment; filename="playbook-{pk}-v{version.number}.tar.gz"'
+        response["Content-Disposition"] = (
+            f'attachment; filename="playbook-{pk}-v{version.number}.tar.gz"'
+        )
         return response
 
     @extend_schema(
@@ -137,7 +147,9 @@ class PlaybookViewSet(viewsets.ViewSet):
     def apply(self, request, pk=None):
         return run_playbook_action(request, pk, "apply")
 
-    @extend_schema(summary="Edit: a new version (operators)", request=EditSerializer, responses={201: dict})
+    @extend_schema(
+        summary="Edit: a new version (operators)", request=EditSerializer, responses={201: dict}
+    )
     @action(detail=True, methods=["post"])
     def versions(self, request, pk=None):
         playbook = services.visible_playbooks(request.user).filter(pk=pk).first()
@@ -179,7 +191,11 @@ class InventoryViewSet(viewsets.ViewSet):
     def retrieve(self, request, pk=None):
         return Response({"inventory": runs.inventory_dict(runs.get_inventory(request.user, pk))})
 
-    @extend_schema(summary="Register an inventory (add_inventory)", request=InventorySerializer, responses={201: dict})
+    @extend_schema(
+        summary="Register an inventory (add_inventory)",
+        request=InventorySerializer,
+        responses={201: dict},
+    )
     def create(self, request):
         runs.require(request.user, runs.ADD_PERMISSION)
         serializer = InventorySerializer(data=request.data)
@@ -215,8 +231,12 @@ def run_playbook_action(request, pk, kind: str):
         run = runs.start_check(request.user, pk, data["inventory"], data["version"])
     else:
         if data["version"] is not None:
-            raise serializers.ValidationError({"version": ["an apply always uses the latest version."]})
-        outcome, value = runs.request_apply(request.user, pk, data["inventory"], data["approval_id"])
+            raise serializers.ValidationError(
+                {"version": ["an apply always uses the latest version."]}
+            )
+        outcome, value = runs.request_apply(
+            request.user, pk, data["inventory"], data["approval_id"]
+        )
         if outcome == "approval":
             body = {
                 "error": {
@@ -247,15 +267,24 @@ class PlaybookRunViewSet(viewsets.ViewSet):
     def retrieve(self, request, pk=None):
         return Response({"run": runs.run_dict(runs.get_run(request.user, pk))})
 
-    @extend_schema(summary="A run's events after seq", parameters=[OpenApiParameter("after", int)], responses={200: dict})
+    @extend_schema(
+        summary="A run's events after seq",
+        parameters=[OpenApiParameter("after", int)],
+        responses={200: dict},
+    )
     @action(detail=True, methods=["get"])
     def events(self, request, pk=None):
         run = runs.get_run(request.user, pk)
         after = _int(request.query_params.get("after")) or 0
         rows = run.events.filter(seq__gt=after).order_by("seq")[:1000]
-        return Response({"events": [
-            {"seq": e.seq, "event": e.event, "host": e.host, "task": e.task, "data": e.data} for e in rows
-        ]})
+        return Response(
+            {
+                "events": [
+                    {"seq": e.seq, "event": e.event, "host": e.host, "task": e.task, "data": e.data}
+                    for e in rows
+                ]
+            }
+        )
 
     @extend_schema(summary="Cancel a run", request=None, responses={200: dict})
     @action(detail=True, methods=["post"])

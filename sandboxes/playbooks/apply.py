@@ -52,8 +52,22 @@ def _trim(data: dict) -> dict:
     kept = {k: data[k] for k in KEEP_EVENT_FIELDS if k in data}
     res = kept.get("res")
     if isinstance(res, dict):
-        kept["res"] = {k: (str(v)[:2000] if isinstance(v, str) else v) for k, v in res.items()
-                       if k in ("msg", "changed", "failed", "rc", "stderr", "stdout", "diff", "skipped", "unreachable")}
+        kept["res"] = {
+            k: (str(v)[:2000] if isinstance(v, str) else v)
+            for k, v in res.items()
+            if k
+            in (
+                "msg",
+                "changed",
+                "failed",
+                "rc",
+                "stderr",
+                "stdout",
+                "diff",
+                "skipped",
+                "unreachable",
+            )
+        }
         if "diff" in kept["res"]:
             kept["res"]["diff"] = str(kept["res"]["diff"])[:4000]
     return kept
@@ -81,7 +95,11 @@ class _Stream:
             "stdout": (event.get("stdout") or "")[:4000],
         }
         PlaybookEvent.objects.create(
-            run=self.run, seq=row["seq"], event=row["event"], host=row["host"], task=row["task"],
+            run=self.run,
+            seq=row["seq"],
+            event=row["event"],
+            host=row["host"],
+            task=row["task"],
             data={**row["data"], "stdout": row["stdout"]},
         )
         self.pending.append(row)
@@ -95,7 +113,9 @@ class _Stream:
         batch, self.pending = self.pending, []
         self.last_flush = time.monotonic()
         try:
-            async_to_sync(self.layer.group_send)(group_for(self.run.pk), {"type": "run.events", "events": batch})
+            async_to_sync(self.layer.group_send)(
+                group_for(self.run.pk), {"type": "run.events", "events": batch}
+            )
         except Exception:  # noqa: BLE001 - the rows are the truth; clients re-read ?after=seq
             log.warning("could not stream events of run %s", self.run.pk, exc_info=True)
 
@@ -121,11 +141,14 @@ def execute(run_id) -> None:
         # Already running (a redelivery after a worker died): that attempt is lost with its
         # worker; say so rather than apply twice.
         PlaybookRun.objects.filter(pk=run_id, status="running").update(
-            status="error", error="the worker running this playbook stopped; check the targets and run again",
+            status="error",
+            error="the worker running this playbook stopped; check the targets and run again",
             finished_at=timezone.now(),
         )
         return
-    run = PlaybookRun.objects.select_related("version", "version__playbook", "inventory").get(pk=run_id)
+    run = PlaybookRun.objects.select_related("version", "version__playbook", "inventory").get(
+        pk=run_id
+    )
     stream = _Stream(run)
     status, error, stats, failed = "error", "", {}, []
     try:
@@ -146,27 +169,38 @@ def execute(run_id) -> None:
             first = failed[0]
             error = f"task {first['task']!r} failed on {first['host']}: {first['message'][:500]}"
         elif status == "failed":
-            error = f"ansible-runner ended {result.status} (rc {result.rc})" + (f": {result.error}" if result.error else "")
+            error = f"ansible-runner ended {result.status} (rc {result.rc})" + (
+                f": {result.error}" if result.error else ""
+            )
     except Exception as exc:  # noqa: BLE001 - the run must end with the reason
         log.exception("playbook run %s", run_id)
         error = f"{type(exc).__name__}: {exc}"
     PlaybookRun.objects.filter(pk=run.pk).update(
-        status=status, error=error, host_stats=stats, failed_tasks=failed,
-        events_count=stream.seq, finished_at=timezone.now(),
+        status=status,
+        error=error,
+        host_stats=stats,
+        failed_tasks=failed,
+        events_count=stream.seq,
+        finished_at=timezone.now(),
     )
     audit.record(
         f"playbook.{run.kind}.{status}",
         user=run.requested_by,
         target=run,
-        data={**audit_origin(run.version), "inventory": run.inventory.name, "hosts": stats, "error": error[:1000]},
+        data={
+            **audit_origin(run.version),
+            "inventory": run.inventory.name,
+            "hosts": stats,
+            "error": error[:1000],
+        },
     )
     layer = get_channel_layer()
     if layer is not None:
         try:
             async_to_sync(layer.group_send)(
-                group_for(run.pk), {"type": "run.finished", "status": status, "host_stats": stats, "error": error}
+                group_for(run.pk),
+                {"type": "run.finished", "status": status, "host_stats": stats, "error": error},
             )
         except Exception:  # noqa: BLE001
             log.warning("could not announce the end of run %s", run.pk)
     close_old_connections()
-

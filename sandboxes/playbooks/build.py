@@ -8,7 +8,9 @@ import os
 
 from django.db import transaction
 
-from .. import runtime, wakeups
+from core import wakeups
+
+from .. import runtime
 from ..diff_compute import stored_result
 from ..drivers.domain_xml import OVERLAY_NAME
 from ..runtime import get_guest_reader
@@ -28,12 +30,21 @@ def syntax_check(yaml_text: str, files: dict[str, bytes]) -> tuple[bool, str]:
 
 
 def store_version(
-    playbook: Playbook, yaml_text: str, files: dict[str, bytes], *, user=None, generated: bool,
-    warnings=(), skipped=(), note: str = "",
+    playbook: Playbook,
+    yaml_text: str,
+    files: dict[str, bytes],
+    *,
+    user=None,
+    generated: bool,
+    warnings=(),
+    skipped=(),
+    note: str = "",
 ) -> PlaybookVersion:
     ok, output = syntax_check(yaml_text, files)
     with transaction.atomic():
-        number = (playbook.versions.order_by("-number").values_list("number", flat=True).first() or 0) + 1
+        number = (
+            playbook.versions.order_by("-number").values_list("number", flat=True).first() or 0
+        ) + 1
         version = PlaybookVersion.objects.create(
             playbook=playbook,
             number=number,
@@ -49,7 +60,11 @@ def store_version(
         )
         for name, data in files.items():
             PlaybookFile.objects.create(
-                version=version, name=name, content=data, sha256=hashlib.sha256(data).hexdigest(), size=len(data)
+                version=version,
+                name=name,
+                content=data,
+                sha256=hashlib.sha256(data).hexdigest(),
+                size=len(data),
             )
     return version
 
@@ -79,7 +94,12 @@ def generate_and_store(playbook_id) -> None:
             source=f"sandbox {sandbox.id} ({sandbox.source.name}), snapshots {playbook.from_name} -> {playbook.to_name}",
         )
         store_version(
-            playbook, out.yaml, out.files, generated=True, warnings=out.warnings, skipped=out.skipped,
+            playbook,
+            out.yaml,
+            out.files,
+            generated=True,
+            warnings=out.warnings,
+            skipped=out.skipped,
             user=playbook.created_by,
         )
         Playbook.objects.filter(pk=playbook.pk, status="pending").update(status="ready")

@@ -32,7 +32,7 @@ class PlaybookRunConsumer(AsyncJsonWebsocketConsumer):
 
     @database_sync_to_async
     def _history(self, user):
-        from sandboxes.exceptions import NotFound
+        from core.errors import NotFound
 
         from .runs import get_run
 
@@ -42,14 +42,20 @@ class PlaybookRunConsumer(AsyncJsonWebsocketConsumer):
             run = get_run(user, self.run_id)
         except NotFound:
             return None
-        raw_after = (parse_qs(self.scope.get("query_string", b"").decode()).get("after") or ["0"])[0]
+        raw_after = (parse_qs(self.scope.get("query_string", b"").decode()).get("after") or ["0"])[
+            0
+        ]
         after = int(raw_after) if raw_after.isdigit() else 0
         events = [
             {"seq": e.seq, "event": e.event, "host": e.host, "task": e.task, "data": e.data}
             for e in run.events.filter(seq__gt=after).order_by("seq")[:5000]
         ]
         done = run.status not in ("pending", "running")
-        finished = {"status": run.status, "host_stats": run.host_stats, "error": run.error} if done else None
+        finished = (
+            {"status": run.status, "host_stats": run.host_stats, "error": run.error}
+            if done
+            else None
+        )
         return events, finished
 
     async def disconnect(self, code):
@@ -60,4 +66,6 @@ class PlaybookRunConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json({"type": "event", **event})
 
     async def run_finished(self, message):
-        await self.send_json({"type": "finished", **{k: v for k, v in message.items() if k != "type"}})
+        await self.send_json(
+            {"type": "finished", **{k: v for k, v in message.items() if k != "type"}}
+        )

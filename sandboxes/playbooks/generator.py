@@ -132,7 +132,12 @@ def _file_name(path: str, data: bytes) -> str:
 
 
 def _valid_account(name) -> bool:
-    return isinstance(name, str) and bool(ACCOUNT_NAME_RE.fullmatch(name)) and not name.isdigit() and name not in (".", "..")
+    return (
+        isinstance(name, str)
+        and bool(ACCOUNT_NAME_RE.fullmatch(name))
+        and not name.isdigit()
+        and name not in (".", "..")
+    )
 
 
 def _passwd_field(value, *, absolute: bool = False) -> bool:
@@ -180,7 +185,11 @@ def generate(
             return "user and group tasks"
         if path.startswith(SIDE_EFFECT_PREFIXES) or path in SIDE_EFFECT_PREFIXES:
             return "written by dpkg/apt/systemd"
-        if WANTS_RE.match(path) and rec.get("type") == "l" and _valid_unit(posixpath.basename(path)):
+        if (
+            WANTS_RE.match(path)
+            and rec.get("type") == "l"
+            and _valid_unit(posixpath.basename(path))
+        ):
             # A name systemctl refuses has no systemd task: its link is copied as a link.
             return "systemd task (enabled)"
         if path in deb_paths:
@@ -192,7 +201,9 @@ def generate(
                 rel = path[len(home) + 1 :]
                 if rel in state.skel_sha256 and rec.get("sha256") == state.skel_sha256[rel]:
                     return "user task (copy of /etc/skel)"
-                if rec.get("type") == "d" and any(k.startswith(rel + "/") for k in state.skel_sha256):
+                if rec.get("type") == "d" and any(
+                    k.startswith(rel + "/") for k in state.skel_sha256
+                ):
                     return "user task (copy of /etc/skel)"
         owner = package_files.get(path)
         if owner:
@@ -212,13 +223,22 @@ def generate(
     for g in groups.get("added", []) + groups.get("changed", []):
         g = g.get("after", g) if "after" in g else g
         if not _valid_account(g["name"]):
-            out.warnings.append(f"group {g['name']!r}: groupadd refuses this name; not in the playbook, add it by hand")
+            out.warnings.append(
+                f"group {g['name']!r}: groupadd refuses this name; not in the playbook, add it by hand"
+            )
             continue
-        tasks.append({"name": f"Group {g['name']}", "ansible.builtin.group": {"name": g["name"], "gid": g["gid"], "state": PRESENT}})
+        tasks.append(
+            {
+                "name": f"Group {g['name']}",
+                "ansible.builtin.group": {"name": g["name"], "gid": g["gid"], "state": PRESENT},
+            }
+        )
     for u in users.get("added", []) + [c.get("after", c) for c in users.get("changed", [])]:
         refused = _refused_user_fields(u)
         if refused:
-            out.warnings.append(f"user {u['name']!r}: useradd refuses its {refused}; not in the playbook, add it by hand")
+            out.warnings.append(
+                f"user {u['name']!r}: useradd refuses its {refused}; not in the playbook, add it by hand"
+            )
             continue
         args = {
             "name": u["name"],
@@ -232,7 +252,9 @@ def generate(
         }
         if args["group"] is None:
             args.pop("group")
-            out.warnings.append(f"user {u['name']}: primary gid {u['gid']} has no group name; left to useradd")
+            out.warnings.append(
+                f"user {u['name']}: primary gid {u['gid']} has no group name; left to useradd"
+            )
         tasks.append({"name": f"User {u['name']}", "ansible.builtin.user": args})
 
     # Packages: from the .deb the agent used when there is one, else from the repositories.
@@ -246,17 +268,40 @@ def generate(
             data = state.contents[deb.path]
             fname = _file_name(deb.path, data)
             out.files[fname] = data
-            tasks.append({
-                "name": f"Package file {posixpath.basename(deb.path)}",
-                "ansible.builtin.copy": {"src": f"files/{fname}", "dest": deb.path, "owner": ROOT, "group": ROOT, "mode": _Word("0644")},
-            })
-            tasks.append({"name": f"Package {name} {version}", "ansible.builtin.apt": {"deb": deb.path, "state": PRESENT}})
+            tasks.append(
+                {
+                    "name": f"Package file {posixpath.basename(deb.path)}",
+                    "ansible.builtin.copy": {
+                        "src": f"files/{fname}",
+                        "dest": deb.path,
+                        "owner": ROOT,
+                        "group": ROOT,
+                        "mode": _Word("0644"),
+                    },
+                }
+            )
+            tasks.append(
+                {
+                    "name": f"Package {name} {version}",
+                    "ansible.builtin.apt": {"deb": deb.path, "state": PRESENT},
+                }
+            )
         else:
-            tasks.append({"name": f"Package {name} {version}", "ansible.builtin.apt": {"name": f"{name}={version}", "state": PRESENT}})
+            tasks.append(
+                {
+                    "name": f"Package {name} {version}",
+                    "ansible.builtin.apt": {"name": f"{name}={version}", "state": PRESENT},
+                }
+            )
     for pkg in packages.get("removed", []):
         if not _valid_package(pkg["name"], pkg.get("version") or "0", out):
             continue
-        tasks.append({"name": f"Remove package {pkg['name']}", "ansible.builtin.apt": {"name": pkg["name"], "state": ABSENT}})
+        tasks.append(
+            {
+                "name": f"Remove package {pkg['name']}",
+                "ansible.builtin.apt": {"name": pkg["name"], "state": ABSENT},
+            }
+        )
 
     # New trees of many files travel as one archive; other directories (parents first),
     # files and links one task each.
@@ -266,17 +311,26 @@ def generate(
         data = tree.archive(state)
         fname = _file_name(tree.top + ".tar.gz", data)
         out.files[fname] = data
-        tasks.append({
-            "name": f"Tree {tree.top} ({len(tree.paths)} entries)",
-            "ansible.builtin.unarchive": {"src": f"files/{fname}", "dest": _Word("/")},
-        })
-    added_dirs = [r for r in files.get("added", []) if r.get("type") == "d" and r["path"] not in in_tree]
+        tasks.append(
+            {
+                "name": f"Tree {tree.top} ({len(tree.paths)} entries)",
+                "ansible.builtin.unarchive": {"src": f"files/{fname}", "dest": _Word("/")},
+            }
+        )
+    added_dirs = [
+        r for r in files.get("added", []) if r.get("type") == "d" and r["path"] not in in_tree
+    ]
     for rec in sorted(added_dirs, key=lambda r: r["path"]):
         reason = covered(rec)
         if reason:
             out.skipped.append({"path": rec["path"], "reason": reason})
             continue
-        tasks.append({"name": f"Directory {rec['path']}", "ansible.builtin.file": {"path": rec["path"], "state": DIRECTORY, **_attrs(rec)}})
+        tasks.append(
+            {
+                "name": f"Directory {rec['path']}",
+                "ansible.builtin.file": {"path": rec["path"], "state": DIRECTORY, **_attrs(rec)},
+            }
+        )
 
     for section in ("added", "modified"):
         for rec in files.get(section, []):
@@ -300,7 +354,9 @@ def generate(
             out.skipped.append({"path": path, "reason": reason})
             continue
         tops.append(path)
-        tasks.append({"name": f"Remove {path}", "ansible.builtin.file": {"path": path, "state": ABSENT}})
+        tasks.append(
+            {"name": f"Remove {path}", "ansible.builtin.file": {"path": path, "state": ABSENT}}
+        )
 
     # systemd: reload once if any unit file changed, then enable/disable/mask.
     unit_files_changed = any(
@@ -309,28 +365,62 @@ def generate(
         for s in ("added", "modified", "removed")
         for r in files.get(s, [])
     )
-    named = {k: _valid_units(units.get(k, []), k, out) for k in ("enabled", "disabled", "masked", "unmasked")}
+    named = {
+        k: _valid_units(units.get(k, []), k, out)
+        for k in ("enabled", "disabled", "masked", "unmasked")
+    }
     if unit_files_changed or any(named.values()):
-        tasks.append({"name": _Word("Reload systemd units"), "ansible.builtin.systemd_service": {"daemon_reload": True}})
+        tasks.append(
+            {
+                "name": _Word("Reload systemd units"),
+                "ansible.builtin.systemd_service": {"daemon_reload": True},
+            }
+        )
     for unit in named["enabled"]:
         args = {"name": unit["name"], "enabled": True}
-        if unit["name"].endswith(".service") or unit["name"].endswith(".timer") or unit["name"].endswith(".socket"):
+        if (
+            unit["name"].endswith(".service")
+            or unit["name"].endswith(".timer")
+            or unit["name"].endswith(".socket")
+        ):
             args["state"] = _Word("started")
         tasks.append({"name": f"Enable {unit['name']}", "ansible.builtin.systemd_service": args})
     for unit in named["disabled"]:
-        tasks.append({"name": f"Disable {unit['name']}", "ansible.builtin.systemd_service": {"name": unit["name"], "enabled": False}})
+        tasks.append(
+            {
+                "name": f"Disable {unit['name']}",
+                "ansible.builtin.systemd_service": {"name": unit["name"], "enabled": False},
+            }
+        )
     for unit in named["masked"]:
-        tasks.append({"name": f"Mask {unit['name']}", "ansible.builtin.systemd_service": {"name": unit["name"], "masked": True}})
+        tasks.append(
+            {
+                "name": f"Mask {unit['name']}",
+                "ansible.builtin.systemd_service": {"name": unit["name"], "masked": True},
+            }
+        )
     for unit in named["unmasked"]:
-        tasks.append({"name": f"Unmask {unit['name']}", "ansible.builtin.systemd_service": {"name": unit["name"], "masked": False}})
+        tasks.append(
+            {
+                "name": f"Unmask {unit['name']}",
+                "ansible.builtin.systemd_service": {"name": unit["name"], "masked": False},
+            }
+        )
 
     _tolerate_in_check_mode(tasks, users, groups, files)
 
     for note in diff.get("notes", []):
         out.warnings.append(f"diff: {note}")
 
-    play = [{"name": title, "hosts": _Word(hosts) if KEY_RE.fullmatch(hosts) else hosts, "become": True,
-             "gather_facts": False, "tasks": tasks}]
+    play = [
+        {
+            "name": title,
+            "hosts": _Word(hosts) if KEY_RE.fullmatch(hosts) else hosts,
+            "become": True,
+            "gather_facts": False,
+            "tasks": tasks,
+        }
+    ]
     body = yaml.dump(play, Dumper=_Dumper, sort_keys=False, width=100, allow_unicode=True)
     out.task_count = len(tasks)
     out.yaml = _header(diff, source, out) + body
@@ -390,7 +480,9 @@ def _archived_trees(added: list[dict], covered, state: TargetState, min_files: i
         regular = [r for r in inside if r.get("type") == "f"]
         if len(regular) < min_files:
             continue
-        if any(covered(r) for r in inside) or any(r.get("type") not in ("f", "d", "l") for r in inside):
+        if any(covered(r) for r in inside) or any(
+            r.get("type") not in ("f", "d", "l") for r in inside
+        ):
             continue
         if any(r["path"] not in state.contents for r in regular):
             continue
@@ -411,7 +503,9 @@ def _tolerate_in_check_mode(tasks: list[dict], users: dict, groups: dict, files:
     new_units = {
         posixpath.basename(r["path"])
         for r in files.get("added", [])
-        if r["path"].startswith(("/etc/systemd/system/", "/usr/lib/systemd/system/", "/lib/systemd/system/"))
+        if r["path"].startswith(
+            ("/etc/systemd/system/", "/usr/lib/systemd/system/", "/lib/systemd/system/")
+        )
     }
     for task in tasks:
         module, args = next((k, v) for k, v in task.items() if k.startswith("ansible.builtin."))
@@ -425,7 +519,12 @@ def _tolerate_in_check_mode(tasks: list[dict], users: dict, groups: dict, files:
             task["ignore_errors"] = CHECK_MODE_TOLERANT
 
 
-PRESENT, ABSENT, DIRECTORY, ROOT = _Word("present"), _Word("absent"), _Word("directory"), _Word("root")
+PRESENT, ABSENT, DIRECTORY, ROOT = (
+    _Word("present"),
+    _Word("absent"),
+    _Word("directory"),
+    _Word("root"),
+)
 
 
 def _refused_user_fields(u: dict) -> str:
@@ -439,9 +538,16 @@ def _refused_user_fields(u: dict) -> str:
 def _valid_package(name, version, out: Generated) -> bool:
     """A name or version apt would read otherwise (a comma lists two packages, `=` pins) is
     not a task: it could install or remove something else on the target."""
-    if isinstance(name, str) and PACKAGE_NAME_RE.fullmatch(name) and isinstance(version, str) and PACKAGE_VERSION_RE.fullmatch(version):
+    if (
+        isinstance(name, str)
+        and PACKAGE_NAME_RE.fullmatch(name)
+        and isinstance(version, str)
+        and PACKAGE_VERSION_RE.fullmatch(version)
+    ):
         return True
-    out.warnings.append(f"package {name!r} {version!r}: not a Debian package name and version; not in the playbook")
+    out.warnings.append(
+        f"package {name!r} {version!r}: not a Debian package name and version; not in the playbook"
+    )
     return False
 
 
@@ -474,27 +580,54 @@ def _group_name(gid: int, groups: dict, state: TargetState) -> str | None:
     return state.group_names.get(gid)
 
 
-def _file_tasks(rec: dict, section: str, state: TargetState, out: Generated, inline_limit: int) -> list[dict]:
+def _file_tasks(
+    rec: dict, section: str, state: TargetState, out: Generated, inline_limit: int
+) -> list[dict]:
     path, kind = rec["path"], rec.get("type")
     if kind == "l":
-        return [{
-            "name": f"Link {path}",
-            "ansible.builtin.file": {"path": path, "src": rec.get("target", ""), "state": _Word("link"), "force": True,
-                                     **({"owner": rec["owner"]} if rec.get("owner") else {})},
-        }]
+        return [
+            {
+                "name": f"Link {path}",
+                "ansible.builtin.file": {
+                    "path": path,
+                    "src": rec.get("target", ""),
+                    "state": _Word("link"),
+                    "force": True,
+                    **({"owner": rec["owner"]} if rec.get("owner") else {}),
+                },
+            }
+        ]
     if kind == "d":  # a modified directory: its mode or owner
-        return [{"name": f"Directory {path}", "ansible.builtin.file": {"path": path, "state": DIRECTORY, **_attrs(rec)}}]
+        return [
+            {
+                "name": f"Directory {path}",
+                "ansible.builtin.file": {"path": path, "state": DIRECTORY, **_attrs(rec)},
+            }
+        ]
     if kind != "f":
         out.warnings.append(f"{path}: a special file (type {kind}) is created with a shell task")
-        command = f"mkfifo -m {_mode(rec)} {_shell_quote(path)}" if kind == "p" else f"test -e {_shell_quote(path)}"
-        return [{"name": f"Special file {path}", "ansible.builtin.shell": {"cmd": command, "creates": path}}]
+        command = (
+            f"mkfifo -m {_mode(rec)} {_shell_quote(path)}"
+            if kind == "p"
+            else f"test -e {_shell_quote(path)}"
+        )
+        return [
+            {
+                "name": f"Special file {path}",
+                "ansible.builtin.shell": {"cmd": command, "creates": path},
+            }
+        ]
     changes = rec.get("changes", ["content"]) if section == "modified" else ["content"]
     if section == "modified" and not {"content", "type", "metadata"} & set(changes):
-        return [{"name": f"Attributes of {path}", "ansible.builtin.file": {"path": path, **_attrs(rec)}}]
+        return [
+            {"name": f"Attributes of {path}", "ansible.builtin.file": {"path": path, **_attrs(rec)}}
+        ]
     data = state.contents.get(path)
     if data is None:
         size = state.too_large.get(path, rec.get("size"))
-        out.warnings.append(f"{path}: {size} bytes, over the size limit; not in the playbook, copy it by hand")
+        out.warnings.append(
+            f"{path}: {size} bytes, over the size limit; not in the playbook, copy it by hand"
+        )
         return []
     args: dict = {"dest": path, **_attrs(rec)}
     if len(data) <= inline_limit and _is_text(data):
@@ -528,10 +661,14 @@ def _header(diff: dict, source: str, out: Generated) -> str:
         "# Generated by virsh-sandbox from the diff of a sandbox; review before applying.",
         f"# Source: {_comment(source)}" if source else "# Source: (unspecified)",
         f"# Generated: {datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}",
-        "# Changes: " + ", ".join(
+        "# Changes: "
+        + ", ".join(
             _comment(f"{section} " + "/".join(f"{k} {v}" for k, v in counts.items() if v))
-            for section, counts in summary.items() if any(counts.values())
-        ) if summary else "# Changes: (no summary)",
+            for section, counts in summary.items()
+            if any(counts.values())
+        )
+        if summary
+        else "# Changes: (no summary)",
         f"# Tasks: {out.task_count}; left to other tasks: {len(out.skipped)} paths",
     ]
     if out.warnings:

@@ -31,10 +31,17 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC = 32, 4096, 16384
 
 
-def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+def _mount(
+    source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None
+) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     encode = lambda s: s.encode() if s is not None else None  # noqa: E731
-    if libc.mount(encode(source), encode(target), encode(fstype), ctypes.c_ulong(flags), encode(data)) != 0:
+    if (
+        libc.mount(
+            encode(source), encode(target), encode(fstype), ctypes.c_ulong(flags), encode(data)
+        )
+        != 0
+    ):
         err = ctypes.get_errno()
         raise OSError(err, f"mount {target}: {os.strerror(err)}")
 
@@ -84,9 +91,20 @@ def launch(args: argparse.Namespace) -> int:
         "LANG": "C.UTF-8",
     }
     command = [
-        SETPRIV, f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--clear-groups",
-        "--no-new-privs", "--bounding-set=-all", "--inh-caps=-all", "--",
-        sys.executable, "-I", "-B", os.path.abspath(__file__), args.mode, run_dir,
+        SETPRIV,
+        f"--reuid={account.pw_uid}",
+        f"--regid={account.pw_gid}",
+        "--clear-groups",
+        "--no-new-privs",
+        "--bounding-set=-all",
+        "--inh-caps=-all",
+        "--",
+        sys.executable,
+        "-I",
+        "-B",
+        os.path.abspath(__file__),
+        args.mode,
+        run_dir,
     ]
     child = subprocess.Popen(command, env=env, cwd=run_dir, stdin=subprocess.DEVNULL)
     rc = child.wait()
@@ -132,10 +150,23 @@ def run(run_dir: str) -> int:
 def syntax(run_dir: str) -> int:
     send = _channel()
     project = os.path.join(run_dir, "project")
-    env = dict(os.environ, ANSIBLE_LOCAL_TEMP=os.path.join(run_dir, "tmp", "ansible"), ANSIBLE_NOCOLOR="1")
+    env = dict(
+        os.environ, ANSIBLE_LOCAL_TEMP=os.path.join(run_dir, "tmp", "ansible"), ANSIBLE_NOCOLOR="1"
+    )
     proc = subprocess.run(
-        ["ansible-playbook", "--syntax-check", "-i", "localhost,", os.path.join(project, "playbook.yml")],
-        capture_output=True, text=True, timeout=120, env=env, cwd=project, stdin=subprocess.DEVNULL,
+        [
+            "ansible-playbook",
+            "--syntax-check",
+            "-i",
+            "localhost,",
+            os.path.join(project, "playbook.yml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=project,
+        stdin=subprocess.DEVNULL,
     )
     send({"result": {"rc": proc.returncode, "output": (proc.stdout + proc.stderr).strip()[-4000:]}})
     return 0

@@ -17,7 +17,9 @@ class Playbook(models.Model):
     new playbook."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    sandbox = models.ForeignKey("sandboxes.Sandbox", on_delete=models.CASCADE, related_name="playbooks")
+    sandbox = models.ForeignKey(
+        "sandboxes.Sandbox", on_delete=models.CASCADE, related_name="playbooks"
+    )
     from_name = models.CharField(max_length=64)
     to_name = models.CharField(max_length=64)
     from_snapshot = models.ForeignKey(
@@ -37,7 +39,8 @@ class Playbook(models.Model):
         app_label = "sandboxes"
         constraints = [
             models.UniqueConstraint(
-                fields=["sandbox", "from_snapshot", "to_snapshot"], name="one_playbook_per_snapshot_pair"
+                fields=["sandbox", "from_snapshot", "to_snapshot"],
+                name="one_playbook_per_snapshot_pair",
             )
         ]
 
@@ -91,7 +94,9 @@ class PlaybookFile(models.Model):
 
     class Meta:
         app_label = "sandboxes"
-        constraints = [models.UniqueConstraint(fields=["version", "name"], name="unique_playbook_file")]
+        constraints = [
+            models.UniqueConstraint(fields=["version", "name"], name="unique_playbook_file")
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -114,7 +119,9 @@ class Inventory(models.Model):
         verbose_name_plural = "inventories"
         # Who may see inventories, their variables and the runs against them
         # (docs/playbooks.md "Who may do what"): view_inventory, add_inventory, run_inventory.
-        permissions = [("run_inventory", "Can run playbooks (dry runs and applies) against inventories")]
+        permissions = [
+            ("run_inventory", "Can run playbooks (dry runs and applies) against inventories")
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -140,7 +147,9 @@ class InventoryHost(models.Model):
 
     class Meta:
         app_label = "sandboxes"
-        constraints = [models.UniqueConstraint(fields=["inventory", "name"], name="unique_inventory_host")]
+        constraints = [
+            models.UniqueConstraint(fields=["inventory", "name"], name="unique_inventory_host")
+        ]
 
     def __str__(self) -> str:
         return f"{self.inventory.name}/{self.name}"
@@ -156,7 +165,11 @@ class PlaybookRun(models.Model):
     status = models.CharField(max_length=12, default="pending", db_index=True)
     # pending, running, successful, failed, canceled, error
     approval = models.OneToOneField(
-        "approvals.ApprovalRequest", null=True, blank=True, on_delete=models.PROTECT, related_name="playbook_run"
+        "approvals.ApprovalRequest",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="playbook_run",
     )
     queue = models.CharField(max_length=80)
     requested_by = models.ForeignKey(
@@ -197,7 +210,9 @@ class PlaybookEvent(models.Model):
     class Meta:
         app_label = "sandboxes"
         ordering = ["run", "seq"]
-        constraints = [models.UniqueConstraint(fields=["run", "seq"], name="unique_playbook_event_seq")]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "seq"], name="unique_playbook_event_seq")
+        ]
 
     def __str__(self) -> str:
         return f"{self.run_id}#{self.seq} {self.event}"

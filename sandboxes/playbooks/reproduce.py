@@ -50,7 +50,9 @@ def _files(diff: dict) -> dict[str, dict]:
     return found
 
 
-def _named(diff: dict, section: str, kinds: tuple[str, ...], fields: tuple[str, ...]) -> dict[str, dict]:
+def _named(
+    diff: dict, section: str, kinds: tuple[str, ...], fields: tuple[str, ...]
+) -> dict[str, dict]:
     found = {}
     for kind in kinds:
         for rec in diff.get(section, {}).get(kind, []):
@@ -65,8 +67,18 @@ def compare(agent: dict, replica: dict) -> dict[str, Any]:
     sections = {
         "files": (_files(agent), _files(replica)),
         "packages": (
-            _named(agent, "packages", ("installed", "removed", "upgraded"), ("version", "new_version", "arch")),
-            _named(replica, "packages", ("installed", "removed", "upgraded"), ("version", "new_version", "arch")),
+            _named(
+                agent,
+                "packages",
+                ("installed", "removed", "upgraded"),
+                ("version", "new_version", "arch"),
+            ),
+            _named(
+                replica,
+                "packages",
+                ("installed", "removed", "upgraded"),
+                ("version", "new_version", "arch"),
+            ),
         ),
         "units": (
             _named(agent, "units", ("enabled", "disabled", "masked", "unmasked"), ()),

@@ -150,7 +150,10 @@ def _run_root(path: str) -> str:
     os.chmod(path, 0o711)
     now = time.time()
     for entry in os.scandir(path):
-        if entry.name.startswith("run-") and now - entry.stat(follow_symlinks=False).st_mtime > STALE_SECONDS:
+        if (
+            entry.name.startswith("run-")
+            and now - entry.stat(follow_symlinks=False).st_mtime > STALE_SECONDS
+        ):
             _remove(entry.path)
     return path
 
@@ -175,7 +178,13 @@ def _hand_over(base: str, account: pwd.struct_passwd) -> None:
 def _keep() -> list[str]:
     """What the isolated process needs to see of what may be hidden: the Python installation,
     the virtualenv, isolated.py."""
-    paths = {sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix, os.path.dirname(ISOLATED)}
+    paths = {
+        sys.base_prefix,
+        sys.base_exec_prefix,
+        sys.prefix,
+        sys.exec_prefix,
+        os.path.dirname(ISOLATED),
+    }
     return sorted(os.path.realpath(p) for p in paths)
 
 
@@ -221,22 +230,47 @@ def _isolated(
         root = os.path.realpath(isolation.run_root)
         hide = sorted({os.path.realpath(h) for h in (*isolation.hide, root)})
         command = [
-            UNSHARE, "--mount", "--pid", "--fork", "--kill-child", "--mount-proc", "--propagation", "private", "--",
-            sys.executable, "-I", "-B", ISOLATED, "launch", "--user", isolation.user, "--run-dir", base,
-            "--mode", mode, *(f"--hide={h}" for h in hide), *(f"--keep={k}" for k in (*_keep(), base)),
+            UNSHARE,
+            "--mount",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount-proc",
+            "--propagation",
+            "private",
+            "--",
+            sys.executable,
+            "-I",
+            "-B",
+            ISOLATED,
+            "launch",
+            "--user",
+            isolation.user,
+            "--run-dir",
+            base,
+            "--mode",
+            mode,
+            *(f"--hide={h}" for h in hide),
+            *(f"--keep={k}" for k in (*_keep(), base)),
         ]
         with tempfile.TemporaryFile() as stderr:
             proc = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
                 env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
-                start_new_session=True, preexec_fn=_die_with_parent,  # noqa: PLW1509 - one prctl, no locks
+                start_new_session=True,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - one prctl, no locks
             )
             outcome = _read(proc, on_event, cancelled or (lambda: False), timeout + 60)
             stderr.seek(0, os.SEEK_END)
             stderr.seek(max(0, stderr.tell() - 4000))
             tail = stderr.read().decode(errors="replace").strip()
         if outcome.result is None:
-            outcome.error = tail or f"the ansible process ended with status {outcome.rc} and no result"
+            outcome.error = (
+                tail or f"the ansible process ended with status {outcome.rc} and no result"
+            )
         return outcome
     finally:
         if proc is not None and proc.poll() is None:
@@ -301,10 +335,16 @@ def _line(line: bytes, outcome: _Outcome, on_event) -> None:
         outcome.result = message["result"]
 
 
-def syntax_check(yaml_text: str, files: dict[str, bytes], *, isolation: Isolation) -> tuple[bool, str]:
+def syntax_check(
+    yaml_text: str, files: dict[str, bytes], *, isolation: Isolation
+) -> tuple[bool, str]:
     """`ansible-playbook --syntax-check`, which templates play-level fields: isolated too."""
-    outcome = _isolated("syntax", isolation, lambda base: write_project(os.path.join(base, "project"), yaml_text, files),
-                        timeout=180)
+    outcome = _isolated(
+        "syntax",
+        isolation,
+        lambda base: write_project(os.path.join(base, "project"), yaml_text, files),
+        timeout=180,
+    )
     if outcome.result is None:
         return False, outcome.error[-4000:]
     return outcome.result.get("rc") == 0, str(outcome.result.get("output", ""))[-4000:]
@@ -372,20 +412,26 @@ def run(
         kind = event.get("event")
         if kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
             res = data.get("res", {}) or {}
-            failed_tasks.append({
-                "host": data.get("host"),
-                "task": data.get("task"),
-                "message": str(res.get("msg") or res.get("stderr") or res)[:2000],
-                "unreachable": kind == "runner_on_unreachable",
-            })
+            failed_tasks.append(
+                {
+                    "host": data.get("host"),
+                    "task": data.get("task"),
+                    "message": str(res.get("msg") or res.get("stderr") or res)[:2000],
+                    "unreachable": kind == "runner_on_unreachable",
+                }
+            )
         elif kind == "runner_on_ok" and (data.get("res") or {}).get("changed"):
             changed_tasks.append({"host": data.get("host"), "task": data.get("task")})
         if on_event:
             on_event(event)
 
-    outcome = _isolated("run", isolation, prepare, on_event=handler, cancelled=cancelled, timeout=timeout)
+    outcome = _isolated(
+        "run", isolation, prepare, on_event=handler, cancelled=cancelled, timeout=timeout
+    )
     result = outcome.result or {}
-    status = result.get("status") or ("canceled" if outcome.canceled else "timeout" if outcome.timed_out else "failed")
+    status = result.get("status") or (
+        "canceled" if outcome.canceled else "timeout" if outcome.timed_out else "failed"
+    )
     stats = result.get("stats") or {}
     per_host = {
         name: HostStats(
@@ -398,8 +444,17 @@ def run(
         )
         for name in names
     }
-    rc = result.get("rc") if isinstance(result.get("rc"), int) else (outcome.rc if outcome.rc is not None else -1)
+    rc = (
+        result.get("rc")
+        if isinstance(result.get("rc"), int)
+        else (outcome.rc if outcome.rc is not None else -1)
+    )
     return RunResult(
-        status=status, rc=rc, hosts=per_host, failed_tasks=failed_tasks,
-        changed_tasks=changed_tasks, events=count, error=outcome.error,
+        status=status,
+        rc=rc,
+        hosts=per_host,
+        failed_tasks=failed_tasks,
+        changed_tasks=changed_tasks,
+        events=count,
+        error=outcome.error,
     )

@@ -24,8 +24,8 @@ from approvals import services as approvals
 from approvals.choices import ApprovalOrigin
 from approvals.models import ApprovalRequest
 from audit import services as audit
+from core.errors import Conflict, Forbidden, InvalidInput, NotFound
 
-from ..exceptions import Conflict, Forbidden, InvalidInput, NotFound
 from ..models import Host, Sandbox
 from ..remote.ca import parse_public_key
 from ..services import QUEUE_RE
@@ -66,10 +66,16 @@ def visible_inventories(user):
 # --- inventories -------------------------------------------------------------------------
 
 
-def create_inventory(user, *, name: str, description: str = "", variables=None, hosts=()) -> Inventory:
+def create_inventory(
+    user, *, name: str, description: str = "", variables=None, hosts=()
+) -> Inventory:
     require(user, ADD_PERMISSION)
     if Inventory.objects.filter(name=name).exists():
-        raise Conflict(f"An inventory named {name!r} exists.", fields={"name": ["already exists"]}, code="duplicate")
+        raise Conflict(
+            f"An inventory named {name!r} exists.",
+            fields={"name": ["already exists"]},
+            code="duplicate",
+        )
     if not hosts:
         raise InvalidInput.field("hosts", "at least one host is needed.")
     rows = [_host_row(i, h) for i, h in enumerate(hosts)]
@@ -205,7 +211,9 @@ def _version(playbook_id, number: int | None) -> PlaybookVersion:
 def _enqueue_run(run: PlaybookRun) -> None:
     from config.celery import app
 
-    transaction.on_commit(lambda: app.send_task("sandboxes.run_playbook", args=[str(run.pk)], queue=run.queue))
+    transaction.on_commit(
+        lambda: app.send_task("sandboxes.run_playbook", args=[str(run.pk)], queue=run.queue)
+    )
 
 
 def start_check(user, playbook_id, inventory_id, version: int | None = None) -> PlaybookRun:
@@ -214,14 +222,24 @@ def start_check(user, playbook_id, inventory_id, version: int | None = None) -> 
     require(user, RUN_PERMISSION, what=f"No inventory {inventory_id}.")
     version_row = _version(playbook_id, version)
     if version_row.syntax_ok is False:
-        raise Conflict("This version does not pass ansible-playbook --syntax-check.", code="syntax_error")
+        raise Conflict(
+            "This version does not pass ansible-playbook --syntax-check.", code="syntax_error"
+        )
     inventory = get_inventory(user, inventory_id)
     with transaction.atomic():
         run = PlaybookRun.objects.create(
-            version=version_row, inventory=inventory, kind="check", queue=queue_for(inventory), requested_by=user
+            version=version_row,
+            inventory=inventory,
+            kind="check",
+            queue=queue_for(inventory),
+            requested_by=user,
         )
-        audit.record("playbook.check", user=user, target=run,
-                     data={**audit_origin(version_row), "inventory": inventory.name})
+        audit.record(
+            "playbook.check",
+            user=user,
+            target=run,
+            data={**audit_origin(version_row), "inventory": inventory.name},
+        )
         _enqueue_run(run)
     return run
 
@@ -253,7 +271,9 @@ def apply_payload(version: PlaybookVersion, inventory: Inventory, check: Playboo
 
 def _latest_check(version: PlaybookVersion, inventory: Inventory) -> PlaybookRun | None:
     return (
-        PlaybookRun.objects.filter(version=version, inventory=inventory, kind="check", status="successful")
+        PlaybookRun.objects.filter(
+            version=version, inventory=inventory, kind="check", status="successful"
+        )
         .order_by("-created_at")
         .first()
     )
@@ -301,8 +321,11 @@ def request_apply(user, playbook_id, inventory_id, approval_id=None) -> tuple[st
     if not approval_id:
         # Asking again while a request for exactly this apply is open returns that one.
         for open_req in ApprovalRequest.objects.filter(
-            requested_by=user, action_type=APPLY_ACTION, origin=ApprovalOrigin.SYSTEM,
-            consumed_at__isnull=True, status__in=["pending", "approved"],
+            requested_by=user,
+            action_type=APPLY_ACTION,
+            origin=ApprovalOrigin.SYSTEM,
+            consumed_at__isnull=True,
+            status__in=["pending", "approved"],
         ).order_by("-created_at")[:50]:
             if open_req.payload == payload:
                 return "approval", open_req
@@ -328,17 +351,27 @@ def request_apply(user, playbook_id, inventory_id, approval_id=None) -> tuple[st
     with transaction.atomic():
         approvals.consume(req.pk, expected_payload=payload, action_type=APPLY_ACTION)
         run = PlaybookRun.objects.create(
-            version=version, inventory=inventory, kind="apply", queue=queue_for(inventory),
-            requested_by=user, approval=req,
+            version=version,
+            inventory=inventory,
+            kind="apply",
+            queue=queue_for(inventory),
+            requested_by=user,
+            approval=req,
         )
-        audit.record("playbook.apply", user=user, target=run,
-                     data={**audit_origin(version), "inventory": inventory.name, "approval": str(req.id)})
+        audit.record(
+            "playbook.apply",
+            user=user,
+            target=run,
+            data={**audit_origin(version), "inventory": inventory.name, "approval": str(req.id)},
+        )
         _enqueue_run(run)
     return "run", run
 
 
 def visible_runs(user):
-    qs = PlaybookRun.objects.select_related("version", "version__playbook", "inventory", "requested_by")
+    qs = PlaybookRun.objects.select_related(
+        "version", "version__playbook", "inventory", "requested_by"
+    )
     return qs if sees_inventories(user) else qs.none()
 
 

@@ -30,7 +30,6 @@ class TargetState:
     skel_sha256: dict[str, str] = field(default_factory=dict)  # path relative to /etc/skel
     group_names: dict[int, str] = field(default_factory=dict)  # gid -> name in /etc/group
 
-
     @classmethod
     def from_answer(cls, answer: dict) -> TargetState:
         """From the guest reader's `target_state` job (drivers/guest_reader_job.py)."""
@@ -45,11 +44,15 @@ class TargetState:
         )
 
 
-def read_target_state(reader, image: str, diff: dict, *, inline_limit: int, file_limit: int) -> TargetState:
+def read_target_state(
+    reader, image: str, diff: dict, *, inline_limit: int, file_limit: int
+) -> TargetState:
     """Everything the generator needs from the `to` state, read from a private copy of its
     disk by the unprivileged guest reader (never by this process)."""
     answer = reader.run(
-        "target_state", {"diff": diff, "inline_limit": inline_limit, "file_limit": file_limit}, [image]
+        "target_state",
+        {"diff": diff, "inline_limit": inline_limit, "file_limit": file_limit},
+        [image],
     )
     return TargetState.from_answer(answer)
 
@@ -59,5 +62,7 @@ def snapshot_pair(playbook) -> tuple:
     for side in ("from", "to"):
         if getattr(playbook, f"{side}_snapshot") is None:
             name = getattr(playbook, f"{side}_name")
-            raise RuntimeError(f"snapshot {name!r} ({side}) was deleted; ask for the playbook again")
+            raise RuntimeError(
+                f"snapshot {name!r} ({side}) was deleted; ask for the playbook again"
+            )
     return playbook.from_snapshot, playbook.to_snapshot

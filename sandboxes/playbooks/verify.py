@@ -75,17 +75,25 @@ def step(task, op: Operation) -> None:
             ttl_seconds=3 * 3600,
         )
         _save(op, replica_id=str(create.sandbox_id), replica=create.sandbox.name)
-        services.report_progress(op.pk, 10, f"replica {create.sandbox.name} booting at {playbook.from_name}")
+        services.report_progress(
+            op.pk, 10, f"replica {create.sandbox.name} booting at {playbook.from_name}"
+        )
         _again(task, op)
         return
     replica = Sandbox.objects.select_related("host", "source").get(pk=replica_id)
     if replica.state in (SandboxState.ERROR, SandboxState.DESTROYED, SandboxState.DESTROYING):
-        _finish(op, OperationStatus.FAILED, error=f"the replica {replica.name} is {replica.state}: {replica.error}")
+        _finish(
+            op,
+            OperationStatus.FAILED,
+            error=f"the replica {replica.name} is {replica.state}: {replica.error}",
+        )
         return
     if replica.state != SandboxState.READY:
         if op.deadline and timezone.now() > op.deadline:
             _destroy(replica, op)
-            _finish(op, OperationStatus.FAILED, error=f"the replica {replica.name} did not become ready")
+            _finish(
+                op, OperationStatus.FAILED, error=f"the replica {replica.name} did not become ready"
+            )
             return
         _again(task, op)
         return
@@ -108,7 +116,9 @@ def _replay(op: Operation, version: PlaybookVersion, replica: Sandbox) -> dict:
     services.report_progress(op.pk, 30, "replica ready: snapshot before the replay")
     driver.snapshot_create(replica.name, BEFORE, "before the playbook replay")
     services.report_progress(op.pk, 40, "running the playbook on the replica")
-    first = runner.run(version.yaml, files, [target_for(replica)], isolation=runtime.ansible_isolation())
+    first = runner.run(
+        version.yaml, files, [target_for(replica)], isolation=runtime.ansible_isolation()
+    )
     services.report_progress(op.pk, 60, "diffing the replica")
     driver.snapshot_create(replica.name, AFTER, "after the playbook replay")
     replica_diff = compare_snapshots(replica, BEFORE, AFTER)
@@ -116,7 +126,9 @@ def _replay(op: Operation, version: PlaybookVersion, replica: Sandbox) -> dict:
     agent_diff = stored_result(playbook.sandbox, *snapshot_pair(playbook))
     verdict = reproduce.compare(agent_diff, replica_diff)
     services.report_progress(op.pk, 80, "running the playbook a second time")
-    second = runner.run(version.yaml, files, [target_for(replica)], isolation=runtime.ansible_isolation())
+    second = runner.run(
+        version.yaml, files, [target_for(replica)], isolation=runtime.ansible_isolation()
+    )
     idempotent = second.status == "successful" and second.changed == 0
     return {
         **op.result,
@@ -143,7 +155,9 @@ def _again(task, op: Operation) -> None:
 
 
 def _finish(op: Operation, status: str, *, error: str = "", result: dict | None = None) -> None:
-    services.finish_operation(op.pk, status, error=error, result=result, message="verified" if not error else "failed")
+    services.finish_operation(
+        op.pk, status, error=error, result=result, message="verified" if not error else "failed"
+    )
 
 
 def abandon(op: Operation, reason: str) -> None:

@@ -15,8 +15,9 @@ from rest_framework.parsers import BaseParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from sandboxes.api.serializers import ErrorSerializer
-from sandboxes.runtime import vsb
+from core.api.serializers import ErrorSerializer
+from core.conf import vsb
+from core.errors import TooLarge
 
 from .. import services
 from . import serializers as s
@@ -201,7 +202,7 @@ def _only_sandbox_with_session(user, session_name: str):
         ).values_list("sandbox_id", flat=True)[:2]
     )
     if len(ids) != 1:
-        from sandboxes.exceptions import InvalidInput
+        from core.errors import InvalidInput
 
         raise InvalidInput.field(
             "sandbox_id", "is required (no single sandbox has a session of that name)."
@@ -216,7 +217,7 @@ def _pane_action(request, action: str, pane_id: str | None, sandbox):
         sandbox = sandbox or _optional_sandbox(user, data)
         pane_id = pane_id or data.get("pane_id")
         if not pane_id:
-            from sandboxes.exceptions import InvalidInput
+            from core.errors import InvalidInput
 
             raise InvalidInput.field("pane_id", "is required.")
         return Response(
@@ -234,7 +235,7 @@ def _pane_action(request, action: str, pane_id: str | None, sandbox):
         sandbox = sandbox or _optional_sandbox(user, data)
         pane_id = pane_id or data.get("pane_id")
         if not pane_id:
-            from sandboxes.exceptions import InvalidInput
+            from core.errors import InvalidInput
 
             raise InvalidInput.field("pane_id", "is required.")
         return Response(
@@ -290,7 +291,7 @@ class TmuxCreateSessionView(APIView):
         data.pop("command", None)
         sandbox_id = data.pop("sandbox_id", None)
         if not sandbox_id:
-            from sandboxes.exceptions import InvalidInput
+            from core.errors import InvalidInput
 
             raise InvalidInput.field("sandbox_id", "is required: sessions live in a sandbox.")
         sandbox = services.owned_sandbox(request.user, sandbox_id)
@@ -468,7 +469,7 @@ class UploadView(SandboxScoped):
                 break
             size += len(chunk)
             if size > limit:
-                raise services.TooLarge(f"upload is over the limit of {limit} bytes.")
+                raise TooLarge(f"upload is over the limit of {limit} bytes.")
             chunks.append(chunk)
         path = params.pop("path")
         return Response(services.upload(sandbox, request.user, path, b"".join(chunks), **params))

@@ -47,7 +47,9 @@ def test_an_idempotency_key_reused_for_another_question_is_a_409(alice):
     ask_async(alice, idempotency_key="k1")
     response = ask_async(alice, idempotency_key="k1", prompt="Something else?")
     assert response.status_code == 409
-    assert response.json()["error"]["fields"] == {"idempotency_key": ["already used for a different request"]}
+    assert response.json()["error"]["fields"] == {
+        "idempotency_key": ["already used for a different request"]
+    }
 
 
 def test_bad_input_names_the_field(alice):
@@ -56,7 +58,9 @@ def test_bad_input_names_the_field(alice):
     assert "timeout_seconds" in response.json()["error"]["fields"]
     response = ask_async(alice, urgenc="high")
     assert response.json()["error"]["fields"] == {"urgenc": ["Unknown field."]}
-    assert alice.post("/v1/approvals", {}, format="json").json()["error"]["fields"].keys() == {"prompt"}
+    assert alice.post("/v1/approvals", {}, format="json").json()["error"]["fields"].keys() == {
+        "prompt"
+    }
 
 
 def test_an_operator_approves_and_a_second_decision_gets_409(alice, dora, dan):
@@ -95,7 +99,9 @@ def test_staff_without_the_decide_permission_gets_403(alice, olivia):
 
 def test_expiry_is_reported_apart_from_denial(alice, dora):
     req = ask_async(alice, timeout_secs=60).json()
-    ApprovalRequest.objects.filter(pk=req["id"]).update(expires_at=timezone.now() - timedelta(seconds=1))
+    ApprovalRequest.objects.filter(pk=req["id"]).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
     assert services.expire_overdue() == 1
     body = alice.get(f"/v1/approvals/{req['id']}").json()
     assert body["status"] == "expired" and body["approved"] is False and body["decided_by"] is None
@@ -106,7 +112,9 @@ def test_expiry_is_reported_apart_from_denial(alice, dora):
 
 def test_a_decision_after_the_deadline_but_before_the_sweep_is_a_409(alice, dora):
     req = ask_async(alice, timeout_secs=60).json()
-    ApprovalRequest.objects.filter(pk=req["id"]).update(expires_at=timezone.now() - timedelta(seconds=1))
+    ApprovalRequest.objects.filter(pk=req["id"]).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
     response = dora.post(f"/v1/approvals/{req['id']}/approve", format="json")
     assert response.status_code == 409
     assert ApprovalRequest.objects.get(pk=req["id"]).status == "expired"
@@ -127,12 +135,21 @@ def test_the_originals_respond_route_decides_as_the_authenticated_caller(alice, 
     req = ask_async(alice).json()
     response = dora.post(
         "/api/v1/human/respond",
-        {"request_id": req["id"], "approved": False, "comment": "not today", "approved_by": "someone-else"},
+        {
+            "request_id": req["id"],
+            "approved": False,
+            "comment": "not today",
+            "approved_by": "someone-else",
+        },
         format="json",
     )
     assert response.status_code == 200
     body = response.json()
-    assert body["status"] == "denied" and body["decided_by"] == "dora" and body["comment"] == "not today"
+    assert (
+        body["status"] == "denied"
+        and body["decided_by"] == "dora"
+        and body["comment"] == "not today"
+    )
 
 
 def test_bulk_approval_reports_each_request(alice, dora):
@@ -142,7 +159,12 @@ def test_bulk_approval_reports_each_request(alice, dora):
     results = {r["id"]: r for r in response.json()["results"]}
     assert results[ids[0]]["error"]["code"] == "already_decided"
     assert results[ids[1]]["status"] == results[ids[2]]["status"] == "approved"
-    assert alice.post("/v1/approvals/bulk", {"ids": ids, "decision": "approve"}, format="json").status_code == 403
+    assert (
+        alice.post(
+            "/v1/approvals/bulk", {"ids": ids, "decision": "approve"}, format="json"
+        ).status_code
+        == 403
+    )
 
 
 def test_an_approval_is_consumed_once_and_only_for_its_payload(alice, dora):
@@ -183,19 +205,32 @@ def test_an_operator_reads_the_request_and_decides_on_its_admin_page(alice, dora
     dora.user.save()
     dora.user.user_permissions.add(Permission.objects.get(codename="view_approvalrequest"))
     client.force_login(dora.user)
-    req = ask_async(alice, kind="action", payload={"playbook": "p1", "version": 2}, context="- hosts: all").json()
+    req = ask_async(
+        alice, kind="action", payload={"playbook": "p1", "version": 2}, context="- hosts: all"
+    ).json()
     page = client.get(f"/admin/approvals/approvalrequest/{req['id']}/change/")
     assert page.status_code == 200
-    assert b"May I restart nginx on prod-1?" in page.content and b"&quot;version&quot;: 2" in page.content
+    assert (
+        b"May I restart nginx on prod-1?" in page.content
+        and b"&quot;version&quot;: 2" in page.content
+    )
     assert b'value="Approve"' in page.content and b"- hosts: all" in page.content
     client.post(
         f"/admin/approvals/approvalrequest/{req['id']}/decide/",
         {"decision": "Deny", "reason": "not during business hours"},
     )
     decided = ApprovalRequest.objects.get(pk=req["id"])
-    assert (decided.status, decided.reason, decided.decided_by) == ("denied", "not during business hours", dora.user)
+    assert (decided.status, decided.reason, decided.decided_by) == (
+        "denied",
+        "not during business hours",
+        dora.user,
+    )
     after = client.get(f"/admin/approvals/approvalrequest/{req['id']}/change/")
     assert b'value="Approve"' not in after.content and b"Denied by dora" in after.content
     # A second click is refused by the same compare-and-set, with a message, not a 500.
-    again = client.post(f"/admin/approvals/approvalrequest/{req['id']}/decide/", {"decision": "Approve"}, follow=True)
+    again = client.post(
+        f"/admin/approvals/approvalrequest/{req['id']}/decide/",
+        {"decision": "Approve"},
+        follow=True,
+    )
     assert again.status_code == 200 and b"already denied" in again.content

@@ -101,7 +101,9 @@ def test_an_ask_waits_and_returns_the_operators_approval_within_a_second(server)
     request_id = pending_id(server.operator, "May I restart nginx?")
     time.sleep(1)
     assert not asking.done(), "the ask returned before anyone decided"
-    status, decided = server.operator.post(f"/v1/approvals/{request_id}/approve", {"reason": "go ahead"})
+    status, decided = server.operator.post(
+        f"/v1/approvals/{request_id}/approve", {"reason": "go ahead"}
+    )
     decided_at = time.monotonic()
     assert status == 200, decided
     status, answer = asking.result(timeout=5)
@@ -147,7 +149,9 @@ def test_bad_input_and_missing_credentials_get_4xx_from_the_blocking_endpoint(se
     assert status == 405
 
 
-def test_a_retry_with_the_same_key_after_a_dropped_connection_and_a_restart_picks_up_the_same_request(server):
+def test_a_retry_with_the_same_key_after_a_dropped_connection_and_a_restart_picks_up_the_same_request(
+    server,
+):
     ask = {"prompt": "Apply the firewall change?", "timeout_secs": 120, "idempotency_key": "fw-7"}
     with pytest.raises((socket.timeout, TimeoutError, OSError)):
         server.agent.request("POST", "/api/v1/human/ask", ask, timeout=1)
@@ -170,7 +174,9 @@ def test_two_hundred_waiting_asks_all_resolve_after_a_bulk_approval(server):
     threads_before = threads_of(pid)
     pool = concurrent.futures.ThreadPoolExecutor(n)
     asks = [
-        pool.submit(server.agent.post, "/api/v1/human/ask", {"prompt": f"bulk {i}", "timeout_secs": 120})
+        pool.submit(
+            server.agent.post, "/api/v1/human/ask", {"prompt": f"bulk {i}", "timeout_secs": 120}
+        )
         for i in range(n)
     ]
     deadline = time.monotonic() + 60

@@ -39,9 +39,7 @@ def test_it_chains_each_event_to_the_one_before():
 def test_verify_audit_names_a_row_changed_directly_in_the_database():
     three_events()
     with connection.cursor() as cursor:
-        cursor.execute(
-            "UPDATE audit_auditevent SET data = %s WHERE seq = 2", ['{"i": 99}']
-        )
+        cursor.execute("UPDATE audit_auditevent SET data = %s WHERE seq = 2", ['{"i": 99}'])
     with pytest.raises(CommandError, match=r"broken at event #2: event #2 was changed"):
         call_command("verify_audit")
 
@@ -49,7 +47,9 @@ def test_verify_audit_names_a_row_changed_directly_in_the_database():
 def test_verify_audit_notices_a_rewritten_hash_because_the_next_link_breaks():
     three_events()
     with connection.cursor() as cursor:
-        cursor.execute("UPDATE audit_auditevent SET verb = 'x', hash = %s WHERE seq = 2", ["f" * 64])
+        cursor.execute(
+            "UPDATE audit_auditevent SET verb = 'x', hash = %s WHERE seq = 2", ["f" * 64]
+        )
     with pytest.raises(CommandError, match=r"#2"):
         call_command("verify_audit")
 

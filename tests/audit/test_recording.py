@@ -79,7 +79,9 @@ def test_logins_and_failed_logins_are_recorded(client, django_user_model):
     assert "wrong" not in json.dumps(failed.data)
 
 
-def test_an_admin_action_is_recorded_with_the_operator(client, django_user_model, host, source, sent_tasks):
+def test_an_admin_action_is_recorded_with_the_operator(
+    client, django_user_model, host, source, sent_tasks
+):
     oscar = django_user_model.objects.create_superuser("oscar", "o@example.com", "pw")
     client.force_login(oscar)
     agent = django_user_model.objects.create_user("agent-x")
@@ -106,5 +108,7 @@ def test_the_admin_offers_no_add_edit_or_delete_for_audit_events(client, django_
     listing = client.get("/admin/audit/auditevent/")
     assert listing.status_code == 200
     assert b'name="action"' not in listing.content
-    assert client.post(f"/admin/audit/auditevent/{event.pk}/change/", {"verb": "x"}).status_code == 403
+    assert (
+        client.post(f"/admin/audit/auditevent/{event.pk}/change/", {"verb": "x"}).status_code == 403
+    )
     assert AuditEvent.objects.get(pk=event.pk).verb == event.verb

@@ -51,7 +51,9 @@ def host_ca_dir(e2e_stack):
     return path.parent
 
 
-def test_a_snapshot_taken_again_under_the_same_name_gets_its_own_diff(e2e_stack, sandbox, host_ca_dir):
+def test_a_snapshot_taken_again_under_the_same_name_gets_its_own_diff(
+    e2e_stack, sandbox, host_ca_dir
+):
     api, sid = e2e_stack.alice, sandbox["id"]
     snapshot(api, sid, "s-base")
     # First state: /srv/keys is a real directory holding a file named like the CA key.
@@ -81,7 +83,9 @@ def test_a_snapshot_taken_again_under_the_same_name_gets_its_own_diff(e2e_stack,
     assert secret_line not in everything
 
 
-def test_hostile_entries_are_reported_as_what_they_are_in_bounded_time(e2e_stack, sandbox, host_ca_dir):
+def test_hostile_entries_are_reported_as_what_they_are_in_bounded_time(
+    e2e_stack, sandbox, host_ca_dir
+):
     api, sid = e2e_stack.alice, sandbox["id"]
     snapshot(api, sid, "h-before")
     run(
@@ -102,7 +106,9 @@ def test_hostile_entries_are_reported_as_what_they_are_in_bounded_time(e2e_stack
     assert entries["/etc/skel/x"]["type"] == "l" and entries["/etc/skel/x"]["target"] == "/dev/zero"
     assert entries["/etc/skel/tty0"]["type"] == "c"
     assert entries["/var/lib/dpkg/status"]["type"] == "p"
-    assert entries["/srv/sparse"]["size"] == 2 << 30 and entries["/srv/sparse"]["unified_diff"] is None
+    assert (
+        entries["/srv/sparse"]["size"] == 2 << 30 and entries["/srv/sparse"]["unified_diff"] is None
+    )
     assert "/srv/new\nline" in entries
     assert [u["name"] for u in found["users"]["added"]] == ["dora"]
 

@@ -75,20 +75,22 @@ JINJA = {
 }
 _q = {k: shlex.quote(v) for k, v in JINJA.items()}
 JINJA_SCRIPT = f"""
-ln -s {_q['link']} /srv/jinja-link
-useradd -m -N -g users -c {_q['comment']} -d {_q['home']} -s {_q['shell']} jinjauser 2>/dev/null
+ln -s {_q["link"]} /srv/jinja-link
+useradd -m -N -g users -c {_q["comment"]} -d {_q["home"]} -s {_q["shell"]} jinjauser 2>/dev/null
 # groupadd refuses such a name: the lines go in directly.
-printf '%s:x:4242:\\n' {_q['group']} >> /etc/group
-printf '%s:!::\\n' {_q['group']} >> /etc/gshadow
-echo jinja > {_q['file']}
-ln -s /dev/null {_q['wants']}
+printf '%s:x:4242:\\n' {_q["group"]} >> /etc/group
+printf '%s:!::\\n' {_q["group"]} >> /etc/gshadow
+echo jinja > {_q["file"]}
+ln -s /dev/null {_q["wants"]}
 """
 # What a target shows of them: the strings literally, the group absent (groupadd refuses it).
 JINJA_PROBE = (
     f"readlink /srv/jinja-link; getent passwd jinjauser | cut -d: -f5-; test -f {_q['file']} && cat {_q['file']};"
     f" readlink {_q['wants']}; getent group {_q['group']} >/dev/null; echo group=$?"
 )
-JINJA_SEEN = f"{JINJA['link']}\n{JINJA['comment']}:{JINJA['home']}:{JINJA['shell']}\njinja\n/dev/null\n"
+JINJA_SEEN = (
+    f"{JINJA['link']}\n{JINJA['comment']}:{JINJA['home']}:{JINJA['shell']}\njinja\n/dev/null\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -122,15 +124,26 @@ def test_it_generates_a_readable_playbook_that_passes_syntax_check(e2e_stack, ch
     pb = body["playbook"]
     assert pb["syntax_ok"] is True, pb["syntax_output"]
     assert pb["version"] == 1 and pb["generated"] is True
-    tasks = {t["name"]: t for t in yaml.safe_load(pb["yaml"].split("---\n", 1)[1].replace("!unsafe", ""))[0]["tasks"]}
-    assert tasks["Write /etc/app.conf"]["ansible.builtin.copy"]["content"] == "port = 8080\nroot = /srv/www\n"
+    tasks = {
+        t["name"]: t
+        for t in yaml.safe_load(pb["yaml"].split("---\n", 1)[1].replace("!unsafe", ""))[0]["tasks"]
+    }
+    assert (
+        tasks["Write /etc/app.conf"]["ansible.builtin.copy"]["content"]
+        == "port = 8080\nroot = /srv/www\n"
+    )
     assert tasks["User appuser"]["ansible.builtin.user"]["shell"] == "/bin/bash"
-    assert tasks["Package vsb-hello 1.0"]["ansible.builtin.apt"] == {"deb": "/root/vsb-hello.deb", "state": "present"}
+    assert tasks["Package vsb-hello 1.0"]["ansible.builtin.apt"] == {
+        "deb": "/root/vsb-hello.deb",
+        "state": "present",
+    }
     assert tasks["Enable app.service"]["ansible.builtin.systemd_service"]["enabled"] is True
     index = tasks["Write /srv/www/index.html"]["ansible.builtin.copy"]
     assert (index["owner"], index["group"]) == ("appuser", "appuser")
     tree = tasks["Tree /srv/assets (26 entries)"]["ansible.builtin.unarchive"]
-    assert tree["dest"] == "/" and any(f["name"] == tree["src"][len("files/"):] for f in pb["files"])
+    assert tree["dest"] == "/" and any(
+        f["name"] == tree["src"][len("files/") :] for f in pb["files"]
+    )
     skipped = {s["path"] for s in pb["skipped"]}
     assert {"/etc/passwd", "/usr/share/vsb-hello/hello.txt", "/home/appuser/.bashrc"} <= skipped
     assert "/etc/systemd/system/multi-user.target.wants/app.service" in skipped
@@ -138,14 +151,17 @@ def test_it_generates_a_readable_playbook_that_passes_syntax_check(e2e_stack, ch
     assert tasks["Link /srv/jinja-link"]["ansible.builtin.file"]["src"] == JINJA["link"]
     assert tasks["User jinjauser"]["ansible.builtin.user"]["comment"] == JINJA["comment"]
     assert f"group {JINJA['group']!r}: groupadd refuses this name" in "\n".join(pb["warnings"])
-    assert f"unit {JINJA_UNIT!r} (enabled): systemctl refuses this name" in "\n".join(pb["warnings"])
+    assert f"unit {JINJA_UNIT!r} (enabled): systemctl refuses this name" in "\n".join(
+        pb["warnings"]
+    )
     assert host_markers() == []
     # The same playbook again, as raw YAML, without generating anew.
     import urllib.request
 
     api = e2e_stack.alice
     req = urllib.request.Request(
-        f"{api.base_url}/v1/playbooks/{pb['id']}?raw=1", headers={"Authorization": f"Bearer {api.key}"}
+        f"{api.base_url}/v1/playbooks/{pb['id']}?raw=1",
+        headers={"Authorization": f"Bearer {api.key}"},
     )
     with urllib.request.urlopen(req, timeout=60) as resp:
         assert resp.headers["Content-Type"].startswith("application/yaml")
@@ -155,13 +171,17 @@ def test_it_generates_a_readable_playbook_that_passes_syntax_check(e2e_stack, ch
 def test_a_replay_on_a_fresh_clone_reproduces_the_change_and_is_idempotent(e2e_stack, changed):
     api = e2e_stack.alice
     status, body = api.post(
-        f"/v1/sandboxes/{changed}/playbook/verify", {"from": "p0", "to": "p1", "wait": True}, timeout=1800
+        f"/v1/sandboxes/{changed}/playbook/verify",
+        {"from": "p0", "to": "p1", "wait": True},
+        timeout=1800,
     )
     assert status == 200, body
     op = body["operation"]
     assert op["status"] == "succeeded", op
     result = op["result"]
-    print(f"\nverify: first run {result['first_run']['hosts']}, second run changed={result['changed_on_second_run']}")
+    print(
+        f"\nverify: first run {result['first_run']['hosts']}, second run changed={result['changed_on_second_run']}"
+    )
     assert host_markers() == [], "verify ran the guest's Jinja on the host"
     assert result["first_run"]["status"] == "successful", result["first_run"]["failed_tasks"]
     # Everything but the group groupadd refuses (the warnings say so) is reproduced.
@@ -204,7 +224,9 @@ def _api_user(e2e_stack, username: str, codenames: list[str]):
 def operator(e2e_stack):
     """An operator who may register targets, run playbooks against them and edit playbooks."""
     return _api_user(
-        e2e_stack, "e2e-olga", ["view_inventory", "add_inventory", "run_inventory", "change_playbook"]
+        e2e_stack,
+        "e2e-olga",
+        ["view_inventory", "add_inventory", "run_inventory", "change_playbook"],
     )
 
 
@@ -219,12 +241,14 @@ def production(e2e_stack, operator):
     """A 'production' machine: another fresh sandbox, registered by the operator as an
     inventory host."""
     status, body = operator.post(
-        "/v1/sandboxes", {"source_vm_name": "debian-base-systemd", "agent_id": "prod-1", "wait_for_ip": True}
+        "/v1/sandboxes",
+        {"source_vm_name": "debian-base-systemd", "agent_id": "prod-1", "wait_for_ip": True},
     )
     assert status == 201, body
     target = body["sandbox"]
     status, inv = operator.post(
-        "/v1/inventories", {"name": "prod", "hosts": [{"name": "prod-1", "sandbox_id": target["id"]}]}
+        "/v1/inventories",
+        {"name": "prod", "hosts": [{"name": "prod-1", "sandbox_id": target["id"]}]},
     )
     assert status == 201, inv
     yield target, inv["inventory"]
@@ -262,7 +286,9 @@ def playbook_id(api, sid: str) -> str:
     return body["playbook"]["id"]
 
 
-def test_an_apply_is_refused_without_approval_and_runs_once_after_it(e2e_stack, changed, operator, decider, production):
+def test_an_apply_is_refused_without_approval_and_runs_once_after_it(
+    e2e_stack, changed, operator, decider, production
+):
     api = e2e_stack.alice
     target, inventory = production
     pid = playbook_id(api, changed)
@@ -272,7 +298,10 @@ def test_an_apply_is_refused_without_approval_and_runs_once_after_it(e2e_stack, 
     assert api.get(f"/v1/inventories/{inventory['id']}")[0] == 404
     status, body = operator.post(f"/v1/playbooks/{pid}/apply", apply)
     assert status == 409 and body["error"]["code"] == "dry_run_required", body
-    assert "PRIVATE KEY" not in json_text(inventory) and inventory["hosts"][0]["has_private_key"] is False
+    assert (
+        "PRIVATE KEY" not in json_text(inventory)
+        and inventory["hosts"][0]["has_private_key"] is False
+    )
 
     status, body = operator.post(f"/v1/playbooks/{pid}/check", {**apply, "wait": True}, timeout=900)
     assert status == 200 and body["run"]["status"] == "successful", body
@@ -285,10 +314,14 @@ def test_an_apply_is_refused_without_approval_and_runs_once_after_it(e2e_stack, 
     assert approval["status"] == "pending" and approval["payload"]["version"] == 1
     assert approval["payload"]["dry_run"]["status"] == "successful"
     assert api.post(f"/v1/approvals/{approval['id']}/approve", {})[0] == 403  # agents never decide
-    status, decided = decider.post(f"/v1/approvals/{approval['id']}/approve", {"reason": "reviewed"})
+    status, decided = decider.post(
+        f"/v1/approvals/{approval['id']}/approve", {"reason": "reviewed"}
+    )
     assert status == 200, decided
 
-    status, body = operator.post(f"/v1/playbooks/{pid}/apply", {**apply, "approval_id": approval["id"]})
+    status, body = operator.post(
+        f"/v1/playbooks/{pid}/apply", {**apply, "approval_id": approval["id"]}
+    )
     assert status == 202, body
     run_id = body["run"]["id"]
     events = stream_events(operator, run_id)
@@ -314,7 +347,9 @@ def test_an_apply_is_refused_without_approval_and_runs_once_after_it(e2e_stack, 
     assert run_in(api, changed, JINJA_PROBE) == JINJA_SEEN + "group=0\n"
     assert run_in(operator, target["id"], JINJA_PROBE) == JINJA_SEEN + "group=2\n"
 
-    status, body = operator.post(f"/v1/playbooks/{pid}/apply", {**apply, "approval_id": approval["id"]})
+    status, body = operator.post(
+        f"/v1/playbooks/{pid}/apply", {**apply, "approval_id": approval["id"]}
+    )
     assert status == 409 and body["error"]["code"] == "approval_used", body
 
 
@@ -339,8 +374,12 @@ def test_an_edit_voids_the_approval_and_a_failed_apply_names_task_and_host(
         1,
     )
     assert edited != current["playbook"]["yaml"]
-    status, body = operator.post(f"/v1/playbooks/{pid}/versions", {"yaml": edited, "note": "pre-flight"})
-    assert status == 201 and body["playbook"]["version"] == 2 and body["playbook"]["syntax_ok"], body
+    status, body = operator.post(
+        f"/v1/playbooks/{pid}/versions", {"yaml": edited, "note": "pre-flight"}
+    )
+    assert status == 201 and body["playbook"]["version"] == 2 and body["playbook"]["syntax_ok"], (
+        body
+    )
     status, body = operator.post(f"/v1/playbooks/{pid}/apply", {**apply, "approval_id": old["id"]})
     assert status == 409 and body["error"]["code"] == "approval_mismatch", body
 
@@ -350,7 +389,11 @@ def test_an_edit_voids_the_approval_and_a_failed_apply_names_task_and_host(
     fresh = body["approval"]
     assert fresh["payload"]["version"] == 2
     assert decider.post(f"/v1/approvals/{fresh['id']}/approve", {})[0] == 200
-    status, body = operator.post(f"/v1/playbooks/{pid}/apply", {**apply, "approval_id": fresh["id"], "wait": True}, timeout=900)
+    status, body = operator.post(
+        f"/v1/playbooks/{pid}/apply",
+        {**apply, "approval_id": fresh["id"], "wait": True},
+        timeout=900,
+    )
     assert status == 200, body
     run = body["run"]
     assert run["status"] == "failed"
@@ -358,7 +401,9 @@ def test_an_edit_voids_the_approval_and_a_failed_apply_names_task_and_host(
     assert run["failed_tasks"][0]["task"] == "Operator's pre-flight check"
     assert run["failed_tasks"][0]["host"] == "prod-1"
     assert "Operator's pre-flight check" in run["error"] and "prod-1" in run["error"]
-    status, body = operator.post(f"/v1/playbooks/{pid}/apply", {**apply, "approval_id": fresh["id"]})
+    status, body = operator.post(
+        f"/v1/playbooks/{pid}/apply", {**apply, "approval_id": fresh["id"]}
+    )
     assert status == 409 and body["error"]["code"] == "approval_used", body
 
 
@@ -383,20 +428,29 @@ def test_a_running_apply_is_cancelled(e2e_stack, changed, operator, decider, pro
     apply = {"inventory": inventory["id"]}
     status, current = api.get(f"/v1/playbooks/{pid}")
     slow = current["playbook"]["yaml"].replace(
-        "  tasks:\n", "  tasks:\n  - name: A long maintenance step\n    ansible.builtin.command: sleep 600\n", 1
+        "  tasks:\n",
+        "  tasks:\n  - name: A long maintenance step\n    ansible.builtin.command: sleep 600\n",
+        1,
     )
     status, body = operator.post(f"/v1/playbooks/{pid}/versions", {"yaml": slow, "note": "slow"})
     assert status == 201, body
-    assert operator.post(f"/v1/playbooks/{pid}/check", {**apply, "wait": True}, timeout=900)[0] == 200
+    assert (
+        operator.post(f"/v1/playbooks/{pid}/check", {**apply, "wait": True}, timeout=900)[0] == 200
+    )
     approval = operator.post(f"/v1/playbooks/{pid}/apply", apply)[1]["approval"]
     assert decider.post(f"/v1/approvals/{approval['id']}/approve", {})[0] == 200
-    status, body = operator.post(f"/v1/playbooks/{pid}/apply", {**apply, "approval_id": approval["id"]})
+    status, body = operator.post(
+        f"/v1/playbooks/{pid}/apply", {**apply, "approval_id": approval["id"]}
+    )
     assert status == 202, body
     run_id = body["run"]["id"]
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # until the sleep has started on the target
         events = operator.get(f"/v1/playbook-runs/{run_id}/events")[1]["events"]
-        if any(e["event"] == "runner_on_start" and e["task"] == "A long maintenance step" for e in events):
+        if any(
+            e["event"] == "runner_on_start" and e["task"] == "A long maintenance step"
+            for e in events
+        ):
             break
         time.sleep(1)
     else:

@@ -9,7 +9,9 @@ from sandboxes import provisioning
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBcDbRsHAGoXnKJD4ZDtGj1zHm8l0Y+0ybzdYb+ZzN9u"
 
 
-def test_it_pins_the_first_key_and_reads_a_bounded_piece_of_a_flooded_console(tmp_path, monkeypatch):
+def test_it_pins_the_first_key_and_reads_a_bounded_piece_of_a_flooded_console(
+    tmp_path, monkeypatch
+):
     log = tmp_path / "console.log"
     with open(log, "wb") as f:
         f.write(f"boot\nvsb-hostkey: {KEY}\n".encode())

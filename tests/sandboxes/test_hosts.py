@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from core.errors import Unavailable
 from sandboxes import services
-from sandboxes.exceptions import Unavailable
 from sandboxes.models import Host
 
 pytestmark = pytest.mark.django_db

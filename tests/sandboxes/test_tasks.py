@@ -224,7 +224,9 @@ def test_a_restarted_worker_resumes_operations_and_fails_interrupted_commands(
     cmd = Command.objects.create(sandbox=op.sandbox, command="sleep 100", timeout_seconds=200)
     sent_tasks.clear()
     assert worker.recover(op.host) == 1
-    assert sent_tasks == [("sandboxes.provision_sandbox", [str(op.pk)], f"kvm.{settings.VSB['HOST_NAME']}")]
+    assert sent_tasks == [
+        ("sandboxes.provision_sandbox", [str(op.pk)], f"kvm.{settings.VSB['HOST_NAME']}")
+    ]
     cmd.refresh_from_db()
     assert cmd.status == CommandStatus.FAILED and "restarted" in cmd.error
 

@@ -180,8 +180,12 @@ CALLS: dict[str, Any] = {
         OP, "- hosts: all\n", note="n"
     ),
     "PlaybooksAPI.verify_playbook": lambda c: c.playbooks.verify_playbook(SB, "a", "b", version=1),
-    "PlaybooksAPI.check_playbook": lambda c: c.playbooks.check_playbook(OP, SB, version=1, wait=True),
-    "PlaybooksAPI.apply_playbook": lambda c: c.playbooks.apply_playbook(OP, SB, approval_id=SB, wait=True),
+    "PlaybooksAPI.check_playbook": lambda c: c.playbooks.check_playbook(
+        OP, SB, version=1, wait=True
+    ),
+    "PlaybooksAPI.apply_playbook": lambda c: c.playbooks.apply_playbook(
+        OP, SB, approval_id=SB, wait=True
+    ),
     "PlaybooksAPI.get_run": lambda c: c.playbooks.get_run(OP),
     "PlaybooksAPI.run_events": lambda c: c.playbooks.run_events(OP, after=3),
     "PlaybooksAPI.cancel_run": lambda c: c.playbooks.cancel_run(OP),

@@ -170,7 +170,11 @@ def _ws(sandbox, query: str, secret: str):
     return WebsocketCommunicator(
         application,
         f"/ws/sandboxes/{sandbox.id}/terminal/?{query}",
-        headers=[(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1"), (b"x-api-key", secret.encode())],
+        headers=[
+            (b"origin", b"http://127.0.0.1"),
+            (b"host", b"127.0.0.1"),
+            (b"x-api-key", secret.encode()),
+        ],
     )
 
 

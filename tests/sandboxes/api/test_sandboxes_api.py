@@ -39,7 +39,11 @@ def test_it_creates_a_sandbox_and_queues_provisioning_on_the_hosts_queue(
     assert low <= body["sandbox"]["ssh_port"] <= high
     assert body["operation"]["kind"] == "create"
     assert sent_tasks == [
-        ("sandboxes.provision_sandbox", [body["operation"]["id"]], f"kvm.{settings.VSB['HOST_NAME']}")
+        (
+            "sandboxes.provision_sandbox",
+            [body["operation"]["id"]],
+            f"kvm.{settings.VSB['HOST_NAME']}",
+        )
     ]
 
 
@@ -214,7 +218,9 @@ def test_it_serves_health_without_authentication(anonymous, host):
     assert response.status_code == 200, response.content
     body = response.json()
     assert body["database"] == "ok" and body["broker"] == "ok"
-    assert body["hosts"][0]["name"] == settings.VSB["HOST_NAME"] and body["hosts"][0]["alive"] is True
+    assert (
+        body["hosts"][0]["name"] == settings.VSB["HOST_NAME"] and body["hosts"][0]["alive"] is True
+    )
 
 
 def test_it_lists_source_vms(alice, host, source):

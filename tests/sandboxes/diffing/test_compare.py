@@ -266,7 +266,9 @@ def test_owner_names_come_from_the_guests_accounts_not_the_readers():
     from sandboxes.diffing.manifest import Group, User
 
     # Read host-side, find printed the host's name for uid 1000; the guest calls it appuser.
-    new = FileEntry("/srv/www/index.html", "f", 5, 2, 2, 9, 0o644, 1000, 1000, "hostuser", "hostgroup", "")
+    new = FileEntry(
+        "/srv/www/index.html", "f", 5, 2, 2, 9, 0o644, 1000, 1000, "hostuser", "hostgroup", ""
+    )
     after = replace(
         manifest(files=[new]),
         users={"appuser": User("appuser", 1000, 1000, "", "/home/appuser", "/bin/bash")},

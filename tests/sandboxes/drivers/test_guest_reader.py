@@ -32,7 +32,9 @@ DIFF_PARAMS = {
 
 
 def make_image(tree, path, size="64M") -> str:
-    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(tree), str(path), size], check=True)
+    subprocess.run(
+        ["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(tree), str(path), size], check=True
+    )
     return str(path)
 
 
@@ -103,7 +105,9 @@ def test_the_target_state_never_follows_guest_symlinks_to_the_host(images, reade
     diff = reader.run("diff", DIFF_PARAMS, [before, after])
     # What a stale diff of another state would ask for: a "regular file" under /etc/hostca.
     diff["files"]["added"].append({"path": "/etc/hostca/ca", "type": "f"})
-    state = reader.run("target_state", {"diff": diff, "inline_limit": 65536, "file_limit": 1 << 20}, [after])
+    state = reader.run(
+        "target_state", {"diff": diff, "inline_limit": 65536, "file_limit": 1 << 20}, [after]
+    )
     assert "/etc/hostca/ca" not in state["contents"]
     assert state["skel_sha256"].keys() == {".profile"}  # not x (-> /dev/zero), not tty0
     blob = json.dumps(state)
@@ -132,7 +136,9 @@ def test_a_job_that_runs_too_long_is_killed_and_reported(images):
         slow.run("probe", {"sleep_seconds": 60}, [images[0]])
     assert time.monotonic() - started < 10
     time.sleep(0.5)
-    leftovers = subprocess.run(["pgrep", "-f", "sleep_seconds|proc/self/fd/"], capture_output=True, text=True)
+    leftovers = subprocess.run(
+        ["pgrep", "-f", "sleep_seconds|proc/self/fd/"], capture_output=True, text=True
+    )
     assert leftovers.stdout.strip() == ""
 
 
@@ -149,7 +155,9 @@ def test_the_parser_cuts_a_directory_cycle_and_matches_find(tmp_path):
     (tree / "d" / "sub" / "f").write_text("x")
     img = make_image(tree, tmp_path / "cycle.img")
     # A hard link to a directory's ancestor: what a crafted image can hold, never a kernel.
-    subprocess.run(["debugfs", "-w", "-R", "ln /d /d/sub/loop", img], check=True, capture_output=True)
+    subprocess.run(
+        ["debugfs", "-w", "-R", "ln /d /d/sub/loop", img], check=True, capture_output=True
+    )
     fd = os.open(img, os.O_RDONLY)
     try:
         fs = ext4.Ext4(fd)
@@ -157,7 +165,9 @@ def test_the_parser_cuts_a_directory_cycle_and_matches_find(tmp_path):
         assert b"./d/sub/loop" in paths
         assert not any(p.startswith(b"./d/sub/loop/") for p in paths)
         records = diffing.parse(
-            b"VSB-MANIFEST 1 b\n\n--b files\n" + job.file_records(job.GuestRoot(fd), []) + b"\n--b end\n"
+            b"VSB-MANIFEST 1 b\n\n--b files\n"
+            + job.file_records(job.GuestRoot(fd), [])
+            + b"\n--b end\n"
         ).files
         assert records["/d/sub/f"].size == 1 and records["/etc/passwd"].type == "f"
         # Lookups never leave the root: ".." above "/" stays at "/".

@@ -235,7 +235,12 @@ def test_the_run_websocket_closes_agents_with_4403_and_streams_to_operators(
         first["type"] == "event"
         and first["data"]["res"]["diff"]["before"] == "prod-db-password=s3cr3t\n"
     )
-    assert last == {"type": "finished", "status": "successful", "host_stats": {"web-1": {"changed": 1}}, "error": ""}
+    assert last == {
+        "type": "finished",
+        "status": "successful",
+        "host_stats": {"web-1": {"changed": 1}},
+        "error": "",
+    }
 
 
 def test_malformed_ids_are_404_for_operators_too(olga, inventory):

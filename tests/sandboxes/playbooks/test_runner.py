@@ -39,8 +39,13 @@ def target(target_sshd, tmp_path) -> runner.Target:
     remote_tmp = tmp_path / "remote-tmp"
     remote_tmp.mkdir()
     return runner.Target(
-        name="loopback", host="127.0.0.1", port=target_sshd.port, user="root",
-        host_key=target_sshd.host_key_line, private_key=cred.private_key, certificate=cred.certificate,
+        name="loopback",
+        host="127.0.0.1",
+        port=target_sshd.port,
+        user="root",
+        host_key=target_sshd.host_key_line,
+        private_key=cred.private_key,
+        certificate=cred.certificate,
         variables={"ansible_remote_tmp": str(remote_tmp)},
     )
 
@@ -63,8 +68,12 @@ def isolation(settings, target_sshd, secrets_dir):
     """The isolation the service builds from its settings, with the loopback CA's key as the
     service's CA key and a run root of this test's own."""
     run_root = f"/run/virsh-sandbox/ansible-test-{uuid.uuid4().hex[:8]}"
-    settings.VSB = {**settings.VSB, "SSH_CA_KEY": target_sshd.ca_key_path, "ANSIBLE_RUN_DIR": run_root,
-                    "ANSIBLE_HIDE": [str(secrets_dir)]}
+    settings.VSB = {
+        **settings.VSB,
+        "SSH_CA_KEY": target_sshd.ca_key_path,
+        "ANSIBLE_RUN_DIR": run_root,
+        "ANSIBLE_HIDE": [str(secrets_dir)],
+    }
     yield runtime.ansible_isolation()
     shutil.rmtree(run_root, ignore_errors=True)
 
@@ -81,7 +90,9 @@ def task_result(events, task: str, kind: str = "runner_on_ok") -> dict:
     return found[0]["event_data"]["res"]
 
 
-def test_ansible_runs_unprivileged_and_cannot_read_the_ca_key(isolation, target, target_sshd, secrets_dir):
+def test_ansible_runs_unprivileged_and_cannot_read_the_ca_key(
+    isolation, target, target_sshd, secrets_dir
+):
     ca_key = target_sshd.ca_key_path
     planted = secrets_dir / "ca"
     sibling = Path(isolation.run_root) / "run-sibling"  # another run's directory, readable by modes
@@ -123,7 +134,13 @@ def test_ansible_runs_unprivileged_and_cannot_read_the_ca_key(isolation, target,
     account = pwd.getpwnam("vsb-ansible")
     assert int(facts["uid"]) == account.pw_uid != 0 and int(facts["gid"]) == account.pw_gid != 0
     env = dict(line.split("=", 1) for line in facts["env"].splitlines() if "=" in line)
-    assert not {"DATABASE_URL", "DJANGO_SETTINGS_MODULE", "TEST_REDIS_URL", "SECRET_KEY", "VSB_SANDBOX_DIR"} & set(env)
+    assert not {
+        "DATABASE_URL",
+        "DJANGO_SETTINGS_MODULE",
+        "TEST_REDIS_URL",
+        "SECRET_KEY",
+        "VSB_SANDBOX_DIR",
+    } & set(env)
     assert env["HOME"].startswith(isolation.run_root + "/run-") and env["USER"] == "vsb-ansible"
     assert set(facts["root_home"].split()) <= {".pyenv"}  # only the Python installation shows
     assert facts["data_dir"] == ""
@@ -132,12 +149,18 @@ def test_ansible_runs_unprivileged_and_cannot_read_the_ca_key(isolation, target,
 
     st = os.stat(ca_key)
     assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o600)
-    for task in ("Read the CA key", "Cat the CA key", "Read a key that file modes would not protect"):
+    for task in (
+        "Read the CA key",
+        "Cat the CA key",
+        "Read a key that file modes would not protect",
+    ):
         task_result(events, task, "runner_on_failed")
     secret = Path(ca_key).read_text().splitlines()[1]
     everything = json.dumps(events)
     assert secret not in everything and "bm90IGEga2V5IGJ1dCBhIHNlY3JldA" not in everything
-    assert task_result(events, "On the target")["stdout"] == "root"  # the run's own credentials work
+    assert (
+        task_result(events, "On the target")["stdout"] == "root"
+    )  # the run's own credentials work
     assert os.listdir(isolation.run_root) == ["run-sibling"]  # its own directory is gone
 
 
@@ -155,7 +178,9 @@ def test_events_stream_in_order_and_a_failure_names_its_task(isolation, target):
 """
     result, events = collect(isolation, playbook, [target])
     assert result.status == "failed" and result.rc != 0
-    assert result.failed_tasks[0]["task"] == "Breaks" and result.failed_tasks[0]["host"] == "loopback"
+    assert (
+        result.failed_tasks[0]["task"] == "Breaks" and result.failed_tasks[0]["host"] == "loopback"
+    )
     assert (result.hosts["loopback"].ok, result.hosts["loopback"].failed) == (1, 1)
     counters = [e["counter"] for e in events]
     assert counters == sorted(counters) and len(events) == result.events > 5
@@ -181,12 +206,17 @@ def test_a_cancelled_run_stops_and_leaves_nothing_behind(isolation, target):
     def cancelled() -> bool:
         return state["started"] is not None and time.monotonic() - state["started"] > 2
 
-    result = runner.run(playbook, {}, [target], isolation=isolation, on_event=on_event, cancelled=cancelled)
+    result = runner.run(
+        playbook, {}, [target], isolation=isolation, on_event=on_event, cancelled=cancelled
+    )
     assert result.status == "canceled"
     assert time.monotonic() - state["started"] < 25
     assert os.listdir(isolation.run_root) == []
-    leftovers = [p for p in os.listdir("/proc") if p.isdigit() and _owned_by(p, "vsb-ansible")
-                 and isolation.run_root in _cmdline(p)]
+    leftovers = [
+        p
+        for p in os.listdir("/proc")
+        if p.isdigit() and _owned_by(p, "vsb-ansible") and isolation.run_root in _cmdline(p)
+    ]
     assert leftovers == []
 
 
@@ -199,14 +229,18 @@ def _owned_by(pid: str, user: str) -> bool:
 
 def _cmdline(pid: str) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
     except OSError:
         return ""
 
 
 def test_a_playbook_file_name_that_leaves_files_is_refused(isolation, target):
     with pytest.raises(ValueError, match="not a file name"):
-        runner.run("- hosts: all\n  tasks: []\n", {"../../keys/id0": b"x"}, [target], isolation=isolation)
+        runner.run(
+            "- hosts: all\n  tasks: []\n", {"../../keys/id0": b"x"}, [target], isolation=isolation
+        )
     assert os.listdir(isolation.run_root) == []
 
 
@@ -218,7 +252,9 @@ def test_without_its_system_user_ansible_does_not_run(target, tmp_path):
 
 def test_a_pinned_host_key_cannot_add_known_hosts_lines(target):
     """The host key of a sandbox target was read from its (hostile) guest."""
-    target.host_key = target.host_key + "\n[10.0.0.1]:22 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAttacker"
+    target.host_key = (
+        target.host_key + "\n[10.0.0.1]:22 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAttacker"
+    )
     line = runner._known_host(target)
     assert line.count("\n") == 1 and "Attacker" not in line
     target.host = "127.0.0.1 evil"
@@ -232,7 +268,10 @@ def test_the_syntax_check_runs_as_the_ansible_user_too(isolation):
 
     seen = Path(f"/tmp/vsb-test-syntax-{uuid.uuid4().hex}")
     try:
-        ok, output = syntax_check(f"- name: \"{{{{ lookup('pipe', 'id -u > {seen}') }}}}\"\n  hosts: all\n  tasks: []\n", {})
+        ok, output = syntax_check(
+            f"- name: \"{{{{ lookup('pipe', 'id -u > {seen}') }}}}\"\n  hosts: all\n  tasks: []\n",
+            {},
+        )
         assert ok, output
         assert int(seen.read_text()) == pwd.getpwnam("vsb-ansible").pw_uid
     finally:
