@@ -1182,7 +1182,12 @@ class PlaybooksAPI(_SubClient):
 
     @operation
     def apply_playbook(
-        self, playbook_id: str, inventory_id: str, *, approval_id: str | None = None, wait: bool = True
+        self,
+        playbook_id: str,
+        inventory_id: str,
+        *,
+        approval_id: str | None = None,
+        wait: bool = True,
     ) -> Record:
         """Apply the latest version to an inventory (operators with ``sandboxes.run_inventory``;
         404 for agents). Without an approved ``approval_id`` the server refuses with
@@ -1200,7 +1205,9 @@ class PlaybooksAPI(_SubClient):
 
     @operation
     def get_run(self, run_id: str) -> Record:
-        return Record.from_dict((yield Call("GET", "/v1/playbook-runs/{run_id}", {"run_id": run_id})))
+        return Record.from_dict(
+            (yield Call("GET", "/v1/playbook-runs/{run_id}", {"run_id": run_id}))
+        )
 
     @operation
     def run_events(self, run_id: str, *, after: int | None = None) -> Record:
@@ -1228,7 +1235,12 @@ class PlaybooksAPI(_SubClient):
 
     @operation
     def create_inventory(
-        self, name: str, hosts: list[dict], *, description: str | None = None, variables: dict | None = None
+        self,
+        name: str,
+        hosts: list[dict],
+        *,
+        description: str | None = None,
+        variables: dict | None = None,
     ) -> Record:
         """Register production targets (operators). Each host: ``name`` plus either
         ``sandbox_id`` or ``address``, ``host_key`` and ``private_key`` (never returned)."""
