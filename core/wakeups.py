@@ -10,12 +10,16 @@ exec)."""
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from functools import lru_cache
+from typing import TypeVar
 
 import redis
 from django.conf import settings
 
 KEY_TTL_SECONDS = 600
+T = TypeVar("T")
 
 
 @lru_cache(maxsize=1)
@@ -41,3 +45,28 @@ def wait(command_id, timeout: float, kind: str = "command") -> dict | None:
     # Redis takes fractional BLPOP timeouts since 6.0; 0 would mean "forever".
     popped = _client().blpop([_key(command_id, kind)], timeout=max(0.01, timeout))
     return json.loads(popped[1]) if popped else None
+
+
+def wait_until(
+    read: Callable[[], T],
+    done: Callable[[T], bool],
+    *,
+    key,
+    kind: str,
+    timeout: float,
+    recheck: float = 1.0,
+) -> T:
+    """The one way to wait for work another process finishes: `read()` the truth (a row)
+    until `done` holds or `timeout` passes, sleeping on the item's wake-up in between (the
+    worker publishes one when it finishes) and re-reading at least every `recheck` seconds
+    in case a wake-up was lost. Returns the last value read; the caller decides what a
+    timeout means."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = read()
+        if done(value):
+            return value
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return value
+        wait(key, min(recheck, left), kind=kind)

@@ -378,19 +378,20 @@ def wait_for_operation(op: Operation, timeout: float) -> Operation:
     """Block until the operation is done or `timeout` passes (then OperationTimeout). The
     worker pushes a wake-up when it closes an operation (finish_operation); the database
     row stays the truth, re-read after every wake-up or second."""
-    deadline = time.monotonic() + timeout
-    while True:
-        op.refresh_from_db()
-        if op.is_done:
-            return op
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise OperationTimeout(
-                f"Operation {op.kind} is still {op.status} ({op.message}) after {timeout:.0f} s; "
-                f"poll GET /v1/operations/{op.id}.",
-                code="timeout",
-            )
-        wakeups.wait(op.pk, min(1.0, left), kind="operation")
+    op = wakeups.wait_until(
+        lambda: Operation.objects.get(pk=op.pk),
+        lambda current: current.is_done,
+        key=op.pk,
+        kind="operation",
+        timeout=timeout,
+    )
+    if not op.is_done:
+        raise OperationTimeout(
+            f"Operation {op.kind} is still {op.status} ({op.message}) after {timeout:.0f} s; "
+            f"poll GET /v1/operations/{op.id}.",
+            code="timeout",
+        )
+    return op
 
 
 # --- Commands ------------------------------------------------------------------------------
