@@ -29,9 +29,9 @@ MAX_BODY = 256 * 1024
 
 @database_sync_to_async
 def _authenticate(secret: str):
-    from sandboxes import services
+    from accounts import services as accounts
 
-    return services.authenticate_api_key(secret)
+    return accounts.authenticate_api_key(secret)
 
 
 async def _respond(send, status: int, body: dict, request_id: str, extra: list | None = None):

@@ -31,7 +31,7 @@ django.setup()
 from django.conf import settings  # noqa: E402
 from django.contrib.auth.models import Permission, User  # noqa: E402
 
-from sandboxes import services  # noqa: E402
+from accounts import services as accounts  # noqa: E402
 
 
 def call(url: str, key: str, method: str, path: str, body=None, timeout: float = 600):
@@ -66,8 +66,8 @@ def key_for(username: str, decider: bool = False) -> str:
     user, _ = User.objects.get_or_create(username=username)
     if decider:
         user.user_permissions.add(Permission.objects.get(codename="decide_approvalrequest"))
-    services.revoke_api_keys(user, "bench")
-    return services.create_api_key(user, "bench")[1]
+    accounts.revoke_api_keys(user, "bench")
+    return accounts.create_api_key(user, "bench")[1]
 
 
 def main() -> None:

@@ -59,7 +59,7 @@ def raw_read(sandbox: dict, *snapshots: str) -> None:
     loop-mounted, listed."""
     from rawread import kernel_mounted
 
-    from sandboxes.diffing import collector_script
+    from diffing import collector_script
 
     workdir = os.path.join(settings.VSB["SANDBOX_DIR"], sandbox["name"])
     for snap in snapshots:

@@ -14,7 +14,7 @@ from approvals.routing import websocket_urlpatterns as approval_sockets  # noqa:
 from config.middleware import api_crash_guard  # noqa: E402
 from config.ws_auth import ApiKeyAuthMiddleware  # noqa: E402
 from config.ws_origin import OriginValidator  # noqa: E402
-from sandboxes.routing import websocket_urlpatterns as playbook_sockets  # noqa: E402
+from playbooks.routing import websocket_urlpatterns as playbook_sockets  # noqa: E402
 from terminals.routing import websocket_urlpatterns as terminal_sockets  # noqa: E402
 
 websocket_urlpatterns = [*approval_sockets, *terminal_sockets, *playbook_sockets]

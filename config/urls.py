@@ -7,6 +7,7 @@ from approvals.api.urls import human_urlpatterns
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("v1/", include("sandboxes.api.urls")),
+    path("v1/", include("playbooks.api.urls")),
     path("v1/", include("audit.api.urls")),
     path("", include("terminals.api.urls")),
     path("v1/", include("approvals.api.urls")),

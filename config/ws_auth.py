@@ -22,9 +22,9 @@ def api_key_from_headers(headers) -> str:
 
 @database_sync_to_async
 def _user_for(secret: str):
-    from sandboxes import services
+    from accounts import services as accounts
 
-    return services.authenticate_api_key(secret)
+    return accounts.authenticate_api_key(secret)
 
 
 class ApiKeyAuthMiddleware(BaseMiddleware):

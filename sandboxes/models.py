@@ -6,7 +6,6 @@ Models hold fields, constraints and pure helpers only: every write goes through
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from datetime import timedelta
 
@@ -213,41 +212,6 @@ class Snapshot(models.Model):
         return f"{self.sandbox.name}@{self.name}"
 
 
-class Diff(models.Model):
-    """What changed in a sandbox between two states (snapshots, or "now"), computed on the
-    host from the snapshots' disks. Diffs between two snapshots never change, so they are kept
-    and served again: keyed by the snapshots themselves, not their names, so a snapshot
-    deleted and taken again under the same name never gets the old diff, and deleting a
-    snapshot deletes the diffs made from it."""
-
-    NOW = "now"
-
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    sandbox = models.ForeignKey(Sandbox, on_delete=models.CASCADE, related_name="diffs")
-    from_name = models.CharField(max_length=64)
-    to_name = models.CharField(max_length=64)
-    from_snapshot = models.ForeignKey(
-        Snapshot, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
-    )
-    # None for "now".
-    to_snapshot = models.ForeignKey(
-        Snapshot, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
-    )
-    status = models.CharField(max_length=10, default="pending")  # pending, ready, failed
-    # JSON text, not jsonb: file names that are not UTF-8 travel as \udcXX escapes.
-    result = models.TextField(blank=True)
-    error = models.TextField(blank=True)
-    duration_ms = models.PositiveIntegerField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering = ["-created_at"]
-        indexes = [models.Index(fields=["sandbox", "from_name", "to_name"])]
-
-    def __str__(self) -> str:
-        return f"{self.sandbox.name}: {self.from_name} -> {self.to_name}"
-
-
 class Operation(models.Model):
     """One slow step done by a worker: what clients poll and the UI shows."""
 
@@ -330,39 +294,3 @@ class Command(models.Model):
 
     def __str__(self) -> str:
         return self.command[:60]
-
-
-class ApiKey(models.Model):
-    """An agent's API key. Only a SHA-256 of the secret is stored: keys are 256-bit random,
-    so a slow password hash would buy nothing and cost every request."""
-
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys"
-    )
-    name = models.CharField(max_length=100, blank=True)
-    prefix = models.CharField(max_length=12, unique=True)
-    key_hash = models.CharField(max_length=64)
-    created_at = models.DateTimeField(auto_now_add=True)
-    last_used_at = models.DateTimeField(null=True, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        verbose_name = "API key"
-
-    def __str__(self) -> str:
-        return f"{self.prefix}… ({self.user})"
-
-    @staticmethod
-    def hash_secret(secret: str) -> str:
-        return hashlib.sha256(secret.encode()).hexdigest()
-
-
-from .playbooks.models import (  # noqa: E402,F401
-    Inventory,
-    InventoryHost,
-    Playbook,
-    PlaybookEvent,
-    PlaybookFile,
-    PlaybookRun,
-    PlaybookVersion,
-)

@@ -5,11 +5,8 @@ settings: this module is the only bridge."""
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from functools import lru_cache
-
-from django.conf import settings
 
 from core.conf import vsb
 
@@ -79,23 +76,4 @@ def get_guest_reader():
             timeout=vsb("GUEST_READ_TIMEOUT_SECONDS"),
             output_limit=vsb("GUEST_READ_OUTPUT_LIMIT"),
         )
-    )
-
-
-def ansible_isolation():
-    """Who runs Ansible and what its namespace covers: every directory holding a secret of
-    the service (the CA key, the data directory with the database and keys, the sandboxes'
-    disks, the terminals' keys, root's home)."""
-    from .playbooks.runner import Isolation
-
-    hidden = {
-        str(settings.DATA_DIR),
-        os.path.dirname(vsb("SSH_CA_KEY")),
-        vsb("SANDBOX_DIR"),
-        vsb("TERMINAL_DIR"),
-        "/root",
-        *vsb("ANSIBLE_HIDE"),
-    }
-    return Isolation(
-        user=vsb("ANSIBLE_USER"), run_root=vsb("ANSIBLE_RUN_DIR"), hide=tuple(sorted(hidden))
     )

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 import socket
-import time
 import uuid
 from datetime import timedelta
 
@@ -18,12 +16,11 @@ from django.utils import timezone
 
 from audit import services as audit
 from audit.chain import sha256_text
-from config.celery import app as celery_app
-from core import wakeups
+from core import queues, wakeups
 from core.conf import vsb
 from core.errors import Conflict, InvalidInput, OperationTimeout, Unavailable
 
-from . import lifecycle
+from . import lifecycle, tasks
 from .choices import (
     CommandStatus,
     NetworkMode,
@@ -31,12 +28,11 @@ from .choices import (
     OperationStatus,
     SandboxState,
 )
-from .models import ApiKey, Command, Host, Operation, Sandbox, SourceVM
+from .models import Command, Host, Operation, Sandbox, SourceVM
 from .remote.ssh import MAX_COMMAND_BYTES
 
 log = logging.getLogger(__name__)
 
-QUEUE_RE = re.compile(r"^kvm\.[a-z0-9][a-z0-9-]{0,62}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -89,71 +85,12 @@ def choose_host(source: SourceVM, only: Host | None = None) -> Host:
     return roomy[0]
 
 
-def enqueue(task_name: str, host: Host, *args, countdown: float | None = None) -> None:
-    """Send a task to the host's own queue once the current transaction commits. A queue
-    name that is not a host's fails here, loudly, instead of creating a queue nobody reads."""
-    queue = host.queue_name
-    if not QUEUE_RE.match(queue) or queue != Host.queue_for(host.name):
-        raise ValueError(f"refusing to enqueue {task_name} on unknown queue {queue!r}")
-
-    def send() -> None:
-        celery_app.send_task(task_name, args=list(args), queue=queue, countdown=countdown)
-
-    transaction.on_commit(send)
-
-
-# --- API keys ------------------------------------------------------------------------------
-
-
-def create_api_key(user, name: str = "") -> tuple[ApiKey, str]:
-    """A new key for `user`. The secret is returned once and never stored."""
-    prefix = secrets.token_hex(4)
-    secret = f"vsb_{prefix}_{secrets.token_urlsafe(32)}"
-    key = ApiKey.objects.create(
-        user=user, name=name, prefix=prefix, key_hash=ApiKey.hash_secret(secret)
-    )
-    audit.record(
-        "apikey.issued",
-        actor=audit.actor_of(user),
-        target=key,
-        data={"name": name, "prefix": prefix},
-    )
-    return key, secret
-
-
-def revoke_api_keys(user, name: str) -> int:
-    revoked = ApiKey.objects.filter(user=user, name=name, revoked_at__isnull=True).update(
-        revoked_at=timezone.now()
-    )
-    if revoked:
-        audit.record(
-            "apikey.revoked",
-            target_type="user",
-            target_id=str(user.pk),
-            data={"user": user.get_username(), "name": name, "count": revoked},
-        )
-    return revoked
-
-
-def authenticate_api_key(secret: str):
-    """The user owning this key, or None for a malformed, unknown or revoked key."""
-    parts = secret.split("_", 2)
-    if len(parts) != 3 or parts[0] != "vsb":
-        return None
-    key = (
-        ApiKey.objects.select_related("user")
-        .filter(prefix=parts[1], revoked_at__isnull=True)
-        .first()
-    )
-    if key is None or not secrets.compare_digest(key.key_hash, ApiKey.hash_secret(secret)):
-        return None
-    if not key.user.is_active:
-        return None
-    now = timezone.now()
-    # Touch at most once a minute: a write per request would cost every command call.
-    if key.last_used_at is None or key.last_used_at < now - timedelta(minutes=1):
-        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
-    return key.user
+def enqueue(task, host: Host, *args, countdown: float | None = None) -> None:
+    """Send `task` (the task function) to the host's own queue once the current transaction
+    commits. A queue that is not a host's fails here, loudly."""
+    if host.queue_name != Host.queue_for(host.name):
+        raise ValueError(f"refusing to enqueue {task.name} on unknown queue {host.queue_name!r}")
+    queues.enqueue(task, *args, queue=host.queue_name, countdown=countdown)
 
 
 # --- Queries -------------------------------------------------------------------------------
@@ -308,7 +245,7 @@ def create_sandbox(
                     deadline_seconds=vsb("READY_TIMEOUT_SECONDS") + 120,
                     auto_start=auto_start,
                 )
-                enqueue("sandboxes.provision_sandbox", host, str(op.id))
+                enqueue(tasks.provision_sandbox, host, str(op.id))
             log.info("sandbox requested", extra={"sandbox_id": str(sandbox.id), "host": host.name})
             return op
         except IntegrityError:
@@ -341,7 +278,7 @@ def start_sandbox(sandbox: Sandbox, user) -> Operation:
         user,
         OperationKind.START,
         SandboxState.BOOTING,
-        "sandboxes.start_sandbox",
+        tasks.start_sandbox,
         vsb("READY_TIMEOUT_SECONDS") + 60,
     )
 
@@ -352,7 +289,7 @@ def stop_sandbox(sandbox: Sandbox, user) -> Operation:
         user,
         OperationKind.STOP,
         SandboxState.STOPPING,
-        "sandboxes.stop_sandbox",
+        tasks.stop_sandbox,
         vsb("SHUTDOWN_TIMEOUT_SECONDS") + 120,
     )
 
@@ -369,7 +306,7 @@ def destroy_sandbox(sandbox: Sandbox, user) -> Operation:
         user,
         OperationKind.DESTROY,
         SandboxState.DESTROYING,
-        "sandboxes.destroy_sandbox",
+        tasks.destroy_sandbox,
         vsb("SHUTDOWN_TIMEOUT_SECONDS") + 300,
     )
 
@@ -452,13 +389,7 @@ def run_command(
         cwd=cwd,
         timeout_seconds=timeout,
     )
-    celery_app.send_task(
-        "sandboxes.run_command",
-        args=[str(cmd.id)],
-        queue=sandbox.host.queue_name,
-        ignore_result=True,
-        result_cls=_SentTask,
-    )
+    enqueue(tasks.run_command, sandbox.host, str(cmd.id))
     # The worker enforces the command timeout itself; the margin covers connecting.
     fields = wakeups.wait(cmd.id, timeout + 60)
     if fields:
@@ -474,16 +405,6 @@ def run_command(
             code="worker_timeout",
         )
     return cmd
-
-
-class _SentTask:
-    """Stands in for AsyncResult, whose creation would build a (thread-local) Celery result
-    backend in every request thread; command results travel through wakeups."""
-
-    parent = None
-
-    def __init__(self, task_id: str, **_kwargs) -> None:
-        self.id = task_id
 
 
 def finish_command(cmd_id, *, status: str, result=None, error: str = "") -> dict:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from django.db import IntegrityError, transaction
 
-from core import wakeups
 from core.conf import vsb
-from core.errors import Conflict, InvalidInput, NotFound, OperationTimeout
+from core.errors import Conflict, InvalidInput, NotFound
 
-from . import lifecycle
+from . import lifecycle, tasks
 from .choices import OperationKind, SandboxState, SnapshotStatus
-from .models import Diff, Operation, Sandbox, Snapshot, snapshot_name_validator
+from .models import Operation, Sandbox, Snapshot, snapshot_name_validator
 from .services import enqueue, new_operation
 
 SNAPSHOT_DEADLINE = 600
@@ -60,7 +59,7 @@ def create_snapshot(
                 OperationKind.SNAPSHOT, sandbox, user, deadline_seconds=SNAPSHOT_DEADLINE, name=name
             )
             Operation.objects.filter(pk=op.pk).update(snapshot=snap)
-            enqueue("sandboxes.snapshot_sandbox", sandbox.host, str(op.pk))
+            enqueue(tasks.snapshot_sandbox, sandbox.host, str(op.pk))
     except IntegrityError:
         raise Conflict(
             f"Sandbox {sandbox.name} already has a snapshot named {name!r}.", code="duplicate"
@@ -90,7 +89,7 @@ def restore_snapshot(sandbox: Sandbox, user, name: str) -> Operation:
             name=name,
         )
         Operation.objects.filter(pk=op.pk).update(snapshot=snap)
-        enqueue("sandboxes.restore_snapshot", sandbox.host, str(op.pk))
+        enqueue(tasks.restore_snapshot, sandbox.host, str(op.pk))
     op.snapshot = snap
     return op
 
@@ -113,7 +112,7 @@ def delete_snapshot(sandbox: Sandbox, user, name: str) -> Operation:
             name=name,
         )
         Operation.objects.filter(pk=op.pk).update(snapshot=snap)
-        enqueue("sandboxes.delete_snapshot", sandbox.host, str(op.pk))
+        enqueue(tasks.delete_snapshot, sandbox.host, str(op.pk))
     return op
 
 
@@ -132,54 +131,3 @@ def fork_origin(owner, from_sandbox, from_snapshot: str) -> Snapshot:
             "from_snapshot", f"sandbox {origin.name} has no ready snapshot {from_snapshot!r}."
         )
     return snap
-
-
-DIFF_TIMEOUT = 600
-
-
-def get_diff(sandbox: Sandbox, user, from_name: str, to_name: str = Diff.NOW) -> Diff:
-    """The diff between two states of the sandbox: snapshot names, or "now" for `to`. A diff
-    of two snapshots is computed once and kept; one ending "now" is computed each time."""
-    if not from_name:
-        raise InvalidInput.field("from", "is required: a snapshot name.")
-    if from_name == Diff.NOW:
-        raise InvalidInput.field("from", "must be a snapshot name (only `to` may be now).")
-    snaps = {}
-    for field, name in (("from", from_name), ("to", to_name)):
-        if name == Diff.NOW:
-            snaps[field] = None
-            continue
-        snap = Snapshot.objects.filter(sandbox=sandbox, name=name).first()
-        if snap is None:
-            raise NotFound(
-                f"Sandbox {sandbox.name} has no snapshot {name!r} ({field}); a diff compares two "
-                "states of one sandbox.",
-            )
-        if snap.status != SnapshotStatus.READY:
-            raise Conflict(f"Snapshot {name!r} is {snap.status}.", code="invalid_state")
-        snaps[field] = snap
-    if to_name == Diff.NOW and sandbox.state not in (SandboxState.READY, SandboxState.STOPPED):
-        raise Conflict(
-            f"Sandbox {sandbox.name} is {sandbox.state}; a diff to now needs it ready or stopped.",
-            code="invalid_state",
-        )
-    if to_name != Diff.NOW:
-        kept = Diff.objects.filter(
-            sandbox=sandbox, from_snapshot=snaps["from"], to_snapshot=snaps["to"], status="ready"
-        ).first()
-        if kept:
-            return kept
-    with transaction.atomic():
-        diff = Diff.objects.create(
-            sandbox=sandbox,
-            from_name=from_name,
-            to_name=to_name,
-            from_snapshot=snaps["from"],
-            to_snapshot=snaps["to"],
-        )
-        enqueue("sandboxes.compute_diff", sandbox.host, str(diff.pk))
-    wakeups.wait(diff.pk, DIFF_TIMEOUT, kind="diff")
-    diff.refresh_from_db()
-    if diff.status == "pending":
-        raise OperationTimeout(f"The diff is still being computed by host {sandbox.host.name}.")
-    return diff

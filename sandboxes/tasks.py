@@ -28,16 +28,6 @@ from .models import Command, Operation, Snapshot
 
 log = logging.getLogger(__name__)
 
-TASK_FOR_KIND = {
-    OperationKind.CREATE: "sandboxes.provision_sandbox",
-    OperationKind.START: "sandboxes.start_sandbox",
-    OperationKind.STOP: "sandboxes.stop_sandbox",
-    OperationKind.DESTROY: "sandboxes.destroy_sandbox",
-    OperationKind.SNAPSHOT: "sandboxes.snapshot_sandbox",
-    OperationKind.RESTORE: "sandboxes.restore_snapshot",
-    OperationKind.DELETE_SNAPSHOT: "sandboxes.delete_snapshot",
-    OperationKind.VERIFY_PLAYBOOK: "sandboxes.verify_playbook",
-}
 TASK_OPTIONS = {
     "bind": True,
     "acks_late": True,
@@ -501,52 +491,6 @@ def delete_snapshot(self, op_id: str) -> None:
     services.finish_operation(op.pk, OperationStatus.SUCCEEDED, message=f"deleted {name}")
 
 
-@shared_task(name="sandboxes.compute_diff", bind=True, acks_late=False, ignore_result=True)
-def compute_diff(self, diff_id: str) -> None:
-    """Read both states from the sandbox's disk on this host and compare them."""
-    from . import diff_compute
-
-    diff_compute.compute_and_store(diff_id)
-
-
-@shared_task(name="sandboxes.generate_playbook", bind=True, acks_late=False, ignore_result=True)
-def generate_playbook(self, playbook_id: str) -> None:
-    """Diff the two snapshots (if not yet), read the `to` state, write playbook version 1."""
-    from .playbooks import build
-
-    build.generate_and_store(playbook_id)
-
-
-@shared_task(name="sandboxes.verify_playbook", **TASK_OPTIONS)
-def verify_playbook(self, op_id: str) -> None:
-    """One step of a replay verification (playbooks/verify.py); safe to run twice."""
-    from .playbooks import verify
-
-    op = (
-        Operation.objects.select_related("sandbox", "host", "requested_by").filter(pk=op_id).first()
-    )
-    if op is None or op.is_done:
-        return
-    if op.status == OperationStatus.PENDING:
-        op = services.claim_operation(op_id)
-        if op is None:
-            return
-    try:
-        verify.step(self, op)
-    except Exception as exc:  # noqa: BLE001 - the operation must end with the reason
-        log.exception("verify %s failed", op_id)
-        verify.abandon(op, f"{type(exc).__name__}: {exc}")
-
-
-@shared_task(name="sandboxes.run_playbook", bind=True, acks_late=True, ignore_result=True)
-def run_playbook(self, run_id: str) -> None:
-    """A dry run or an approved apply (playbooks/apply.py). Never applied twice: a
-    redelivered message finds the run already claimed and records that it was lost."""
-    from .playbooks import apply
-
-    apply.execute(run_id)
-
-
 # --- Periodic sweeps (control queue) -------------------------------------------------------
 
 
@@ -575,6 +519,23 @@ def check_host_heartbeats() -> list[str]:
     if silent:
         log.warning("hosts without a live worker: %s", ", ".join(silent))
     return silent
+
+
+# The task carrying each kind of operation: a restarted worker re-enqueues what it left open
+# (worker.recover). Apps above sandboxes add their kinds with register_operation_task.
+TASK_FOR_KIND = {
+    OperationKind.CREATE: provision_sandbox,
+    OperationKind.START: start_sandbox,
+    OperationKind.STOP: stop_sandbox,
+    OperationKind.DESTROY: destroy_sandbox,
+    OperationKind.SNAPSHOT: snapshot_sandbox,
+    OperationKind.RESTORE: restore_snapshot,
+    OperationKind.DELETE_SNAPSHOT: delete_snapshot,
+}
+
+
+def register_operation_task(kind: str, task) -> None:
+    TASK_FOR_KIND[kind] = task
 
 
 from . import worker  # noqa: E402,F401  - connects the worker start-up signal handlers

@@ -10,7 +10,6 @@ import threading
 from celery.signals import worker_ready, worker_shutdown
 from django.db import close_old_connections, connection
 
-from config.celery import app as celery_app
 from core.conf import vsb
 
 from . import services
@@ -49,7 +48,7 @@ def recover(host: Host) -> int:
     ops, failed_commands = services.orphaned_work(host)
     for op in ops:
         services.report_progress(op.pk, op.progress, "resumed after a worker restart")
-        celery_app.send_task(TASK_FOR_KIND[op.kind], args=[str(op.pk)], queue=host.queue_name)
+        services.enqueue(TASK_FOR_KIND[op.kind], host, str(op.pk))
     if ops or failed_commands:
         log.warning(
             "host %s: resumed %d operation(s), marked %d interrupted command(s) failed",

@@ -7,6 +7,7 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from accounts import services as accounts
 from sandboxes import runtime, services
 from sandboxes.choices import SourceKind
 from sandboxes.models import SourceVM
@@ -55,7 +56,7 @@ def _fresh_channel_layer():
 
 def make_agent(django_user_model, username: str, key_name: str = "test"):
     user = django_user_model.objects.create_user(username=username)
-    _, secret = services.create_api_key(user, key_name)
+    _, secret = accounts.create_api_key(user, key_name)
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
     client.user = user

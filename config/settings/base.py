@@ -93,9 +93,11 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "channels",
     "core",
-    "sandboxes",
-    "approvals",
     "audit",
+    "accounts",
+    "approvals",
+    "sandboxes",
+    "playbooks",
     "terminals",
 ]
 
@@ -239,7 +241,7 @@ CHANNEL_LAYERS = {
 # --- REST API -----------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "sandboxes.api.authentication.ApiKeyAuthentication",
+        "accounts.api.authentication.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -329,11 +331,11 @@ VSB = {
     "DRIVER": env.str("VSB_DRIVER", default="libvirt"),
 }
 
-# Encrypts inventory credentials at rest (sandboxes/playbooks/secrets.py). Separate from
+# Encrypts inventory credentials at rest (playbooks/secrets.py). Separate from
 # SECRET_KEY: rotating that one (sessions, signed values) keeps the credentials readable.
 VSB_CREDENTIALS_KEY = env_secret("VSB_CREDENTIALS_KEY") or ""
 
-# Who runs ansible-playbook (sandboxes/playbooks/runner.py, docs/playbooks.md "Who runs
+# Who runs ansible-playbook (playbooks/runner.py, docs/playbooks.md "Who runs
 # Ansible"): an unprivileged system user (scripts/install-system.sh creates it), one private
 # directory per run under ANSIBLE_RUN_DIR, and these directories covered in its namespace on
 # top of the data, sandbox, terminal and CA key directories and root's home.

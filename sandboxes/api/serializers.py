@@ -87,14 +87,6 @@ class CreateSnapshotSerializer(StrictInputSerializer):
     wait = serializers.BooleanField(required=False, default=False)
 
 
-class VerifyPlaybookSerializer(StrictInputSerializer):
-    aliases = {"from": "from_name", "to": "to_name"}
-    from_name = serializers.CharField(max_length=64)
-    to_name = serializers.CharField(max_length=64)
-    version = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1)
-    wait = serializers.BooleanField(required=False, default=False)
-
-
 class WaitSerializer(StrictInputSerializer):
     wait_for_ip = serializers.BooleanField(required=False, default=False)
     wait = serializers.BooleanField(required=False, default=False)

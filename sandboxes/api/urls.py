@@ -1,7 +1,6 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from ..playbooks.api import InventoryViewSet, PlaybookRunViewSet, PlaybookViewSet
 from . import views
 
 router = SimpleRouter()
@@ -9,9 +8,6 @@ router = SimpleRouter()
 router.trailing_slash = "/?"
 router.register("sandboxes", views.SandboxViewSet, basename="sandbox")
 router.register("operations", views.OperationViewSet, basename="operation")
-router.register("playbooks", PlaybookViewSet, basename="playbook")
-router.register("inventories", InventoryViewSet, basename="inventory")
-router.register("playbook-runs", PlaybookRunViewSet, basename="playbook-run")
 
 urlpatterns = [
     path("health", views.HealthView.as_view(), name="health"),

@@ -7,7 +7,7 @@ import logging
 import django_filters
 from django.db import connection
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
-from rest_framework import mixins, serializers, status, viewsets
+from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
@@ -34,7 +34,6 @@ from .serializers import (
     SnapshotOperationSerializer,
     SnapshotSerializer,
     SourceVMSerializer,
-    VerifyPlaybookSerializer,
     VMListSerializer,
     WaitSerializer,
 )
@@ -270,111 +269,6 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             request,
             lambda: snapshots.restore_snapshot(self.get_object(), request.user, snapshot_name),
             vsb("READY_TIMEOUT_SECONDS") + 60,
-        )
-
-    @extend_schema(
-        summary="What changed between two states",
-        description=(
-            "Files added/removed/modified/touched (path, size, mode, owner, sha256, unified diff "
-            "for small text files), packages, systemd units, users and groups, and the commands "
-            "run in between. `from` is a snapshot name; `to` a snapshot name or `now` (default). "
-            "Both states are read from the sandbox's disk on its host, so changes made outside "
-            "the API count too. The file changes paginate with `limit` and `offset`."
-        ),
-        parameters=[
-            OpenApiParameter("from", str, required=True),
-            OpenApiParameter("to", str, description="snapshot name or now (default)"),
-            OpenApiParameter("limit", int),
-            OpenApiParameter("offset", int),
-        ],
-        responses={200: dict, **ERRORS},
-    )
-    @action(detail=True, methods=["get"])
-    def diff(self, request, pk=None):
-        import json
-
-        from ..models import Diff
-
-        sandbox = self.get_object()
-        diff = snapshots.get_diff(
-            sandbox,
-            request.user,
-            request.query_params.get("from", ""),
-            request.query_params.get("to") or Diff.NOW,
-        )
-        if diff.status != "ready":
-            raise OperationFailed(f"the diff failed: {diff.error}")
-        result = json.loads(diff.result)
-        changes = [
-            {"change": kind, **entry}
-            for kind in ("added", "removed", "modified", "touched")
-            for entry in result["files"].get(kind, [])
-        ]
-        try:
-            limit = max(1, min(int(request.query_params.get("limit", 200)), 1000))
-            offset = max(0, int(request.query_params.get("offset", 0)))
-        except ValueError:
-            raise serializers.ValidationError(
-                {"limit": ["limit and offset must be integers."]}
-            ) from None
-        result["files"] = {
-            "count": len(changes),
-            "limit": limit,
-            "offset": offset,
-            "results": changes[offset : offset + limit],
-        }
-        body = {"id": str(diff.id), "from": diff.from_name, "to": diff.to_name, **result}
-        return Response({"diff": body})
-
-    @extend_schema(
-        summary="Ansible playbook reproducing the change between two snapshots",
-        parameters=[
-            OpenApiParameter("from", str, required=True),
-            OpenApiParameter("to", str, required=True),
-            OpenApiParameter("raw", bool, description="answer with the YAML itself"),
-        ],
-        responses={200: dict, **ERRORS},
-    )
-    @action(detail=True, methods=["get"])
-    def playbook(self, request, pk=None):
-        from ..playbooks import services as playbooks
-        from ..playbooks.api import version_body, yaml_response
-
-        sandbox = self.get_object()
-        playbook = playbooks.get_playbook(
-            sandbox,
-            request.user,
-            request.query_params.get("from", ""),
-            request.query_params.get("to", ""),
-        )
-        if playbook.status != "ready":
-            raise OperationFailed(f"generating the playbook failed: {playbook.error}")
-        version = playbook.latest
-        if request.query_params.get("raw") in ("1", "true"):
-            return yaml_response(version)
-        return Response({"playbook": version_body(playbook, version)})
-
-    @extend_schema(
-        summary="Verify the playbook by replay on a fresh clone (slow: an operation)",
-        request=VerifyPlaybookSerializer,
-        responses={202: dict, 200: dict, **ERRORS},
-    )
-    @action(detail=True, methods=["post"], url_path="playbook/verify")
-    def verify_playbook(self, request, pk=None):
-        from ..playbooks import services as playbooks
-
-        sandbox = self.get_object()
-        params = VerifyPlaybookSerializer(data=request.data)
-        params.is_valid(raise_exception=True)
-        data = params.validated_data
-        op = playbooks.start_verify(
-            sandbox, request.user, data["from_name"], data["to_name"], data["version"]
-        )
-        if data["wait"]:
-            op = services.wait_for_operation(op, playbooks.VERIFY_DEADLINE_SECONDS)
-            return Response({"operation": OperationSerializer(op).data}, status=status.HTTP_200_OK)
-        return Response(
-            {"operation": OperationSerializer(op).data}, status=status.HTTP_202_ACCEPTED
         )
 
     @extend_schema(summary="Command history", responses={200: CommandSerializer(many=True)})

@@ -41,6 +41,8 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import diffing
+
 from .base import PermanentDriverError, TransientDriverError
 
 _PACKAGE = pathlib.Path(__file__).resolve().parent.parent  # sandboxes/
@@ -107,7 +109,7 @@ def _job_zip() -> bytes:
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
         zf.write(_PACKAGE / "drivers" / "guest_reader_job.py", "__main__.py")
         zf.write(_PACKAGE / "drivers" / "ext4.py", "ext4.py")
-        for src in sorted((_PACKAGE / "diffing").glob("*.py")):
+        for src in sorted(pathlib.Path(diffing.__file__).parent.glob("*.py")):
             zf.write(src, f"diffing/{src.name}")
     return buf.getvalue()
 

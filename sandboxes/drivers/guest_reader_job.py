@@ -26,11 +26,11 @@ import shutil
 import subprocess
 import sys
 
+import diffing
+
 if __package__ in (None, ""):  # as the zipapp's __main__
-    import diffing
     import ext4
 else:  # imported by the test suite
-    from sandboxes import diffing
     from sandboxes.drivers import ext4
 
 ACCOUNT_LIMIT = 8 << 20
@@ -458,7 +458,7 @@ def _conffile_md5s(root: GuestRoot) -> dict[str, str]:
 
 
 def job_target_state(roots: list[GuestRoot], params: dict) -> dict:
-    """What the playbook generator needs from the `to` state (sandboxes.playbooks.state)."""
+    """What the playbook generator needs from the `to` state (playbooks.state)."""
     root, diff = roots[0], params["diff"]
     file_limit = params["file_limit"]
     skel = {

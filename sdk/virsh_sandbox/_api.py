@@ -1169,7 +1169,7 @@ class PlaybooksAPI(_SubClient):
     ) -> Record:
         """A dry run (``ansible --check --diff``) against an inventory; its result goes into the
         approval an apply needs. Returns ``{"run": {...}}`` (finished when ``wait``).
-        Operators only (``sandboxes.run_inventory``): for an agent's key, like every inventory
+        Operators only (``playbooks.run_inventory``): for an agent's key, like every inventory
         and run method here, it raises NotFound (404)."""
         body = yield Call(
             "POST",
@@ -1189,7 +1189,7 @@ class PlaybooksAPI(_SubClient):
         approval_id: str | None = None,
         wait: bool = True,
     ) -> Record:
-        """Apply the latest version to an inventory (operators with ``sandboxes.run_inventory``;
+        """Apply the latest version to an inventory (operators with ``playbooks.run_inventory``;
         404 for agents). Without an approved ``approval_id`` the server refuses with
         ``approval_required`` (a Conflict whose ``body["approval"]`` is the request it opened
         for another operator to decide); call again with its id once approved. Only that

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pytest
 from django.contrib.auth.models import Permission, User
 
-from sandboxes import services
+from accounts import services as accounts
 from tests.support import stack
 
 # django_db: makes pytest-django create the test database; the module shares committed rows
@@ -52,7 +52,7 @@ def server(django_db_setup, django_db_blocker):
         keys = {}
         for name in ("ask-agent", "ask-operator", "ask-outsider"):
             user, _ = User.objects.get_or_create(username=name, is_staff=name == "ask-outsider")
-            keys[name] = services.create_api_key(user, "ask")[1]
+            keys[name] = accounts.create_api_key(user, "ask")[1]
         User.objects.get(username="ask-operator").user_permissions.add(
             Permission.objects.get(codename="decide_approvalrequest")
         )

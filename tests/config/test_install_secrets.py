@@ -17,7 +17,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from config import keyfiles
-from sandboxes.playbooks import secrets as credentials
+from playbooks import secrets as credentials
 from tests.support import stack
 from tests.support.stack import ROOT
 

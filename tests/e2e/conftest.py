@@ -66,7 +66,7 @@ def register_image_and_agents(blocker) -> dict[str, str]:
     e2e-bob an API key each (through `blocker`, pytest-django's db blocker): {name: key}."""
     from django.contrib.auth.models import User
 
-    from sandboxes import services
+    from accounts import services as accounts
 
     manifest = json.loads((image_dir() / "manifest.json").read_text())
     with blocker.unblock():
@@ -74,7 +74,7 @@ def register_image_and_agents(blocker) -> dict[str, str]:
         keys = {}
         for name in ("e2e-alice", "e2e-bob"):
             user, _ = User.objects.get_or_create(username=name)
-            keys[name] = services.create_api_key(user, "e2e")[1]
+            keys[name] = accounts.create_api_key(user, "e2e")[1]
     return keys
 
 

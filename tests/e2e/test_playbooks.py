@@ -210,13 +210,13 @@ def test_playbook_errors_are_4xx_naming_the_field(e2e_stack, changed):
 def _api_user(e2e_stack, username: str, codenames: list[str]):
     from django.contrib.auth.models import Permission, User
 
-    from sandboxes import services
+    from accounts import services as accounts
     from tests.support import stack
 
     with e2e_stack.blocker.unblock():
         user, _ = User.objects.get_or_create(username=username, is_staff=True)
         user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
-        key = services.create_api_key(user, "e2e")[1]
+        key = accounts.create_api_key(user, "e2e")[1]
     return stack.Api(e2e_stack.alice.base_url, key)
 
 

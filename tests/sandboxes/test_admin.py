@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from accounts import services as accounts
 from sandboxes import services
 from sandboxes.choices import SandboxState
 from sandboxes.models import Sandbox
@@ -50,13 +51,13 @@ def test_it_issues_an_api_key_shown_once_and_stores_only_its_hash(
 ):
     agent = django_user_model.objects.create_user("agent-z")
     response = operator_client.post(
-        "/admin/sandboxes/apikey/add/", {"user": agent.pk, "name": "ci"}, follow=True
+        "/admin/accounts/apikey/add/", {"user": agent.pk, "name": "ci"}, follow=True
     )
     assert response.status_code == 200
     shown = [str(m) for m in response.context["messages"]]
     secret = next(word for m in shown for word in m.split() if word.startswith("vsb_"))
-    assert services.authenticate_api_key(secret) == agent
-    from sandboxes.models import ApiKey
+    assert accounts.authenticate_api_key(secret) == agent
+    from accounts.models import ApiKey
 
     stored = ApiKey.objects.get(user=agent)
     assert secret not in (stored.key_hash, stored.prefix)

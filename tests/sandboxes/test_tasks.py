@@ -217,13 +217,14 @@ def test_it_errors_operations_stuck_past_their_deadline(driver, create_op):
 
 
 def test_a_restarted_worker_resumes_operations_and_fails_interrupted_commands(
-    driver, create_op, sent_tasks
+    driver, create_op, sent_tasks, django_capture_on_commit_callbacks
 ):
     op = create_op()
     Operation.objects.filter(pk=op.pk).update(status=OperationStatus.RUNNING, attempt=1)
     cmd = Command.objects.create(sandbox=op.sandbox, command="sleep 100", timeout_seconds=200)
     sent_tasks.clear()
-    assert worker.recover(op.host) == 1
+    with django_capture_on_commit_callbacks(execute=True):
+        assert worker.recover(op.host) == 1
     assert sent_tasks == [
         ("sandboxes.provision_sandbox", [str(op.pk)], f"kvm.{settings.VSB['HOST_NAME']}")
     ]
@@ -234,7 +235,7 @@ def test_a_restarted_worker_resumes_operations_and_fails_interrupted_commands(
 def test_it_refuses_to_enqueue_on_a_queue_that_is_not_a_hosts(host):
     host.queue_name = "kvm.typo host"
     with pytest.raises(ValueError, match="unknown queue"):
-        services.enqueue("sandboxes.destroy_sandbox", host, "x")
+        services.enqueue(tasks.destroy_sandbox, host, "x")
 
 
 def test_it_finds_a_bridged_guest_by_its_address_sources_in_order(

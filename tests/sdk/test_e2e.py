@@ -18,7 +18,7 @@ import pytest
 from django.contrib.auth.models import Permission, User
 from virsh_sandbox import AsyncVirshSandbox, NotFound, VirshSandbox
 
-from sandboxes import services
+from accounts import services as accounts
 from tests.support.stack import ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
@@ -55,7 +55,7 @@ def operator_key(e2e_stack):
     with e2e_stack.blocker.unblock():
         user, _ = User.objects.get_or_create(username="sdk-operator")
         user.user_permissions.add(Permission.objects.get(codename="decide_approvalrequest"))
-        return services.create_api_key(user, "sdk-e2e")[1]
+        return accounts.create_api_key(user, "sdk-e2e")[1]
 
 
 def test_the_original_readme_demo_runs_unchanged(api, e2e_stack, monkeypatch):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from django.conf import settings
 
-from sandboxes import services
+from accounts import services as accounts
 from sandboxes.choices import SandboxState
 from sandboxes.models import Command, Operation, Sandbox
 
@@ -110,7 +110,7 @@ def test_it_requires_an_api_key(anonymous, host, source):
 def test_it_refuses_an_unknown_or_revoked_key(anonymous, alice, host):
     anonymous.credentials(HTTP_AUTHORIZATION="Bearer vsb_deadbeef_nope")
     assert anonymous.get("/v1/sandboxes").status_code == 401
-    services.revoke_api_keys(alice.user, "test")
+    accounts.revoke_api_keys(alice.user, "test")
     assert alice.get("/v1/sandboxes").status_code == 401
 
 

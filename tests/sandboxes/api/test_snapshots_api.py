@@ -30,7 +30,7 @@ def ready_sandbox(alice, host, source, sent_tasks, driver, monkeypatch):
 
 def run_last(kind: str) -> Operation:
     op = Operation.objects.filter(kind=kind).order_by("-created_at").first()
-    getattr(tasks, tasks.TASK_FOR_KIND[kind].split(".")[1]).run(str(op.pk))
+    tasks.TASK_FOR_KIND[kind].run(str(op.pk))
     op.refresh_from_db()
     return op
 

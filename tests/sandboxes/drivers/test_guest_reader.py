@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from sandboxes import diffing
+import diffing
 from sandboxes.drivers import ext4
 from sandboxes.drivers import guest_reader_job as job
 from sandboxes.drivers.base import PermanentDriverError, TransientDriverError

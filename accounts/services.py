@@ -1,0 +1,91 @@
+"""The accounts service layer: the only writer of API keys. A key's secret is shown once
+and never stored; issuing and revoking are audited."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+
+from django.utils import timezone
+
+from audit import services as audit
+
+from .models import ApiKey
+
+
+def create_api_key(user, name: str = "") -> tuple[ApiKey, str]:
+    """A new key for `user`. The secret is returned once and never stored."""
+    prefix = secrets.token_hex(4)
+    secret = f"vsb_{prefix}_{secrets.token_urlsafe(32)}"
+    key = ApiKey.objects.create(
+        user=user, name=name, prefix=prefix, key_hash=ApiKey.hash_secret(secret)
+    )
+    audit.record(
+        "apikey.issued",
+        actor=audit.actor_of(user),
+        target=key,
+        data={"name": name, "prefix": prefix},
+    )
+    return key, secret
+
+
+def revoke_api_keys(user, name: str) -> int:
+    revoked = ApiKey.objects.filter(user=user, name=name, revoked_at__isnull=True).update(
+        revoked_at=timezone.now()
+    )
+    if revoked:
+        audit.record(
+            "apikey.revoked",
+            target_type="user",
+            target_id=str(user.pk),
+            data={"user": user.get_username(), "name": name, "count": revoked},
+        )
+    return revoked
+
+
+def revoke_keys(keys, by=None) -> int:
+    """Revoke these keys (those not revoked yet), one audit event each: the admin's action."""
+    count = 0
+    for key in keys.filter(revoked_at__isnull=True).select_related("user"):
+        if ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(
+            revoked_at=timezone.now()
+        ):
+            count += 1
+            audit.record(
+                "apikey.revoked",
+                user=by,
+                target=key,
+                data={
+                    "user": key.user.get_username(),
+                    "name": key.name,
+                    "prefix": key.prefix,
+                    "count": 1,
+                },
+            )
+    return count
+
+
+def rename_api_key(key: ApiKey, name: str) -> None:
+    key.name = name
+    key.save(update_fields=["name"])
+
+
+def authenticate_api_key(secret: str):
+    """The user owning this key, or None for a malformed, unknown or revoked key."""
+    parts = secret.split("_", 2)
+    if len(parts) != 3 or parts[0] != "vsb":
+        return None
+    key = (
+        ApiKey.objects.select_related("user")
+        .filter(prefix=parts[1], revoked_at__isnull=True)
+        .first()
+    )
+    if key is None or not secrets.compare_digest(key.key_hash, ApiKey.hash_secret(secret)):
+        return None
+    if not key.user.is_active:
+        return None
+    now = timezone.now()
+    # Touch at most once a minute: a write per request would cost every command call.
+    if key.last_used_at is None or key.last_used_at < now - timedelta(minutes=1):
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+    return key.user

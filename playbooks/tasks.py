@@ -1,0 +1,59 @@
+"""Celery tasks of the playbooks app: thin wrappers that take ids and hand them to the
+module doing the work. The names keep the `sandboxes.` prefix they had before the app moved
+out of sandboxes, so messages queued before an upgrade still find their task."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+
+from sandboxes import services
+from sandboxes.choices import OperationKind, OperationStatus
+from sandboxes.models import Operation
+from sandboxes.tasks import TASK_OPTIONS, register_operation_task
+
+from . import apply, build, diff_compute, verify
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(name="sandboxes.compute_diff", bind=True, acks_late=False, ignore_result=True)
+def compute_diff(self, diff_id: str) -> None:
+    """Read both states from the sandbox's disk on this host and compare them."""
+    diff_compute.compute_and_store(diff_id)
+
+
+@shared_task(name="sandboxes.generate_playbook", bind=True, acks_late=False, ignore_result=True)
+def generate_playbook(self, playbook_id: str) -> None:
+    """Diff the two snapshots (if not yet), read the `to` state, write playbook version 1."""
+    build.generate_and_store(playbook_id)
+
+
+@shared_task(name="sandboxes.verify_playbook", **TASK_OPTIONS)
+def verify_playbook(self, op_id: str) -> None:
+    """One step of a replay verification (playbooks/verify.py); safe to run twice."""
+    op = (
+        Operation.objects.select_related("sandbox", "host", "requested_by").filter(pk=op_id).first()
+    )
+    if op is None or op.is_done:
+        return
+    if op.status == OperationStatus.PENDING:
+        op = services.claim_operation(op_id)
+        if op is None:
+            return
+    try:
+        verify.step(self, op)
+    except Exception as exc:  # noqa: BLE001 - the operation must end with the reason
+        log.exception("verify %s failed", op_id)
+        verify.abandon(op, f"{type(exc).__name__}: {exc}")
+
+
+@shared_task(name="sandboxes.run_playbook", bind=True, acks_late=True, ignore_result=True)
+def run_playbook(self, run_id: str) -> None:
+    """A dry run or an approved apply (playbooks/apply.py). Never applied twice: a
+    redelivered message finds the run already claimed and records that it was lost."""
+    apply.execute(run_id)
+
+
+register_operation_task(OperationKind.VERIFY_PLAYBOOK, verify_playbook)
