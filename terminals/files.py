@@ -27,45 +27,35 @@ from datetime import UTC, datetime
 
 import paramiko
 
+from core.errors import Conflict, Forbidden, NotFound, ServiceError, TooLarge, Unprocessable
+
 _CHUNK = 32768
 # READDIR requests in flight while listing: bounds what is read past the entry cap.
 _READ_AHEADS = 4
 
 
-class FileError(Exception):
-    """A refused or failed file operation; `status` and `code` are what the API answers."""
-
-    status = 400
-    code = "invalid"
-
-    def __init__(self, message: str, *, field: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.field = field
+class FileError(ServiceError):
+    """A refused or failed file operation (400); the kinds below add their status through
+    `core.errors`, and `field` names the input at fault."""
 
 
-class PathDenied(FileError):
-    status = 403
+class PathDenied(FileError, Forbidden):
     code = "path_denied"
 
 
-class FileMissing(FileError):
-    status = 404
-    code = "not_found"
+class FileMissing(FileError, NotFound):
+    pass
 
 
-class FileConflict(FileError):
-    status = 409
-    code = "conflict"
+class FileConflict(FileError, Conflict):
+    pass
 
 
-class FileTooLarge(FileError):
-    status = 413
-    code = "too_large"
+class FileTooLarge(FileError, TooLarge):
+    pass
 
 
-class NameNotUtf8(FileError):
-    status = 422
+class NameNotUtf8(FileError, Unprocessable):
     code = "not_utf8"
 
 
