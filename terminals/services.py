@@ -15,8 +15,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit import services as audit
-from config.celery import app as celery_app
-from core import wakeups
+from core import queues, wakeups
 from core.conf import vsb
 from core.errors import (
     Conflict,
@@ -30,7 +29,7 @@ from core.errors import (
 from sandboxes.choices import SandboxState
 from sandboxes.models import Host, Sandbox
 
-from . import blobs
+from . import blobs, tasks
 from .models import TerminalSession
 from .tmux_driver import (
     SESSION_NAME_RULE,
@@ -43,9 +42,6 @@ from .tmux_driver import (
 )
 
 log = logging.getLogger(__name__)
-
-TASK = "terminals.host_op"
-
 
 # --- scoping -------------------------------------------------------------------------------
 
@@ -82,11 +78,10 @@ def _identity(user, sandbox: Sandbox) -> str:
 
 
 def call_host(host: Host, op: str, params: dict, timeout: float | None = None) -> dict:
-    """Run `op` on the worker of `host` and return its answer, or raise its error."""
+    """Run `op` on the worker of `host` and return its answer, or raise its error. Not inside
+    a transaction: the task is sent when it commits, and this waits for the answer."""
     request_id = uuid.uuid4().hex
-    celery_app.send_task(
-        TASK, args=[request_id, op, params], queue=host.queue_name, ignore_result=True
-    )
+    queues.enqueue(tasks.host_op, request_id, op, params, queue=host.queue_name)
     answer = wakeups.wait(request_id, timeout or vsb("TERMINAL_OP_TIMEOUT_SECONDS"), kind="term")
     if answer is None:
         raise OperationTimeout(
