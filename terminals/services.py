@@ -313,6 +313,27 @@ def list_sessions(sandbox: Sandbox) -> list[dict]:
     return result
 
 
+def list_sessions_of(user, sandbox: Sandbox | None = None) -> list[dict]:
+    """The sessions of one sandbox, or of all the caller's ready sandboxes."""
+    sandboxes = [sandbox] if sandbox else owned_sandboxes(user).filter(state=SandboxState.READY)
+    return [session for sb in sandboxes for session in list_sessions(sb)]
+
+
+def sandbox_with_session(user, session_name: str) -> Sandbox:
+    """The one sandbox of the caller's with an open session `session_name` (for the original
+    tmux-client's paths, which name no sandbox)."""
+    ids = list(
+        TerminalSession.objects.filter(
+            sandbox__owner=user, name=session_name, closed_at__isnull=True
+        ).values_list("sandbox_id", flat=True)[:2]
+    )
+    if len(ids) != 1:
+        raise InvalidInput.field(
+            "sandbox_id", "is required (no single sandbox has a session of that name)."
+        )
+    return owned_sandbox(user, ids[0])
+
+
 def _session_row(sandbox: Sandbox, name: str, field: str = "name") -> TerminalSession:
     check_session_name(name, field)
     row = TerminalSession.objects.filter(sandbox=sandbox, name=name, closed_at__isnull=True).first()
@@ -355,7 +376,7 @@ def split_pane(user, pane_id: str, *, sandbox: Sandbox | None = None, horizontal
 def respawn_pane(user, pane_id: str, *, sandbox: Sandbox | None = None) -> dict:
     result = pane_op(user, "respawn", pane_id, sandbox, identity=f"terminal user:{user}")
     audit.record("terminal.respawn", user=user, target=_sandbox_of(result), data={"pane": pane_id})
-    return result["pane"]
+    return {"pane_id": result["pane"]["pane_id"], "respawned": True}
 
 
 def list_panes(user, *, sandbox: Sandbox | None = None, session: str = "") -> list[dict]:

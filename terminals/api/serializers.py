@@ -1,3 +1,6 @@
+"""What the terminal and file APIs take (strict input) and answer (one serializer per
+answer, so the OpenAPI schema describes every body)."""
+
 from __future__ import annotations
 
 from rest_framework import serializers
@@ -129,6 +132,9 @@ class ReadPaneSerializer(StrictInputSerializer):
     last_n_lines = serializers.IntegerField(min_value=1, required=False)
 
 
+# --- answers: terminals ----------------------------------------------------------------------
+
+
 class PaneSerializer(serializers.Serializer):
     session_name = serializers.CharField(source="session")
     tmux_session = serializers.CharField()
@@ -147,36 +153,202 @@ class PaneSerializer(serializers.Serializer):
     current_path = serializers.CharField()
 
 
+class PaneListSerializer(serializers.Serializer):
+    panes = PaneSerializer(many=True)
+
+
+class PaneCreatedSerializer(serializers.Serializer):
+    pane_id = serializers.CharField()
+    session_name = serializers.CharField(source="session")
+    window_index = serializers.IntegerField()
+    pane_index = serializers.IntegerField()
+    pane = PaneSerializer(source="*")
+
+
+class TerminalSessionSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    name = serializers.CharField()
+    session_name = serializers.CharField()
+    tmux_session = serializers.CharField()
+    sandbox_id = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    windows = serializers.IntegerField(help_text="0 when the tmux session is gone.")
+    alive = serializers.BooleanField()
+    taken_over_by = serializers.CharField(allow_null=True)
+
+
+class TerminalSessionListSerializer(serializers.Serializer):
+    sessions = TerminalSessionSerializer(many=True)
+
+
+class SessionRefSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    name = serializers.CharField()
+    tmux_session = serializers.CharField(source="tmux_name")
+
+
+class SessionCreatedSerializer(serializers.Serializer):
+    """Of `{"row": TerminalSession, "pane": pane}`."""
+
+    session = SessionRefSerializer(source="row")
+    session_id = serializers.CharField(source="row.id")
+    session_name = serializers.CharField(source="row.name")
+    pane = PaneSerializer()
+
+
+class TmuxSessionCreatedSerializer(serializers.Serializer):
+    """The original tmux-client's answer, of `{"row": TerminalSession, "pane": pane}`."""
+
+    session_id = serializers.CharField(source="row.id")
+    session_name = serializers.CharField(source="row.name")
+    sandbox_id = serializers.CharField(source="row.sandbox_id")
+    pane_id = serializers.CharField(source="pane.pane_id")
+
+
+class SessionKilledSerializer(serializers.Serializer):
+    session_name = serializers.CharField()
+    killed = serializers.BooleanField()
+    was_alive = serializers.BooleanField()
+
+
+class SessionReleasedSerializer(serializers.Serializer):
+    """The original tmux-client's answer, of a `SessionKilledSerializer` one."""
+
+    session_name = serializers.CharField()
+    success = serializers.BooleanField(source="killed")
+
+
+class WindowSerializer(serializers.Serializer):
+    session_name = serializers.CharField()
+    tmux_session = serializers.CharField()
+    sandbox_id = serializers.CharField()
+    window_id = serializers.CharField()
+    window_index = serializers.IntegerField()
+    window_name = serializers.CharField()
+    panes = serializers.IntegerField()
+    active = serializers.BooleanField()
+
+
+class WindowListSerializer(serializers.Serializer):
+    windows = WindowSerializer(many=True)
+
+
+class PaneSentSerializer(serializers.Serializer):
+    pane_id = serializers.CharField()
+    sent = serializers.BooleanField()
+
+
+class PaneReadSerializer(serializers.Serializer):
+    pane_id = serializers.CharField()
+    content = serializers.CharField()
+    lines = serializers.IntegerField()
+    sandbox_id = serializers.CharField()
+
+
+class PaneRespawnedSerializer(serializers.Serializer):
+    pane_id = serializers.CharField()
+    respawned = serializers.BooleanField()
+
+
+class PaneSelectedSerializer(serializers.Serializer):
+    pane_id = serializers.CharField()
+    switched = serializers.BooleanField()
+
+
+class PaneKilledSerializer(serializers.Serializer):
+    pane_id = serializers.CharField()
+    killed = serializers.BooleanField()
+
+
 # --- files -----------------------------------------------------------------------------------
 
 
-class PathSerializer(StrictInputSerializer):
+class FilePathSerializer(StrictInputSerializer):
     path = serializers.CharField(max_length=4096, trim_whitespace=False)
 
 
-class ReadFileSerializer(PathSerializer):
+class ReadFileSerializer(FilePathSerializer):
     from_line = serializers.IntegerField(min_value=1, default=1)
     max_lines = serializers.IntegerField(min_value=1, required=False)
 
 
-class WriteFileSerializer(PathSerializer):
+class WriteFileSerializer(FilePathSerializer):
     content = serializers.CharField(allow_blank=True, trim_whitespace=False)
     mode = serializers.RegexField(r"^0?[0-7]{3,4}$", required=False)
     create_dirs = serializers.BooleanField(default=False)
     overwrite = serializers.BooleanField(default=True)
 
 
-class EditFileSerializer(PathSerializer):
+class EditFileSerializer(FilePathSerializer):
     old_text = serializers.CharField(trim_whitespace=False)
     new_text = serializers.CharField(allow_blank=True, trim_whitespace=False)
     all = serializers.BooleanField(default=False)
 
 
-class DeleteFileSerializer(PathSerializer):
+class DeleteFileSerializer(FilePathSerializer):
     recursive = serializers.BooleanField(default=False)
 
 
-class UploadQuerySerializer(PathSerializer):
+class UploadQuerySerializer(FilePathSerializer):
     mode = serializers.RegexField(r"^0?[0-7]{3,4}$", required=False)
     create_dirs = serializers.BooleanField(default=False)
     overwrite = serializers.BooleanField(default=True)
+
+
+class _Resolved(serializers.Serializer):
+    path = serializers.CharField(help_text="As asked.")
+    resolved = serializers.CharField(help_text="Where it led in the guest (symlinks followed).")
+
+
+class _FileAttributes(serializers.Serializer):
+    type = serializers.CharField(help_text="directory, file, symlink or other.")
+    size = serializers.IntegerField()
+    mode = serializers.CharField(help_text="Octal, like 0644.")
+    mtime = serializers.CharField(help_text="ISO 8601, UTC.")
+    uid = serializers.IntegerField(allow_null=True)
+    gid = serializers.IntegerField(allow_null=True)
+
+
+class FileStatSerializer(_Resolved, _FileAttributes):
+    pass
+
+
+class _EntryName(serializers.Serializer):
+    name = serializers.CharField()
+
+
+class DirectoryEntrySerializer(_EntryName, _FileAttributes):
+    pass
+
+
+class DirectoryListingSerializer(_Resolved):
+    entries = DirectoryEntrySerializer(many=True)
+    truncated = serializers.BooleanField(help_text="True when the entry limit cut the listing.")
+
+
+class _FileLines(_Resolved):
+    content = serializers.CharField()
+    total_lines = serializers.IntegerField()
+    from_line = serializers.IntegerField()
+    to_line = serializers.IntegerField()
+    truncated = serializers.BooleanField()
+
+
+class FileContentSerializer(_FileLines, _FileAttributes):
+    pass
+
+
+class FileWrittenSerializer(_Resolved):
+    bytes_written = serializers.IntegerField()
+    created = serializers.BooleanField()
+    mode = serializers.CharField(help_text="Octal, like 0644.")
+
+
+class FileEditedSerializer(_Resolved):
+    replacements = serializers.IntegerField()
+    diff = serializers.CharField()
+
+
+class FileDeletedSerializer(_Resolved):
+    deleted = serializers.BooleanField()
+    was_dir = serializers.BooleanField()
