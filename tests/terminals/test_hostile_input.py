@@ -18,13 +18,12 @@ import uuid
 from urllib.parse import quote
 
 import pytest
-from channels.testing import WebsocketCommunicator
 
 from core.errors import ServiceError, http_status
 from terminals import hostside
 from terminals.models import TerminalSession
 from terminals.tmux_driver import TmuxDriver
-from tests.terminals.conftest import SANDBOX_ID
+from tests.terminals.conftest import SANDBOX_ID, terminal_socket
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -166,17 +165,7 @@ def test_every_tmux_name_field_answers_400_naming_it_and_nothing_runs(
 
 
 def _ws(sandbox, query: str, secret: str):
-    from config.asgi import application
-
-    return WebsocketCommunicator(
-        application,
-        f"/ws/sandboxes/{sandbox.id}/terminal/?{query}",
-        headers=[
-            (b"origin", b"http://127.0.0.1"),
-            (b"host", b"127.0.0.1"),
-            (b"x-api-key", secret.encode()),
-        ],
-    )
+    return terminal_socket(sandbox.id, (b"x-api-key", secret.encode()), query=query)
 
 
 def test_the_websocket_refuses_hostile_session_and_pane_names(alice, ready_sandbox, term_host):
