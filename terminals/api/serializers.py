@@ -135,26 +135,26 @@ class ReadPaneSerializer(StrictInputSerializer):
 # --- answers: terminals ----------------------------------------------------------------------
 
 
+_SANDBOX_HEX = "The sandbox's id as 32 hex digits."
+_TMUX_NAME = "The session's name on the host's tmux server: vsb-<sandbox hex>-<name>."
+
+
 class PaneSerializer(serializers.Serializer):
-    session_name = serializers.CharField(source="session")
-    tmux_session = serializers.CharField()
-    sandbox_id = serializers.CharField()
+    session_name = serializers.CharField(source="session", help_text="Its session, as named.")
+    tmux_session = serializers.CharField(help_text=_TMUX_NAME)
+    sandbox_id = serializers.CharField(help_text=_SANDBOX_HEX)
     window_index = serializers.IntegerField()
-    window_id = serializers.CharField()
+    window_id = serializers.CharField(help_text="@N, unique on the host.")
     window_name = serializers.CharField()
     pane_index = serializers.IntegerField()
-    pane_id = serializers.CharField()
-    pane_pid = serializers.IntegerField()
+    pane_id = serializers.CharField(help_text="%N, unique on the host: what pane routes take.")
+    pane_pid = serializers.IntegerField(help_text="Of the pane's ssh, on the host.")
     pane_title = serializers.CharField()
     pane_width = serializers.IntegerField()
     pane_height = serializers.IntegerField()
-    active = serializers.BooleanField()
-    dead = serializers.BooleanField()
+    active = serializers.BooleanField(help_text="The active pane of the active window.")
+    dead = serializers.BooleanField(help_text="Its ssh ended; respawn starts a new one.")
     current_path = serializers.CharField()
-
-
-class PaneListSerializer(serializers.Serializer):
-    panes = PaneSerializer(many=True)
 
 
 class PaneCreatedSerializer(serializers.Serializer):
@@ -168,28 +168,27 @@ class PaneCreatedSerializer(serializers.Serializer):
 class TerminalSessionSerializer(serializers.Serializer):
     id = serializers.CharField()
     name = serializers.CharField()
-    session_name = serializers.CharField()
-    tmux_session = serializers.CharField()
+    session_name = serializers.CharField(help_text="The same as name (the original's field).")
+    tmux_session = serializers.CharField(help_text=_TMUX_NAME)
     sandbox_id = serializers.CharField()
     created_at = serializers.DateTimeField()
     windows = serializers.IntegerField(help_text="0 when the tmux session is gone.")
-    alive = serializers.BooleanField()
-    taken_over_by = serializers.CharField(allow_null=True)
-
-
-class TerminalSessionListSerializer(serializers.Serializer):
-    sessions = TerminalSessionSerializer(many=True)
+    alive = serializers.BooleanField(help_text="Whether the tmux session still runs.")
+    taken_over_by = serializers.CharField(
+        allow_null=True, help_text="The operator typing in it; yours is refused meanwhile."
+    )
 
 
 class SessionRefSerializer(serializers.Serializer):
     id = serializers.CharField()
     name = serializers.CharField()
-    tmux_session = serializers.CharField(source="tmux_name")
+    tmux_session = serializers.CharField(source="tmux_name", help_text=_TMUX_NAME)
+
+
+# The two answers to a new session are of {"row": the TerminalSession, "pane": its first pane}.
 
 
 class SessionCreatedSerializer(serializers.Serializer):
-    """Of `{"row": TerminalSession, "pane": pane}`."""
-
     session = SessionRefSerializer(source="row")
     session_id = serializers.CharField(source="row.id")
     session_name = serializers.CharField(source="row.name")
@@ -197,8 +196,6 @@ class SessionCreatedSerializer(serializers.Serializer):
 
 
 class TmuxSessionCreatedSerializer(serializers.Serializer):
-    """The original tmux-client's answer, of `{"row": TerminalSession, "pane": pane}`."""
-
     session_id = serializers.CharField(source="row.id")
     session_name = serializers.CharField(source="row.name")
     sandbox_id = serializers.CharField(source="row.sandbox_id")
@@ -208,56 +205,54 @@ class TmuxSessionCreatedSerializer(serializers.Serializer):
 class SessionKilledSerializer(serializers.Serializer):
     session_name = serializers.CharField()
     killed = serializers.BooleanField()
-    was_alive = serializers.BooleanField()
+    was_alive = serializers.BooleanField(help_text="False: the tmux session was gone already.")
 
 
 class SessionReleasedSerializer(serializers.Serializer):
-    """The original tmux-client's answer, of a `SessionKilledSerializer` one."""
-
+    # Of the answer of services.kill_session.
     session_name = serializers.CharField()
     success = serializers.BooleanField(source="killed")
 
 
 class WindowSerializer(serializers.Serializer):
-    session_name = serializers.CharField()
-    tmux_session = serializers.CharField()
-    sandbox_id = serializers.CharField()
-    window_id = serializers.CharField()
+    session_name = serializers.CharField(help_text="Its session, as named.")
+    tmux_session = serializers.CharField(help_text=_TMUX_NAME)
+    sandbox_id = serializers.CharField(help_text=_SANDBOX_HEX)
+    window_id = serializers.CharField(help_text="@N, unique on the host.")
     window_index = serializers.IntegerField()
     window_name = serializers.CharField()
-    panes = serializers.IntegerField()
+    panes = serializers.IntegerField(help_text="How many panes it has.")
     active = serializers.BooleanField()
-
-
-class WindowListSerializer(serializers.Serializer):
-    windows = WindowSerializer(many=True)
-
-
-class PaneSentSerializer(serializers.Serializer):
-    pane_id = serializers.CharField()
-    sent = serializers.BooleanField()
 
 
 class PaneReadSerializer(serializers.Serializer):
     pane_id = serializers.CharField()
     content = serializers.CharField()
     lines = serializers.IntegerField()
-    sandbox_id = serializers.CharField()
+    sandbox_id = serializers.CharField(help_text=_SANDBOX_HEX)
 
 
-class PaneRespawnedSerializer(serializers.Serializer):
-    pane_id = serializers.CharField()
-    respawned = serializers.BooleanField()
+def _answer(name: str, **fields: serializers.Field) -> type[serializers.Serializer]:
+    """A serializer class of a few plain fields (named `name`, as the schema shows it)."""
+    return type(f"{name}Serializer", (serializers.Serializer,), fields)
 
 
-class PaneSelectedSerializer(serializers.Serializer):
-    pane_id = serializers.CharField()
-    switched = serializers.BooleanField()
+def _done(name: str, flag: str) -> type[serializers.Serializer]:
+    """`{"pane_id": ..., <flag>: true}`: what a pane verb did."""
+    return _answer(name, pane_id=serializers.CharField(), **{flag: serializers.BooleanField()})
 
 
-class PaneKilledSerializer(serializers.Serializer):
-    pane_id = serializers.CharField()
-    killed = serializers.BooleanField()
+PaneSentSerializer = _done("PaneSent", "sent")
+PaneRespawnedSerializer = _done("PaneRespawned", "respawned")
+PaneSelectedSerializer = _done("PaneSelected", "switched")
+PaneKilledSerializer = _done("PaneKilled", "killed")
+
+# The list answers: `{"panes": [...]}` and so on.
+PaneListSerializer = _answer("PaneList", panes=PaneSerializer(many=True))
+WindowListSerializer = _answer("WindowList", windows=WindowSerializer(many=True))
+TerminalSessionListSerializer = _answer(
+    "TerminalSessionList", sessions=TerminalSessionSerializer(many=True)
+)
 
 
 # --- files -----------------------------------------------------------------------------------
