@@ -2,9 +2,10 @@
 reach the guests (127.0.0.1 port forwards) and the host's tmux server.
 
 `run(op, params)` is called by the `terminals.host_op` task and returns a JSON-safe dict, or
-raises a `core.errors.ServiceError` kind (the task sends its status and code to the web side). Authorisation happened
-on the web side; `params["allowed"]` still limits every pane lookup to the caller's
-sandboxes, so a pane id of someone else's sandbox is "not found" here too."""
+raises a `core.errors.ServiceError` kind (the task sends its status and code to the web
+side). Authorisation happened on the web side; `params["allowed"]` still limits every pane
+lookup to the caller's sandboxes, so a pane id of someone else's sandbox is "not found" here
+too."""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 client that streams every byte the panes print.
 
 No Django here: the socket, sizes and the credentials' directory arrive through constructors
-and arguments, failures leave as `TmuxError` (and subclasses), kinds of `core.errors`. Two ways in:
+and arguments, failures leave as `TmuxError` (and subclasses), kinds of `core.errors`. Two
+ways in:
 
 * `TmuxDriver` runs one `tmux` command per call through libtmux, for the request/reply
   operations (create, list, kill, send-keys, capture).
