@@ -32,7 +32,8 @@ class Error(Exception):
 
 class ServiceError(Error):
     """An error for the caller to see: bad input, a refusal, a conflict, a failed step.
-    `fields` names the input at fault, as the caller spelled it."""
+    `fields` names the input at fault, as the caller spelled it (`field`: the one field
+    whose message is the error's own)."""
 
     code = "invalid"
 
@@ -41,11 +42,12 @@ class ServiceError(Error):
         message: str,
         *,
         fields: dict[str, list[str]] | None = None,
+        field: str = "",
         code: str | None = None,
         transient: bool | None = None,
     ):
         super().__init__(message, code=code, transient=transient)
-        self.fields = fields or {}
+        self.fields = fields or ({field: [message]} if field else {})
 
 
 class InvalidInput(ServiceError):
@@ -113,7 +115,8 @@ HTTP_STATUS: dict[type[ServiceError], int] = {
 }
 
 
-def http_status(exc: ServiceError) -> int:
+def http_status(exc: Exception) -> int:
+    """The status of a `ServiceError` kind; 500 for anything else (a bug, or a plain `Error`)."""
     for cls in type(exc).__mro__:
         if cls in HTTP_STATUS:
             return HTTP_STATUS[cls]
@@ -123,4 +126,4 @@ def http_status(exc: ServiceError) -> int:
 def from_http_status(status: int, message: str, *, code: str = "", field: str = "") -> ServiceError:
     """The error a status stands for (a host worker's answer, read back on the web side)."""
     kind = next((cls for cls, s in HTTP_STATUS.items() if s == status), ServiceError)
-    return kind(message, code=code or None, fields={field: [message]} if field else None)
+    return kind(message, code=code or None, field=field)

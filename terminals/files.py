@@ -22,50 +22,40 @@ import posixpath
 import secrets
 import stat as statmod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime
 
 import paramiko
+
+from core.errors import Conflict, Forbidden, NotFound, ServiceError, TooLarge, Unprocessable
 
 _CHUNK = 32768
 # READDIR requests in flight while listing: bounds what is read past the entry cap.
 _READ_AHEADS = 4
 
 
-class FileError(Exception):
-    """A refused or failed file operation; `status` and `code` are what the API answers."""
-
-    status = 400
-    code = "invalid"
-
-    def __init__(self, message: str, *, field: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.field = field
+class FileError(ServiceError):
+    """A refused or failed file operation (400); the kinds below add their status through
+    `core.errors`, and `field` names the input at fault."""
 
 
-class PathDenied(FileError):
-    status = 403
+class PathDenied(FileError, Forbidden):
     code = "path_denied"
 
 
-class FileMissing(FileError):
-    status = 404
-    code = "not_found"
+class FileMissing(FileError, NotFound):
+    pass
 
 
-class FileConflict(FileError):
-    status = 409
-    code = "conflict"
+class FileConflict(FileError, Conflict):
+    pass
 
 
-class FileTooLarge(FileError):
-    status = 413
-    code = "too_large"
+class FileTooLarge(FileError, TooLarge):
+    pass
 
 
-class NameNotUtf8(FileError):
-    status = 422
+class NameNotUtf8(FileError, Unprocessable):
     code = "not_utf8"
 
 
@@ -165,25 +155,17 @@ def parse_mode(mode: str | int | None) -> int | None:
     return value
 
 
+@dataclass
 class GuestFiles:
-    """File operations on one SFTP session. Limits are bytes."""
+    """File operations on one SFTP session. Limits are bytes (entries for a listing)."""
 
-    def __init__(
-        self,
-        sftp: paramiko.SFTPClient,
-        policy: PathPolicy,
-        *,
-        max_read: int = 1024 * 1024,
-        max_write: int = 4 * 1024 * 1024,
-        max_transfer: int = 64 * 1024 * 1024,
-        max_entries: int = 5000,
-    ) -> None:
-        self.sftp = sftp
-        self.policy = policy
-        self.max_read = max_read
-        self.max_write = max_write
-        self.max_transfer = max_transfer
-        self.max_entries = max_entries
+    sftp: paramiko.SFTPClient
+    policy: PathPolicy
+    _: KW_ONLY
+    max_read: int = 1024 * 1024
+    max_write: int = 4 * 1024 * 1024
+    max_transfer: int = 64 * 1024 * 1024
+    max_entries: int = 5000
 
     # -- paths ---------------------------------------------------------------------------
 
@@ -285,14 +267,20 @@ class GuestFiles:
                     raise FileTooLarge(f"{shown} grew past the limit of {limit} bytes")
         return buf.getvalue(), _attrs(attr)
 
+    def _read_text(self, path: str, limit: int, advice: str = "") -> tuple[str, str, dict]:
+        """The text of the file at `path`, where it resolved to, and its attributes; `advice`
+        ends the refusals of a file too large or not UTF-8."""
+        real = self.resolve(path)
+        data, attrs = self._read_bytes(real, path, limit, advice and f"Use {advice} for big files.")
+        try:
+            return data.decode("utf-8"), real, attrs
+        except UnicodeDecodeError:
+            not_text = f"{path} is not UTF-8 text" + (advice and f"; use {advice}")
+            raise FileError(not_text, field="path") from None
+
     @_utf8_names
     def read_text(self, path: str, *, from_line: int = 1, max_lines: int | None = None) -> dict:
-        real = self.resolve(path)
-        data, attrs = self._read_bytes(real, path, self.max_read, "Use download for big files.")
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise FileError(f"{path} is not UTF-8 text; use download", field="path") from None
+        text, real, attrs = self._read_text(path, self.max_read, "download")
         lines = text.splitlines(keepends=True)
         start = max(from_line, 1) - 1
         end = len(lines) if max_lines is None else min(len(lines), start + max_lines)
@@ -385,34 +373,27 @@ class GuestFiles:
         }
 
     @_utf8_names
-    def write_text(
-        self,
-        path: str,
-        content: str,
-        *,
-        mode: str | None = None,
-        create_dirs: bool = False,
-        overwrite: bool = True,
-    ) -> dict:
-        data = content.encode("utf-8")
-        if len(data) > self.max_write:
-            raise FileTooLarge(f"content is {len(data)} bytes; the limit is {self.max_write}")
-        return self._write(
-            path, data, mode=parse_mode(mode), create_dirs=create_dirs, overwrite=overwrite
-        )
+    def write_text(self, path: str, content: str, **options) -> dict:
+        """`options`: mode (octal text, else kept or 0644), create_dirs, overwrite (True)."""
+        return self._put(path, content.encode("utf-8"), self.max_write, "content", **options)
 
     @_utf8_names
-    def upload(
+    def upload(self, path: str, data: bytes, **options) -> dict:
+        return self._put(path, data, self.max_transfer, "upload", **options)
+
+    def _put(
         self,
         path: str,
         data: bytes,
+        limit: int,
+        what: str,
         *,
         mode: str | None = None,
         create_dirs: bool = False,
         overwrite: bool = True,
     ) -> dict:
-        if len(data) > self.max_transfer:
-            raise FileTooLarge(f"upload is {len(data)} bytes; the limit is {self.max_transfer}")
+        if len(data) > limit:
+            raise FileTooLarge(f"{what} is {len(data)} bytes; the limit is {limit}")
         return self._write(
             path, data, mode=parse_mode(mode), create_dirs=create_dirs, overwrite=overwrite
         )
@@ -422,12 +403,7 @@ class GuestFiles:
         """Exact string replacement. `old_text` must occur exactly once unless `replace_all`."""
         if not old_text:
             raise FileError("old_text must not be empty", field="old_text")
-        real = self.resolve(path)
-        data, _ = self._read_bytes(real, path, self.max_write, "")
-        try:
-            before = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise FileError(f"{path} is not UTF-8 text", field="path") from None
+        before, real, _ = self._read_text(path, self.max_write)
         count = before.count(old_text)
         if count == 0:
             raise FileError(f"old_text was not found in {path}", field="old_text")

@@ -2,9 +2,10 @@
 reach the guests (127.0.0.1 port forwards) and the host's tmux server.
 
 `run(op, params)` is called by the `terminals.host_op` task and returns a JSON-safe dict, or
-raises `HostOpError` with the HTTP status the web side answers with. Authorisation happened
-on the web side; `params["allowed"]` still limits every pane lookup to the caller's
-sandboxes, so a pane id of someone else's sandbox is "not found" here too."""
+raises a `core.errors.ServiceError` kind (the task sends its status and code to the web
+side). Authorisation happened on the web side; `params["allowed"]` still limits every pane
+lookup to the caller's sandboxes, so a pane id of someone else's sandbox is "not found" here
+too."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import uuid
 from functools import lru_cache
 
 from core.conf import vsb
+from core.errors import Conflict, InvalidInput, NotFound, OperationFailed, ServiceError
 from sandboxes import provisioning
 from sandboxes.choices import SandboxState
 from sandboxes.models import Sandbox
@@ -20,15 +22,13 @@ from sandboxes.remote.errors import RemoteError
 from sandboxes.runtime import get_ca
 
 from . import blobs
-from .files import FileError, GuestFiles, PathPolicy
+from .files import GuestFiles, PathPolicy
 from .models import TerminalSession
 from .tmux_driver import (
     SESSION_TARGET_RE,
-    InvalidTmuxArgument,
     PaneInfo,
     SSHLaunch,
     TmuxDriver,
-    TmuxError,
     TmuxNotFound,
     check_new_pane_names,
     sandbox_hex_of,
@@ -38,20 +38,6 @@ from .tmux_driver import (
 )
 
 log = logging.getLogger(__name__)
-
-
-class HostOpError(Exception):
-    def __init__(self, status: int, code: str, message: str, field: str = "") -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.field = status, code, message, field
-
-    def as_dict(self) -> dict:
-        return {
-            "status": self.status,
-            "code": self.code,
-            "message": self.message,
-            "field": self.field,
-        }
 
 
 @lru_cache(maxsize=4)
@@ -66,7 +52,7 @@ def driver() -> TmuxDriver:
 def _sandbox(sandbox_id: str) -> Sandbox:
     sandbox = Sandbox.objects.select_related("host").filter(pk=sandbox_id).first()
     if sandbox is None:
-        raise HostOpError(404, "not_found", "Not found.")
+        raise NotFound("Not found.")
     return sandbox
 
 
@@ -74,7 +60,7 @@ def ssh_launch(sandbox: Sandbox, identity: str) -> SSHLaunch:
     """A fresh key and certificate for one pane's ssh, valid for minutes: ssh only needs it
     while it logs in; a respawned pane gets a new one."""
     if sandbox.state != SandboxState.READY:
-        raise HostOpError(409, "invalid_state", f"Sandbox {sandbox.name} is {sandbox.state}.")
+        raise Conflict(f"Sandbox {sandbox.name} is {sandbox.state}.", code="invalid_state")
     credential = get_ca().issue(
         [sandbox.principal], ttl_seconds=vsb("CERT_TTL_SECONDS"), identity=identity[:200]
     )
@@ -103,7 +89,7 @@ def _find_pane(target: str, allowed: list[str]) -> PaneInfo:
     if not isinstance(target, str) or not (
         valid_pane_id(target) or SESSION_TARGET_RE.fullmatch(target)
     ):
-        raise HostOpError(400, "invalid", f"invalid pane {target!r}", "pane_id")
+        raise InvalidInput(f"invalid pane {target!r}", field="pane_id")
     panes = [
         p
         for p in driver().list_panes()
@@ -122,16 +108,15 @@ def _find_pane(target: str, allowed: list[str]) -> PaneInfo:
             and (pane == "" and p.active or str(p.pane_index) == pane)
         ]
     if not found:
-        raise HostOpError(404, "not_found", f"No pane {target} in your sandboxes.", "pane_id")
+        raise NotFound(f"No pane {target} in your sandboxes.", field="pane_id")
     return found[0]
 
 
 def _blocked(info: PaneInfo, blocked: list[str]) -> None:
     if info.session_name in blocked:
-        raise HostOpError(
-            409,
-            "taken_over",
+        raise Conflict(
             "An operator has taken over this terminal; input is refused until they release it.",
+            code="taken_over",
         )
 
 
@@ -143,7 +128,7 @@ def _checked_names(p: dict) -> str | None:
     name valid, before a certificate is issued or tmux is called; returns the window name
     (None: not given)."""
     if sandbox_hex_of(p.get("tmux_name")) != uuid.UUID(str(p["sandbox_id"])).hex:
-        raise HostOpError(400, "invalid", f"invalid session {p.get('tmux_name')!r}", "name")
+        raise InvalidInput(f"invalid session {p.get('tmux_name')!r}", field="name")
     window_name = p.get("window_name") or None  # "" from the web side: not given
     check_new_pane_names(p["tmux_name"], window_name)
     return window_name
@@ -240,7 +225,7 @@ def op_select(p: dict) -> dict:
 def op_send(p: dict) -> dict:
     bad = [k for k in p.get("keys") or [] if not valid_key_name(k)]
     if bad:  # before any text is typed
-        raise HostOpError(400, "invalid", f"unknown key name(s): {bad!r}", "keys")
+        raise InvalidInput(f"unknown key name(s): {bad!r}", field="keys")
     target = _find_pane(p["pane_id"], p["allowed"])
     _blocked(target, p.get("blocked", []))
     tmux = driver()
@@ -271,7 +256,7 @@ def op_resize(p: dict) -> dict:
 def op_file(p: dict) -> dict:
     sandbox = _sandbox(p["sandbox_id"])
     if sandbox.state != SandboxState.READY:
-        raise HostOpError(409, "invalid_state", f"Sandbox {sandbox.name} is {sandbox.state}.")
+        raise Conflict(f"Sandbox {sandbox.name} is {sandbox.state}.", code="invalid_state")
     policy = PathPolicy.from_lists(vsb("FILE_ALLOW"), vsb("FILE_DENY"))
     action, kw = p["action"], dict(p.get("kwargs") or {})
     for attempt in (1, 2):
@@ -282,7 +267,9 @@ def op_file(p: dict) -> dict:
         except (RemoteError, OSError, EOFError) as exc:
             provisioning.get_ssh_pool().discard(str(sandbox.id))
             if attempt == 2:
-                raise HostOpError(502, "ssh_failed", f"SFTP to the sandbox failed: {exc}") from None
+                raise OperationFailed(
+                    f"SFTP to the sandbox failed: {exc}", code="ssh_failed"
+                ) from None
     try:
         files = GuestFiles(
             sftp,
@@ -295,8 +282,8 @@ def op_file(p: dict) -> dict:
         if action == "upload":
             data = blobs.take(kw.pop("blob"))
             if data is None:
-                raise HostOpError(
-                    410, "gone", "The uploaded data expired before the worker got it."
+                raise ServiceError(
+                    "The uploaded data expired before the worker got it.", code="gone"
                 )
             return files.upload(kw.pop("path"), data, **kw)
         if action == "download":
@@ -312,8 +299,6 @@ def op_file(p: dict) -> dict:
             "delete": files.delete,
         }[action]
         return method(kw.pop("path"), **kw)
-    except FileError as exc:
-        raise HostOpError(exc.status, exc.code, exc.message, exc.field) from None
     finally:
         sftp.close()
 
@@ -339,19 +324,11 @@ OPS = {
 def run(op: str, params: dict) -> dict:
     handler = OPS.get(op)
     if handler is None:
-        raise HostOpError(400, "invalid", f"unknown terminal operation {op!r}")
+        raise InvalidInput(f"unknown terminal operation {op!r}")
     try:
         return handler(params)
-    except HostOpError:
-        raise
-    except InvalidTmuxArgument as exc:
-        raise HostOpError(400, "invalid", str(exc), exc.field) from None
-    except TmuxNotFound as exc:
-        raise HostOpError(404, "not_found", str(exc)) from None
-    except TmuxError as exc:
-        raise HostOpError(502, "tmux_failed", str(exc)) from None
     except RemoteError as exc:
-        raise HostOpError(502, "ssh_failed", str(exc)) from None
+        raise OperationFailed(str(exc), code="ssh_failed") from None
 
 
 def _poke_relay() -> None:

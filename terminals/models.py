@@ -39,14 +39,15 @@ class TerminalSession(models.Model):
     taken_over_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        ordering = ["created_at"]
         constraints = [
+            # One open session per name in a sandbox; closed ones stay as history.
             models.UniqueConstraint(
                 fields=["sandbox", "name"],
                 condition=Q(closed_at__isnull=True),
                 name="unique_open_terminal_name",
             )
         ]
+        ordering = ["created_at"]
 
     def __str__(self) -> str:
         return f"{self.sandbox_id}:{self.name}"

@@ -15,8 +15,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit import services as audit
-from config.celery import app as celery_app
-from core import wakeups
+from core import queues, wakeups
 from core.conf import vsb
 from core.errors import (
     Conflict,
@@ -30,7 +29,7 @@ from core.errors import (
 from sandboxes.choices import SandboxState
 from sandboxes.models import Host, Sandbox
 
-from . import blobs
+from . import blobs, tasks
 from .models import TerminalSession
 from .tmux_driver import (
     SESSION_NAME_RULE,
@@ -43,9 +42,6 @@ from .tmux_driver import (
 )
 
 log = logging.getLogger(__name__)
-
-TASK = "terminals.host_op"
-
 
 # --- scoping -------------------------------------------------------------------------------
 
@@ -82,11 +78,10 @@ def _identity(user, sandbox: Sandbox) -> str:
 
 
 def call_host(host: Host, op: str, params: dict, timeout: float | None = None) -> dict:
-    """Run `op` on the worker of `host` and return its answer, or raise its error."""
+    """Run `op` on the worker of `host` and return its answer, or raise its error. Not inside
+    a transaction: the task is sent when it commits, and this waits for the answer."""
     request_id = uuid.uuid4().hex
-    celery_app.send_task(
-        TASK, args=[request_id, op, params], queue=host.queue_name, ignore_result=True
-    )
+    queues.enqueue(tasks.host_op, request_id, op, params, queue=host.queue_name)
     answer = wakeups.wait(request_id, timeout or vsb("TERMINAL_OP_TIMEOUT_SECONDS"), kind="term")
     if answer is None:
         raise OperationTimeout(
@@ -318,6 +313,27 @@ def list_sessions(sandbox: Sandbox) -> list[dict]:
     return result
 
 
+def list_sessions_of(user, sandbox: Sandbox | None = None) -> list[dict]:
+    """The sessions of one sandbox, or of all the caller's ready sandboxes."""
+    sandboxes = [sandbox] if sandbox else owned_sandboxes(user).filter(state=SandboxState.READY)
+    return [session for sb in sandboxes for session in list_sessions(sb)]
+
+
+def sandbox_with_session(user, session_name: str) -> Sandbox:
+    """The one sandbox of the caller's with an open session `session_name` (for the original
+    tmux-client's paths, which name no sandbox)."""
+    ids = list(
+        TerminalSession.objects.filter(
+            sandbox__owner=user, name=session_name, closed_at__isnull=True
+        ).values_list("sandbox_id", flat=True)[:2]
+    )
+    if len(ids) != 1:
+        raise InvalidInput.field(
+            "sandbox_id", "is required (no single sandbox has a session of that name)."
+        )
+    return owned_sandbox(user, ids[0])
+
+
 def _session_row(sandbox: Sandbox, name: str, field: str = "name") -> TerminalSession:
     check_session_name(name, field)
     row = TerminalSession.objects.filter(sandbox=sandbox, name=name, closed_at__isnull=True).first()
@@ -360,7 +376,7 @@ def split_pane(user, pane_id: str, *, sandbox: Sandbox | None = None, horizontal
 def respawn_pane(user, pane_id: str, *, sandbox: Sandbox | None = None) -> dict:
     result = pane_op(user, "respawn", pane_id, sandbox, identity=f"terminal user:{user}")
     audit.record("terminal.respawn", user=user, target=_sandbox_of(result), data={"pane": pane_id})
-    return result["pane"]
+    return {"pane_id": result["pane"]["pane_id"], "respawned": True}
 
 
 def list_panes(user, *, sandbox: Sandbox | None = None, session: str = "") -> list[dict]:

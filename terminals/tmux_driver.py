@@ -2,7 +2,8 @@
 client that streams every byte the panes print.
 
 No Django here: the socket, sizes and the credentials' directory arrive through constructors
-and arguments, failures leave as `TmuxError` (and subclasses). Two ways in:
+and arguments, failures leave as `TmuxError` (and subclasses), kinds of `core.errors`. Two
+ways in:
 
 * `TmuxDriver` runs one `tmux` command per call through libtmux, for the request/reply
   operations (create, list, kill, send-keys, capture).
@@ -34,6 +35,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import libtmux
+
+from core.errors import InvalidInput, NotFound, OperationFailed
 
 # Every name or id that reaches a tmux argument matches one of these (always `fullmatch`:
 # `$` would let a trailing newline through). None of them can hold `#` (tmux expands formats,
@@ -71,23 +74,22 @@ _INPUT_CHUNK = 256
 CREDENTIAL_MAX_AGE_SECONDS = 900
 
 
-class TmuxError(Exception):
-    """A tmux command failed. `transient` as in sandboxes.remote.errors."""
+class TmuxError(OperationFailed):
+    """A tmux command failed (permanent unless said otherwise: `core.errors`)."""
 
-    transient = False
+    code = "tmux_failed"
 
 
-class TmuxNotFound(TmuxError):
+class TmuxNotFound(NotFound, TmuxError):
     """The session, window or pane does not exist (any more)."""
 
 
-class InvalidTmuxArgument(TmuxError, ValueError):
+class InvalidTmuxArgument(InvalidInput, TmuxError, ValueError):
     """A name or id for a tmux argument does not match its pattern: nothing was run. The
     API checks the same patterns first; this is the driver refusing on its own."""
 
     def __init__(self, field: str, value: object, rule: str) -> None:
-        super().__init__(f"invalid {field} {value!r}: {rule}")
-        self.field = field
+        super().__init__(f"invalid {field} {value!r}: {rule}", field=field)
         self.rule = rule
 
 

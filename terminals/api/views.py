@@ -1,6 +1,11 @@
 """Terminals (tmux in the sandbox's host, ssh into the guest) and files (SFTP in the guest)
 for agents. Every route is scoped to the caller's own sandboxes: another agent's sandbox or
-pane is a 404. Typed input and every change to a file is in the audit trail."""
+pane is a 404. Typed input and every change to a file is in the audit trail.
+
+The view classes below hold what a route does; `ROUTES` at the end gives each route its view
+and its OpenAPI description (what it takes and answers, as serializers of serializers.py):
+several routes share a view (the sandbox-scoped path and the original tmux-client's path of
+the same thing), each with its own description."""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from urllib.parse import quote
 
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import status
 from rest_framework.parsers import BaseParser
 from rest_framework.response import Response
@@ -17,27 +22,20 @@ from rest_framework.views import APIView
 
 from core.api.serializers import ErrorSerializer
 from core.conf import vsb
-from core.errors import TooLarge
+from core.errors import InvalidInput, TooLarge
 
 from .. import services
 from . import serializers as s
 
-ERRORS = {
-    400: ErrorSerializer,
-    401: ErrorSerializer,
-    403: ErrorSerializer,
-    404: ErrorSerializer,
-    409: ErrorSerializer,
-}
-TAG_TERMINALS = ["terminals"]
-TAG_TMUX = ["tmux (original paths)"]
-TAG_FILES = ["files"]
 
-
-def _valid(serializer_class, data):
+def _valid(serializer_class, data) -> dict:
     ser = serializer_class(data=data)
     ser.is_valid(raise_exception=True)
     return dict(ser.validated_data)
+
+
+def _answer(serializer_class, instance, code: int = status.HTTP_200_OK) -> Response:
+    return Response(serializer_class(instance).data, status=code)
 
 
 def _pane_from_url(pane: str) -> str:
@@ -46,276 +44,59 @@ def _pane_from_url(pane: str) -> str:
     return pane if pane.startswith("%") or ":" in pane else f"%{pane}"
 
 
-def _optional_sandbox(user, data: dict):
-    sandbox_id = data.pop("sandbox_id", None)
+def _optional_sandbox(user, sandbox_id):
     return services.owned_sandbox(user, sandbox_id) if sandbox_id else None
 
 
-class SandboxScoped(APIView):
-    def sandbox(self, request, sandbox_id):
-        return services.owned_sandbox(request.user, sandbox_id)
+class TerminalView(APIView):
+    def sandbox(self, request, sandbox_id=None):
+        """The sandbox of the path (`/v1/sandboxes/{id}/...`), or on the original
+        tmux-client's paths the one `?sandbox_id=` names (None: all the caller's)."""
+        if sandbox_id is not None:
+            return services.owned_sandbox(request.user, sandbox_id)
+        return _optional_sandbox(request.user, request.query_params.get("sandbox_id"))
 
 
-# --- /v1/sandboxes/{id}/terminals/... -------------------------------------------------------
+# --- sessions ---------------------------------------------------------------------------------
 
 
-class SessionsView(SandboxScoped):
-    """Terminal sessions of a sandbox: tmux sessions whose panes are shells in the guest."""
-
-    @extend_schema(
-        tags=TAG_TERMINALS,
-        summary="List terminal sessions",
-        responses={200: OpenApiTypes.OBJECT, **ERRORS},
-    )
-    def get(self, request, sandbox_id):
-        return Response({"sessions": services.list_sessions(self.sandbox(request, sandbox_id))})
-
-    @extend_schema(
-        tags=TAG_TERMINALS,
-        summary="Open a terminal session (ssh into the guest with a short-lived certificate)",
-        request=s.CreateSessionSerializer,
-        responses={201: OpenApiTypes.OBJECT, **ERRORS},
-    )
-    def post(self, request, sandbox_id):
-        data = _valid(s.CreateSessionSerializer, request.data)
-        data.pop("sandbox_id", None)
-        data.pop("command", None)
-        row, pane = services.create_session(self.sandbox(request, sandbox_id), request.user, **data)
-        body = {
-            "session": {"id": str(row.id), "name": row.name, "tmux_session": row.tmux_name},
-            "session_id": str(row.id),
-            "session_name": row.name,
-            "pane": s.PaneSerializer(pane).data,
-        }
-        return Response(body, status=status.HTTP_201_CREATED)
+class SessionListView(TerminalView):
+    def get(self, request, sandbox_id=None):
+        """Terminal sessions (tmux sessions whose panes are shells in the guest) of the
+        sandbox; on the original's path, of every ready sandbox of yours or of `sandbox_id`."""
+        sessions = services.list_sessions_of(request.user, self.sandbox(request, sandbox_id))
+        return _answer(s.TerminalSessionListSerializer, {"sessions": sessions})
 
 
-class SessionDetailView(SandboxScoped):
-    @extend_schema(
-        tags=TAG_TERMINALS,
-        summary="Kill a terminal session",
-        responses={200: OpenApiTypes.OBJECT, **ERRORS},
-    )
-    def delete(self, request, sandbox_id, name):
-        return Response(
-            services.kill_session(self.sandbox(request, sandbox_id), request.user, name)
-        )
+class CreateSessionView(TerminalView):
+    answer = s.SessionCreatedSerializer
 
-
-class WindowsView(SandboxScoped):
-    @extend_schema(
-        tags=TAG_TERMINALS,
-        summary="List windows",
-        parameters=[OpenApiParameter("session", str)],
-        responses={200: OpenApiTypes.OBJECT, **ERRORS},
-    )
-    def get(self, request, sandbox_id):
-        sandbox = self.sandbox(request, sandbox_id)
-        windows = services.list_windows(
-            request.user, sandbox=sandbox, session=request.query_params.get("session", "")
-        )
-        return Response({"windows": windows})
-
-
-class PanesView(SandboxScoped):
-    @extend_schema(
-        tags=TAG_TERMINALS,
-        summary="List panes",
-        parameters=[OpenApiParameter("session", str)],
-        responses={200: OpenApiTypes.OBJECT, **ERRORS},
-    )
-    def get(self, request, sandbox_id):
-        sandbox = self.sandbox(request, sandbox_id)
-        panes = services.list_panes(
-            request.user, sandbox=sandbox, session=request.query_params.get("session", "")
-        )
-        return Response({"panes": s.PaneSerializer(panes, many=True).data})
-
-    @extend_schema(
-        tags=TAG_TERMINALS,
-        summary="Open a pane: a new window, or a split of `pane_id`",
-        request=s.CreatePaneSerializer,
-        responses={201: OpenApiTypes.OBJECT, **ERRORS},
-    )
-    def post(self, request, sandbox_id):
-        return _create_pane(request, self.sandbox(request, sandbox_id))
-
-
-class PaneActionView(SandboxScoped):
-    """POST .../panes/{pane}/send-keys | read | respawn | select."""
-
-    action = ""
-
-    @extend_schema(
-        tags=TAG_TERMINALS,
-        request=OpenApiTypes.OBJECT,
-        responses={200: OpenApiTypes.OBJECT, **ERRORS},
-    )
-    def post(self, request, sandbox_id, pane):
-        sandbox = self.sandbox(request, sandbox_id)
-        return _pane_action(request, self.action, _pane_from_url(pane), sandbox)
-
-
-class PaneView(SandboxScoped):
-    @extend_schema(
-        tags=TAG_TERMINALS, summary="Kill a pane", responses={200: OpenApiTypes.OBJECT, **ERRORS}
-    )
-    def delete(self, request, sandbox_id, pane):
-        sandbox = self.sandbox(request, sandbox_id)
-        return Response(services.kill_pane(request.user, _pane_from_url(pane), sandbox=sandbox))
-
-
-def _create_pane(request, sandbox):
-    data = _valid(s.CreatePaneSerializer, request.data)
-    if sandbox is None:
-        sandbox = _optional_sandbox(request.user, data)
-        if sandbox is None:
-            sandbox = _only_sandbox_with_session(request.user, data["session_name"])
-    if data.get("pane_id") and not data["new_window"]:
-        pane = services.split_pane(
-            request.user, data["pane_id"], sandbox=sandbox, horizontal=data["horizontal"]
-        )
-    elif data["new_window"]:
-        pane = services.new_window(
-            sandbox, request.user, data["session_name"], data.get("window_name", "")
-        )
-    else:
-        pane = services.split_pane(
-            request.user, f"{data['session_name']}:", sandbox=sandbox, horizontal=data["horizontal"]
-        )
-    body = {
-        "pane_id": pane["pane_id"],
-        "session_name": pane["session"],
-        "window_index": pane["window_index"],
-        "pane_index": pane["pane_index"],
-        "pane": s.PaneSerializer(pane).data,
-    }
-    return Response(body, status=status.HTTP_201_CREATED)
-
-
-def _only_sandbox_with_session(user, session_name: str):
-    from ..models import TerminalSession
-
-    ids = list(
-        TerminalSession.objects.filter(
-            sandbox__owner=user, name=session_name, closed_at__isnull=True
-        ).values_list("sandbox_id", flat=True)[:2]
-    )
-    if len(ids) != 1:
-        from core.errors import InvalidInput
-
-        raise InvalidInput.field(
-            "sandbox_id", "is required (no single sandbox has a session of that name)."
-        )
-    return services.owned_sandbox(user, ids[0])
-
-
-def _pane_action(request, action: str, pane_id: str | None, sandbox):
-    user = request.user
-    if action == "send-keys":
-        data = _valid(s.SendKeysSerializer, request.data)
-        sandbox = sandbox or _optional_sandbox(user, data)
-        pane_id = pane_id or data.get("pane_id")
-        if not pane_id:
-            from core.errors import InvalidInput
-
-            raise InvalidInput.field("pane_id", "is required.")
-        return Response(
-            services.send_keys(
-                user,
-                pane_id,
-                sandbox=sandbox,
-                text=data.get("text", ""),
-                keys=data.get("keys", []),
-                enter=data["enter"],
-            )
-        )
-    if action == "read":
-        data = _valid(s.ReadPaneSerializer, request.data or {})
-        sandbox = sandbox or _optional_sandbox(user, data)
-        pane_id = pane_id or data.get("pane_id")
-        if not pane_id:
-            from core.errors import InvalidInput
-
-            raise InvalidInput.field("pane_id", "is required.")
-        return Response(
-            services.read_pane(
-                user, pane_id, sandbox=sandbox, last_n_lines=data.get("last_n_lines")
-            )
-        )
-    data = _valid(s.PaneTargetSerializer, request.data) if pane_id is None else {}
-    sandbox = sandbox or _optional_sandbox(user, data)
-    pane_id = pane_id or data["pane_id"]
-    if action == "respawn":
-        pane = services.respawn_pane(user, pane_id, sandbox=sandbox)
-        return Response({"pane_id": pane["pane_id"], "respawned": True})
-    if action == "select":
-        return Response(services.select_pane(user, pane_id, sandbox=sandbox))
-    raise AssertionError(action)
-
-
-# --- /api/v1/tmux/... (the original tmux-client's paths) -------------------------------------
-
-
-class TmuxSessionsView(APIView):
-    """The original's `GET /v1/tmux/sessions`: your sessions in every sandbox (or one)."""
-
-    @extend_schema(
-        tags=TAG_TMUX,
-        summary="List sessions",
-        parameters=[OpenApiParameter("sandbox_id", str)],
-        responses={200: OpenApiTypes.OBJECT, **ERRORS},
-    )
-    def get(self, request):
-        sandbox_id = request.query_params.get("sandbox_id")
-        sandboxes = (
-            [services.owned_sandbox(request.user, sandbox_id)]
-            if sandbox_id
-            else list(services.owned_sandboxes(request.user).filter(state="ready"))
-        )
-        sessions = []
-        for sandbox in sandboxes:
-            sessions += services.list_sessions(sandbox)
-        return Response({"sessions": sessions})
-
-
-class TmuxCreateSessionView(APIView):
-    @extend_schema(
-        tags=TAG_TMUX,
-        summary="Create a session in a sandbox (sandbox_id required)",
-        request=s.CreateSessionSerializer,
-        responses={201: OpenApiTypes.OBJECT, **ERRORS},
-    )
-    def post(self, request):
+    def post(self, request, sandbox_id=None):
+        """A new tmux session whose first pane is ssh into the guest."""
         data = _valid(s.CreateSessionSerializer, request.data)
         data.pop("command", None)
-        sandbox_id = data.pop("sandbox_id", None)
-        if not sandbox_id:
-            from core.errors import InvalidInput
-
+        named = data.pop("sandbox_id", None)  # the original paths name it in the body
+        if sandbox_id is None and not named:
             raise InvalidInput.field("sandbox_id", "is required: sessions live in a sandbox.")
-        sandbox = services.owned_sandbox(request.user, sandbox_id)
+        sandbox = services.owned_sandbox(request.user, sandbox_id or named)
         row, pane = services.create_session(sandbox, request.user, **data)
-        return Response(
-            {
-                "session_id": str(row.id),
-                "session_name": row.name,
-                "sandbox_id": str(sandbox.id),
-                "pane_id": pane["pane_id"],
-            },
-            status=status.HTTP_201_CREATED,
-        )
+        return _answer(self.answer, {"row": row, "pane": pane}, status.HTTP_201_CREATED)
 
 
-class TmuxReleaseSessionView(APIView):
-    @extend_schema(
-        tags=TAG_TMUX,
-        summary="Kill (release) a session",
-        parameters=[OpenApiParameter("sandbox_id", str)],
-        request=None,
-        responses={200: OpenApiTypes.OBJECT, **ERRORS},
-    )
+class SessionsView(SessionListView, CreateSessionView):
+    pass
+
+
+class SessionDetailView(TerminalView):
+    def delete(self, request, sandbox_id, name):
+        result = services.kill_session(self.sandbox(request, sandbox_id), request.user, name)
+        return _answer(s.SessionKilledSerializer, result)
+
+
+class ReleaseSessionView(TerminalView):
     def post(self, request, name):
+        """The session's sandbox is `sandbox_id` (query or body), else the one sandbox of
+        yours with a session of that name."""
         services.check_session_name(name, "name")
         sandbox_id = request.query_params.get("sandbox_id") or (request.data or {}).get(
             "sandbox_id"
@@ -323,114 +104,153 @@ class TmuxReleaseSessionView(APIView):
         sandbox = (
             services.owned_sandbox(request.user, sandbox_id)
             if sandbox_id
-            else _only_sandbox_with_session(request.user, name)
+            else services.sandbox_with_session(request.user, name)
         )
         result = services.kill_session(sandbox, request.user, name)
-        return Response({"session_name": name, "success": result["killed"]})
+        return _answer(s.SessionReleasedSerializer, result)
 
 
-class TmuxWindowsView(APIView):
-    @extend_schema(
-        tags=TAG_TMUX,
-        summary="List windows",
-        parameters=[OpenApiParameter("session", str), OpenApiParameter("sandbox_id", str)],
-        responses={200: OpenApiTypes.OBJECT, **ERRORS},
-    )
-    def get(self, request):
-        sandbox_id = request.query_params.get("sandbox_id")
-        sandbox = services.owned_sandbox(request.user, sandbox_id) if sandbox_id else None
-        windows = services.list_windows(
-            request.user, sandbox=sandbox, session=request.query_params.get("session", "")
+# --- windows and panes ------------------------------------------------------------------------
+
+# listing: (the service, what it answers)
+LISTINGS = {
+    "windows": (services.list_windows, s.WindowListSerializer),
+    "panes": (services.list_panes, s.PaneListSerializer),
+}
+
+
+class ListingView(TerminalView):
+    listing = ""
+
+    def get(self, request, sandbox_id=None):
+        """Of every session of the sandbox, or of `session`; on the original's path, of
+        every sandbox of yours with a session, or of `sandbox_id`."""
+        list_them, answer = LISTINGS[self.listing]
+        found = list_them(
+            request.user,
+            sandbox=self.sandbox(request, sandbox_id),
+            session=request.query_params.get("session", ""),
         )
-        return Response({"windows": windows})
+        return _answer(answer, {self.listing: found})
 
 
-class TmuxPanesView(APIView):
-    @extend_schema(
-        tags=TAG_TMUX,
-        summary="List panes",
-        parameters=[OpenApiParameter("session", str), OpenApiParameter("sandbox_id", str)],
-        responses={200: OpenApiTypes.OBJECT, **ERRORS},
-    )
-    def get(self, request):
-        sandbox_id = request.query_params.get("sandbox_id")
+class CreatePaneView(TerminalView):
+    def post(self, request, sandbox_id=None):
+        """A new window of `session_name`, or a split of `pane_id` (else of the session's
+        active pane); its shell is ssh into the guest."""
+        # On the original's path, the sandbox is named in the body (or found by session).
         sandbox = services.owned_sandbox(request.user, sandbox_id) if sandbox_id else None
-        panes = services.list_panes(
-            request.user, sandbox=sandbox, session=request.query_params.get("session", "")
-        )
-        return Response({"panes": s.PaneSerializer(panes, many=True).data})
+        data = _valid(s.CreatePaneSerializer, request.data)
+        if sandbox is None:
+            sandbox = _optional_sandbox(request.user, data.pop("sandbox_id", None))
+            if sandbox is None:
+                sandbox = services.sandbox_with_session(request.user, data["session_name"])
+        if data["new_window"]:
+            pane = services.new_window(
+                sandbox, request.user, data["session_name"], data.get("window_name", "")
+            )
+        else:
+            pane = services.split_pane(
+                request.user,
+                data.get("pane_id") or f"{data['session_name']}:",
+                sandbox=sandbox,
+                horizontal=data["horizontal"],
+            )
+        return _answer(s.PaneCreatedSerializer, pane, status.HTTP_201_CREATED)
 
 
-class TmuxPaneActionView(APIView):
-    """`POST /api/v1/tmux/panes/send-keys | read | switch | create`."""
-
-    action = ""
-
-    @extend_schema(
-        tags=TAG_TMUX, request=OpenApiTypes.OBJECT, responses={200: OpenApiTypes.OBJECT, **ERRORS}
-    )
-    def post(self, request):
-        if self.action == "create":
-            return _create_pane(request, None)
-        action = "select" if self.action == "switch" else self.action
-        return _pane_action(request, action, None, None)
+class PanesView(ListingView, CreatePaneView):
+    listing = "panes"
 
 
-class TmuxKillPaneView(APIView):
-    @extend_schema(
-        tags=TAG_TMUX,
-        summary="Kill a pane",
-        parameters=[OpenApiParameter("sandbox_id", str)],
-        responses={200: OpenApiTypes.OBJECT, **ERRORS},
-    )
-    def delete(self, request, pane):
-        sandbox_id = request.query_params.get("sandbox_id")
-        sandbox = services.owned_sandbox(request.user, sandbox_id) if sandbox_id else None
-        return Response(services.kill_pane(request.user, _pane_from_url(pane), sandbox=sandbox))
-
-
-# --- /v1/sandboxes/{id}/files/... --------------------------------------------------------------
-
-
-def _params(request, serializer_class):
-    data = request.query_params.dict() if request.method in ("GET", "DELETE") else request.data
-    if request.method == "DELETE" and request.data:
-        data = {**data, **request.data}
-    return _valid(serializer_class, data)
-
-
-class FileView(SandboxScoped):
-    action = ""
-    serializer = s.PathSerializer
-
-    def _run(self, request, sandbox_id):
+class PaneView(TerminalView):
+    def delete(self, request, pane, sandbox_id=None):
         sandbox = self.sandbox(request, sandbox_id)
-        data = _params(request, self.serializer)
-        if self.action == "edit":
+        result = services.kill_pane(request.user, _pane_from_url(pane), sandbox=sandbox)
+        return _answer(s.PaneKilledSerializer, result)
+
+
+# --- pane verbs: POST .../panes/{pane}/<verb> and POST /api/v1/tmux/panes/<verb> ---------------
+
+
+def _send_keys(user, pane_id: str, sandbox, data: dict) -> dict:
+    keys = data.get("keys", [])
+    return services.send_keys(
+        user, pane_id, sandbox=sandbox, text=data.get("text", ""), keys=keys, enter=data["enter"]
+    )
+
+
+def _read(user, pane_id: str, sandbox, data: dict) -> dict:
+    return services.read_pane(user, pane_id, sandbox=sandbox, last_n_lines=data.get("last_n_lines"))
+
+
+def _respawn(user, pane_id: str, sandbox, data: dict) -> dict:
+    return services.respawn_pane(user, pane_id, sandbox=sandbox)
+
+
+def _select(user, pane_id: str, sandbox, data: dict) -> dict:
+    return services.select_pane(user, pane_id, sandbox=sandbox)
+
+
+# verb: (what it takes, what it answers, how, summary). respawn and select take only the pane,
+# which their sandbox-scoped path names (a body there is ignored).
+PANE_VERBS = {
+    "send-keys": (s.SendKeysSerializer, s.PaneSentSerializer, _send_keys, "Type into a pane"),
+    "read": (s.ReadPaneSerializer, s.PaneReadSerializer, _read, "Read a pane's screen"),
+    "respawn": (s.PaneTargetSerializer, s.PaneRespawnedSerializer, _respawn, "Restart a pane"),
+    "select": (s.PaneTargetSerializer, s.PaneSelectedSerializer, _select, "Select a pane"),
+}
+
+
+class PaneVerbView(TerminalView):
+    verb = ""
+
+    def post(self, request, pane=None, sandbox_id=None):
+        """On the pane the path names; on the original's paths, on `pane_id` (`%3` or
+        `session:window.pane`) among your sandboxes, or in `sandbox_id`."""
+        sandbox = self.sandbox(request, sandbox_id) if sandbox_id else None
+        pane_id = _pane_from_url(pane) if pane is not None else None
+        takes, answers, run, _ = PANE_VERBS[self.verb]
+        body = (request.data or {}) if self.verb == "read" else request.data  # read: none is fine
+        body_ignored = pane_id is not None and takes is s.PaneTargetSerializer
+        data = {} if body_ignored else _valid(takes, body)
+        sandbox = sandbox or _optional_sandbox(request.user, data.pop("sandbox_id", None))
+        pane_id = pane_id or data.get("pane_id")
+        if not pane_id:
+            raise InvalidInput.field("pane_id", "is required.")
+        return _answer(answers, run(request.user, pane_id, sandbox, data))
+
+
+# --- files --------------------------------------------------------------------------------------
+
+# verb: (what it takes, what it answers, summary). Each verb answers GET and DELETE (parameters
+# in the query) as well as POST (a JSON body).
+FILE_VERBS = {
+    "read": (s.ReadFileSerializer, s.FileContentSerializer, "Read a text file, or some lines"),
+    "write": (s.WriteFileSerializer, s.FileWrittenSerializer, "Write a text file"),
+    "edit": (s.EditFileSerializer, s.FileEditedSerializer, "Replace text in a file"),
+    "list": (s.FilePathSerializer, s.DirectoryListingSerializer, "List a directory"),
+    "stat": (s.FilePathSerializer, s.FileStatSerializer, "A path's type, size, mode, owner"),
+    "delete": (s.DeleteFileSerializer, s.FileDeletedSerializer, "Delete a file or directory"),
+}
+
+
+class FileView(TerminalView):
+    verb = ""
+
+    def run(self, request, sandbox_id):
+        takes, answers, _ = FILE_VERBS[self.verb]
+        sandbox = self.sandbox(request, sandbox_id)
+        in_query = request.method in ("GET", "DELETE")
+        data = request.query_params.dict() if in_query else request.data
+        if request.method == "DELETE" and request.data:
+            data = {**data, **request.data}
+        data = _valid(takes, data)
+        if self.verb == "edit":
             data["replace_all"] = data.pop("all")
-        return Response(services.file_op(sandbox, request.user, self.action, **data))
+        return _answer(answers, services.file_op(sandbox, request.user, self.verb, **data))
 
-    @extend_schema(
-        tags=TAG_FILES,
-        parameters=[OpenApiParameter("path", str, required=True)],
-        responses={200: OpenApiTypes.OBJECT, **ERRORS},
-    )
-    def get(self, request, sandbox_id):
-        return self._run(request, sandbox_id)
-
-    @extend_schema(
-        tags=TAG_FILES, request=OpenApiTypes.OBJECT, responses={200: OpenApiTypes.OBJECT, **ERRORS}
-    )
-    def post(self, request, sandbox_id):
-        return self._run(request, sandbox_id)
-
-    @extend_schema(
-        tags=TAG_FILES,
-        parameters=[OpenApiParameter("path", str, required=True)],
-        responses={200: OpenApiTypes.OBJECT, **ERRORS},
-    )
-    def delete(self, request, sandbox_id):
-        return self._run(request, sandbox_id)
+    get = post = delete = run
 
 
 class _RawBodyParser(BaseParser):
@@ -442,21 +262,9 @@ class _RawBodyParser(BaseParser):
         return stream
 
 
-class UploadView(SandboxScoped):
+class UploadView(TerminalView):
     parser_classes = [_RawBodyParser]
 
-    @extend_schema(
-        tags=TAG_FILES,
-        summary="Upload a file (raw body, any bytes)",
-        parameters=[
-            OpenApiParameter("path", str, required=True),
-            OpenApiParameter("mode", str),
-            OpenApiParameter("create_dirs", bool),
-            OpenApiParameter("overwrite", bool),
-        ],
-        request={"application/octet-stream": OpenApiTypes.BINARY},
-        responses={200: OpenApiTypes.OBJECT, 413: ErrorSerializer, **ERRORS},
-    )
     def put(self, request, sandbox_id):
         sandbox = self.sandbox(request, sandbox_id)
         params = _valid(s.UploadQuerySerializer, request.query_params.dict())
@@ -472,21 +280,16 @@ class UploadView(SandboxScoped):
                 raise TooLarge(f"upload is over the limit of {limit} bytes.")
             chunks.append(chunk)
         path = params.pop("path")
-        return Response(services.upload(sandbox, request.user, path, b"".join(chunks), **params))
+        result = services.upload(sandbox, request.user, path, b"".join(chunks), **params)
+        return _answer(s.FileWrittenSerializer, result)
 
     post = put
 
 
-class DownloadView(SandboxScoped):
-    @extend_schema(
-        tags=TAG_FILES,
-        summary="Download a file (raw bytes)",
-        parameters=[OpenApiParameter("path", str, required=True)],
-        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY, **ERRORS},
-    )
+class DownloadView(TerminalView):
     def get(self, request, sandbox_id):
         sandbox = self.sandbox(request, sandbox_id)
-        params = _valid(s.PathSerializer, request.query_params.dict())
+        params = _valid(s.FilePathSerializer, request.query_params.dict())
         data, meta = services.download(sandbox, request.user, params["path"])
         response = HttpResponse(data, content_type="application/octet-stream")
         response["Content-Disposition"] = attachment(meta["resolved"].rsplit("/", 1)[-1])
@@ -500,3 +303,156 @@ def attachment(name: str) -> str:
     replaced, plus the exact name percent-encoded (RFC 6266). Never a CR or LF in a header."""
     plain = re.sub(r'[^\x20-\x7e]|["\\:;]', "_", name)[:200] or "download"
     return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+# --- the routes, each with its view and its OpenAPI description -----------------------------------
+
+# Every route reaches a host's worker: a failed tmux or SSH step is a 502, no answer a 504.
+ERRORS = {code: ErrorSerializer for code in (400, 401, 403, 404, 409, 502, 504)}
+FILE_ERRORS = {**ERRORS, 413: ErrorSerializer, 422: ErrorSerializer}
+TERMINALS, TMUX, FILES = ["terminals"], ["tmux (original paths)"], ["files"]
+SANDBOX_QUERY = OpenApiParameter("sandbox_id", str)
+SESSION_QUERY = OpenApiParameter("session", str)
+
+
+def _doc(tags: list[str], summary: str, answer, code: int | tuple = 200, **more):
+    """@extend_schema of one method: what it answers (plus the error answers), and `more`
+    (request, parameters)."""
+    errors = FILE_ERRORS if tags is FILES else ERRORS
+    return extend_schema(tags=tags, summary=summary, responses={code: answer, **errors}, **more)
+
+
+def _route(view_class, /, **spec):
+    """`view_class` as a Django view; `spec` maps HTTP methods to their `_doc`, other names
+    to class attributes (which verb, which listing)."""
+    methods = {k: v for k, v in spec.items() if k in APIView.http_method_names}
+    attrs = {k: v for k, v in spec.items() if k not in methods}
+    named = [view_class.__name__, *(v for v in attrs.values() if isinstance(v, str))]
+    name = "_".join(named).replace("-", "_")
+    return extend_schema_view(**methods)(type(name, (view_class,), attrs)).as_view()
+
+
+def _verb_route(tags: list[str], verb: str, *, on_pane_path: bool):
+    takes, answers, _, summary = PANE_VERBS[verb]
+    if on_pane_path and takes is s.PaneTargetSerializer:
+        takes = OpenApiTypes.OBJECT  # ignored
+    return _route(PaneVerbView, verb=verb, post=_doc(tags, summary, answers, request=takes))
+
+
+def _file_route(verb: str):
+    takes, answers, summary = FILE_VERBS[verb]
+    in_query = _doc(FILES, summary, answers, parameters=[takes])
+    posted = _doc(FILES, summary, answers, request=takes)
+    return _route(FileView, verb=verb, get=in_query, post=posted, delete=in_query)
+
+
+_OPEN_SESSION = "Open a terminal session (ssh into the guest with a short-lived certificate)"
+_OPEN_PANE = "Open a pane: a new window, or a split of `pane_id`"
+_BY_SANDBOX = [SESSION_QUERY, SANDBOX_QUERY]
+_UPLOAD = _doc(
+    FILES,
+    "Upload a file (raw body, any bytes)",
+    s.FileWrittenSerializer,
+    parameters=[s.UploadQuerySerializer],
+    request={"application/octet-stream": OpenApiTypes.BINARY},
+)
+
+# name: view, as urls.py routes them
+ROUTES = {
+    "terminal-sessions": _route(
+        SessionsView,
+        get=_doc(TERMINALS, "List terminal sessions", s.TerminalSessionListSerializer),
+        post=_doc(
+            TERMINALS,
+            _OPEN_SESSION,
+            s.SessionCreatedSerializer,
+            201,
+            request=s.CreateSessionSerializer,
+        ),
+    ),
+    "terminal-session": _route(
+        SessionDetailView,
+        delete=_doc(TERMINALS, "Kill a terminal session", s.SessionKilledSerializer),
+    ),
+    "terminal-windows": _route(
+        ListingView,
+        listing="windows",
+        get=_doc(TERMINALS, "List windows", s.WindowListSerializer, parameters=[SESSION_QUERY]),
+    ),
+    "terminal-panes": _route(
+        PanesView,
+        get=_doc(TERMINALS, "List panes", s.PaneListSerializer, parameters=[SESSION_QUERY]),
+        post=_doc(
+            TERMINALS, _OPEN_PANE, s.PaneCreatedSerializer, 201, request=s.CreatePaneSerializer
+        ),
+    ),
+    **{
+        f"terminal-pane-{verb}": _verb_route(TERMINALS, verb, on_pane_path=True)
+        for verb in PANE_VERBS
+    },
+    "terminal-pane": _route(
+        PaneView, delete=_doc(TERMINALS, "Kill a pane", s.PaneKilledSerializer)
+    ),
+    # The original tmux-client's paths.
+    "tmux-sessions": _route(
+        SessionListView,
+        get=_doc(
+            TMUX, "List sessions", s.TerminalSessionListSerializer, parameters=[SANDBOX_QUERY]
+        ),
+    ),
+    "tmux-session-create": _route(
+        CreateSessionView,
+        answer=s.TmuxSessionCreatedSerializer,
+        post=_doc(
+            TMUX,
+            "Create a session in a sandbox (sandbox_id required)",
+            s.TmuxSessionCreatedSerializer,
+            201,
+            request=s.CreateSessionSerializer,
+        ),
+    ),
+    "tmux-session-release": _route(
+        ReleaseSessionView,
+        post=_doc(
+            TMUX,
+            "Kill (release) a session",
+            s.SessionReleasedSerializer,
+            parameters=[SANDBOX_QUERY],
+            request=None,
+        ),
+    ),
+    "tmux-windows": _route(
+        ListingView,
+        listing="windows",
+        get=_doc(TMUX, "List windows", s.WindowListSerializer, parameters=_BY_SANDBOX),
+    ),
+    "tmux-panes": _route(
+        ListingView,
+        listing="panes",
+        get=_doc(TMUX, "List panes", s.PaneListSerializer, parameters=_BY_SANDBOX),
+    ),
+    "tmux-pane-send-keys": _verb_route(TMUX, "send-keys", on_pane_path=False),
+    "tmux-pane-read": _verb_route(TMUX, "read", on_pane_path=False),
+    "tmux-pane-switch": _verb_route(TMUX, "select", on_pane_path=False),  # our select
+    "tmux-pane-create": _route(
+        CreatePaneView,
+        post=_doc(TMUX, _OPEN_PANE, s.PaneCreatedSerializer, 201, request=s.CreatePaneSerializer),
+    ),
+    "tmux-pane-kill": _route(
+        PaneView,
+        delete=_doc(TMUX, "Kill a pane", s.PaneKilledSerializer, parameters=[SANDBOX_QUERY]),
+    ),
+    # Files in the guest.
+    "files-upload": _route(UploadView, put=_UPLOAD, post=_UPLOAD),
+    "files-download": _route(
+        DownloadView,
+        get=_doc(
+            FILES,
+            "Download a file (raw bytes)",
+            OpenApiTypes.BINARY,
+            (200, "application/octet-stream"),
+            parameters=[s.FilePathSerializer],
+        ),
+    ),
+    **{f"files-{verb}": _file_route(verb) for verb in FILE_VERBS},
+}

@@ -6,6 +6,7 @@ module."""
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
 import pytest
@@ -18,6 +19,30 @@ GUEST_PRINCIPAL = "sandbox-term"
 
 def tmux_socket_name(tag: str) -> str:
     return f"vsb-test-{tag}-{os.getpid()}"
+
+
+def wait_for(fn, timeout: float = 10.0, interval: float = 0.05):
+    """`fn()`'s first true value, polled until `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"condition not met in {timeout} s; last value: {last!r}")
+
+
+def terminal_socket(sandbox_id, *headers: tuple[bytes, bytes], query: str = ""):
+    """A sandbox's terminal websocket on the real ASGI app, from the page's origin, with
+    `headers` (credentials) added."""
+    from channels.testing import WebsocketCommunicator
+
+    from config.asgi import application
+
+    path = f"/ws/sandboxes/{sandbox_id}/terminal/" + (f"?{query}" if query else "")
+    origin = [(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1")]
+    return WebsocketCommunicator(application, path, headers=[*origin, *headers])
 
 
 @pytest.fixture
@@ -97,6 +122,7 @@ def ready_sandbox(term_host, alice, host, source):
     from sandboxes.models import Sandbox
 
     sshd = term_host["sshd"]
+    guest = {"ssh_host": sshd.host, "ssh_port": sshd.port, "host_key": sshd.host_key_line}
     sandbox = Sandbox.objects.create(
         id=SANDBOX_ID,
         name="sbx-term01",
@@ -105,9 +131,7 @@ def ready_sandbox(term_host, alice, host, source):
         host=host,
         source=source,
         state=SandboxState.READY,
-        ssh_host=sshd.host,
-        ssh_port=sshd.port,
-        host_key=sshd.host_key_line,
+        **guest,
     )
     yield sandbox
     term_host["tmux"].kill_server()

@@ -8,9 +8,9 @@ import asyncio
 import json
 
 import pytest
-from channels.testing import WebsocketCommunicator
 
 from sandboxes import services as sandbox_services
+from tests.terminals.conftest import terminal_socket
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -81,24 +81,14 @@ def test_input_is_validated_in_the_house_error_shape(alice, sandbox):
     assert response.status_code == 409  # state is checked first; paths are checked in the guest
 
 
-def _ws(sandbox, headers):
-    from config.asgi import application
-
-    return WebsocketCommunicator(
-        application,
-        f"/ws/sandboxes/{sandbox.id}/terminal/",
-        headers=[(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1"), *headers],
-    )
-
-
 def test_the_websocket_closes_others_with_4403_and_a_stopped_sandbox_with_4409(alice, bob, sandbox):
     async def scenario():
         for headers in ([(b"authorization", f"Bearer {bob.secret}".encode())], []):
-            comm = _ws(sandbox, headers)
+            comm = terminal_socket(sandbox.id, *headers)
             assert (await comm.connect())[0]
             assert await comm.receive_output(5) == {"type": "websocket.close", "code": 4403}
             await comm.wait()
-        comm = _ws(sandbox, [(b"x-api-key", alice.secret.encode())])
+        comm = terminal_socket(sandbox.id, (b"x-api-key", alice.secret.encode()))
         assert (await comm.connect())[0]
         hello = json.loads(await comm.receive_from(5))
         assert hello["type"] == "hello" and hello["role"] == "control"

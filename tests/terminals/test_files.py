@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import http_status
 from sandboxes.remote.ssh import SSHTarget, connect
 from terminals.files import (
     FileConflict,
@@ -177,7 +178,7 @@ def test_names_that_are_not_utf8_are_refused_with_a_4xx_not_a_crash(files, tmp_p
     for action in (lambda: files.list(str(work)), lambda: files.stat(str(work / "link"))):
         with pytest.raises(FileError) as refused:
             action()
-        assert refused.value.status == 422 and "UTF-8" in refused.value.message
+        assert http_status(refused.value) == 422 and "UTF-8" in refused.value.message
 
 
 def test_a_tree_deeper_than_the_python_stack_is_deleted(files, tmp_path):

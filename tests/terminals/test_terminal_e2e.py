@@ -19,7 +19,7 @@ from django.test import Client
 from audit.models import AuditEvent
 from tests.support.stack import ARTIFACTS
 
-from .conftest import FILE_ROOT
+from .conftest import FILE_ROOT, terminal_socket, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
 
@@ -41,15 +41,8 @@ def sandbox(term_stack):
         time.sleep(0.5)
 
 
-def poll(fn, timeout: float = 20, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"not true after {timeout} s; last: {last!r}")
+def poll(fn):
+    return wait_for(fn, timeout=20, interval=0.2)
 
 
 def read_screen(api, pane_id: str, **extra) -> str:
@@ -59,7 +52,7 @@ def read_screen(api, pane_id: str, **extra) -> str:
 
 
 def ws_headers(key: str | None = None, cookie: str | None = None) -> list:
-    headers = [(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1")]
+    headers = []
     if key:
         headers.append((b"authorization", f"Bearer {key}".encode()))
     if cookie:
@@ -68,11 +61,7 @@ def ws_headers(key: str | None = None, cookie: str | None = None) -> list:
 
 
 def communicator(sandbox, headers) -> WebsocketCommunicator:
-    from config.asgi import application
-
-    return WebsocketCommunicator(
-        application, f"/ws/sandboxes/{sandbox['id']}/terminal/", headers=headers
-    )
+    return terminal_socket(sandbox["id"], *headers)
 
 
 async def receive_until(comm, predicate, timeout: float = 30) -> list[dict]:

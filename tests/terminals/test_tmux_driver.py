@@ -19,17 +19,7 @@ from terminals.tmux_driver import (
     valid_key_name,
     write_credentials,
 )
-
-
-def wait_for(fn, timeout: float = 10.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"condition not met in {timeout} s; last value: {last!r}")
+from tests.terminals.conftest import wait_for
 
 
 def test_it_types_text_byte_for_byte_and_reads_the_screen(tmux):
@@ -119,34 +109,30 @@ def test_it_writes_credentials_privately_and_pins_the_host_key(tmp_path):
         )  # fmt: skip
 
 
-def test_a_pane_logs_into_the_guest_with_a_short_lived_certificate(tmux, sftp_guest, tmp_path):
-    credential = sftp_guest.ca.issue([sftp_guest.principal], ttl_seconds=60)
-    launch = write_credentials(
-        str(tmp_path / "creds"),
+def _launch_into(guest, directory, host_key: str):
+    """ssh into the loopback guest with a fresh certificate, pinning `host_key`."""
+    credential = guest.ca.issue([guest.principal], ttl_seconds=60)
+    return write_credentials(
+        str(directory),
         private_key=credential.private_key,
         certificate=credential.certificate,
-        host=sftp_guest.host,
-        port=sftp_guest.port,
+        host=guest.host,
+        port=guest.port,
         username="root",
-        host_key=sftp_guest.host_key_line,
+        host_key=host_key,
     )
+
+
+def test_a_pane_logs_into_the_guest_with_a_short_lived_certificate(tmux, sftp_guest, tmp_path):
+    launch = _launch_into(sftp_guest, tmp_path / "creds", sftp_guest.host_key_line)
     pane = tmux.new_session("vsb-unit-ssh", launch.command(), cols=100, rows=30)
     tmux.send_text(pane.pane_id, b"echo in-guest-$((2+3)) $SSH_CONNECTION\r")
     wait_for(lambda: "in-guest-5 127.0.0.1" in tmux.capture(pane.pane_id), timeout=15)
 
 
 def test_a_pane_refuses_a_guest_presenting_another_host_key(tmux, sftp_guest, tmp_path):
-    credential = sftp_guest.ca.issue([sftp_guest.principal], ttl_seconds=60)
     other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
-    launch = write_credentials(
-        str(tmp_path / "creds"),
-        private_key=credential.private_key,
-        certificate=credential.certificate,
-        host=sftp_guest.host,
-        port=sftp_guest.port,
-        username="root",
-        host_key=other,
-    )
+    launch = _launch_into(sftp_guest, tmp_path / "creds", other)
     pane = tmux.new_session("vsb-unit-mitm", launch.command(), cols=100, rows=30)
     wait_for(lambda: tmux.pane(pane.pane_id).dead, timeout=15)
     assert "Host key verification failed" in tmux.capture(pane.pane_id, last_n_lines=20)
