@@ -20,11 +20,10 @@ from .choices import (
     OperationKind,
     OperationStatus,
     SandboxState,
-    SnapshotStatus,
     SourceKind,
 )
 from .drivers.base import RUNNING, DriverError
-from .models import Command, Operation, Snapshot
+from .models import Command, Operation
 
 log = logging.getLogger(__name__)
 
@@ -407,7 +406,7 @@ def snapshot_sandbox(self, op_id: str) -> None:
     sandbox, snap = op.sandbox, op.snapshot
 
     def fail(reason: str) -> None:
-        Snapshot.objects.filter(pk=snap.pk).update(status=SnapshotStatus.FAILED, error=reason)
+        services.snapshot_failed(snap, reason)
         services.finish_operation(op.pk, OperationStatus.FAILED, error=reason, message="failed")
 
     if snap is None:
@@ -421,12 +420,7 @@ def snapshot_sandbox(self, op_id: str) -> None:
     except Exception as exc:  # noqa: BLE001
         _retry_or_fail(self, op, exc, fail)
         return
-    Snapshot.objects.filter(pk=snap.pk).update(
-        status=SnapshotStatus.READY,
-        has_memory=info.has_memory,
-        domain_state=info.state,
-        taken_at=timezone.now(),
-    )
+    services.snapshot_taken(snap, has_memory=info.has_memory, domain_state=info.state)
     services.finish_operation(op.pk, OperationStatus.SUCCEEDED, message="snapshot taken")
 
 
@@ -481,13 +475,13 @@ def delete_snapshot(self, op_id: str) -> None:
     except Exception as exc:  # noqa: BLE001
 
         def fail(reason: str) -> None:
-            Snapshot.objects.filter(pk=snap.pk).update(status=SnapshotStatus.FAILED, error=reason)
+            services.snapshot_failed(snap, reason)
             services.finish_operation(op.pk, OperationStatus.FAILED, error=reason)
 
         _retry_or_fail(self, op, exc, fail)
         return
     name = snap.name
-    snap.delete()
+    services.snapshot_deleted(snap)
     services.finish_operation(op.pk, OperationStatus.SUCCEEDED, message=f"deleted {name}")
 
 

@@ -17,7 +17,7 @@ from core.api.serializers import ErrorSerializer
 from core.conf import vsb
 from core.errors import OperationFailed
 
-from .. import services, snapshots
+from .. import services
 from ..choices import OperationStatus
 from ..models import Host, Operation, Sandbox, SourceVM
 from .serializers import (
@@ -219,10 +219,10 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         params.is_valid(raise_exception=True)
         data = dict(params.validated_data)
         wait = data.pop("wait")
-        op = snapshots.create_snapshot(self.get_object(), request.user, **data)
+        op = services.create_snapshot(self.get_object(), request.user, **data)
         if wait:
             return self._snapshot_op(
-                _waited(op, snapshots.SNAPSHOT_DEADLINE), status.HTTP_201_CREATED
+                _waited(op, services.SNAPSHOT_DEADLINE), status.HTTP_201_CREATED
             )
         return self._snapshot_op(op, status.HTTP_202_ACCEPTED)
 
@@ -245,13 +245,13 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     @action(detail=True, methods=["get"], url_path=r"snapshots/(?P<snapshot_name>[^/]+)")
     def snapshot_detail(self, request, pk=None, snapshot_name=None):
         return Response(
-            SnapshotSerializer(snapshots.get_snapshot(self.get_object(), snapshot_name)).data
+            SnapshotSerializer(services.get_snapshot(self.get_object(), snapshot_name)).data
         )
 
     @extend_schema(summary="Delete a snapshot", responses={202: OperationSerializer, **ERRORS})
     @snapshot_detail.mapping.delete
     def delete_snapshot(self, request, pk=None, snapshot_name=None):
-        op = snapshots.delete_snapshot(self.get_object(), request.user, snapshot_name)
+        op = services.delete_snapshot(self.get_object(), request.user, snapshot_name)
         return Response(OperationSerializer(op).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(
@@ -267,7 +267,7 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     def restore(self, request, pk=None, snapshot_name=None):
         return self._maybe_wait(
             request,
-            lambda: snapshots.restore_snapshot(self.get_object(), request.user, snapshot_name),
+            lambda: services.restore_snapshot(self.get_object(), request.user, snapshot_name),
             vsb("READY_TIMEOUT_SECONDS") + 60,
         )
 
