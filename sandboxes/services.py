@@ -17,7 +17,8 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
-from django.db import IntegrityError, transaction
+from celery import current_app
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
@@ -177,6 +178,35 @@ def save_source_vm(source: SourceVM) -> SourceVM:
 def delete_source_vms(sources) -> None:
     """Remove source VMs (the admin); one that sandboxes were cloned from is protected."""
     sources.delete()
+
+
+# --- Health --------------------------------------------------------------------------------
+
+
+def health() -> dict:
+    """Liveness of the database, the broker and the hosts' workers: {"status": "ok" or
+    "degraded", "database", "broker": "ok" or "error", "hosts": [Host]}. The answer says
+    "error", the log says why (an exception's text names hosts, ports, users and databases)."""
+    db = broker = "ok"
+    try:
+        connection.ensure_connection()
+    except Exception:  # noqa: BLE001
+        log.warning("health: database unreachable", exc_info=True)
+        db = "error"
+    try:
+        with current_app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+    except Exception:  # noqa: BLE001
+        log.warning("health: broker unreachable", exc_info=True)
+        broker = "error"
+    hosts = list(Host.objects.all()) if db == "ok" else []
+    healthy = db == "ok" and broker == "ok"
+    return {
+        "status": "ok" if healthy else "degraded",
+        "database": db,
+        "broker": broker,
+        "hosts": hosts,
+    }
 
 
 # --- Queries -------------------------------------------------------------------------------

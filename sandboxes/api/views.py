@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import django_filters
-from django.db import connection
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -318,30 +317,7 @@ class HealthView(APIView):
 
     @extend_schema(summary="Health", responses={200: HealthSerializer, 503: HealthSerializer})
     def get(self, request):
-        from config.celery import app
-
-        # Anyone may ask: the answer says "error", the log says why (an exception's text
-        # names hosts, ports, users and database names).
-        db = broker = "ok"
-        try:
-            connection.ensure_connection()
-        except Exception:  # noqa: BLE001
-            log.warning("health: database unreachable", exc_info=True)
-            db = "error"
-        try:
-            with app.connection_for_write() as conn:
-                conn.ensure_connection(max_retries=1, timeout=2)
-        except Exception:  # noqa: BLE001
-            log.warning("health: broker unreachable", exc_info=True)
-            broker = "error"
-        hosts = list(Host.objects.all()) if db == "ok" else []
-        healthy = db == "ok" and broker == "ok"
+        report = services.health()
         return Response(
-            {
-                "status": "ok" if healthy else "degraded",
-                "database": db,
-                "broker": broker,
-                "hosts": HostSerializer(hosts, many=True).data,
-            },
-            status=200 if healthy else 503,
+            HealthSerializer(report).data, status=200 if report["status"] == "ok" else 503
         )

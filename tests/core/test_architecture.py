@@ -14,8 +14,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 # The apps in import order: each may import only those before it. `config` (settings, URLs,
-# the Celery app, ASGI) is the project itself, above every app, and is not checked.
+# the Celery app, ASGI) is the project itself, on top: it may import any app (it is not
+# scanned), and no app imports it.
 APPS = ["core", "diffing", "audit", "accounts", "approvals", "sandboxes", "playbooks", "terminals"]
+ORDER = [*APPS, "config"]
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,7 @@ def imports(src: Source) -> list[Import]:
 
 def app_of(target: str) -> str | None:
     top = target.split(".", 1)[0]
-    return top if top in APPS else None
+    return top if top in ORDER else None
 
 
 def cross_app_imports() -> list[tuple[str, str, Import]]:
@@ -196,8 +198,9 @@ def cross_app_imports() -> list[tuple[str, str, Import]]:
     return edges
 
 
-# TEMPORARY: being moved by the playbooks/terminals/approvals work (and the lead's accounts
-# move); empty this after merging. (importing app, imported app) -> what and why it goes.
+# TEMPORARY: being moved by the playbooks/terminals/approvals work (the audit and accounts
+# entries: by whoever holds those rooms); empty this after merging. Each entry must still be
+# imported, or the test says to remove it. (importing app, imported app) -> what, and a way out.
 TEMPORARY_UPWARD = {
     ("accounts", "sandboxes"): (
         "accounts/management/commands/create_agent.py imports sandboxes.services, for API-key "
@@ -211,6 +214,16 @@ TEMPORARY_UPWARD = {
         "audit/queries.py reads sandboxes.models.Sandbox to show an agent the events of its "
         "own sandboxes: a filter the sandboxes app passes in, or a subquery by app label"
     ),
+    # For the lead (core's room): config.admin_base.ReadOnlyModelAdmin and config.ws_auth are
+    # shared base pieces that belong in core; config.celery.app is reachable as the task's
+    # own `.app`, celery.current_app, or through core.queues.
+    ("audit", "config"): "audit/admin.py: config.admin_base.ReadOnlyModelAdmin",
+    ("approvals", "config"): (
+        "approvals/admin.py: config.admin_base; ask_endpoint.py: config.ws_auth; "
+        "services.py: config.celery.app (send_task by name)"
+    ),
+    ("playbooks", "config"): "playbooks/admin.py: config.admin_base.ReadOnlyModelAdmin",
+    ("terminals", "config"): "terminals/services.py: config.celery.app (send_task by name)",
 }
 
 
@@ -219,10 +232,10 @@ def describe(edges) -> str:
 
 
 def test_apps_import_only_the_apps_before_them():
-    order = {app: i for i, app in enumerate(APPS)}
+    order = {app: i for i, app in enumerate(ORDER)}
     upward = [e for e in cross_app_imports() if order[e[1]] > order[e[0]]]
     offenders = [e for e in upward if (e[0], e[1]) not in TEMPORARY_UPWARD]
-    assert not offenders, f"imports against the order {' < '.join(APPS)}:\n" + describe(offenders)
+    assert not offenders, f"imports against the order {' < '.join(ORDER)}:\n" + describe(offenders)
     stale = set(TEMPORARY_UPWARD) - {(a, b) for a, b, _ in upward}
     assert not stale, f"no longer imported: remove from TEMPORARY_UPWARD: {sorted(stale)}"
 
@@ -289,7 +302,9 @@ def strongly_connected(graph: dict[str, set[str]]) -> list[set[str]]:
 
 # --- The API layer does not reach into the driver layer -------------------------------------
 
-API_FILES = {"views.py", "consumers.py", "routing.py", "urls.py"}
+# Each app's api/ package, and the modules that answer HTTP or websockets beside it
+# (ask_endpoint.py: approvals' bare ASGI endpoint for a blocking ask).
+API_FILES = {"views.py", "consumers.py", "routing.py", "urls.py", "ask_endpoint.py"}
 # The driver layer and its two bridges (runtime builds the drivers, provisioning runs them).
 DRIVER_LAYER = (
     "sandboxes.drivers",
