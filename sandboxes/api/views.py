@@ -25,14 +25,13 @@ from .serializers import (
     CreateSandboxSerializer,
     CreateSnapshotSerializer,
     HealthSerializer,
-    HostSerializer,
     OperationSerializer,
     RunCommandSerializer,
+    SandboxDetailSerializer,
     SandboxOperationSerializer,
     SandboxSerializer,
     SnapshotOperationSerializer,
     SnapshotSerializer,
-    SourceVMSerializer,
     VMListSerializer,
     WaitSerializer,
 )
@@ -73,7 +72,7 @@ class SandboxFilter(django_filters.FilterSet):
                 "include_commands", bool, description="Also return the command history."
             )
         ],
-        responses={200: SandboxSerializer, **ERRORS},
+        responses={200: SandboxDetailSerializer, **ERRORS},
     ),
 )
 class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
@@ -90,10 +89,10 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 
     def retrieve(self, request, *args, **kwargs):
         sandbox = self.get_object()
-        body = {"sandbox": SandboxSerializer(sandbox).data}
+        found = {"sandbox": sandbox}
         if request.query_params.get("include_commands") in ("1", "true", "True"):
-            body["commands"] = CommandSerializer(sandbox.commands.all()[:500], many=True).data
-        return Response(body)
+            found["commands"] = sandbox.commands.all()[:500]
+        return Response(SandboxDetailSerializer(found).data)
 
     @extend_schema(
         summary="Create a sandbox",
@@ -128,13 +127,10 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 
     def _sandbox_op(self, op: Operation, code: int) -> Response:
         sandbox = Sandbox.objects.select_related("host", "source").get(pk=op.sandbox_id)
-        body = {
-            "sandbox": SandboxSerializer(sandbox).data,
-            "operation": OperationSerializer(op).data,
-        }
+        found = {"sandbox": sandbox, "operation": op}
         if sandbox.ip_address or sandbox.ssh_host:
-            body["ip_address"] = sandbox.ip_address or sandbox.ssh_host
-        return Response(body, status=code)
+            found["ip_address"] = sandbox.ip_address or sandbox.ssh_host
+        return Response(SandboxOperationSerializer(found).data, status=code)
 
     @extend_schema(
         summary="Destroy a sandbox", responses={202: SandboxOperationSerializer, **ERRORS}
@@ -183,7 +179,7 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         params = RunCommandSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         cmd = services.run_command(self.get_object(), request.user, **params.validated_data)
-        return Response({"command": CommandSerializer(cmd).data})
+        return Response(CommandResultSerializer({"command": cmd}).data)
 
     @extend_schema(
         summary="Run a command (the original's path)",
@@ -198,10 +194,8 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 
     def _snapshot_op(self, op: Operation, code: int) -> Response:
         op.refresh_from_db()
-        snap = op.snapshot
-        body = {"operation": OperationSerializer(op).data}
-        body["snapshot"] = SnapshotSerializer(snap).data if snap else None
-        return Response(body, status=code)
+        found = {"operation": op, "snapshot": op.snapshot}
+        return Response(SnapshotOperationSerializer(found).data, status=code)
 
     @extend_schema(
         summary="Take a snapshot",
@@ -225,7 +219,9 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             )
         return self._snapshot_op(op, status.HTTP_202_ACCEPTED)
 
-    @extend_schema(summary="List snapshots", responses={200: SnapshotSerializer(many=True)})
+    @extend_schema(
+        summary="List snapshots", responses={200: SnapshotSerializer(many=True), **ERRORS}
+    )
     @snapshots.mapping.get
     def list_snapshots(self, request, pk=None):
         sandbox = self.get_object()
@@ -270,7 +266,9 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             vsb("READY_TIMEOUT_SECONDS") + 60,
         )
 
-    @extend_schema(summary="Command history", responses={200: CommandSerializer(many=True)})
+    @extend_schema(
+        summary="Command history", responses={200: CommandSerializer(many=True), **ERRORS}
+    )
     @action(detail=True, methods=["get"])
     def commands(self, request, pk=None):
         sandbox = self.get_object()
@@ -279,8 +277,13 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 
 
 @extend_schema_view(
-    list=extend_schema(summary="List your operations"),
-    retrieve=extend_schema(summary="Get an operation (poll this for slow verbs)"),
+    list=extend_schema(
+        summary="List your operations", responses={200: OperationSerializer(many=True)}
+    ),
+    retrieve=extend_schema(
+        summary="Get an operation (poll this for slow verbs)",
+        responses={200: OperationSerializer, **ERRORS},
+    ),
 )
 class OperationViewSet(viewsets.ReadOnlyModelViewSet):
     """Slow steps (create, start, stop, destroy) done by a host's worker."""
@@ -299,14 +302,11 @@ class VMListView(APIView):
 
     @extend_schema(summary="List source VMs", responses={200: VMListSerializer})
     def get(self, request):
-        return Response(
-            {
-                "vms": SourceVMSerializer(
-                    SourceVM.objects.filter(enabled=True).select_related("host"), many=True
-                ).data,
-                "hosts": HostSerializer(Host.objects.all(), many=True).data,
-            }
-        )
+        found = {
+            "vms": SourceVM.objects.filter(enabled=True).select_related("host"),
+            "hosts": Host.objects.all(),
+        }
+        return Response(VMListSerializer(found).data)
 
 
 class HealthView(APIView):
