@@ -11,7 +11,7 @@ import logging
 from celery import shared_task
 from django.utils import timezone
 
-from core import wakeups
+from core import queues, wakeups
 from core.conf import vsb
 
 from . import lifecycle, provisioning, services
@@ -93,7 +93,7 @@ def _resumed(op: Operation) -> bool:
 
 
 def _enqueue_wait(op: Operation, countdown: float) -> None:
-    wait_ready.apply_async((str(op.pk),), countdown=countdown, queue=op.queue)
+    queues.enqueue(wait_ready, str(op.pk), queue=op.queue, countdown=countdown)
 
 
 @shared_task(name="sandboxes.provision_sandbox", **TASK_OPTIONS)
@@ -530,6 +530,3 @@ TASK_FOR_KIND = {
 
 def register_operation_task(kind: str, task) -> None:
     TASK_FOR_KIND[kind] = task
-
-
-from . import worker  # noqa: E402,F401  - connects the worker start-up signal handlers
