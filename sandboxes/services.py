@@ -475,6 +475,16 @@ def _validate_snapshot_name(name: str) -> None:
         ) from None
 
 
+def _snapshot_op(kind: str, task, sandbox: Sandbox, snap: Snapshot, user) -> Operation:
+    """The operation carrying `snap`, queued on the sandbox's host when the caller's
+    transaction commits."""
+    op = new_operation(
+        kind, sandbox, user, deadline_seconds=SNAPSHOT_DEADLINE, snapshot=snap, name=snap.name
+    )
+    enqueue(task, sandbox.host, str(op.pk))
+    return op
+
+
 def get_snapshot(sandbox: Sandbox, name: str) -> Snapshot:
     snap = Snapshot.objects.filter(sandbox=sandbox, name=name).first()
     if snap is None:
@@ -502,15 +512,7 @@ def create_snapshot(
     try:
         with transaction.atomic():
             snap = Snapshot.objects.create(sandbox=sandbox, name=name, description=description)
-            op = new_operation(
-                OperationKind.SNAPSHOT,
-                sandbox,
-                user,
-                deadline_seconds=SNAPSHOT_DEADLINE,
-                snapshot=snap,
-                name=name,
-            )
-            enqueue(tasks.snapshot_sandbox, sandbox.host, str(op.pk))
+            op = _snapshot_op(OperationKind.SNAPSHOT, tasks.snapshot_sandbox, sandbox, snap, user)
     except IntegrityError:
         raise Conflict(
             f"Sandbox {sandbox.name} already has a snapshot named {name!r}.", code="duplicate"
@@ -545,16 +547,9 @@ def delete_snapshot(sandbox: Sandbox, user, name: str) -> Operation:
         ).update(status=SnapshotStatus.DELETING)
         if not updated:
             raise Conflict(f"Snapshot {name!r} is {snap.status}.", code="invalid_state")
-        op = new_operation(
-            OperationKind.DELETE_SNAPSHOT,
-            sandbox,
-            user,
-            deadline_seconds=SNAPSHOT_DEADLINE,
-            snapshot=snap,
-            name=name,
+        return _snapshot_op(
+            OperationKind.DELETE_SNAPSHOT, tasks.delete_snapshot, sandbox, snap, user
         )
-        enqueue(tasks.delete_snapshot, sandbox.host, str(op.pk))
-    return op
 
 
 def fork_origin(owner, from_sandbox, from_snapshot: str) -> Snapshot:
