@@ -6,15 +6,35 @@ from . import services
 from .models import Command, Host, Operation, Sandbox, SourceVM
 
 
+class WrittenByServicesAdmin(admin.ModelAdmin):
+    """Edits and deletes go through a service (`save_service`, `delete_service`); the admin's own
+    LogEntry is recorded in the audit trail by audit.signals, as for every admin change."""
+
+    save_service = delete_service = None  # staticmethod(services.<function>)
+
+    def save_model(self, request, obj, form, change):
+        self.save_service(obj)
+
+    def delete_model(self, request, obj):
+        self.delete_service(type(obj).objects.filter(pk=obj.pk))
+
+    def delete_queryset(self, request, queryset):
+        self.delete_service(queryset)
+
+
 @admin.register(Host)
-class HostAdmin(admin.ModelAdmin):
+class HostAdmin(WrittenByServicesAdmin):
     list_display = ["name", "queue_name", "enabled", "capacity", "domain_type", "last_heartbeat"]
     readonly_fields = ["queue_name", "last_heartbeat", "domain_type"]
+    save_service = staticmethod(services.save_host)
+    delete_service = staticmethod(services.delete_hosts)
 
 
 @admin.register(SourceVM)
-class SourceVMAdmin(admin.ModelAdmin):
+class SourceVMAdmin(WrittenByServicesAdmin):
     list_display = ["name", "kind", "host", "disk_path", "enabled"]
+    save_service = staticmethod(services.save_source_vm)
+    delete_service = staticmethod(services.delete_source_vms)
 
 
 class OperationInline(admin.TabularInline):

@@ -1,6 +1,12 @@
-"""The sandbox service layer: the only writer of hosts, sandboxes, operations, commands and
-API keys. Views, admin, CLI and tasks call these functions; tasks are enqueued only after
-the surrounding transaction commits, on the queue of the sandbox's own host."""
+"""The sandbox service layer: the only writer of hosts, source VMs, sandboxes, operations,
+commands and snapshots (a sandbox's state moves through `lifecycle.transition`, the one
+compare-and-set). Views, admin, management commands and tasks call these functions; tasks
+are enqueued only after the surrounding transaction commits, on the queue of the sandbox's
+own host.
+
+Snapshots are internal qcow2 snapshots taken by libvirt: with the guest's memory while the
+sandbox runs (restore resumes the running guest, its processes included), disk-only while it
+is stopped. A fork is a new sandbox whose overlay starts from another sandbox's snapshot."""
 
 from __future__ import annotations
 
@@ -9,8 +15,10 @@ import re
 import socket
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
-from django.db import IntegrityError, transaction
+from celery import current_app
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
@@ -18,7 +26,7 @@ from audit import services as audit
 from audit.chain import sha256_text
 from core import queues, wakeups
 from core.conf import vsb
-from core.errors import Conflict, InvalidInput, OperationTimeout, Unavailable
+from core.errors import Conflict, InvalidInput, NotFound, OperationTimeout, Unavailable
 
 from . import lifecycle, tasks
 from .choices import (
@@ -27,8 +35,10 @@ from .choices import (
     OperationKind,
     OperationStatus,
     SandboxState,
+    SnapshotStatus,
+    SourceKind,
 )
-from .models import Command, Host, Operation, Sandbox, SourceVM
+from .models import Command, Host, Operation, Sandbox, Snapshot, SourceVM, snapshot_name_validator
 from .remote.ssh import MAX_COMMAND_BYTES
 
 log = logging.getLogger(__name__)
@@ -85,12 +95,118 @@ def choose_host(source: SourceVM, only: Host | None = None) -> Host:
     return roomy[0]
 
 
+def save_host(host: Host) -> Host:
+    """An operator's edit of a host (the admin): enabled, capacity, libvirt URI."""
+    host.save()
+    return host
+
+
+def delete_hosts(hosts) -> None:
+    """Remove hosts (the admin); one that ever held a sandbox is protected by its rows."""
+    hosts.delete()
+
+
 def enqueue(task, host: Host, *args, countdown: float | None = None) -> None:
     """Send `task` (the task function) to the host's own queue once the current transaction
     commits. A queue that is not a host's fails here, loudly."""
     if host.queue_name != Host.queue_for(host.name):
         raise ValueError(f"refusing to enqueue {task.name} on unknown queue {host.queue_name!r}")
     queues.enqueue(task, *args, queue=host.queue_name, countdown=countdown)
+
+
+# --- Source VMs ----------------------------------------------------------------------------
+
+
+def register_image(name: str, image_dir: Path, manifest: dict) -> list[SourceVM]:
+    """Register a built guest image twice: `name` boots the fast busybox init, and
+    `name-systemd` boots full systemd (for work that needs real units)."""
+    common = {
+        "kind": SourceKind.IMAGE,
+        "disk_path": str(image_dir / "base.qcow2"),
+        "disk_format": "qcow2",
+        "kernel": str(image_dir / "vmlinuz"),
+        "initrd": str(image_dir / "initrd.img"),
+        "enabled": True,
+    }
+    variants = [
+        (
+            name,
+            manifest["fast_cmdline"],
+            "Debian 12, busybox init (boots to SSH in ~6 s under TCG)",
+        ),
+        (
+            f"{name}-systemd",
+            manifest["systemd_cmdline"],
+            "Debian 12, systemd (boots to SSH in ~13 s under TCG)",
+        ),
+    ]
+    rows = []
+    for row_name, cmdline, description in variants:
+        row, _ = SourceVM.objects.update_or_create(
+            name=row_name,
+            defaults={
+                **common,
+                "cmdline": cmdline,
+                "description": f"{description}; image {manifest.get('key', '')}",
+            },
+        )
+        rows.append(row)
+    return rows
+
+
+def register_domain(name: str, domain_name: str, description: str = "") -> SourceVM:
+    """Register a shut-off libvirt domain as a golden VM; clones are overlays on its disk."""
+    if not domain_name:
+        raise InvalidInput.field("domain_name", "is required.")
+    row, _ = SourceVM.objects.update_or_create(
+        name=name,
+        defaults={
+            "kind": SourceKind.DOMAIN,
+            "domain_name": domain_name,
+            "description": description,
+        },
+    )
+    return row
+
+
+def save_source_vm(source: SourceVM) -> SourceVM:
+    """An operator's edit of a source VM (the admin)."""
+    source.save()
+    return source
+
+
+def delete_source_vms(sources) -> None:
+    """Remove source VMs (the admin); one that sandboxes were cloned from is protected."""
+    sources.delete()
+
+
+# --- Health --------------------------------------------------------------------------------
+
+
+def health() -> dict:
+    """Liveness of the database, the broker and the hosts' workers: {"status": "ok" or
+    "degraded", "database", "broker": "ok" or "error", "hosts": [Host]}. The answer says
+    "error", the log says why (an exception's text names hosts, ports, users and databases)."""
+    db = broker = "ok"
+    try:
+        connection.ensure_connection()
+    except Exception:  # noqa: BLE001
+        log.warning("health: database unreachable", exc_info=True)
+        db = "error"
+    try:
+        with current_app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+    except Exception:  # noqa: BLE001
+        log.warning("health: broker unreachable", exc_info=True)
+        broker = "error"
+    hosts = list(Host.objects.all()) if db == "ok" else []
+    healthy = db == "ok" and broker == "ok"
+    return {
+        "status": "ok" if healthy else "degraded",
+        "database": db,
+        "broker": broker,
+        "hosts": hosts,
+    }
 
 
 # --- Queries -------------------------------------------------------------------------------
@@ -115,12 +231,19 @@ def visible_operations(user):
 
 
 def new_operation(
-    kind: str, sandbox: Sandbox, user, *, deadline_seconds: int, **input
+    kind: str,
+    sandbox: Sandbox,
+    user,
+    *,
+    deadline_seconds: int,
+    snapshot: Snapshot | None = None,
+    **input,
 ) -> Operation:
     audit.record(f"sandbox.{kind}", user=user, target=sandbox, data=input)
     return Operation.objects.create(
         kind=kind,
         sandbox=sandbox,
+        snapshot=snapshot,
         host=sandbox.host,
         queue=sandbox.host.queue_name,
         requested_by=user,
@@ -198,8 +321,6 @@ def create_sandbox(
         if not (from_sandbox and from_snapshot):
             missing = "from_snapshot" if from_sandbox else "from_sandbox"
             raise InvalidInput.field(missing, "a fork needs both from_sandbox and from_snapshot.")
-        from .snapshots import fork_origin
-
         forked_from = fork_origin(owner, from_sandbox, from_snapshot)
         source = forked_from.sandbox.source
     elif not source_vm_name:
@@ -255,7 +376,14 @@ def create_sandbox(
 
 
 def _lifecycle_op(
-    sandbox: Sandbox, user, kind: str, target: str, task: str, deadline: int, **input
+    sandbox: Sandbox,
+    user,
+    kind: str,
+    target: str,
+    task,
+    deadline: int,
+    snapshot: Snapshot | None = None,
+    **input,
 ) -> Operation:
     with transaction.atomic():
         if not lifecycle.transition(sandbox.pk, target):
@@ -265,7 +393,9 @@ def _lifecycle_op(
                 code="invalid_state",
             )
         sandbox.refresh_from_db()
-        op = new_operation(kind, sandbox, user, deadline_seconds=deadline, **input)
+        op = new_operation(
+            kind, sandbox, user, deadline_seconds=deadline, snapshot=snapshot, **input
+        )
         enqueue(task, sandbox.host, str(op.id))
     return op
 
@@ -329,6 +459,132 @@ def wait_for_operation(op: Operation, timeout: float) -> Operation:
             code="timeout",
         )
     return op
+
+
+# --- Snapshots -----------------------------------------------------------------------------
+
+SNAPSHOT_DEADLINE = 600
+
+
+def _validate_snapshot_name(name: str) -> None:
+    try:
+        snapshot_name_validator(name)
+    except Exception:  # noqa: BLE001 - Django's ValidationError; the message says what is allowed
+        raise InvalidInput.field(
+            "name", "1-64 letters, digits and . _ -, starting with a letter or digit."
+        ) from None
+
+
+def _snapshot_op(kind: str, task, sandbox: Sandbox, snap: Snapshot, user) -> Operation:
+    """The operation carrying `snap`, queued on the sandbox's host when the caller's
+    transaction commits."""
+    op = new_operation(
+        kind, sandbox, user, deadline_seconds=SNAPSHOT_DEADLINE, snapshot=snap, name=snap.name
+    )
+    enqueue(task, sandbox.host, str(op.pk))
+    return op
+
+
+def get_snapshot(sandbox: Sandbox, name: str) -> Snapshot:
+    snap = Snapshot.objects.filter(sandbox=sandbox, name=name).first()
+    if snap is None:
+        known = ", ".join(sandbox.snapshots.values_list("name", flat=True)) or "none"
+        raise NotFound(f"Sandbox {sandbox.name} has no snapshot {name!r} (known: {known}).")
+    return snap
+
+
+def create_snapshot(
+    sandbox: Sandbox, user, *, name: str, description: str = "", disk_only: bool = False
+) -> Operation:
+    """Queue a snapshot. The sandbox keeps running (QEMU pauses it for a fraction of a second)."""
+    _validate_snapshot_name(name)
+    if sandbox.state not in (SandboxState.READY, SandboxState.STOPPED):
+        raise Conflict(
+            f"Sandbox {sandbox.name} is {sandbox.state}; snapshots need it ready or stopped.",
+            code="invalid_state",
+        )
+    if disk_only and sandbox.state == SandboxState.READY:
+        raise InvalidInput.field(
+            "disk_only",
+            "a disk-only snapshot needs a stopped sandbox (internal snapshots of a running "
+            "guest include its memory); stop it first, or omit disk_only.",
+        )
+    try:
+        with transaction.atomic():
+            snap = Snapshot.objects.create(sandbox=sandbox, name=name, description=description)
+            op = _snapshot_op(OperationKind.SNAPSHOT, tasks.snapshot_sandbox, sandbox, snap, user)
+    except IntegrityError:
+        raise Conflict(
+            f"Sandbox {sandbox.name} already has a snapshot named {name!r}.", code="duplicate"
+        ) from None
+    return op
+
+
+def restore_snapshot(sandbox: Sandbox, user, name: str) -> Operation:
+    """Return the sandbox to the snapshot: running with its memory, or stopped."""
+    snap = get_snapshot(sandbox, name)
+    if snap.status != SnapshotStatus.READY:
+        raise Conflict(f"Snapshot {name!r} is {snap.status}, not ready.", code="invalid_state")
+    return _lifecycle_op(
+        sandbox,
+        user,
+        OperationKind.RESTORE,
+        SandboxState.RESTORING,
+        tasks.restore_snapshot,
+        vsb("READY_TIMEOUT_SECONDS") + 120,
+        snapshot=snap,
+        name=name,
+    )
+
+
+def delete_snapshot(sandbox: Sandbox, user, name: str) -> Operation:
+    snap = get_snapshot(sandbox, name)
+    if sandbox.state in (SandboxState.DESTROYING, SandboxState.DESTROYED):
+        raise Conflict(f"Sandbox {sandbox.name} is {sandbox.state}.", code="invalid_state")
+    with transaction.atomic():
+        updated = Snapshot.objects.filter(
+            pk=snap.pk, status__in=[SnapshotStatus.READY, SnapshotStatus.FAILED]
+        ).update(status=SnapshotStatus.DELETING)
+        if not updated:
+            raise Conflict(f"Snapshot {name!r} is {snap.status}.", code="invalid_state")
+        return _snapshot_op(
+            OperationKind.DELETE_SNAPSHOT, tasks.delete_snapshot, sandbox, snap, user
+        )
+
+
+def fork_origin(owner, from_sandbox, from_snapshot: str) -> Snapshot:
+    """The ready snapshot a fork starts from; the origin must be the caller's own."""
+    origin = visible_sandboxes(owner).filter(pk=from_sandbox).first() if from_sandbox else None
+    if origin is None:
+        raise InvalidInput.field("from_sandbox", f"no sandbox {from_sandbox} of yours.")
+    if origin.state == SandboxState.DESTROYED:
+        raise InvalidInput.field("from_sandbox", f"sandbox {origin.name} is destroyed.")
+    snap = Snapshot.objects.filter(sandbox=origin, name=from_snapshot).first()
+    if snap is None or snap.status != SnapshotStatus.READY:
+        raise InvalidInput.field(
+            "from_snapshot", f"sandbox {origin.name} has no ready snapshot {from_snapshot!r}."
+        )
+    return snap
+
+
+def snapshot_taken(snap: Snapshot, *, has_memory: bool, domain_state: str) -> None:
+    """The worker took the snapshot."""
+    Snapshot.objects.filter(pk=snap.pk).update(
+        status=SnapshotStatus.READY,
+        has_memory=has_memory,
+        domain_state=domain_state,
+        taken_at=timezone.now(),
+    )
+
+
+def snapshot_failed(snap: Snapshot, reason: str) -> None:
+    """The worker could not take (or delete) the snapshot."""
+    Snapshot.objects.filter(pk=snap.pk).update(status=SnapshotStatus.FAILED, error=reason)
+
+
+def snapshot_deleted(snap: Snapshot) -> None:
+    """The worker deleted the snapshot from the disk: its row goes too."""
+    snap.delete()
 
 
 # --- Commands ------------------------------------------------------------------------------

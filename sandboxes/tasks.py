@@ -11,7 +11,7 @@ import logging
 from celery import shared_task
 from django.utils import timezone
 
-from core import wakeups
+from core import queues, wakeups
 from core.conf import vsb
 
 from . import lifecycle, provisioning, services
@@ -20,11 +20,10 @@ from .choices import (
     OperationKind,
     OperationStatus,
     SandboxState,
-    SnapshotStatus,
     SourceKind,
 )
 from .drivers.base import RUNNING, DriverError
-from .models import Command, Operation, Snapshot
+from .models import Command, Operation
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +93,7 @@ def _resumed(op: Operation) -> bool:
 
 
 def _enqueue_wait(op: Operation, countdown: float) -> None:
-    wait_ready.apply_async((str(op.pk),), countdown=countdown, queue=op.queue)
+    queues.enqueue(wait_ready, str(op.pk), queue=op.queue, countdown=countdown)
 
 
 @shared_task(name="sandboxes.provision_sandbox", **TASK_OPTIONS)
@@ -407,7 +406,7 @@ def snapshot_sandbox(self, op_id: str) -> None:
     sandbox, snap = op.sandbox, op.snapshot
 
     def fail(reason: str) -> None:
-        Snapshot.objects.filter(pk=snap.pk).update(status=SnapshotStatus.FAILED, error=reason)
+        services.snapshot_failed(snap, reason)
         services.finish_operation(op.pk, OperationStatus.FAILED, error=reason, message="failed")
 
     if snap is None:
@@ -421,12 +420,7 @@ def snapshot_sandbox(self, op_id: str) -> None:
     except Exception as exc:  # noqa: BLE001
         _retry_or_fail(self, op, exc, fail)
         return
-    Snapshot.objects.filter(pk=snap.pk).update(
-        status=SnapshotStatus.READY,
-        has_memory=info.has_memory,
-        domain_state=info.state,
-        taken_at=timezone.now(),
-    )
+    services.snapshot_taken(snap, has_memory=info.has_memory, domain_state=info.state)
     services.finish_operation(op.pk, OperationStatus.SUCCEEDED, message="snapshot taken")
 
 
@@ -481,13 +475,13 @@ def delete_snapshot(self, op_id: str) -> None:
     except Exception as exc:  # noqa: BLE001
 
         def fail(reason: str) -> None:
-            Snapshot.objects.filter(pk=snap.pk).update(status=SnapshotStatus.FAILED, error=reason)
+            services.snapshot_failed(snap, reason)
             services.finish_operation(op.pk, OperationStatus.FAILED, error=reason)
 
         _retry_or_fail(self, op, exc, fail)
         return
     name = snap.name
-    snap.delete()
+    services.snapshot_deleted(snap)
     services.finish_operation(op.pk, OperationStatus.SUCCEEDED, message=f"deleted {name}")
 
 
@@ -536,6 +530,3 @@ TASK_FOR_KIND = {
 
 def register_operation_task(kind: str, task) -> None:
     TASK_FOR_KIND[kind] = task
-
-
-from . import worker  # noqa: E402,F401  - connects the worker start-up signal handlers

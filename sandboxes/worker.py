@@ -15,6 +15,7 @@ from core.conf import vsb
 from . import services
 from .models import Host
 from .runtime import get_driver
+from .tasks import TASK_FOR_KIND
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 15
@@ -43,8 +44,6 @@ def _heartbeat_loop(host_id: int, domain_type: str) -> None:
 def recover(host: Host) -> int:
     """Re-enqueue every operation this host's previous worker left open. The tasks are
     idempotent, so one that had in fact finished its step just checks and moves on."""
-    from .tasks import TASK_FOR_KIND
-
     ops, failed_commands = services.orphaned_work(host)
     for op in ops:
         services.report_progress(op.pk, op.progress, "resumed after a worker restart")

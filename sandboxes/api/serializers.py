@@ -119,13 +119,21 @@ class OperationSerializer(serializers.ModelSerializer):
 
 
 class SnapshotOperationSerializer(serializers.Serializer):
-    snapshot = SnapshotSerializer()
+    """A snapshot verb's answer: its operation and the snapshot (null once it is gone)."""
+
     operation = OperationSerializer()
+    snapshot = SnapshotSerializer(allow_null=True)
 
 
 class SandboxOperationSerializer(serializers.Serializer):
+    """A lifecycle verb's answer: the sandbox, its operation and, once the sandbox has one,
+    the address to reach it."""
+
     sandbox = SandboxSerializer()
     operation = OperationSerializer()
+    ip_address = serializers.CharField(
+        required=False, help_text="The guest's address (or the SSH host), once known."
+    )
 
 
 class RunCommandSerializer(StrictInputSerializer):
@@ -169,6 +177,15 @@ class CommandSerializer(serializers.ModelSerializer):
 
 class CommandResultSerializer(serializers.Serializer):
     command = CommandSerializer()
+
+
+class SandboxDetailSerializer(serializers.Serializer):
+    """One sandbox; with `include_commands` also its command history."""
+
+    sandbox = SandboxSerializer()
+    commands = CommandSerializer(
+        many=True, required=False, help_text="With ?include_commands=true: the last 500."
+    )
 
 
 class SourceVMSerializer(serializers.ModelSerializer):

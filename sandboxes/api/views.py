@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import django_filters
-from django.db import connection
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -17,7 +16,7 @@ from core.api.serializers import ErrorSerializer
 from core.conf import vsb
 from core.errors import OperationFailed
 
-from .. import services, snapshots
+from .. import services
 from ..choices import OperationStatus
 from ..models import Host, Operation, Sandbox, SourceVM
 from .serializers import (
@@ -26,14 +25,13 @@ from .serializers import (
     CreateSandboxSerializer,
     CreateSnapshotSerializer,
     HealthSerializer,
-    HostSerializer,
     OperationSerializer,
     RunCommandSerializer,
+    SandboxDetailSerializer,
     SandboxOperationSerializer,
     SandboxSerializer,
     SnapshotOperationSerializer,
     SnapshotSerializer,
-    SourceVMSerializer,
     VMListSerializer,
     WaitSerializer,
 )
@@ -74,7 +72,7 @@ class SandboxFilter(django_filters.FilterSet):
                 "include_commands", bool, description="Also return the command history."
             )
         ],
-        responses={200: SandboxSerializer, **ERRORS},
+        responses={200: SandboxDetailSerializer, **ERRORS},
     ),
 )
 class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
@@ -91,10 +89,10 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 
     def retrieve(self, request, *args, **kwargs):
         sandbox = self.get_object()
-        body = {"sandbox": SandboxSerializer(sandbox).data}
+        found = {"sandbox": sandbox}
         if request.query_params.get("include_commands") in ("1", "true", "True"):
-            body["commands"] = CommandSerializer(sandbox.commands.all()[:500], many=True).data
-        return Response(body)
+            found["commands"] = sandbox.commands.all()[:500]
+        return Response(SandboxDetailSerializer(found).data)
 
     @extend_schema(
         summary="Create a sandbox",
@@ -129,13 +127,10 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 
     def _sandbox_op(self, op: Operation, code: int) -> Response:
         sandbox = Sandbox.objects.select_related("host", "source").get(pk=op.sandbox_id)
-        body = {
-            "sandbox": SandboxSerializer(sandbox).data,
-            "operation": OperationSerializer(op).data,
-        }
+        found = {"sandbox": sandbox, "operation": op}
         if sandbox.ip_address or sandbox.ssh_host:
-            body["ip_address"] = sandbox.ip_address or sandbox.ssh_host
-        return Response(body, status=code)
+            found["ip_address"] = sandbox.ip_address or sandbox.ssh_host
+        return Response(SandboxOperationSerializer(found).data, status=code)
 
     @extend_schema(
         summary="Destroy a sandbox", responses={202: SandboxOperationSerializer, **ERRORS}
@@ -184,7 +179,7 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         params = RunCommandSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         cmd = services.run_command(self.get_object(), request.user, **params.validated_data)
-        return Response({"command": CommandSerializer(cmd).data})
+        return Response(CommandResultSerializer({"command": cmd}).data)
 
     @extend_schema(
         summary="Run a command (the original's path)",
@@ -199,10 +194,8 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 
     def _snapshot_op(self, op: Operation, code: int) -> Response:
         op.refresh_from_db()
-        snap = op.snapshot
-        body = {"operation": OperationSerializer(op).data}
-        body["snapshot"] = SnapshotSerializer(snap).data if snap else None
-        return Response(body, status=code)
+        found = {"operation": op, "snapshot": op.snapshot}
+        return Response(SnapshotOperationSerializer(found).data, status=code)
 
     @extend_schema(
         summary="Take a snapshot",
@@ -219,14 +212,16 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         params.is_valid(raise_exception=True)
         data = dict(params.validated_data)
         wait = data.pop("wait")
-        op = snapshots.create_snapshot(self.get_object(), request.user, **data)
+        op = services.create_snapshot(self.get_object(), request.user, **data)
         if wait:
             return self._snapshot_op(
-                _waited(op, snapshots.SNAPSHOT_DEADLINE), status.HTTP_201_CREATED
+                _waited(op, services.SNAPSHOT_DEADLINE), status.HTTP_201_CREATED
             )
         return self._snapshot_op(op, status.HTTP_202_ACCEPTED)
 
-    @extend_schema(summary="List snapshots", responses={200: SnapshotSerializer(many=True)})
+    @extend_schema(
+        summary="List snapshots", responses={200: SnapshotSerializer(many=True), **ERRORS}
+    )
     @snapshots.mapping.get
     def list_snapshots(self, request, pk=None):
         sandbox = self.get_object()
@@ -245,13 +240,13 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     @action(detail=True, methods=["get"], url_path=r"snapshots/(?P<snapshot_name>[^/]+)")
     def snapshot_detail(self, request, pk=None, snapshot_name=None):
         return Response(
-            SnapshotSerializer(snapshots.get_snapshot(self.get_object(), snapshot_name)).data
+            SnapshotSerializer(services.get_snapshot(self.get_object(), snapshot_name)).data
         )
 
     @extend_schema(summary="Delete a snapshot", responses={202: OperationSerializer, **ERRORS})
     @snapshot_detail.mapping.delete
     def delete_snapshot(self, request, pk=None, snapshot_name=None):
-        op = snapshots.delete_snapshot(self.get_object(), request.user, snapshot_name)
+        op = services.delete_snapshot(self.get_object(), request.user, snapshot_name)
         return Response(OperationSerializer(op).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(
@@ -267,11 +262,13 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     def restore(self, request, pk=None, snapshot_name=None):
         return self._maybe_wait(
             request,
-            lambda: snapshots.restore_snapshot(self.get_object(), request.user, snapshot_name),
+            lambda: services.restore_snapshot(self.get_object(), request.user, snapshot_name),
             vsb("READY_TIMEOUT_SECONDS") + 60,
         )
 
-    @extend_schema(summary="Command history", responses={200: CommandSerializer(many=True)})
+    @extend_schema(
+        summary="Command history", responses={200: CommandSerializer(many=True), **ERRORS}
+    )
     @action(detail=True, methods=["get"])
     def commands(self, request, pk=None):
         sandbox = self.get_object()
@@ -280,8 +277,13 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 
 
 @extend_schema_view(
-    list=extend_schema(summary="List your operations"),
-    retrieve=extend_schema(summary="Get an operation (poll this for slow verbs)"),
+    list=extend_schema(
+        summary="List your operations", responses={200: OperationSerializer(many=True)}
+    ),
+    retrieve=extend_schema(
+        summary="Get an operation (poll this for slow verbs)",
+        responses={200: OperationSerializer, **ERRORS},
+    ),
 )
 class OperationViewSet(viewsets.ReadOnlyModelViewSet):
     """Slow steps (create, start, stop, destroy) done by a host's worker."""
@@ -300,14 +302,11 @@ class VMListView(APIView):
 
     @extend_schema(summary="List source VMs", responses={200: VMListSerializer})
     def get(self, request):
-        return Response(
-            {
-                "vms": SourceVMSerializer(
-                    SourceVM.objects.filter(enabled=True).select_related("host"), many=True
-                ).data,
-                "hosts": HostSerializer(Host.objects.all(), many=True).data,
-            }
-        )
+        found = {
+            "vms": SourceVM.objects.filter(enabled=True).select_related("host"),
+            "hosts": Host.objects.all(),
+        }
+        return Response(VMListSerializer(found).data)
 
 
 class HealthView(APIView):
@@ -318,30 +317,7 @@ class HealthView(APIView):
 
     @extend_schema(summary="Health", responses={200: HealthSerializer, 503: HealthSerializer})
     def get(self, request):
-        from config.celery import app
-
-        # Anyone may ask: the answer says "error", the log says why (an exception's text
-        # names hosts, ports, users and database names).
-        db = broker = "ok"
-        try:
-            connection.ensure_connection()
-        except Exception:  # noqa: BLE001
-            log.warning("health: database unreachable", exc_info=True)
-            db = "error"
-        try:
-            with app.connection_for_write() as conn:
-                conn.ensure_connection(max_retries=1, timeout=2)
-        except Exception:  # noqa: BLE001
-            log.warning("health: broker unreachable", exc_info=True)
-            broker = "error"
-        hosts = list(Host.objects.all()) if db == "ok" else []
-        healthy = db == "ok" and broker == "ok"
+        report = services.health()
         return Response(
-            {
-                "status": "ok" if healthy else "degraded",
-                "database": db,
-                "broker": broker,
-                "hosts": HostSerializer(hosts, many=True).data,
-            },
-            status=200 if healthy else 503,
+            HealthSerializer(report).data, status=200 if report["status"] == "ok" else 503
         )

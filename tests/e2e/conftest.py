@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from sandboxes import sources
+from sandboxes import services
 from tests.support import stack
 
 pytestmark = pytest.mark.e2e
@@ -70,7 +70,7 @@ def register_image_and_agents(blocker) -> dict[str, str]:
 
     manifest = json.loads((image_dir() / "manifest.json").read_text())
     with blocker.unblock():
-        sources.register_image("debian-base", image_dir(), manifest)
+        services.register_image("debian-base", image_dir(), manifest)
         keys = {}
         for name in ("e2e-alice", "e2e-bob"):
             user, _ = User.objects.get_or_create(username=name)

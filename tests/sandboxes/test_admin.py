@@ -61,3 +61,23 @@ def test_it_issues_an_api_key_shown_once_and_stores_only_its_hash(
 
     stored = ApiKey.objects.get(user=agent)
     assert secret not in (stored.key_hash, stored.prefix)
+
+
+def test_it_saves_an_operators_host_edit_through_the_service_and_audits_it(operator_client, host):
+    from audit.models import AuditEvent
+
+    response = operator_client.post(
+        f"/admin/sandboxes/host/{host.pk}/change/",
+        {
+            "name": host.name,
+            "libvirt_uri": host.libvirt_uri,
+            "enabled": "",
+            "capacity": 3,
+        },
+        follow=True,
+    )
+    assert response.status_code == 200
+    host.refresh_from_db()
+    assert (host.enabled, host.capacity) == (False, 3)
+    assert host.queue_name == f"kvm.{host.name}"
+    assert AuditEvent.objects.filter(verb="admin.change", target_id=str(host.pk)).exists()

@@ -9,19 +9,12 @@ import pytest
 from django.conf import settings
 from django.utils import timezone
 
-from sandboxes import provisioning, runtime, services, tasks, worker
+from sandboxes import provisioning, services, tasks, worker
 from sandboxes.choices import CommandStatus, OperationStatus, SandboxState
 from sandboxes.drivers.base import SHUTOFF, PermanentDriverError, TransientDriverError
 from sandboxes.models import Command, Operation, Sandbox
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def driver(settings):
-    settings.VSB = {**settings.VSB, "DRIVER": "fake"}
-    runtime.reset_drivers()
-    return runtime.get_driver()
 
 
 @pytest.fixture

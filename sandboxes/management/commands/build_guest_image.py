@@ -9,7 +9,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from sandboxes import sources
+from sandboxes import services
 
 
 class Command(BaseCommand):
@@ -33,5 +33,5 @@ class Command(BaseCommand):
             )
         image_dir = Path(proc.stdout.strip().splitlines()[-1])
         manifest = json.loads((image_dir / "manifest.json").read_text())
-        for source in sources.register_image(name, image_dir, manifest):
+        for source in services.register_image(name, image_dir, manifest):
             self.stdout.write(f"registered source VM {source.name}: {source.disk_path}")

@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand
 
-from sandboxes import sources
+from sandboxes import services
 
 
 class Command(BaseCommand):
@@ -14,5 +14,5 @@ class Command(BaseCommand):
         parser.add_argument("--description", default="")
 
     def handle(self, *args, name, domain, description, **options):
-        row = sources.register_domain(name, domain, description)
+        row = services.register_domain(name, domain, description)
         self.stdout.write(f"registered source VM {row.name} (domain {row.domain_name})")

@@ -5,18 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from sandboxes import runtime, tasks
+from sandboxes import tasks
 from sandboxes.choices import SandboxState
 from sandboxes.models import Operation, Sandbox
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def driver(settings):
-    settings.VSB = {**settings.VSB, "DRIVER": "fake"}
-    runtime.reset_drivers()
-    return runtime.get_driver()
 
 
 @pytest.fixture
