@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 from datetime import timedelta
 
+from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from audit import services as audit
@@ -41,6 +42,18 @@ def revoke_api_keys(user, name: str) -> int:
             data={"user": user.get_username(), "name": name, "count": revoked},
         )
     return revoked
+
+
+def issue_agent_key(username: str, key_name: str, *, revoke_others: bool = False):
+    """A new key for the agent user `username` (created, without a password, on first use);
+    with `revoke_others`, its earlier keys of the same name stop working."""
+    user, created = get_user_model().objects.get_or_create(username=username)
+    if created:
+        user.set_unusable_password()
+        user.save(update_fields=["password"])
+    if revoke_others:
+        revoke_api_keys(user, key_name)
+    return create_api_key(user, key_name)
 
 
 def revoke_keys(keys, by=None) -> int:

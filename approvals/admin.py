@@ -4,7 +4,7 @@ from django.contrib import admin, messages
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import path
 
-from config.admin_base import ReadOnlyModelAdmin
+from core.admin import ReadOnlyModelAdmin
 from core.errors import ServiceError
 
 from . import services

@@ -14,9 +14,9 @@ import logging
 
 from channels.db import database_sync_to_async
 
+from accounts.ws_auth import api_key_from_headers
 from audit.context import RequestContext, current
 from audit.middleware import request_id_from
-from config.ws_auth import api_key_from_headers
 from core.api.errors import error_body, validation_error_body
 from core.errors import ServiceError, http_status
 

@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from config.admin_base import ReadOnlyModelAdmin
+from core.admin import ReadOnlyModelAdmin
 
 from .models import AuditEvent
 

@@ -9,10 +9,10 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
+from accounts.ws_auth import ApiKeyAuthMiddleware  # noqa: E402
 from approvals.ask_endpoint import blocking_ask_app  # noqa: E402
 from approvals.routing import websocket_urlpatterns as approval_sockets  # noqa: E402
 from config.middleware import api_crash_guard  # noqa: E402
-from config.ws_auth import ApiKeyAuthMiddleware  # noqa: E402
 from config.ws_origin import OriginValidator  # noqa: E402
 from playbooks.routing import websocket_urlpatterns as playbook_sockets  # noqa: E402
 from terminals.routing import websocket_urlpatterns as terminal_sockets  # noqa: E402

@@ -6,7 +6,7 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 
-from config.admin_base import ReadOnlyModelAdmin
+from core.admin import ReadOnlyModelAdmin
 from core.errors import ServiceError
 
 from . import services

@@ -87,7 +87,6 @@ NOT_A_MODEL = {
 # accounts move). Each entry must still have a write, or the test says to remove it: empty
 # this after merging those branches.
 TEMPORARY_WRITERS = {
-    "accounts/management/commands/create_agent.py": "creates the agent's User and password",
     "playbooks/apply.py": "PlaybookEvent rows, PlaybookRun claim/finish",
     "playbooks/build.py": "PlaybookVersion/PlaybookFile rows, Playbook status",
     "playbooks/diff_compute.py": "Diff rows and their status",
@@ -204,28 +203,11 @@ def cross_app_imports() -> list[tuple[str, str, Import]]:
 # entries: by whoever holds those rooms); empty this after merging. Each entry must still be
 # imported, or the test says to remove it. (importing app, imported app) -> what, and a way out.
 TEMPORARY_UPWARD = {
-    ("accounts", "sandboxes"): (
-        "accounts/management/commands/create_agent.py imports sandboxes.services, for API-key "
-        "functions that moved to accounts.services (the command is broken by that)"
-    ),
     ("approvals", "sandboxes"): (
         "approvals/services.py checks a request's sandbox with sandboxes.services."
         "visible_sandboxes: sandboxes should pass the sandbox in, or approvals keep an id"
     ),
-    ("audit", "sandboxes"): (
-        "audit/queries.py reads sandboxes.models.Sandbox to show an agent the events of its "
-        "own sandboxes: a filter the sandboxes app passes in, or a subquery by app label"
-    ),
-    # For the lead (core's room): config.admin_base.ReadOnlyModelAdmin and config.ws_auth are
-    # shared base pieces that belong in core; config.celery.app is reachable as the task's
-    # own `.app`, celery.current_app, or through core.queues.
-    ("audit", "config"): "audit/admin.py: config.admin_base.ReadOnlyModelAdmin",
-    ("approvals", "config"): (
-        "approvals/admin.py: config.admin_base; ask_endpoint.py: config.ws_auth; "
-        "services.py: config.celery.app (send_task by name)"
-    ),
-    ("playbooks", "config"): "playbooks/admin.py: config.admin_base.ReadOnlyModelAdmin",
-    ("terminals", "config"): "terminals/services.py: config.celery.app (send_task by name)",
+    ("approvals", "config"): "approvals/services.py: config.celery.app (send_task by name)",
 }
 
 

@@ -1,9 +1,8 @@
 """Create (or reuse) an agent user and print a new API key for it."""
 
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
-from sandboxes import services
+from accounts import services
 
 
 class Command(BaseCommand):
@@ -19,11 +18,5 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, username, key_name, revoke_others, **options):
-        user, created = get_user_model().objects.get_or_create(username=username)
-        if created:
-            user.set_unusable_password()
-            user.save(update_fields=["password"])
-        if revoke_others:
-            services.revoke_api_keys(user, key_name)
-        _, secret = services.create_api_key(user, key_name)
+        _, secret = services.issue_agent_key(username, key_name, revoke_others=revoke_others)
         self.stdout.write(secret)

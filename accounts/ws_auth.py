@@ -22,7 +22,7 @@ def api_key_from_headers(headers) -> str:
 
 @database_sync_to_async
 def _user_for(secret: str):
-    from accounts import services as accounts
+    from . import services as accounts
 
     return accounts.authenticate_api_key(secret)
 
