@@ -234,3 +234,16 @@ def test_an_operator_reads_the_request_and_decides_on_its_admin_page(alice, dora
         follow=True,
     )
     assert again.status_code == 200 and b"already denied" in again.content
+
+
+def test_a_request_names_only_a_sandbox_its_requester_may_see(
+    alice, bob, olivia, host, source, sent_tasks
+):
+    from sandboxes import services as sandboxes
+
+    sandbox_id = str(sandboxes.create_sandbox(alice.user, source_vm_name="debian-base").sandbox_id)
+    own = ask_async(alice, sandbox_id=sandbox_id)
+    assert own.status_code == 201 and own.json()["sandbox_id"] == sandbox_id
+    others = ask_async(bob, sandbox_id=sandbox_id)
+    assert others.status_code == 400 and "sandbox_id" in others.json()["error"]["fields"]
+    assert ask_async(olivia, sandbox_id=sandbox_id).status_code == 201
