@@ -14,8 +14,9 @@ from django.utils import timezone
 
 from audit import services as audit
 from core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from core.queues import CONTROL_QUEUE, enqueue
 
-from . import events
+from . import events, tasks
 from .choices import ApprovalKind, ApprovalOrigin, ApprovalStatus, is_reserved_action
 from .models import ApprovalRequest
 
@@ -242,7 +243,8 @@ def _insert(
             },
         )
         events.publish_on_commit("created", as_dict(req), event.seq)
-        transaction.on_commit(lambda: _send_webhook(req.id))
+        if settings.APPROVALS["WEBHOOK_URL"]:
+            enqueue(tasks.send_webhook, str(req.id), queue=CONTROL_QUEUE)
     return req
 
 
@@ -258,14 +260,6 @@ def _reuse(existing: ApprovalRequest, prompt: str, payload: dict) -> ApprovalReq
         expire(existing.id)
         existing.refresh_from_db()
     return existing
-
-
-def _send_webhook(request_id) -> None:
-    if not settings.APPROVALS["WEBHOOK_URL"]:
-        return
-    from config.celery import app
-
-    app.send_task("approvals.send_webhook", args=[str(request_id)], queue="control")
 
 
 def decide(user, request_id, *, approve: bool, reason: str = "") -> ApprovalRequest:

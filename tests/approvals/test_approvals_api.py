@@ -247,3 +247,18 @@ def test_a_request_names_only_a_sandbox_its_requester_may_see(
     others = ask_async(bob, sandbox_id=sandbox_id)
     assert others.status_code == 400 and "sandbox_id" in others.json()["error"]["fields"]
     assert ask_async(olivia, sandbox_id=sandbox_id).status_code == 201
+
+
+def test_a_new_request_enqueues_its_webhook_after_commit_only_when_one_is_set(
+    alice, settings, sent_tasks, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        services.create_request(alice.user, prompt="Nobody listens?")
+    assert sent_tasks == []
+    settings.APPROVALS = {**settings.APPROVALS, "WEBHOOK_URL": "http://127.0.0.1:9/hook"}
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        req, _ = services.create_request(alice.user, prompt="Reboot db-1?")
+    assert sent_tasks == []
+    for callback in callbacks:
+        callback()
+    assert sent_tasks == [("approvals.send_webhook", [str(req.id)], "control")]
