@@ -17,6 +17,7 @@ from core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from core.queues import CONTROL_QUEUE, enqueue
 
 from . import events, tasks
+from .api.serializers import ApprovalSerializer
 from .choices import ApprovalKind, ApprovalOrigin, ApprovalStatus, is_reserved_action
 from .models import ApprovalRequest
 
@@ -54,39 +55,9 @@ def get_request(user, request_id) -> ApprovalRequest:
 
 
 def as_dict(req: ApprovalRequest) -> dict:
-    """The JSON form used by the API, the websocket and the blocking ask alike. Carries the
-    original's field names (request_id, approved, approved_by, comment) beside ours."""
-    decided_by = req.decided_by.get_username() if req.decided_by_id else None
-    return {
-        "id": str(req.id),
-        "request_id": str(req.id),
-        "status": req.status,
-        "approved": req.status == ApprovalStatus.APPROVED,
-        "kind": req.kind,
-        "prompt": req.prompt,
-        "action_type": req.action_type,
-        "payload": req.payload,
-        "context": req.context,
-        "urgency": req.urgency,
-        "alternatives": req.alternatives,
-        "agent_id": req.agent_id,
-        "requested_by": req.requested_by.get_username(),
-        "sandbox_id": str(req.sandbox_id) if req.sandbox_id else None,
-        "decided_by": decided_by,
-        "approved_by": decided_by if req.status == ApprovalStatus.APPROVED else None,
-        "decided_at": req.decided_at.isoformat() if req.decided_at else None,
-        "approved_at": req.decided_at.isoformat()
-        if req.decided_at and req.status == ApprovalStatus.APPROVED
-        else None,
-        "reason": req.reason,
-        "comment": req.reason,
-        "timeout_seconds": req.timeout_seconds,
-        "expires_at": req.expires_at.isoformat(),
-        "idempotency_key": req.idempotency_key,
-        "consumed_at": req.consumed_at.isoformat() if req.consumed_at else None,
-        "origin": req.origin,
-        "created_at": req.created_at.isoformat() if req.created_at else None,
-    }
+    """The one JSON form of a request (api.serializers.ApprovalSerializer), sent by the API,
+    the websocket, the webhook and the blocking ask alike."""
+    return ApprovalSerializer(req).data
 
 
 def _timeout(value: int | None) -> int:
