@@ -225,6 +225,9 @@ def test_an_operator_reads_the_request_and_decides_on_its_admin_page(alice, dora
         "not during business hours",
         dora.user,
     )
+    assert AuditEvent.objects.filter(
+        verb="approval.denied", actor="user:dora", target_id=req["id"]
+    ).exists()
     after = client.get(f"/admin/approvals/approvalrequest/{req['id']}/change/")
     assert b'value="Approve"' not in after.content and b"Denied by dora" in after.content
     # A second click is refused by the same compare-and-set, with a message, not a 500.
