@@ -166,16 +166,6 @@ class HumanAskView(APIView):
         return Response(async_to_sync(ask)(request.user, ask_fields(request)))
 
 
-class HumanAskAsyncView(APIView):
-    @extend_schema(
-        summary="Ask a human without waiting (original's ask-async)",
-        request=AskSerializer,
-        responses=ApprovalSerializer,
-    )
-    def post(self, request):
-        return _create(request)
-
-
 class HumanPendingView(APIView):
     @extend_schema(
         summary="Pending requests (original's shape)",
