@@ -79,21 +79,18 @@ def create_request(
     user,
     *,
     prompt: str,
-    kind: str = ApprovalKind.QUESTION,
     action_type: str = "",
     payload: dict | None = None,
-    context: str = "",
-    urgency: str = "medium",
-    alternatives: list | None = None,
     timeout_seconds: int | None = None,
     sandbox_id=None,
-    agent_id: str = "",
     idempotency_key: str = "",
+    **fields,
 ) -> tuple[ApprovalRequest, bool]:
     """What the public routes (/v1/approvals, /api/v1/human/ask, ask-async) create: a new
     pending request, or, for an idempotency key this requester used before, that same request
     (whatever its status now): a retry after a dropped connection or a server restart picks
-    up where it was. Returns (request, created).
+    up where it was. Returns (request, created). `fields` are the rest of an ask (kind,
+    context, urgency, alternatives, agent_id: api.serializers.AskSerializer), kept as given.
 
     An action the server reserves for itself (choices.RESERVED_ACTION_TYPES) is refused, also
     when only the payload's "action" names it: such approvals are opened by the server alone
@@ -124,21 +121,10 @@ def create_request(
         sandbox = _visible_sandbox(user, sandbox_id)
         if sandbox is None:
             raise InvalidInput.field("sandbox_id", f"no sandbox {sandbox_id} of yours.")
+    fields.update(action_type=action_type, payload=payload, idempotency_key=idempotency_key)
     try:
         return _insert(
-            user,
-            ApprovalOrigin.CALLER,
-            sandbox=sandbox,
-            kind=kind,
-            prompt=prompt,
-            action_type=action_type,
-            payload=payload,
-            context=context,
-            urgency=urgency,
-            alternatives=alternatives or [],
-            timeout=timeout,
-            agent_id=agent_id,
-            idempotency_key=idempotency_key,
+            user, ApprovalOrigin.CALLER, prompt, timeout, sandbox=sandbox, **fields
         ), True
     except IntegrityError:
         # The same key, at the same moment, from another connection of this requester.
@@ -165,23 +151,23 @@ def create_system_request(
     return _insert(
         user,
         ApprovalOrigin.SYSTEM,
+        prompt,
+        _timeout(None),
         kind=ApprovalKind.ACTION,
-        prompt=prompt,
         action_type=action_type,
         payload=payload,
         context=context,
-        timeout=_timeout(None),
     )
 
 
 def _insert(
     user,
     origin: str,
-    *,
     prompt: str,
     timeout: int,
+    *,
     sandbox=None,
-    alternatives=(),
+    alternatives=None,
     agent_id: str = "",
     **fields,
 ) -> ApprovalRequest:
@@ -192,7 +178,7 @@ def _insert(
             agent_id=agent_id or (sandbox.agent_id if sandbox else user.get_username()),
             sandbox=sandbox,
             prompt=prompt,
-            alternatives=list(alternatives),
+            alternatives=list(alternatives or ()),
             timeout_seconds=timeout,
             expires_at=timezone.now() + timedelta(seconds=timeout),
             origin=origin,
