@@ -15,7 +15,7 @@ from mcp import Client
 from virsh_sandbox import AsyncVirshSandbox
 from virsh_sandbox.mcp_server import build_server
 
-from tests.sdk.fakes import LocalShellServer, error, sandbox_json
+from tests.sdk.fakes import LocalShellServer, approved_json, error, sandbox_json
 from tests.sdk.test_client import Recorder
 
 SB = sandbox_json()["id"]
@@ -146,15 +146,7 @@ def test_ask_human_uses_the_approval_endpoint_only_where_it_exists(has_route):
     rec = Recorder(
         {
             ("GET", "/api/schema/"): httpx.Response(200, json={"paths": paths}),
-            ("POST", "/api/v1/human/ask"): httpx.Response(
-                200,
-                json={
-                    "request_id": "r1",
-                    "status": "approved",
-                    "approved": True,
-                    "decided_by": "olivia",
-                },
-            ),
+            ("POST", "/api/v1/human/ask"): httpx.Response(200, json=approved_json()),
         }
     )
     _, result = call(rec, "ask_human", {"question": "Apply to prod?", "sandbox_id": SB})
