@@ -57,7 +57,7 @@ def get_request(user, request_id) -> ApprovalRequest:
 def as_dict(req: ApprovalRequest) -> dict:
     """The one JSON form of a request (api.serializers.ApprovalSerializer), sent by the API,
     the websocket, the webhook and the blocking ask alike."""
-    return ApprovalSerializer(req).data
+    return dict(ApprovalSerializer(req).data)  # plain: it travels (socket, wake-up, webhook)
 
 
 def _timeout(value: int | None) -> int:
