@@ -217,15 +217,16 @@ class SandboxAPI(_SubClient):
         ``from_snapshot``). Returns at once with the create operation, or, with
         ``wait_for_ip=True``, once the sandbox is ready and SSH answers."""
         body = _body(
+            # What to clone, for whom, how big, and when to return.
             source_vm_name=source_vm_name,
+            from_sandbox=from_sandbox,
+            from_snapshot=from_snapshot,
             agent_id=agent_id,
             vcpus=vcpus if vcpus is not None else cpu,
             memory_mb=memory_mb,
             ttl_seconds=ttl_seconds,
             auto_start=auto_start,
             wait_for_ip=wait_for_ip,
-            from_sandbox=from_sandbox,
-            from_snapshot=from_snapshot,
         )
         timeout = self._engine.wait_timeout if wait_for_ip else None
         return SandboxResponse.from_dict(
