@@ -66,6 +66,21 @@ def test_it_offers_the_sandbox_tools_with_descriptions():
     assert all(t.description for t in tools)
 
 
+def test_create_waits_for_a_ready_sandbox_and_returns_its_id():
+    rec = Recorder(
+        {("POST", "/v1/sandboxes"): httpx.Response(201, json={"sandbox": sandbox_json()})}
+    )
+    _, result = call(rec, "create", {"memory_mb": 512})
+    assert not result.is_error
+    assert result.structured_content["sandbox_id"] == SB
+    assert json.loads(rec.requests[0].content) == {
+        "source_vm_name": "debian-base",
+        "agent_id": "mcp-agent",
+        "memory_mb": 512,
+        "wait_for_ip": True,
+    }
+
+
 def test_run_command_returns_exit_code_and_both_streams():
     rec = Recorder(
         {
