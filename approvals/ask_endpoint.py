@@ -14,6 +14,7 @@ import logging
 
 from channels.db import database_sync_to_async
 
+from accounts.services import authenticate_api_key
 from accounts.ws_auth import api_key_from_headers
 from audit.context import RequestContext, current
 from audit.middleware import request_id_from
@@ -29,9 +30,7 @@ MAX_BODY = 256 * 1024
 
 @database_sync_to_async
 def _authenticate(secret: str):
-    from accounts import services as accounts
-
-    return accounts.authenticate_api_key(secret)
+    return authenticate_api_key(secret)
 
 
 async def _respond(send, status: int, body: dict, request_id: str, extra: list | None = None):

@@ -2,6 +2,8 @@ from django.db import models
 
 
 class ApprovalStatus(models.TextChoices):
+    """Pending until decided, cancelled or expired; each of those is final."""
+
     PENDING = "pending"
     APPROVED = "approved"
     DENIED = "denied"
@@ -11,23 +13,29 @@ class ApprovalStatus(models.TextChoices):
 
 
 class ApprovalKind(models.TextChoices):
+    """A free-text question, or an action (`action_type`, `payload`) an approval allows once."""
+
     QUESTION = "question"
     ACTION = "action"
 
 
-class Urgency(models.TextChoices):
-    LOW = "low"
-    MEDIUM = "medium"
-    HIGH = "high"
-
-
 class ApprovalOrigin(models.TextChoices):
+    """Who opened the request."""
+
     # Asked through a public route (/v1/approvals, /api/v1/human/ask, ask-async): by an agent
     # or anyone with a key. Such a request can answer a question; it never unlocks an action
     # the server reserves for itself.
     CALLER = "caller"
     # Opened by the server's own service layer for an action it is about to take (an apply).
     SYSTEM = "system"
+
+
+class Urgency(models.TextChoices):
+    """How soon the requester needs an answer: shown to operators, it moves no deadline."""
+
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
 
 
 # Action types only the server opens (ApprovalOrigin.SYSTEM) and only the server consumes.

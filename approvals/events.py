@@ -1,6 +1,6 @@
 """Approval events, sent only after the transaction commits: to the `approvals` channel-layer
-group (every operator's socket) and, once decided, to the agents waiting on the request
-(approvals.waiting)."""
+group (every operator's socket) and, once decided, to the asks waiting on the request
+(a `core.wakeups` wake-up of kind WAKEUP_KIND carrying the request's final form)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,18 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 
+from core import wakeups
+
 log = logging.getLogger(__name__)
 
 OPERATORS_GROUP = "approvals"
+WAKEUP_KIND = "approval"
 
 
 def _send(kind: str, body: dict, seq: int) -> None:
     if body["status"] != "pending":
-        from .waiting import publish_decision
-
         try:
-            publish_decision(body)
+            wakeups.publish(body["id"], body, kind=WAKEUP_KIND)
         except Exception:  # noqa: BLE001 - waiters re-read the row every few seconds
             log.warning("could not wake the waiters of %s", body["id"], exc_info=True)
     layer = get_channel_layer()

@@ -18,9 +18,9 @@ class ApprovalRequest(models.Model):
     agent_id = models.CharField(max_length=200, blank=True)
     sandbox = models.ForeignKey(
         "sandboxes.Sandbox",
+        on_delete=models.SET_NULL,
         null=True,
         blank=True,
-        on_delete=models.SET_NULL,
         related_name="approval_requests",
     )
     kind = models.CharField(
@@ -39,9 +39,9 @@ class ApprovalRequest(models.Model):
     )
     decided_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
         null=True,
         blank=True,
-        on_delete=models.PROTECT,
         related_name="approval_decisions",
     )
     decided_at = models.DateTimeField(null=True, blank=True)

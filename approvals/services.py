@@ -13,9 +13,12 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit import services as audit
+from core import hooks
 from core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from core.queues import CONTROL_QUEUE, enqueue
 
-from . import events
+from . import events, tasks
+from .api.serializers import ApprovalSerializer
 from .choices import ApprovalKind, ApprovalOrigin, ApprovalStatus, is_reserved_action
 from .models import ApprovalRequest
 
@@ -53,39 +56,9 @@ def get_request(user, request_id) -> ApprovalRequest:
 
 
 def as_dict(req: ApprovalRequest) -> dict:
-    """The JSON form used by the API, the websocket and the blocking ask alike. Carries the
-    original's field names (request_id, approved, approved_by, comment) beside ours."""
-    decided_by = req.decided_by.get_username() if req.decided_by_id else None
-    return {
-        "id": str(req.id),
-        "request_id": str(req.id),
-        "status": req.status,
-        "approved": req.status == ApprovalStatus.APPROVED,
-        "kind": req.kind,
-        "prompt": req.prompt,
-        "action_type": req.action_type,
-        "payload": req.payload,
-        "context": req.context,
-        "urgency": req.urgency,
-        "alternatives": req.alternatives,
-        "agent_id": req.agent_id,
-        "requested_by": req.requested_by.get_username(),
-        "sandbox_id": str(req.sandbox_id) if req.sandbox_id else None,
-        "decided_by": decided_by,
-        "approved_by": decided_by if req.status == ApprovalStatus.APPROVED else None,
-        "decided_at": req.decided_at.isoformat() if req.decided_at else None,
-        "approved_at": req.decided_at.isoformat()
-        if req.decided_at and req.status == ApprovalStatus.APPROVED
-        else None,
-        "reason": req.reason,
-        "comment": req.reason,
-        "timeout_seconds": req.timeout_seconds,
-        "expires_at": req.expires_at.isoformat(),
-        "idempotency_key": req.idempotency_key,
-        "consumed_at": req.consumed_at.isoformat() if req.consumed_at else None,
-        "origin": req.origin,
-        "created_at": req.created_at.isoformat() if req.created_at else None,
-    }
+    """The one JSON form of a request (api.serializers.ApprovalSerializer), sent by the API,
+    the websocket, the webhook and the blocking ask alike."""
+    return dict(ApprovalSerializer(req).data)  # plain: it travels (socket, wake-up, webhook)
 
 
 def _timeout(value: int | None) -> int:
@@ -107,21 +80,18 @@ def create_request(
     user,
     *,
     prompt: str,
-    kind: str = ApprovalKind.QUESTION,
     action_type: str = "",
     payload: dict | None = None,
-    context: str = "",
-    urgency: str = "medium",
-    alternatives: list | None = None,
     timeout_seconds: int | None = None,
     sandbox_id=None,
-    agent_id: str = "",
     idempotency_key: str = "",
+    **fields,
 ) -> tuple[ApprovalRequest, bool]:
     """What the public routes (/v1/approvals, /api/v1/human/ask, ask-async) create: a new
     pending request, or, for an idempotency key this requester used before, that same request
     (whatever its status now): a retry after a dropped connection or a server restart picks
-    up where it was. Returns (request, created).
+    up where it was. Returns (request, created). `fields` are the rest of an ask (kind,
+    context, urgency, alternatives, agent_id: api.serializers.AskSerializer), kept as given.
 
     An action the server reserves for itself (choices.RESERVED_ACTION_TYPES) is refused, also
     when only the payload's "action" names it: such approvals are opened by the server alone
@@ -149,26 +119,13 @@ def create_request(
             return _reuse(existing, prompt, payload), False
     sandbox = None
     if sandbox_id:
-        from sandboxes.services import visible_sandboxes
-
-        sandbox = visible_sandboxes(user).filter(pk=sandbox_id).first()
+        sandbox = hooks.visible_sandboxes(user).filter(pk=sandbox_id).first()
         if sandbox is None:
             raise InvalidInput.field("sandbox_id", f"no sandbox {sandbox_id} of yours.")
+    fields.update(action_type=action_type, payload=payload, idempotency_key=idempotency_key)
     try:
         return _insert(
-            user,
-            ApprovalOrigin.CALLER,
-            sandbox=sandbox,
-            kind=kind,
-            prompt=prompt,
-            action_type=action_type,
-            payload=payload,
-            context=context,
-            urgency=urgency,
-            alternatives=alternatives or [],
-            timeout=timeout,
-            agent_id=agent_id,
-            idempotency_key=idempotency_key,
+            user, ApprovalOrigin.CALLER, prompt, timeout, sandbox=sandbox, **fields
         ), True
     except IntegrityError:
         # The same key, at the same moment, from another connection of this requester.
@@ -185,23 +142,23 @@ def create_system_request(
     return _insert(
         user,
         ApprovalOrigin.SYSTEM,
+        prompt,
+        _timeout(None),
         kind=ApprovalKind.ACTION,
-        prompt=prompt,
         action_type=action_type,
         payload=payload,
         context=context,
-        timeout=_timeout(None),
     )
 
 
 def _insert(
     user,
     origin: str,
-    *,
     prompt: str,
     timeout: int,
+    *,
     sandbox=None,
-    alternatives=(),
+    alternatives=None,
     agent_id: str = "",
     **fields,
 ) -> ApprovalRequest:
@@ -212,7 +169,7 @@ def _insert(
             agent_id=agent_id or (sandbox.agent_id if sandbox else user.get_username()),
             sandbox=sandbox,
             prompt=prompt,
-            alternatives=list(alternatives),
+            alternatives=list(alternatives or ()),
             timeout_seconds=timeout,
             expires_at=timezone.now() + timedelta(seconds=timeout),
             origin=origin,
@@ -234,7 +191,8 @@ def _insert(
             },
         )
         events.publish_on_commit("created", as_dict(req), event.seq)
-        transaction.on_commit(lambda: _send_webhook(req.id))
+        if settings.APPROVALS["WEBHOOK_URL"]:
+            enqueue(tasks.send_webhook, str(req.id), queue=CONTROL_QUEUE)
     return req
 
 
@@ -250,14 +208,6 @@ def _reuse(existing: ApprovalRequest, prompt: str, payload: dict) -> ApprovalReq
         expire(existing.id)
         existing.refresh_from_db()
     return existing
-
-
-def _send_webhook(request_id) -> None:
-    if not settings.APPROVALS["WEBHOOK_URL"]:
-        return
-    from config.celery import app
-
-    app.send_task("approvals.send_webhook", args=[str(request_id)], queue="control")
 
 
 def decide(user, request_id, *, approve: bool, reason: str = "") -> ApprovalRequest:

@@ -63,6 +63,8 @@ class AuditEvent(models.Model):
     def __str__(self) -> str:
         return f"#{self.seq} {self.verb} by {self.actor}"
 
+    # The append-only guard itself, not a writer: the one INSERT is audit.services.record's
+    # `objects.create`, which lands here; every other save and delete is refused.
     def save(self, *args, **kwargs):
         if not self._state.adding:
             raise AppendOnly("audit events are append-only")

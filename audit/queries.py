@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from django.db.models import Q, QuerySet
 
+from core import hooks
+
 from .models import AuditEvent
-
-# Apps above audit say which sandboxes a user owns (the sandboxes app registers it when it
-# loads): audit shows an agent the events of its own sandboxes without importing upwards.
-_owned_sandboxes: list[Callable] = []
-
-
-def register_owned_sandboxes(query: Callable) -> None:
-    """`query(user)` returns a queryset of the primary keys of the sandboxes `user` owns."""
-    _owned_sandboxes.append(query)
 
 
 def is_auditor(user) -> bool:
@@ -28,7 +19,5 @@ def visible_events(user) -> QuerySet[AuditEvent]:
     qs = AuditEvent.objects.all()
     if is_auditor(user):
         return qs
-    visible = Q(actor_user_id=user.pk)
-    for owned in _owned_sandboxes:
-        visible |= Q(sandbox_id__in=owned(user))
-    return qs.filter(visible)
+    owned = hooks.visible_sandboxes(user).values("pk")
+    return qs.filter(Q(actor_user_id=user.pk) | Q(sandbox_id__in=owned))

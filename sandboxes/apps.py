@@ -6,11 +6,11 @@ class SandboxesConfig(AppConfig):
     verbose_name = "Sandboxes"
 
     def ready(self):
+        from core import hooks
+
         # The worker's start-up and shutdown signal handlers (they only fire in a Celery
         # worker): connected here, so tasks and worker do not import each other.
-        from audit.queries import register_owned_sandboxes
+        from . import services, worker  # noqa: F401
 
-        from . import worker  # noqa: F401
-        from .models import Sandbox
-
-        register_owned_sandboxes(lambda user: Sandbox.objects.filter(owner=user).values("pk"))
+        # Lower apps (audit, approvals) ask which sandboxes a user may see through this hook.
+        hooks.visible_sandboxes.register(services.visible_sandboxes)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from core.api.serializers import StrictInputSerializer
@@ -60,13 +61,23 @@ class BulkDecisionSerializer(StrictInputSerializer):
     reason = serializers.CharField(max_length=5000, required=False, allow_blank=True, default="")
 
 
+class _IsoDateTimeField(serializers.DateTimeField):
+    """A datetime as Python's isoformat() writes it (`+00:00`, not DRF's `Z`): the form the
+    approvals API, socket and webhook have always sent."""
+
+    def to_representation(self, value):
+        return value.isoformat() if value else None
+
+
 class ApprovalSerializer(serializers.Serializer):
-    """Output only: the dict built by services.as_dict (one shape for API, socket, ask)."""
+    """An approval request as the API, the websocket, the webhook and the blocking ask send
+    it (services.as_dict): ours and the original's field names (request_id, approved,
+    approved_by, approved_at, comment) side by side. Output only."""
 
     id = serializers.UUIDField()
-    request_id = serializers.UUIDField()
+    request_id = serializers.UUIDField(source="id")
     status = serializers.ChoiceField(ApprovalStatus.choices)
-    approved = serializers.BooleanField()
+    approved = serializers.SerializerMethodField()
     kind = serializers.CharField()
     prompt = serializers.CharField()
     action_type = serializers.CharField()
@@ -75,21 +86,69 @@ class ApprovalSerializer(serializers.Serializer):
     urgency = serializers.CharField()
     alternatives = serializers.ListField(child=serializers.CharField())
     agent_id = serializers.CharField()
-    requested_by = serializers.CharField()
+    requested_by = serializers.CharField(source="requested_by.get_username")
     sandbox_id = serializers.UUIDField(allow_null=True)
-    decided_by = serializers.CharField(allow_null=True)
-    approved_by = serializers.CharField(allow_null=True)
-    decided_at = serializers.DateTimeField(allow_null=True)
-    approved_at = serializers.DateTimeField(allow_null=True)
+    decided_by = serializers.CharField(source="decided_by.get_username", allow_null=True)
+    approved_by = serializers.SerializerMethodField()
+    decided_at = _IsoDateTimeField(allow_null=True)
+    approved_at = serializers.SerializerMethodField()
     reason = serializers.CharField()
-    comment = serializers.CharField()
+    comment = serializers.CharField(source="reason")
     timeout_seconds = serializers.IntegerField()
-    expires_at = serializers.DateTimeField()
+    expires_at = _IsoDateTimeField()
     idempotency_key = serializers.CharField()
-    consumed_at = serializers.DateTimeField(allow_null=True)
+    consumed_at = _IsoDateTimeField(allow_null=True)
     origin = serializers.ChoiceField(
         ApprovalOrigin.choices,
         help_text="caller: asked through a public route; system: opened by the server for an "
         "action it reserves (an apply), the only kind that action accepts.",
     )
-    created_at = serializers.DateTimeField()
+    created_at = _IsoDateTimeField(allow_null=True)
+
+    def get_approved(self, req) -> bool:
+        return req.status == ApprovalStatus.APPROVED
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_approved_by(self, req) -> str | None:
+        return (
+            req.decided_by.get_username() if self.get_approved(req) and req.decided_by_id else None
+        )
+
+    @extend_schema_field(serializers.DateTimeField(allow_null=True))
+    def get_approved_at(self, req) -> str | None:
+        return req.decided_at.isoformat() if self.get_approved(req) and req.decided_at else None
+
+
+class PendingSerializer(serializers.Serializer):
+    """The original's GET /api/v1/human/pending."""
+
+    pending = ApprovalSerializer(many=True)
+
+
+class CancelledSerializer(serializers.Serializer):
+    """The original's DELETE /api/v1/human/pending/{id}."""
+
+    request_id = serializers.UUIDField(source="id")
+    cancelled = serializers.SerializerMethodField()
+    status = serializers.ChoiceField(ApprovalStatus.choices)
+
+    def get_cancelled(self, req) -> bool:
+        return True
+
+
+class BulkRefusalSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+
+
+class BulkItemSerializer(serializers.Serializer):
+    """One request of a bulk decision: its new status, or why it was refused (the others
+    still go ahead)."""
+
+    id = serializers.UUIDField()
+    status = serializers.ChoiceField(ApprovalStatus.choices, required=False)
+    error = BulkRefusalSerializer(required=False)
+
+
+class BulkResultSerializer(serializers.Serializer):
+    results = BulkItemSerializer(many=True)

@@ -10,10 +10,13 @@ router.register("approvals", views.ApprovalViewSet, basename="approval")
 # Mounted at /v1/.
 urlpatterns = router.urls
 
+# The original's name of POST /v1/approvals.
+ask_async = views.ApprovalViewSet.as_view({"post": "create"})
+
 # Mounted at /api/v1/: the original's human-in-the-loop routes.
 human_urlpatterns = [
     path("human/ask", views.HumanAskView.as_view(), name="human-ask"),
-    path("human/ask-async", views.HumanAskAsyncView.as_view(), name="human-ask-async"),
+    path("human/ask-async", ask_async, name="human-ask-async"),
     path("human/pending", views.HumanPendingView.as_view(), name="human-pending"),
     path(
         "human/pending/<uuid:request_id>",

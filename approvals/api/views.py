@@ -9,6 +9,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.api.pagination import LimitOffsetPagination
 from core.errors import Forbidden, ServiceError
 
 from .. import services
@@ -18,7 +19,10 @@ from .serializers import (
     ApprovalSerializer,
     AskSerializer,
     BulkDecisionSerializer,
+    BulkResultSerializer,
+    CancelledSerializer,
     DecisionSerializer,
+    PendingSerializer,
     RespondSerializer,
 )
 
@@ -37,7 +41,8 @@ def ask_fields(request) -> dict:
 def _create(request) -> Response:
     req, created = services.create_request(request.user, **ask_fields(request))
     return Response(
-        services.as_dict(req), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        ApprovalSerializer(req).data,
+        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
     )
 
 
@@ -66,15 +71,13 @@ class ApprovalViewSet(viewsets.ViewSet):
                     fields={"status": ["unknown status"]},
                 )
             qs = qs.filter(status=wanted)
-        from core.api.pagination import LimitOffsetPagination
-
         paginator = LimitOffsetPagination()
         page = paginator.paginate_queryset(qs, request, view=self)
-        return paginator.get_paginated_response([services.as_dict(r) for r in page])
+        return paginator.get_paginated_response(ApprovalSerializer(page, many=True).data)
 
     @extend_schema(summary="One approval request", responses=ApprovalSerializer)
     def retrieve(self, request, pk=None):
-        return Response(services.as_dict(services.get_request(request.user, pk)))
+        return Response(ApprovalSerializer(services.get_request(request.user, pk)).data)
 
     @extend_schema(
         summary="Ask without waiting",
@@ -105,12 +108,12 @@ class ApprovalViewSet(viewsets.ViewSet):
         serializer = DecisionSerializer(data=request.data or {})
         serializer.is_valid(raise_exception=True)
         req = services.cancel(request.user, pk, serializer.validated_data["reason"])
-        return Response(services.as_dict(req))
+        return Response(ApprovalSerializer(req).data)
 
     @extend_schema(
         summary="Approve or deny many at once",
         request=BulkDecisionSerializer,
-        responses={200: {"type": "object"}},
+        responses=BulkResultSerializer,
     )
     @action(detail=False, methods=["post"], url_path="bulk")
     def bulk(self, request):
@@ -137,7 +140,7 @@ class ApprovalViewSet(viewsets.ViewSet):
                 results.append(
                     {"id": str(request_id), "error": {"code": err.code, "message": err.message}}
                 )
-        return Response({"results": results})
+        return Response(BulkResultSerializer({"results": results}).data)
 
     def _decide(self, request, pk, *, approve: bool) -> Response:
         serializer = DecisionSerializer(data=request.data or {})
@@ -145,7 +148,7 @@ class ApprovalViewSet(viewsets.ViewSet):
         req = services.decide(
             request.user, pk, approve=approve, reason=serializer.validated_data["reason"]
         )
-        return Response(services.as_dict(req))
+        return Response(ApprovalSerializer(req).data)
 
 
 class HumanAskView(APIView):
@@ -163,34 +166,24 @@ class HumanAskView(APIView):
         return Response(async_to_sync(ask)(request.user, ask_fields(request)))
 
 
-class HumanAskAsyncView(APIView):
-    @extend_schema(
-        summary="Ask a human without waiting (original's ask-async)",
-        request=AskSerializer,
-        responses=ApprovalSerializer,
-    )
-    def post(self, request):
-        return _create(request)
-
-
 class HumanPendingView(APIView):
     @extend_schema(
-        summary="Pending requests (original's shape)", responses={200: {"type": "object"}}
+        summary="Pending requests (original's shape)",
+        responses=PendingSerializer,
     )
     def get(self, request):
         qs = services.visible_requests(request.user).filter(status=ApprovalStatus.PENDING)[:500]
-        return Response({"pending": [services.as_dict(r) for r in qs]})
+        return Response(PendingSerializer({"pending": qs}).data)
 
 
 class HumanPendingDetailView(APIView):
     @extend_schema(summary="One request", responses=ApprovalSerializer)
     def get(self, request, request_id):
-        return Response(services.as_dict(services.get_request(request.user, request_id)))
+        return Response(ApprovalSerializer(services.get_request(request.user, request_id)).data)
 
-    @extend_schema(summary="Cancel a pending request", responses={200: {"type": "object"}})
+    @extend_schema(summary="Cancel a pending request", responses={200: CancelledSerializer})
     def delete(self, request, request_id):
-        req = services.cancel(request.user, request_id)
-        return Response({"request_id": str(req.id), "cancelled": True, "status": req.status})
+        return Response(CancelledSerializer(services.cancel(request.user, request_id)).data)
 
 
 class HumanRespondView(APIView):
@@ -206,4 +199,4 @@ class HumanRespondView(APIView):
         req = services.decide(
             request.user, data["request_id"], approve=data["approved"], reason=data["reason"]
         )
-        return Response(services.as_dict(req))
+        return Response(ApprovalSerializer(req).data)

@@ -263,6 +263,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # One name for a choice set that several components share (else a hashed name).
+    "ENUM_NAME_OVERRIDES": {"ApprovalStatusEnum": "approvals.choices.ApprovalStatus"},
 }
 
 # --- Logging ------------------------------------------------------------------------------

@@ -7,10 +7,12 @@ awaits it). Method names follow the original SDK (``create_sandbox``,
 from __future__ import annotations
 
 import codecs
+import functools
+import inspect
 import json
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,10 +49,42 @@ SERVER_COMMAND_TIMEOUT = 600
 POLL_FIRST, POLL_MAX = 0.2, 2.0
 
 
+def _with_timeout(fields: dict[str, Any], timeout_secs: int | None) -> dict[str, Any]:
+    """``timeout_seconds``, or the original SDK's ``timeout_secs`` when it is not given."""
+    if fields.get("timeout_seconds") is None:
+        fields["timeout_seconds"] = timeout_secs
+    return fields
+
+
 def _body(**fields: Any) -> dict[str, Any]:
     """A JSON body of the fields that were given. The server refuses unknown fields and
     fills its own defaults, so unset ones are left out rather than sent as null."""
     return {k: v for k, v in fields.items() if v is not None}
+
+
+def _shares(template: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Gives a method that takes ``**fields`` the parameters of ``template`` as its own: help()
+    and ``inspect.signature`` show them, and a call is checked against them as Python checks
+    a written-out signature. For methods that send the same fields (one list, not three)."""
+    shared = inspect.signature(template).parameters
+
+    def apply(fn: Callable[..., Any]) -> Callable[..., Any]:
+        own = [
+            p
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind is not p.VAR_KEYWORD and p.name not in shared
+        ]
+        signature = inspect.signature(fn).replace(parameters=[own[0], *shared.values(), *own[1:]])
+
+        @functools.wraps(fn)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            signature.bind(*args, **kwargs)  # the TypeError a written-out signature raises
+            return fn(*args, **kwargs)
+
+        checked.__signature__ = signature  # type: ignore[attr-defined]
+        return checked
+
+    return apply
 
 
 class _SubClient:
@@ -183,15 +217,16 @@ class SandboxAPI(_SubClient):
         ``from_snapshot``). Returns at once with the create operation, or, with
         ``wait_for_ip=True``, once the sandbox is ready and SSH answers."""
         body = _body(
+            # What to clone, for whom, how big, and when to return.
             source_vm_name=source_vm_name,
+            from_sandbox=from_sandbox,
+            from_snapshot=from_snapshot,
             agent_id=agent_id,
             vcpus=vcpus if vcpus is not None else cpu,
             memory_mb=memory_mb,
             ttl_seconds=ttl_seconds,
             auto_start=auto_start,
             wait_for_ip=wait_for_ip,
-            from_sandbox=from_sandbox,
-            from_snapshot=from_snapshot,
         )
         timeout = self._engine.wait_timeout if wait_for_ip else None
         return SandboxResponse.from_dict(
@@ -763,33 +798,27 @@ class FilesAPI(_SubClient):
 # -- human approval and audit -------------------------------------------------------------------
 
 
-def _ask_body(
-    prompt,
-    kind,
-    action_type,
-    context,
-    urgency,
-    timeout_seconds,
-    alternatives,
-    sandbox_id,
-    agent_id,
-    payload,
-    idempotency_key,
-) -> dict[str, Any]:
-    return _body(
-        prompt=prompt,
-        kind=kind,
-        action_type=action_type,
-        context=context,
-        urgency=urgency,
-        timeout_seconds=timeout_seconds,
-        alternatives=alternatives,
-        sandbox_id=sandbox_id,
-        agent_id=agent_id,
-        payload=payload,
-        # A key per call: a retry after a lost answer picks up the same request.
-        idempotency_key=idempotency_key or str(uuid.uuid4()),
-    )
+def _ask_fields(
+    prompt: str,
+    *,
+    kind: str | None = None,
+    action_type: str | None = None,
+    context: str | None = None,
+    urgency: str | None = None,
+    timeout_seconds: int | None = None,
+    alternatives: list[str] | None = None,
+    sandbox_id: str | None = None,
+    agent_id: str | None = None,
+    payload: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
+) -> None:
+    """What an ask sends (``ask``, ``ask_async``, ``create_approval``): the parameters only."""
+
+
+def _ask_body(prompt: str, fields: dict[str, Any]) -> dict[str, Any]:
+    # A key per call: a retry after a lost answer picks up the same request.
+    key = fields.pop("idempotency_key", None) or str(uuid.uuid4())
+    return _body(prompt=prompt, **fields, idempotency_key=key)
 
 
 class HumanAPI(_SubClient):
@@ -801,38 +830,14 @@ class HumanAPI(_SubClient):
     """
 
     @operation
+    @_shares(_ask_fields)
     def ask(
-        self,
-        prompt: str,
-        *,
-        kind: str | None = None,
-        action_type: str | None = None,
-        context: str | None = None,
-        urgency: str | None = None,
-        timeout_seconds: int | None = None,
-        timeout_secs: int | None = None,
-        alternatives: list[str] | None = None,
-        sandbox_id: str | None = None,
-        agent_id: str | None = None,
-        payload: dict[str, Any] | None = None,
-        idempotency_key: str | None = None,
+        self, prompt: str, *, timeout_secs: int | None = None, **fields: Any
     ) -> ApprovalRequest:
-        timeout = timeout_seconds if timeout_seconds is not None else timeout_secs
-        body = _ask_body(
-            prompt,
-            kind,
-            action_type,
-            context,
-            urgency,
-            timeout,
-            alternatives,
-            sandbox_id,
-            agent_id,
-            payload,
-            idempotency_key,
-        )
+        """Ask and wait for the decision (``timeout_secs`` is the original's ``timeout_seconds``)."""
+        body = _ask_body(prompt, _with_timeout(fields, timeout_secs))
         # The server holds the request until the decision or the request's expiry.
-        read_timeout = (timeout or 3600) + 60
+        read_timeout = (body.get("timeout_seconds") or 3600) + 60
         return ApprovalRequest.from_dict(
             (
                 yield Call(
@@ -842,37 +847,12 @@ class HumanAPI(_SubClient):
         )
 
     @operation
+    @_shares(_ask_fields)
     def ask_async(
-        self,
-        prompt: str,
-        *,
-        kind: str | None = None,
-        action_type: str | None = None,
-        context: str | None = None,
-        urgency: str | None = None,
-        timeout_seconds: int | None = None,
-        timeout_secs: int | None = None,
-        alternatives: list[str] | None = None,
-        sandbox_id: str | None = None,
-        agent_id: str | None = None,
-        payload: dict[str, Any] | None = None,
-        idempotency_key: str | None = None,
+        self, prompt: str, *, timeout_secs: int | None = None, **fields: Any
     ) -> ApprovalRequest:
         """Open the request and return at once (``status == "pending"``); poll ``get``."""
-        timeout = timeout_seconds if timeout_seconds is not None else timeout_secs
-        body = _ask_body(
-            prompt,
-            kind,
-            action_type,
-            context,
-            urgency,
-            timeout,
-            alternatives,
-            sandbox_id,
-            agent_id,
-            payload,
-            idempotency_key,
-        )
+        body = _ask_body(prompt, _with_timeout(fields, timeout_secs))
         return ApprovalRequest.from_dict(
             (yield Call("POST", "/api/v1/human/ask-async", json=body, idempotent=True))
         )
@@ -934,35 +914,10 @@ class ApprovalsAPI(_SubClient):
         )
 
     @operation
-    def create_approval(
-        self,
-        prompt: str,
-        *,
-        kind: str | None = None,
-        action_type: str | None = None,
-        context: str | None = None,
-        urgency: str | None = None,
-        timeout_seconds: int | None = None,
-        alternatives: list[str] | None = None,
-        sandbox_id: str | None = None,
-        agent_id: str | None = None,
-        payload: dict[str, Any] | None = None,
-        idempotency_key: str | None = None,
-    ) -> ApprovalRequest:
+    @_shares(_ask_fields)
+    def create_approval(self, prompt: str, **fields: Any) -> ApprovalRequest:
         """Open a request without waiting (like ``human.ask_async``)."""
-        body = _ask_body(
-            prompt,
-            kind,
-            action_type,
-            context,
-            urgency,
-            timeout_seconds,
-            alternatives,
-            sandbox_id,
-            agent_id,
-            payload,
-            idempotency_key,
-        )
+        body = _ask_body(prompt, fields)
         return ApprovalRequest.from_dict(
             (yield Call("POST", "/v1/approvals", json=body, idempotent=True))
         )
@@ -1002,38 +957,31 @@ class ApprovalsAPI(_SubClient):
     get = get_approval
 
 
+def _audit_filters(
+    *,
+    sandbox: str | None = None,
+    agent: str | None = None,
+    actor: str | None = None,
+    verb: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    after: int | None = None,
+    request_id: str | None = None,
+) -> None:
+    """The filters of ``list_events`` and ``export``: the parameters only."""
+
+
 class AuditAPI(_SubClient):
     """The tamper-evident audit trail (``/v1/audit``), oldest first. Filters: ``sandbox``,
     ``agent``, ``actor``, ``verb`` (or a prefix like ``sandbox``), ``since``, ``until``,
     ``after`` (a seq), ``request_id``."""
 
     @operation
+    @_shares(_audit_filters)
     def list_events(
-        self,
-        *,
-        sandbox: str | None = None,
-        agent: str | None = None,
-        actor: str | None = None,
-        verb: str | None = None,
-        since: str | None = None,
-        until: str | None = None,
-        after: int | None = None,
-        request_id: str | None = None,
-        limit: int | None = None,
-        offset: int | None = None,
+        self, *, limit: int | None = None, offset: int | None = None, **filters: Any
     ) -> AuditEventList:
-        params = {
-            "sandbox": sandbox,
-            "agent": agent,
-            "actor": actor,
-            "verb": verb,
-            "since": since,
-            "until": until,
-            "after": after,
-            "request_id": request_id,
-            "limit": limit,
-            "offset": offset,
-        }
+        params = {**filters, "limit": limit, "offset": offset}
         return page(AuditEventList, "events", (yield Call("GET", "/v1/audit", params=params)))
 
     @operation
@@ -1041,31 +989,11 @@ class AuditAPI(_SubClient):
         return AuditEvent.from_dict((yield Call("GET", "/v1/audit/{seq}", {"seq": seq})))
 
     @operation
-    def export(
-        self,
-        *,
-        sandbox: str | None = None,
-        agent: str | None = None,
-        actor: str | None = None,
-        verb: str | None = None,
-        since: str | None = None,
-        until: str | None = None,
-        after: int | None = None,
-        request_id: str | None = None,
-    ) -> list[AuditEvent]:
+    @_shares(_audit_filters)
+    def export(self, **filters: Any) -> list[AuditEvent]:
         """Every matching event (the JSON Lines export, parsed)."""
-        params = {
-            "sandbox": sandbox,
-            "agent": agent,
-            "actor": actor,
-            "verb": verb,
-            "since": since,
-            "until": until,
-            "after": after,
-            "request_id": request_id,
-        }
         data, _ = yield Call(
-            "GET", "/v1/audit/export", params=params, raw=True, timeout=self._engine.wait_timeout
+            "GET", "/v1/audit/export", params=filters, raw=True, timeout=self._engine.wait_timeout
         )
         return [
             AuditEvent.from_dict(json.loads(line)) for line in data.splitlines() if line.strip()

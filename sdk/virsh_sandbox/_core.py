@@ -9,7 +9,10 @@ An API method is a generator that yields steps and gets their results back:
 * ``Sleep`` - wait between polls;
 * ``Emit``  - hand a value to the caller (only in streaming methods).
 
-The generator's return value is the method's result.
+The generator's return value is the method's result. ``_Base.run`` carries out that
+protocol once (retries, errors, answers) and asks only for I/O in return: ``Send`` one HTTP
+attempt, ``Sleep``, ``Emit``. ``SyncEngine`` and ``AsyncEngine`` are the two thin faces that
+do that I/O, blocking or awaited.
 """
 
 from __future__ import annotations
@@ -73,6 +76,15 @@ class Sleep:
 @dataclass
 class Emit:
     value: Any
+
+
+@dataclass
+class Send:
+    """One HTTP attempt, for the engine to make (a `Call` becomes one or more, with retries)."""
+
+    method: str
+    path: str
+    kwargs: dict[str, Any]
 
 
 Op = Generator[Any, Any, Any]
@@ -154,13 +166,18 @@ def _timeout_for(call: Call, default: httpx.Timeout) -> httpx.Timeout | None:
 
 
 class _Base:
-    """What both clients share: configuration and how one answer becomes a result."""
+    """What both clients share: configuration, and the protocol (`run`): how an API method's
+    calls become HTTP attempts with retries, and answers become results or errors. The
+    engines below only do the I/O it asks for."""
 
+    _http_class: Any
+
+    # Made by the client, which documents these (and defaults the first three to None).
     def __init__(
         self,
-        host: str | None = None,
-        tmux_host: str | None = None,
-        api_key: str | None = None,
+        host: str | None,
+        tmux_host: str | None,
+        api_key: str | None,
         *,
         timeout: float = 60.0,
         wait_timeout: float = 900.0,
@@ -186,10 +203,63 @@ class _Base:
         if self.api_key:
             self._headers["Authorization"] = f"Bearer {self.api_key}"
         self._headers.update(headers or {})
-        self._transport = transport
-        self._verify = verify
         self._routes: set[tuple[str, str]] | None = None
         self._routes_from_schema = True
+        self._http = self._http_class(
+            base_url=self.base_url,
+            headers=self._headers,
+            timeout=self.timeout,
+            transport=transport,
+            verify=verify,
+        )
+
+    def run(self, gen: Op, *, stream: bool = False) -> Generator[Send | Sleep | Emit, Any, Any]:
+        """Run API method `gen`, yielding only the I/O for an engine to do: `Send` (answered
+        with the httpx response, or the transport error it raised), `Sleep`, and in a stream
+        `Emit`. Returns the method's result."""
+        value: Any = None
+        exc: BaseException | None = None
+        while True:
+            try:
+                step = gen.throw(exc) if exc is not None else gen.send(value)
+            except StopIteration as stop:
+                return stop.value
+            value, exc = None, None
+            if isinstance(step, Call):
+                try:
+                    value = yield from self._request(step)
+                except errors.VirshSandboxError as err:
+                    exc = err
+            elif isinstance(step, Sleep) or (stream and isinstance(step, Emit)):
+                yield step
+            else:
+                gen.close()
+                raise TypeError(f"unexpected step {step!r} outside a stream")
+
+    def _request(self, call: Call) -> Generator[Send | Sleep, Any, Any]:
+        """One call with its retries: the decoded answer, or the SDK's error for it."""
+        attempt = 0
+        send = Send(call.method, call.url_path(), self._build_request_kwargs(call))
+        while True:
+            response = yield send
+            if isinstance(response, httpx.TransportError):
+                if attempt < self.retry.retries and self.retry.should_retry_exception(
+                    call, response
+                ):
+                    yield Sleep(self.retry.delay(attempt))
+                    attempt += 1
+                    continue
+                raise self._transport_error(call, response) from response
+            body = None if (call.raw and response.is_success) else _decode(response)
+            if (
+                not response.is_success
+                and attempt < self.retry.retries
+                and self.retry.should_retry_response(call, response, body)
+            ):
+                yield Sleep(self.retry.delay(attempt, response))
+                attempt += 1
+                continue
+            return self._result(call, response, body)
 
     def _build_request_kwargs(self, call: Call) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -224,189 +294,88 @@ class _Base:
 
 
 class SyncEngine(_Base):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._http = httpx.Client(
-            base_url=self.base_url,
-            headers=self._headers,
-            timeout=self.timeout,
-            transport=self._transport,
-            verify=self._verify,
-        )
+    """Does the I/O of `_Base.run`'s steps with httpx.Client and time.sleep."""
+
+    _http_class = httpx.Client
 
     def close(self) -> None:
         self._http.close()
 
-    def request(self, call: Call) -> Any:
-        attempt = 0
-        kwargs = self._build_request_kwargs(call)
-        while True:
-            try:
-                response = self._http.request(call.method, call.url_path(), **kwargs)
-            except httpx.TransportError as exc:
-                if attempt < self.retry.retries and self.retry.should_retry_exception(call, exc):
-                    time.sleep(self.retry.delay(attempt))
-                    attempt += 1
-                    continue
-                raise self._transport_error(call, exc) from exc
-            body = None if (call.raw and response.is_success) else _decode(response)
-            if (
-                not response.is_success
-                and attempt < self.retry.retries
-                and self.retry.should_retry_response(call, response, body)
-            ):
-                time.sleep(self.retry.delay(attempt, response))
-                attempt += 1
-                continue
-            return self._result(call, response, body)
+    def _do(self, step: Send | Sleep) -> Any:
+        if isinstance(step, Sleep):
+            return time.sleep(step.seconds)
+        try:
+            return self._http.request(step.method, step.path, **step.kwargs)
+        except httpx.TransportError as exc:
+            return exc
 
     def drive(self, gen: Op) -> Any:
         """Run an API method to its result."""
-        value: Any = None
-        exc: BaseException | None = None
+        steps, value = self.run(gen), None
         while True:
             try:
-                step = gen.throw(exc) if exc is not None else gen.send(value)
+                step = steps.send(value)
             except StopIteration as stop:
                 return stop.value
-            value, exc = None, None
-            if isinstance(step, Call):
-                try:
-                    value = self.request(step)
-                except errors.VirshSandboxError as err:
-                    exc = err
-            elif isinstance(step, Sleep):
-                time.sleep(step.seconds)
-            else:
-                gen.close()
-                raise TypeError(f"unexpected step {step!r} outside a stream")
+            value = self._do(step)
 
     def drive_stream(self, gen: Op) -> Iterator[Any]:
         """Run a streaming API method, yielding what it emits."""
-        value: Any = None
-        exc: BaseException | None = None
+        steps, value = self.run(gen, stream=True), None
         try:
             while True:
                 try:
-                    step = gen.throw(exc) if exc is not None else gen.send(value)
+                    step = steps.send(value)
                 except StopIteration:
                     return
-                value, exc = None, None
-                if isinstance(step, Call):
-                    try:
-                        value = self.request(step)
-                    except errors.VirshSandboxError as err:
-                        exc = err
-                elif isinstance(step, Sleep):
-                    time.sleep(step.seconds)
-                elif isinstance(step, Emit):
-                    yield step.value
+                value = (yield step.value) if isinstance(step, Emit) else self._do(step)
         finally:
             # The consumer stopped early (break, exception): let the method clean up, with
             # this engine still driving its calls.
-            _finish_sync(self, gen)
-
-
-def _finish_sync(engine: SyncEngine, gen: Op) -> None:
-    try:
-        step = gen.throw(GeneratorExit)
-    except (GeneratorExit, StopIteration):
-        return
-    # The method caught GeneratorExit to clean up; drive its cleanup calls.
-    while True:
-        value: Any = None
-        if isinstance(step, Call):
-            try:
-                value = engine.request(step)
-            except errors.VirshSandboxError:
-                value = None
-        try:
-            step = gen.send(value)
-        except StopIteration:
-            return
+            self.drive(closing(gen))
 
 
 class AsyncEngine(_Base):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=self._headers,
-            timeout=self.timeout,
-            transport=self._transport,
-            verify=self._verify,
-        )
+    """Does the I/O of `_Base.run`'s steps with httpx.AsyncClient and asyncio.sleep."""
+
+    _http_class = httpx.AsyncClient
 
     async def close(self) -> None:
         await self._http.aclose()
 
-    async def request(self, call: Call) -> Any:
-        attempt = 0
-        kwargs = self._build_request_kwargs(call)
-        while True:
-            try:
-                response = await self._http.request(call.method, call.url_path(), **kwargs)
-            except httpx.TransportError as exc:
-                if attempt < self.retry.retries and self.retry.should_retry_exception(call, exc):
-                    await asyncio.sleep(self.retry.delay(attempt))
-                    attempt += 1
-                    continue
-                raise self._transport_error(call, exc) from exc
-            body = None if (call.raw and response.is_success) else _decode(response)
-            if (
-                not response.is_success
-                and attempt < self.retry.retries
-                and self.retry.should_retry_response(call, response, body)
-            ):
-                await asyncio.sleep(self.retry.delay(attempt, response))
-                attempt += 1
-                continue
-            return self._result(call, response, body)
+    async def _do(self, step: Send | Sleep) -> Any:
+        if isinstance(step, Sleep):
+            return await asyncio.sleep(step.seconds)
+        try:
+            return await self._http.request(step.method, step.path, **step.kwargs)
+        except httpx.TransportError as exc:
+            return exc
 
     async def drive(self, gen: Op) -> Any:
-        value: Any = None
-        exc: BaseException | None = None
+        steps, value = self.run(gen), None
         while True:
             try:
-                step = gen.throw(exc) if exc is not None else gen.send(value)
+                step = steps.send(value)
             except StopIteration as stop:
                 return stop.value
-            value, exc = None, None
-            if isinstance(step, Call):
-                try:
-                    value = await self.request(step)
-                except errors.VirshSandboxError as err:
-                    exc = err
-            elif isinstance(step, Sleep):
-                await asyncio.sleep(step.seconds)
-            else:
-                gen.close()
-                raise TypeError(f"unexpected step {step!r} outside a stream")
+            value = await self._do(step)
 
     async def drive_stream(self, gen: Op) -> AsyncIterator[Any]:
-        value: Any = None
-        exc: BaseException | None = None
+        steps, value = self.run(gen, stream=True), None
         try:
             while True:
                 try:
-                    step = gen.throw(exc) if exc is not None else gen.send(value)
+                    step = steps.send(value)
                 except StopIteration:
                     return
-                value, exc = None, None
-                if isinstance(step, Call):
-                    try:
-                        value = await self.request(step)
-                    except errors.VirshSandboxError as err:
-                        exc = err
-                elif isinstance(step, Sleep):
-                    await asyncio.sleep(step.seconds)
-                elif isinstance(step, Emit):
-                    yield step.value
+                value = (yield step.value) if isinstance(step, Emit) else await self._do(step)
         finally:
-            await _finish_async(self, gen)
+            await self.drive(closing(gen))
 
 
-async def _finish_async(engine: AsyncEngine, gen: Op) -> None:
+def closing(gen: Op) -> Op:
+    """An API method's own clean-up once the consumer of its stream stopped: it may catch
+    GeneratorExit and make last calls (their failures are ignored)."""
     try:
         step = gen.throw(GeneratorExit)
     except (GeneratorExit, StopIteration):
@@ -415,7 +384,7 @@ async def _finish_async(engine: AsyncEngine, gen: Op) -> None:
         value: Any = None
         if isinstance(step, Call):
             try:
-                value = await engine.request(step)
+                value = yield step
             except errors.VirshSandboxError:
                 value = None
         try:
@@ -424,23 +393,19 @@ async def _finish_async(engine: AsyncEngine, gen: Op) -> None:
             return
 
 
-def operation(fn: Callable[..., Op]) -> Callable[..., Any]:
-    """Marks an API method: the generator runs on the client's engine (sync or async)."""
+def _driven_by(drive: str) -> Callable[[Callable[..., Op]], Callable[..., Any]]:
+    def mark(fn: Callable[..., Op]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def method(self, *args: Any, **kwargs: Any) -> Any:
+            return getattr(self._engine, drive)(fn(self, *args, **kwargs))
 
-    @functools.wraps(fn)
-    def method(self, *args: Any, **kwargs: Any) -> Any:
-        return self._engine.drive(fn(self, *args, **kwargs))
+        method.__virsh_sandbox_operation__ = True  # type: ignore[attr-defined]
+        return method
 
-    method.__virsh_sandbox_operation__ = True  # type: ignore[attr-defined]
-    return method
+    return mark
 
 
-def streaming(fn: Callable[..., Op]) -> Callable[..., Any]:
-    """Marks a streaming API method: an iterator (sync) or async iterator of emitted values."""
-
-    @functools.wraps(fn)
-    def method(self, *args: Any, **kwargs: Any) -> Any:
-        return self._engine.drive_stream(fn(self, *args, **kwargs))
-
-    method.__virsh_sandbox_operation__ = True  # type: ignore[attr-defined]
-    return method
+# Marks an API method: the generator runs on the client's engine (sync or async).
+operation = _driven_by("drive")
+# Marks a streaming API method: an iterator (sync) or async iterator of emitted values.
+streaming = _driven_by("drive_stream")

@@ -31,9 +31,16 @@ def normalize_route(route: str) -> str:
 
 
 class _Client:
-    _engine: Any
+    _engine_class: Any
 
-    def _init_subclients(self) -> None:
+    def __init__(
+        self,
+        host: str | None = None,
+        tmux_host: str | None = None,
+        api_key: str | None = None,
+        **options: Any,
+    ) -> None:
+        self._engine = self._engine_class(host, tmux_host, api_key, **options)
         self.sandbox = SandboxAPI(self)
         self.sandboxes = self.sandbox
         self.vms = VMsAPI(self)
@@ -104,15 +111,7 @@ class VirshSandbox(_Client):
     e.g. ``httpx.MockTransport`` in tests), ``verify`` (TLS).
     """
 
-    def __init__(
-        self,
-        host: str | None = None,
-        tmux_host: str | None = None,
-        api_key: str | None = None,
-        **options: Any,
-    ) -> None:
-        self._engine = SyncEngine(host, tmux_host, api_key, **options)
-        self._init_subclients()
+    _engine_class = SyncEngine
 
     def supports(self, method: str, route: str) -> bool:
         """Whether the server exposes ``method route`` (e.g. ``"POST",
@@ -133,15 +132,7 @@ class AsyncVirshSandbox(_Client):
     """The asyncio twin of ``VirshSandbox``: same arguments and sub-clients; every method is
     awaited, and ``sandbox.stream_command`` is an async iterator."""
 
-    def __init__(
-        self,
-        host: str | None = None,
-        tmux_host: str | None = None,
-        api_key: str | None = None,
-        **options: Any,
-    ) -> None:
-        self._engine = AsyncEngine(host, tmux_host, api_key, **options)
-        self._init_subclients()
+    _engine_class = AsyncEngine
 
     async def supports(self, method: str, route: str) -> bool:
         return await self._engine.drive(self._supports(method, route))

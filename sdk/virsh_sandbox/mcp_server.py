@@ -126,8 +126,8 @@ def build_server(client_factory: Callable[[], AsyncVirshSandbox] | None = None) 
         """Create a sandbox (a disposable VM cloned from source_vm_name) and wait until it
         accepts commands. Returns its sandbox_id for the other tools."""
         result = await client().sandbox.create_sandbox(
-            source_vm_name=source_vm_name,
-            agent_id=agent_id,
+            source_vm_name,
+            agent_id,
             memory_mb=memory_mb,
             vcpus=vcpus,
             ttl_seconds=ttl_seconds,

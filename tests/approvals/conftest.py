@@ -17,13 +17,13 @@ def make_operator(django_user_model, username: str):
     return client
 
 
-@pytest.fixture
-def dora(db, django_user_model):
-    """dora the decider."""
-    return make_operator(django_user_model, "dora")
+def operator_fixture(username: str, doc: str):
+    def operator(db, django_user_model):
+        return make_operator(django_user_model, username)
+
+    operator.__doc__ = doc
+    return pytest.fixture(operator, name=username)
 
 
-@pytest.fixture
-def dan(db, django_user_model):
-    """A second decider, racing dora."""
-    return make_operator(django_user_model, "dan")
+dora = operator_fixture("dora", "dora the decider.")
+dan = operator_fixture("dan", "A second decider, racing dora.")

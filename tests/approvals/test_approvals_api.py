@@ -225,6 +225,9 @@ def test_an_operator_reads_the_request_and_decides_on_its_admin_page(alice, dora
         "not during business hours",
         dora.user,
     )
+    assert AuditEvent.objects.filter(
+        verb="approval.denied", actor="user:dora", target_id=req["id"]
+    ).exists()
     after = client.get(f"/admin/approvals/approvalrequest/{req['id']}/change/")
     assert b'value="Approve"' not in after.content and b"Denied by dora" in after.content
     # A second click is refused by the same compare-and-set, with a message, not a 500.
@@ -234,3 +237,31 @@ def test_an_operator_reads_the_request_and_decides_on_its_admin_page(alice, dora
         follow=True,
     )
     assert again.status_code == 200 and b"already denied" in again.content
+
+
+def test_a_request_names_only_a_sandbox_its_requester_may_see(
+    alice, bob, olivia, host, source, sent_tasks
+):
+    from sandboxes import services as sandboxes
+
+    sandbox_id = str(sandboxes.create_sandbox(alice.user, source_vm_name="debian-base").sandbox_id)
+    own = ask_async(alice, sandbox_id=sandbox_id)
+    assert own.status_code == 201 and own.json()["sandbox_id"] == sandbox_id
+    others = ask_async(bob, sandbox_id=sandbox_id)
+    assert others.status_code == 400 and "sandbox_id" in others.json()["error"]["fields"]
+    assert ask_async(olivia, sandbox_id=sandbox_id).status_code == 201
+
+
+def test_a_new_request_enqueues_its_webhook_after_commit_only_when_one_is_set(
+    alice, settings, sent_tasks, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        services.create_request(alice.user, prompt="Nobody listens?")
+    assert sent_tasks == []
+    settings.APPROVALS = {**settings.APPROVALS, "WEBHOOK_URL": "http://127.0.0.1:9/hook"}
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        req, _ = services.create_request(alice.user, prompt="Reboot db-1?")
+    assert sent_tasks == []
+    for callback in callbacks:
+        callback()
+    assert sent_tasks == [("approvals.send_webhook", [str(req.id)], "control")]

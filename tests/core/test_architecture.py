@@ -199,18 +199,6 @@ def cross_app_imports() -> list[tuple[str, str, Import]]:
     return edges
 
 
-# TEMPORARY: being moved by the playbooks/terminals/approvals work (the audit and accounts
-# entries: by whoever holds those rooms); empty this after merging. Each entry must still be
-# imported, or the test says to remove it. (importing app, imported app) -> what, and a way out.
-TEMPORARY_UPWARD = {
-    ("approvals", "sandboxes"): (
-        "approvals/services.py checks a request's sandbox with sandboxes.services."
-        "visible_sandboxes: sandboxes should pass the sandbox in, or approvals keep an id"
-    ),
-    ("approvals", "config"): "approvals/services.py: config.celery.app (send_task by name)",
-}
-
-
 def describe(edges) -> str:
     return "\n".join(f"{imp.path}:{imp.line}: {a} -> {imp.target}" for a, _b, imp in edges)
 
@@ -218,10 +206,7 @@ def describe(edges) -> str:
 def test_apps_import_only_the_apps_before_them():
     order = {app: i for i, app in enumerate(ORDER)}
     upward = [e for e in cross_app_imports() if order[e[1]] > order[e[0]]]
-    offenders = [e for e in upward if (e[0], e[1]) not in TEMPORARY_UPWARD]
-    assert not offenders, f"imports against the order {' < '.join(ORDER)}:\n" + describe(offenders)
-    stale = set(TEMPORARY_UPWARD) - {(a, b) for a, b, _ in upward}
-    assert not stale, f"no longer imported: remove from TEMPORARY_UPWARD: {sorted(stale)}"
+    assert not upward, f"imports against the order {' < '.join(ORDER)}:\n" + describe(upward)
 
 
 def test_core_imports_no_app():
@@ -232,9 +217,8 @@ def test_no_import_cycle_between_apps():
     graph: dict[str, set[str]] = defaultdict(set)
     evidence = defaultdict(list)
     for a, b, imp in cross_app_imports():
-        if (a, b) not in TEMPORARY_UPWARD:
-            graph[a].add(b)
-            evidence[a, b].append(imp)
+        graph[a].add(b)
+        evidence[a, b].append(imp)
     cycles = strongly_connected(graph)
     assert not cycles, "import cycles between apps:\n" + "\n".join(
         " <-> ".join(sorted(c))

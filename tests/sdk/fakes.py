@@ -83,3 +83,13 @@ def operation_json(
     status: str = "succeeded", op_id: str = "0c6f1a8e-8a41-4a43-8d38-8b1f2c3d4e5f", **kw
 ) -> dict:
     return {"id": op_id, "kind": kw.pop("kind", "create"), "status": status, "progress": 100, **kw}
+
+
+def approved_json(request_id: str = "r1", decided_by: str = "olivia") -> dict:
+    """An approval request as the server answers once an operator approved it."""
+    return {
+        "request_id": request_id,
+        "status": "approved",
+        "approved": True,
+        "decided_by": decided_by,
+    }

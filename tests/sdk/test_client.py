@@ -11,22 +11,19 @@ import time
 
 import httpx
 import pytest
-from virsh_sandbox import (
-    AsyncVirshSandbox,
-    AuthError,
-    Conflict,
-    NotFound,
-    OperationFailed,
-    ServerError,
-    TransportError,
-    ValidationError,
-    VirshSandbox,
-    WaitTimeout,
-)
+import virsh_sandbox
+from virsh_sandbox import AsyncVirshSandbox, VirshSandbox
 from virsh_sandbox._core import RetryPolicy
 from virsh_sandbox.models import Diff, Sandbox, SandboxResponse
 
-from tests.sdk.fakes import LocalShellServer, error, operation_json, sandbox_json
+from tests.sdk.fakes import (
+    LocalShellServer,
+    approved_json,
+    error,
+    operation_json,
+    sandbox_json,
+)
+from tests.sdk.readme_demo import run_readme_demo
 
 SB = sandbox_json()["id"]
 
@@ -99,15 +96,7 @@ def test_it_runs_the_original_readme_demo_unchanged(monkeypatch):
     client = VirshSandbox(
         "http://localhost:8080", "http://localhost:8081", transport=httpx.MockTransport(rec)
     )
-    sandbox = client.sandbox.create_sandbox(
-        source_vm_name="ubuntu-base",
-        agent_id="nginx-setup-agent",
-        auto_start=True,
-        wait_for_ip=True,
-    ).sandbox
-    client.sandbox.run_sandbox_command(sandbox.id, "apt update && apt install -y nginx")
-    client.sandbox.create_snapshot(sandbox.id, name="nginx-installed")
-    client.sandbox.destroy_sandbox(sandbox.id)
+    run_readme_demo(client, "ubuntu-base", "apt update && apt install -y nginx")
 
     assert rec.calls() == [
         "POST /v1/sandboxes",
@@ -154,12 +143,12 @@ def test_it_reads_the_url_from_the_environment(monkeypatch):
 @pytest.mark.parametrize(
     ("status", "code", "cls"),
     [
-        (400, "invalid", ValidationError),
-        (401, "not_authenticated", AuthError),
-        (403, "permission_denied", AuthError),
-        (404, "not_found", NotFound),
-        (409, "invalid_state", Conflict),
-        (500, "error", ServerError),
+        (400, "invalid", virsh_sandbox.ValidationError),
+        (401, "not_authenticated", virsh_sandbox.AuthError),
+        (403, "permission_denied", virsh_sandbox.AuthError),
+        (404, "not_found", virsh_sandbox.NotFound),
+        (409, "invalid_state", virsh_sandbox.Conflict),
+        (500, "error", virsh_sandbox.ServerError),
     ],
 )
 def test_it_raises_the_servers_error_with_status_code_message_and_fields(status, code, cls):
@@ -184,7 +173,7 @@ def test_it_raises_the_servers_error_with_status_code_message_and_fields(status,
 
 def test_it_names_a_route_the_server_does_not_have():
     client = client_for(lambda r: httpx.Response(404, text="<html><title>Not Found</title></html>"))
-    with pytest.raises(NotFound) as info:
+    with pytest.raises(virsh_sandbox.NotFound) as info:
         client.playbooks.get_playbook(SB, "before", "after")
     assert info.value.code == "no_route"
     assert "has no route GET" in info.value.message and "/playbook" in info.value.message
@@ -213,7 +202,7 @@ def test_it_retries_a_get_on_502_503_and_504_with_bounded_attempts():
             )
         }
     )
-    with pytest.raises(ServerError) as info:
+    with pytest.raises(virsh_sandbox.ServerError) as info:
         client_for(rec, retries=2).vms.list_vms()
     assert info.value.status == 503 and info.value.code == "busy"
     assert len(rec.requests) == 3  # one try and two retries, then the error
@@ -237,7 +226,7 @@ def test_it_retries_a_post_on_503_but_not_on_a_gateways_502():
     assert len(rec.requests) == 2
     # A 502 may come after the work started; a repeated create would make a second VM.
     rec = Recorder({("POST", "/v1/sandboxes"): httpx.Response(502, text="bad gateway")})
-    with pytest.raises(ServerError):
+    with pytest.raises(virsh_sandbox.ServerError):
         client_for(rec).sandbox.create_sandbox(source_vm_name="debian-base")
     assert len(rec.requests) == 1
 
@@ -246,7 +235,7 @@ def test_it_never_retries_a_final_operation_failure():
     rec = Recorder(
         {("GET", "/diff"): error(502, "operation_failed", "the diff failed: no loop device")}
     )
-    with pytest.raises(ServerError) as info:
+    with pytest.raises(virsh_sandbox.ServerError) as info:
         client_for(rec).sandbox.get_diff(SB, "a")
     assert info.value.code == "operation_failed" and len(rec.requests) == 1
 
@@ -268,7 +257,7 @@ def test_it_retries_connection_errors_for_gets_and_unsent_posts_only():
         raise httpx.ReadError("connection reset", request=request)
 
     attempts["n"] = 0
-    with pytest.raises(TransportError) as info:
+    with pytest.raises(virsh_sandbox.TransportError) as info:
         client_for(broken_after_send).sandbox.run_sandbox_command(SB, "touch /once")
     assert attempts["n"] == 1, "a command whose answer was lost must not run twice"
     assert info.value.code == "unreachable"
@@ -288,17 +277,7 @@ def test_it_retries_a_blocking_ask_with_the_same_idempotency_key():
     rec = Recorder(
         {
             ("POST", "/api/v1/human/ask"): lambda r: (
-                answers.pop(0)
-                if answers
-                else httpx.Response(
-                    200,
-                    json={
-                        "request_id": "r1",
-                        "status": "approved",
-                        "approved": True,
-                        "decided_by": "olivia",
-                    },
-                )
+                answers.pop(0) if answers else httpx.Response(200, json=approved_json())
             )
         }
     )
@@ -391,7 +370,7 @@ def test_it_raises_when_an_operation_fails_or_a_wait_runs_out():
             )
         }
     )
-    with pytest.raises(OperationFailed) as info:
+    with pytest.raises(virsh_sandbox.OperationFailed) as info:
         client_for(rec).operations.wait("op1")
     assert info.value.operation.error == "disk full" and "disk full" in info.value.message
     assert client_for(rec).operations.wait("op1", raise_on_failure=False).status == "failed"
@@ -404,7 +383,7 @@ def test_it_raises_when_an_operation_fails_or_a_wait_runs_out():
         }
     )
     t0 = time.monotonic()
-    with pytest.raises(WaitTimeout):
+    with pytest.raises(virsh_sandbox.WaitTimeout):
         client_for(rec).operations.wait("op2", timeout=0.5)
     assert time.monotonic() - t0 < 3
 
@@ -493,10 +472,10 @@ def test_reading_shrinks_its_chunks_when_the_server_caps_output(tmp_path):
 
 def test_reading_a_missing_file_or_a_directory_says_so(tmp_path):
     client = client_for(LocalShellServer(tmp_path))
-    with pytest.raises(NotFound) as info:
+    with pytest.raises(virsh_sandbox.NotFound) as info:
         client.files.read_file(SB, str(tmp_path / "nope"))
     assert info.value.code == "no_such_file"
-    with pytest.raises(ValidationError):
+    with pytest.raises(virsh_sandbox.ValidationError):
         client.files.read_file(SB, str(tmp_path))
 
 

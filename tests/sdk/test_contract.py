@@ -41,6 +41,28 @@ SCHEMA_GAPS: dict[tuple[str, str], str] = {}
 # Served outside the schema (the schema itself): checked against Django's URL resolver.
 META_ROUTES = {f"GET {SCHEMA_ROUTE}"}
 
+# Every field of an ask but the timeout and key (ask, ask_async and create_approval send them).
+ASK = {
+    "kind": "question",
+    "action_type": "apply",
+    "context": "c",
+    "urgency": "high",
+    "alternatives": ["no"],
+    "sandbox_id": SB,
+    "agent_id": "a",
+    "payload": {"k": 1},
+}
+AUDIT_FILTERS = {
+    "sandbox": SB,
+    "agent": "a",
+    "actor": "alice",
+    "verb": "sandbox",
+    "since": "2026-01-01T00:00:00Z",
+    "until": "2027-01-01T00:00:00Z",
+    "after": 1,
+    "request_id": "r",
+}
+
 # One call per API method, with every argument it can send, so every field name is checked.
 CALLS: dict[str, Any] = {
     "SandboxAPI.create_sandbox": lambda c: c.sandbox.create_sandbox(
@@ -99,31 +121,9 @@ CALLS: dict[str, Any] = {
     "FilesAPI.list_directory": lambda c: c.files.list_directory(SB, "/etc"),
     "FilesAPI.stat_file": lambda c: c.files.stat_file(SB, "/etc/x"),
     "FilesAPI.delete_file": lambda c: c.files.delete_file(SB, "/etc/x", recursive=True),
-    "HumanAPI.ask": lambda c: c.human.ask(
-        "ok?",
-        kind="question",
-        action_type="apply",
-        context="c",
-        urgency="high",
-        timeout_secs=5,
-        alternatives=["no"],
-        sandbox_id=SB,
-        agent_id="a",
-        payload={"k": 1},
-        idempotency_key="k1",
-    ),
+    "HumanAPI.ask": lambda c: c.human.ask("ok?", timeout_secs=5, idempotency_key="k1", **ASK),
     "HumanAPI.ask_async": lambda c: c.human.ask_async(
-        "ok?",
-        kind="question",
-        action_type="apply",
-        context="c",
-        urgency="high",
-        timeout_seconds=5,
-        alternatives=["no"],
-        sandbox_id=SB,
-        agent_id="a",
-        payload={"k": 1},
-        idempotency_key="k2",
+        "ok?", timeout_seconds=5, idempotency_key="k2", **ASK
     ),
     "HumanAPI.get": lambda c: c.human.get(OP),
     "HumanAPI.list_pending": lambda c: c.human.list_pending(),
@@ -134,45 +134,15 @@ CALLS: dict[str, Any] = {
     ),
     "ApprovalsAPI.get_approval": lambda c: c.approvals.get_approval(OP),
     "ApprovalsAPI.create_approval": lambda c: c.approvals.create_approval(
-        "ok?",
-        kind="question",
-        action_type="apply",
-        context="c",
-        urgency="low",
-        timeout_seconds=5,
-        alternatives=["no"],
-        sandbox_id=SB,
-        agent_id="a",
-        payload={"k": 1},
-        idempotency_key="k3",
+        "ok?", timeout_seconds=5, idempotency_key="k3", **{**ASK, "urgency": "low"}
     ),
     "ApprovalsAPI.approve": lambda c: c.approvals.approve(OP, reason="fine"),
     "ApprovalsAPI.deny": lambda c: c.approvals.deny(OP, reason="no"),
     "ApprovalsAPI.cancel": lambda c: c.approvals.cancel(OP, reason="moot"),
     "ApprovalsAPI.bulk_decide": lambda c: c.approvals.bulk_decide([OP], "approve", reason="ok"),
-    "AuditAPI.list_events": lambda c: c.audit.list_events(
-        sandbox=SB,
-        agent="a",
-        actor="alice",
-        verb="sandbox",
-        since="2026-01-01T00:00:00Z",
-        until="2027-01-01T00:00:00Z",
-        after=1,
-        request_id="r",
-        limit=5,
-        offset=0,
-    ),
+    "AuditAPI.list_events": lambda c: c.audit.list_events(limit=5, offset=0, **AUDIT_FILTERS),
     "AuditAPI.get_event": lambda c: c.audit.get_event(1),
-    "AuditAPI.export": lambda c: c.audit.export(
-        sandbox=SB,
-        agent="a",
-        actor="alice",
-        verb="sandbox",
-        since="2026-01-01T00:00:00Z",
-        until="2027-01-01T00:00:00Z",
-        after=1,
-        request_id="r",
-    ),
+    "AuditAPI.export": lambda c: c.audit.export(**AUDIT_FILTERS),
     "PlaybooksAPI.get_playbook": lambda c: c.playbooks.get_playbook(SB, "a", "b"),
     "PlaybooksAPI.get_playbook_by_id": lambda c: c.playbooks.get_playbook_by_id(OP, version=2),
     "PlaybooksAPI.download_archive": lambda c: c.playbooks.download_archive(OP, version=2),

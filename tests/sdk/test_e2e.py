@@ -67,16 +67,10 @@ def test_the_original_readme_demo_runs_unchanged(api, e2e_stack, monkeypatch):
     # offline (the guest has no network).
     from virsh_sandbox import VirshSandbox
 
+    from tests.sdk.readme_demo import run_readme_demo
+
     client = VirshSandbox(url, "http://localhost:8081")
-    sandbox = client.sandbox.create_sandbox(
-        source_vm_name="debian-base",
-        agent_id="nginx-setup-agent",
-        auto_start=True,
-        wait_for_ip=True,
-    ).sandbox
-    client.sandbox.run_sandbox_command(sandbox.id, "echo hello && uname -a")
-    client.sandbox.create_snapshot(sandbox.id, name="nginx-installed")
-    client.sandbox.destroy_sandbox(sandbox.id)
+    sandbox = run_readme_demo(client, "debian-base", "echo hello && uname -a")
     print(f"\nthe demo took {time.monotonic() - t0:.1f} s")
 
     # What the server saw, through its plain HTTP API.
@@ -203,19 +197,10 @@ def test_an_mcp_client_lists_the_tools_and_works_in_a_sandbox(api, sandbox):
             )
             return tools, ran, wrote, read_back, failed
 
+    from tests.sdk.test_mcp import TOOLS
+
     tools, ran, wrote, read_back, failed = asyncio.run(session_work())
-    assert tools == {
-        "list_vms",
-        "create",
-        "run_command",
-        "read_file",
-        "write_file",
-        "snapshot",
-        "restore",
-        "diff",
-        "ask_human",
-        "destroy",
-    }
+    assert tools == TOOLS
     assert not ran.is_error, ran
     assert ran.structured_content["exit_code"] == 0
     assert ran.structured_content["stdout"].startswith("mcp-42\n")

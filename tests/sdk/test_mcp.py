@@ -15,7 +15,7 @@ from mcp import Client
 from virsh_sandbox import AsyncVirshSandbox
 from virsh_sandbox.mcp_server import build_server
 
-from tests.sdk.fakes import LocalShellServer, error, sandbox_json
+from tests.sdk.fakes import LocalShellServer, approved_json, error, sandbox_json
 from tests.sdk.test_client import Recorder
 
 SB = sandbox_json()["id"]
@@ -64,6 +64,21 @@ def test_it_offers_the_sandbox_tools_with_descriptions():
     run_command = next(t for t in tools if t.name == "run_command")
     assert set(run_command.input_schema["required"]) == {"sandbox_id", "command"}
     assert all(t.description for t in tools)
+
+
+def test_create_waits_for_a_ready_sandbox_and_returns_its_id():
+    rec = Recorder(
+        {("POST", "/v1/sandboxes"): httpx.Response(201, json={"sandbox": sandbox_json()})}
+    )
+    _, result = call(rec, "create", {"memory_mb": 512})
+    assert not result.is_error
+    assert result.structured_content["sandbox_id"] == SB
+    assert json.loads(rec.requests[0].content) == {
+        "source_vm_name": "debian-base",
+        "agent_id": "mcp-agent",
+        "memory_mb": 512,
+        "wait_for_ip": True,
+    }
 
 
 def test_run_command_returns_exit_code_and_both_streams():
@@ -146,15 +161,7 @@ def test_ask_human_uses_the_approval_endpoint_only_where_it_exists(has_route):
     rec = Recorder(
         {
             ("GET", "/api/schema/"): httpx.Response(200, json={"paths": paths}),
-            ("POST", "/api/v1/human/ask"): httpx.Response(
-                200,
-                json={
-                    "request_id": "r1",
-                    "status": "approved",
-                    "approved": True,
-                    "decided_by": "olivia",
-                },
-            ),
+            ("POST", "/api/v1/human/ask"): httpx.Response(200, json=approved_json()),
         }
     )
     _, result = call(rec, "ask_human", {"question": "Apply to prod?", "sandbox_id": SB})
