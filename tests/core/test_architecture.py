@@ -305,3 +305,49 @@ def test_the_api_layer_does_not_import_drivers_or_remote():
     assert not offenders, "the API layer imports the driver layer:\n" + "\n".join(offenders)
     stale = sorted(set(TEMPORARY_API_DRIVER_IMPORTS) - seen)
     assert not stale, f"remove from TEMPORARY_API_DRIVER_IMPORTS: {stale}"
+
+
+# --- One way to enqueue, one way to wait ----------------------------------------------------
+
+SEND_METHODS = {"send_task", "apply_async", "delay", "signature", "s", "si"}
+
+
+def calls_named(src: Source, names: set[str]) -> list[tuple[int, str]]:
+    return [
+        (node.lineno, ast.unparse(node.func))
+        for node in ast.walk(src.tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in names
+    ]
+
+
+def test_tasks_are_sent_only_through_core_queues():
+    offenders = [
+        f"{src.path}:{line}: {call}"
+        for src in sources()
+        if src.path != "core/queues.py"
+        for line, call in calls_named(src, SEND_METHODS)
+    ]
+    assert not offenders, "tasks sent around core.queues.enqueue:\n" + "\n".join(offenders)
+
+
+def sleeps(src: Source) -> list[tuple[int, str]]:
+    return [
+        (line, call)
+        for line, call in calls_named(src, {"sleep"})
+        if call in ("time.sleep", "asyncio.sleep")
+    ]
+
+
+def test_the_web_side_waits_only_through_core_wakeups():
+    """Services and request handlers never poll with sleep: they wait on core.wakeups (woken
+    by the worker, re-reading the row as the truth). Sleeping is for the driver layer's
+    retries; a websocket consumer's timers (a reply's deadline, batching) are not waits."""
+    web_side = [
+        s
+        for s in sources()
+        if is_service_module(s.path) or (is_api_layer(s.path) and "consumers" not in s.path)
+    ]
+    offenders = [f"{s.path}:{line}: {call}" for s in web_side for line, call in sleeps(s)]
+    assert not offenders, "waits that poll instead of core.wakeups:\n" + "\n".join(offenders)
