@@ -60,7 +60,7 @@ class CAError(RemoteError):
     """The CA key is unusable (insecure permissions, unreadable, not a key) or signing
     failed. Permanent: an operator has to fix the key or the host."""
 
-    transient = False
+    code = "ca_error"
 
 
 @dataclass(frozen=True)
