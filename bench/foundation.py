@@ -37,6 +37,7 @@ from django.conf import settings  # noqa: E402
 
 from sandboxes.drivers.base import CloneSpec, PortForward  # noqa: E402
 from sandboxes.drivers.domain_xml import build_domain_xml, overlay_path  # noqa: E402
+from sandboxes.drivers.qemu_img import overlay_command  # noqa: E402
 from sandboxes.models import SourceVM  # noqa: E402
 from sandboxes.remote import ssh  # noqa: E402
 from sandboxes.remote.ca import CertificateAuthority  # noqa: E402
@@ -55,6 +56,24 @@ class Api:
         )
         with urllib.request.urlopen(req, timeout=600) as resp:
             return json.loads(resp.read() or b"null")
+
+
+def bench_parser(
+    description: str, formatter_class: type = argparse.RawDescriptionHelpFormatter
+) -> argparse.ArgumentParser:
+    """The options every API bench takes: --url and --api-key (or VSB_API_KEY)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=formatter_class)
+    parser.add_argument("--url", default="http://127.0.0.1:8080")
+    parser.add_argument("--api-key", default=os.environ.get("VSB_API_KEY"))
+    return parser
+
+
+def parse_bench_args(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, Api]:
+    """The parsed command line and a client of the API it names."""
+    args = parser.parse_args()
+    if not args.api_key:
+        parser.error("--api-key (or VSB_API_KEY) is required")
+    return args, Api(args.url, args.api_key)
 
 
 def raw_create(source: SourceVM, ca: CertificateAuthority, domain_type: str) -> tuple[float, str]:
@@ -79,21 +98,7 @@ def raw_create(source: SourceVM, ca: CertificateAuthority, domain_type: str) -> 
         t0 = time.monotonic()
         workdir.mkdir(mode=0o755, parents=True)
         os.chmod(workdir, 0o755)
-        subprocess.run(
-            [
-                "qemu-img",
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-b",
-                source.disk_path,
-                "-F",
-                "qcow2",
-                overlay_path(spec),
-            ],
-            check=True,
-        )
+        subprocess.run(overlay_command(source.disk_path, overlay_path(spec)), check=True)
         dom = conn.defineXML(xml)
         dom.create()
         credential = ca.issue([principal])
@@ -135,17 +140,10 @@ def ms(seconds: float) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--url", default="http://127.0.0.1:8080")
-    parser.add_argument("--api-key", default=os.environ.get("VSB_API_KEY"))
+    parser = bench_parser(__doc__)
     parser.add_argument("--creates", type=int, default=3)
     parser.add_argument("--execs", type=int, default=50)
-    args = parser.parse_args()
-    if not args.api_key:
-        parser.error("--api-key (or VSB_API_KEY) is required")
-    api = Api(args.url, args.api_key)
+    args, api = parse_bench_args(parser)
     source = SourceVM.objects.get(name="debian-base")
     ca = CertificateAuthority(settings.VSB["SSH_CA_KEY"])
     domain_type = next(h["domain_type"] for h in api.call("GET", "/v1/health")["hosts"]) or "qemu"

@@ -17,12 +17,11 @@ Runs against the service started by scripts/run.sh, on the same machine (root):
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
 from django.conf import settings  # noqa: E402
-from foundation import Api  # noqa: E402  (sets up Django and sys.path)
+from foundation import bench_parser, parse_bench_args  # noqa: E402  (sets up Django and sys.path)
 
 from playbooks import (
     runner,  # noqa: E402
@@ -57,16 +56,9 @@ def raw_read(sandbox: dict, snapshot: str, paths: list[str]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--url", default="http://127.0.0.1:8080")
-    parser.add_argument("--api-key", default=os.environ.get("VSB_API_KEY"))
+    parser = bench_parser(__doc__)
     parser.add_argument("--files", type=int, default=1000)
-    args = parser.parse_args()
-    if not args.api_key:
-        parser.error("--api-key (or VSB_API_KEY) is required")
-    api = Api(args.url, args.api_key)
+    args, api = parse_bench_args(parser)
     made = []
 
     def create(**body) -> dict:

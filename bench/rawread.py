@@ -12,6 +12,8 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 
+from sandboxes.drivers.qemu_img import convert_command
+
 
 @contextlib.contextmanager
 def kernel_mounted(overlay: str, snapshot: str, scratch_parent: str) -> Iterator[str]:
@@ -19,23 +21,8 @@ def kernel_mounted(overlay: str, snapshot: str, scratch_parent: str) -> Iterator
     raw, mnt = os.path.join(scratch, "disk.raw"), os.path.join(scratch, "root")
     os.mkdir(mnt)
     try:
-        subprocess.run(
-            [
-                "qemu-img",
-                "convert",
-                "-U",
-                "-q",
-                "-f",
-                "qcow2",
-                "-l",
-                f"snapshot.name={snapshot}",
-                "-O",
-                "raw",
-                overlay,
-                raw,
-            ],
-            check=True,
-        )
+        cmd = convert_command(overlay, raw, snapshot=snapshot, out_format="raw")
+        subprocess.run(cmd, check=True)
         subprocess.run(["mount", "-o", "loop,rw,noatime", raw, mnt], check=True)
         try:
             yield mnt

@@ -15,7 +15,6 @@ diff before it (issue 11: 1.75 x raw then, so <= 2.62 x raw).
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -23,7 +22,7 @@ import time
 import uuid
 
 from django.conf import settings  # noqa: E402
-from foundation import Api, ssh  # noqa: E402  (sets up Django and sys.path)
+from foundation import bench_parser, parse_bench_args, ssh  # noqa: E402  (sets up Django and sys.path)
 
 from sandboxes.remote.ca import CertificateAuthority  # noqa: E402
 
@@ -70,16 +69,9 @@ def raw_read(sandbox: dict, *snapshots: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--url", default="http://127.0.0.1:8080")
-    parser.add_argument("--api-key", default=os.environ.get("VSB_API_KEY"))
+    parser = bench_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
-    if not args.api_key:
-        parser.error("--api-key (or VSB_API_KEY) is required")
-    api = Api(args.url, args.api_key)
+    args, api = parse_bench_args(parser)
     ca = CertificateAuthority(settings.VSB["SSH_CA_KEY"])
     sandbox = api.call(
         "POST", "/v1/sandboxes", {"source_vm_name": "debian-base", "wait_for_ip": True}

@@ -27,7 +27,7 @@ import time
 
 import websocket  # noqa: E402  (websocket-client)
 from django.conf import settings  # noqa: E402
-from foundation import Api, ms  # noqa: E402  (sets up Django and sys.path)
+from foundation import bench_parser, ms, parse_bench_args  # noqa: E402  (sets up Django and sys.path)
 
 from terminals.tmux_driver import TmuxDriver  # noqa: E402
 
@@ -78,18 +78,11 @@ def wait_screen(tmux: TmuxDriver, pane: str, predicate, timeout: float = 120) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("--url", default="http://127.0.0.1:8080")
-    parser.add_argument("--api-key", default=os.environ.get("VSB_API_KEY"), required=False)
+    parser = bench_parser(__doc__, argparse.RawTextHelpFormatter)
     parser.add_argument("--sandbox", help="use this ready sandbox instead of creating one")
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--tmux-socket", default=settings.VSB["TMUX_SOCKET"])
-    args = parser.parse_args()
-    if not args.api_key:
-        parser.error("--api-key (or VSB_API_KEY) is required")
-    api = Api(args.url, args.api_key)
+    args, api = parse_bench_args(parser)
     created = None
     if args.sandbox:
         sandbox_id = args.sandbox

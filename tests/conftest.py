@@ -64,14 +64,19 @@ def make_agent(django_user_model, username: str, key_name: str = "test"):
     return client
 
 
-@pytest.fixture
-def alice(db, django_user_model):
-    return make_agent(django_user_model, "alice")
+def agent_fixture(username: str):
+    """A fixture named `username`: that agent's API client."""
+
+    @pytest.fixture(name=username)
+    def agent(db, django_user_model):
+        """An agent's API client, carrying a fresh API key of theirs."""
+        return make_agent(django_user_model, username)
+
+    return agent
 
 
-@pytest.fixture
-def bob(db, django_user_model):
-    return make_agent(django_user_model, "bob")
+alice = agent_fixture("alice")
+bob = agent_fixture("bob")
 
 
 @pytest.fixture

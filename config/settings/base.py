@@ -202,27 +202,24 @@ CELERY_TASK_TIME_LIMIT = 3900
 CELERY_TASK_SOFT_TIME_LIMIT = 3800
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+
+def control_beat(task: str, every: float, expires: int) -> dict:
+    """A periodic task on the control queue. A run still queued after `expires` seconds is
+    dropped: the next one is due soon and does the same work."""
+    return {"task": task, "schedule": every, "options": {"queue": "control", "expires": expires}}
+
+
+reaper_interval = env.float("VSB_REAPER_INTERVAL_SECONDS", default=30.0)
 CELERY_BEAT_SCHEDULE = {
-    "reap-expired-sandboxes": {
-        "task": "sandboxes.reap_expired_sandboxes",
-        "schedule": env.float("VSB_REAPER_INTERVAL_SECONDS", default=30.0),
-        "options": {"queue": "control", "expires": 25},
-    },
-    "fail-stuck-operations": {
-        "task": "sandboxes.fail_stuck_operations",
-        "schedule": env.float("VSB_REAPER_INTERVAL_SECONDS", default=30.0),
-        "options": {"queue": "control", "expires": 25},
-    },
-    "expire-approval-requests": {
-        "task": "approvals.expire_overdue",
-        "schedule": env.float("VSB_APPROVAL_EXPIRY_INTERVAL_SECONDS", default=5.0),
-        "options": {"queue": "control", "expires": 5},
-    },
-    "host-heartbeat-check": {
-        "task": "sandboxes.check_host_heartbeats",
-        "schedule": 60.0,
-        "options": {"queue": "control", "expires": 55},
-    },
+    "reap-expired-sandboxes": control_beat("sandboxes.reap_expired_sandboxes", reaper_interval, 25),
+    "fail-stuck-operations": control_beat("sandboxes.fail_stuck_operations", reaper_interval, 25),
+    "expire-approval-requests": control_beat(
+        "approvals.expire_overdue",
+        env.float("VSB_APPROVAL_EXPIRY_INTERVAL_SECONDS", default=5.0),
+        5,
+    ),
+    "host-heartbeat-check": control_beat("sandboxes.check_host_heartbeats", 60.0, 55),
 }
 
 CHANNEL_LAYERS = {

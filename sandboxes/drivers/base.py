@@ -1,8 +1,8 @@
 """The hypervisor driver interface.
 
 Drivers know nothing of Django: everything they need arrives through constructors and
-arguments, and everything that goes wrong leaves as a typed error that says whether trying
-again may help (transient) or a person has to act (permanent).
+arguments, and everything that goes wrong leaves as a typed error (a `core.errors.Error`)
+that says whether trying again may help (transient) or a person has to act (permanent).
 """
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from core.errors import Error
 
-class DriverError(Exception):
+
+class DriverError(Error):
     """Base of every driver error. `transient` tells the caller whether a retry may help."""
 
-    transient: bool = False
+    code = "driver_error"
 
 
 class TransientDriverError(DriverError):
@@ -30,9 +32,13 @@ class PermanentDriverError(DriverError):
 class DomainNotFound(PermanentDriverError):
     """No domain of that name exists on this host."""
 
+    code = "domain_not_found"
+
 
 class SourceNotUsable(PermanentDriverError):
     """The source VM cannot be cloned as asked (running, no disk, missing file...)."""
+
+    code = "source_not_usable"
 
 
 # Domain states as plain strings, so callers need not import libvirt.
@@ -86,6 +92,8 @@ class CloneSpec:
 
 class SnapshotNotFound(PermanentDriverError):
     """No snapshot of that name exists for the domain."""
+
+    code = "snapshot_not_found"
 
 
 @dataclass(frozen=True)

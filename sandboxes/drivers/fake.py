@@ -14,20 +14,8 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 
-from .base import (
-    PAUSED,
-    RUNNING,
-    SHUTOFF,
-    CloneSpec,
-    DomainInfo,
-    DomainNotFound,
-    DriverError,
-    PermanentDriverError,
-    SnapshotInfo,
-    SnapshotNotFound,
-    SourceNotUsable,
-    TransientDriverError,
-)
+from . import base
+from .base import PAUSED, RUNNING, SHUTOFF, CloneSpec, DomainInfo, SnapshotInfo
 from .domain_xml import build_domain_xml, overlay_path
 
 _ADDRESS_SOURCES = ("lease", "agent", "arp")
@@ -53,12 +41,12 @@ class FakeDriver:
         self.domains: dict[str, FakeDomain] = {}
         self.calls: list[tuple[str, tuple]] = []
         self.source_disks: set[str] = set()
-        self._failures: dict[str, list[DriverError]] = defaultdict(list)
+        self._failures: dict[str, list[base.DriverError]] = defaultdict(list)
         self._lock = threading.RLock()
 
     # ---- test hooks ---------------------------------------------------------------------
 
-    def fail_next(self, method: str, error: DriverError, times: int = 1) -> None:
+    def fail_next(self, method: str, error: base.DriverError, times: int = 1) -> None:
         """Make the next `times` calls of `method` raise `error` before doing anything."""
         if not hasattr(self, method):
             raise AttributeError(f"FakeDriver has no method {method!r}")
@@ -114,7 +102,7 @@ class FakeDriver:
         try:
             return self.domains[name]
         except KeyError:
-            raise DomainNotFound(f"no domain named {name!r} on fake://") from None
+            raise base.DomainNotFound(f"no domain named {name!r} on fake://") from None
 
     def list_domains(self) -> list[DomainInfo]:
         with self._lock:
@@ -137,9 +125,9 @@ class FakeDriver:
             self._enter("source_disk", domain_name)
             info = self._get(domain_name).info
             if not info.disks:
-                raise SourceNotUsable(f"golden domain {domain_name!r} has no disk to clone")
+                raise base.SourceNotUsable(f"golden domain {domain_name!r} has no disk to clone")
             if info.state != SHUTOFF:
-                raise SourceNotUsable(
+                raise base.SourceNotUsable(
                     f"golden domain {domain_name!r} is {info.state}: its live disk "
                     f"{info.disks[0]} must not back clones"
                 )
@@ -149,19 +137,19 @@ class FakeDriver:
         with self._lock:
             self._enter("clone", spec)
             if not os.path.isabs(spec.workdir):
-                raise PermanentDriverError(
+                raise base.PermanentDriverError(
                     f"{spec.name}: workdir {spec.workdir!r} must be an absolute path"
                 )
             existing = self.domains.get(spec.name)
             if existing is not None:
                 if existing.info.tags == spec.tags:
                     return existing.info
-                raise PermanentDriverError(
+                raise base.PermanentDriverError(
                     f"domain {spec.name!r} already exists with tags {existing.info.tags}, not {spec.tags}"
                 )
             src = spec.source_disk
             if src not in self.source_disks and not (os.path.isabs(src) and os.path.isfile(src)):
-                raise SourceNotUsable(f"{spec.name}: source disk {src} does not exist")
+                raise base.SourceNotUsable(f"{spec.name}: source disk {src} does not exist")
             build_domain_xml(spec, self.domain_type)  # same validation (ValueError) as the real one
             info = DomainInfo(
                 name=spec.name,
@@ -218,11 +206,11 @@ class FakeDriver:
             self._enter("set_guest_time", name)
             dom = self._get(name)
             if dom.info.state not in (RUNNING, PAUSED):
-                raise PermanentDriverError(
+                raise base.PermanentDriverError(
                     f"setting the guest clock of domain {name!r}: domain is not running"
                 )
             if not dom.agent_up:
-                raise TransientDriverError(
+                raise base.TransientDriverError(
                     f"setting the guest clock of domain {name!r}: guest agent is not connected"
                 )
             dom.time_set += 1
@@ -252,7 +240,7 @@ class FakeDriver:
             self._enter("snapshot_revert", name, snapshot)
             dom = self._get(name)
             if snapshot not in dom.snapshots:
-                raise SnapshotNotFound(f"domain {name!r} has no snapshot {snapshot!r}")
+                raise base.SnapshotNotFound(f"domain {name!r} has no snapshot {snapshot!r}")
             dom.info = replace(dom.info, state=dom.snapshots[snapshot].state)
             return dom.info.state
 

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import diffing
 
 from .base import PermanentDriverError, TransientDriverError
+from .qemu_img import convert_command, run_qemu_img
 
 _PACKAGE = pathlib.Path(__file__).resolve().parent.parent  # sandboxes/
 
@@ -141,26 +142,10 @@ class GuestReader:
             _remove_tree(scratch)
 
     def _copy_out(self, overlay: str, snapshot: str | None, raw: str) -> None:
-        pick = ["-l", f"snapshot.name={snapshot}"] if snapshot else []
-        cmd = [
-            self.config.qemu_img,
-            "convert",
-            "-U",
-            "-q",
-            "-f",
-            "qcow2",
-            *pick,
-            "-O",
-            "raw",
-            overlay,
-            raw,
-        ]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        except subprocess.TimeoutExpired:
-            raise TransientDriverError(
-                f"copying snapshot {snapshot!r} out took over 300 s"
-            ) from None
+        cmd = convert_command(
+            overlay, raw, snapshot=snapshot, out_format="raw", qemu_img=self.config.qemu_img
+        )
+        proc = run_qemu_img(cmd, timeout=300, what=f"copying snapshot {snapshot!r} out")
         if proc.returncode != 0:
             raise PermanentDriverError(
                 f"copying snapshot {snapshot!r} out of {overlay} failed: {(proc.stderr or proc.stdout).strip()[-500:]}"

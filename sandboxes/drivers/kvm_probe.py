@@ -197,12 +197,11 @@ class KvmProbe:
         kernel: str | None = None,
     ) -> None:
         self.cache_path = cache_path
-        self.qemu_binary = qemu_binary
-        self.kvm_device = kvm_device
-        self.timeout = timeout
-        self._qemu_user = qemu_user
-        self.qemu_conf = qemu_conf
-        self.kernel = kernel
+        # What the probe boots, on which device, for how long at most.
+        self.qemu_binary, self.kernel = qemu_binary, kernel
+        self.kvm_device, self.timeout = kvm_device, timeout
+        # The user libvirt starts QEMU as: given, else read from qemu.conf (see qemu_user()).
+        self._qemu_user, self.qemu_conf = qemu_user, qemu_conf
 
     def verdict(self) -> KvmVerdict:
         """The cached verdict if its key still matches this host, else a fresh probe."""

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import struct
-import subprocess
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -35,6 +34,7 @@ from .base import (
 )
 from .domain_xml import build_domain_xml, disk_sources, first_disk, overlay_path, parse_tags
 from .kvm_probe import KvmProbe, KvmVerdict, resolve_domain_type
+from .qemu_img import convert_command, overlay_command, run_qemu_img
 
 logger = logging.getLogger(__name__)
 
@@ -120,9 +120,8 @@ class LibvirtDriver:
         self.uri = uri
         self.domain_type_setting = domain_type
         self.qemu_img = qemu_img
-        self.probe_cache = probe_cache
-        self.qemu_binary = qemu_binary
-        self.probe_kernel = probe_kernel
+        # Built now, run (and cached) only when the domain type is "auto" and first asked for.
+        self._probe = KvmProbe(probe_cache, qemu_binary=qemu_binary, kernel=probe_kernel)
         self.workdir_root = os.path.realpath(workdir_root) if workdir_root else None
         self.agent_timeout = agent_timeout
         self.set_time_retry = set_time_retry
@@ -237,10 +236,7 @@ class LibvirtDriver:
                 "qemu",
                 f"cannot probe KVM behind {self.uri}; set the domain type explicitly to use KVM",
             )
-        return resolve_domain_type(
-            "auto",
-            KvmProbe(self.probe_cache, qemu_binary=self.qemu_binary, kernel=self.probe_kernel),
-        )
+        return resolve_domain_type("auto", self._probe)
 
     # ---- queries ------------------------------------------------------------------------
 
@@ -392,16 +388,12 @@ class LibvirtDriver:
     def _create_overlay(self, source: str, fmt: str, overlay: str, name: str) -> None:
         # The absolute real path goes into the overlay header: a relative or symlinked
         # backing path would break as soon as someone moves or relinks the images.
-        cmd = [self.qemu_img, "create", "-q", "-f", "qcow2", "-b", source, "-F", fmt, overlay]
+        cmd = overlay_command(source, overlay, backing_format=fmt, qemu_img=self.qemu_img)
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            proc = run_qemu_img(cmd, timeout=120, what=f"{name}: qemu-img create {overlay}")
         except FileNotFoundError:
             raise PermanentDriverError(
                 f"{name}: {self.qemu_img} not found; install qemu-utils"
-            ) from None
-        except subprocess.TimeoutExpired:
-            raise TransientDriverError(
-                f"{name}: qemu-img create {overlay} took over 120 s"
             ) from None
         if proc.returncode != 0:
             err = (proc.stderr or proc.stdout).strip()
@@ -415,34 +407,18 @@ class LibvirtDriver:
     def _fork_overlay(
         self, source: str, fmt: str, origin: tuple[str, str], overlay: str, name: str
     ) -> None:
-        """A new overlay holding another overlay's snapshot, still backed by the source disk.
-        -U: the origin is open in its running QEMU; an internal snapshot never changes, so
-        reading it beside the live VM is safe."""
+        """A new overlay holding another overlay's snapshot, still backed by the source disk
+        (the origin may be open in its running QEMU: see convert_command)."""
         origin_overlay, snapshot = origin
-        cmd = [
-            self.qemu_img,
-            "convert",
-            "-U",
-            "-q",
-            "-f",
-            "qcow2",
-            "-l",
-            f"snapshot.name={snapshot}",
-            "-O",
-            "qcow2",
-            "-B",
-            source,
-            "-F",
-            fmt,
+        cmd = convert_command(
             origin_overlay,
             overlay,
-        ]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        except subprocess.TimeoutExpired:
-            raise TransientDriverError(
-                f"{name}: copying snapshot {snapshot} took over 600 s"
-            ) from None
+            snapshot=snapshot,
+            backing=source,
+            backing_format=fmt,
+            qemu_img=self.qemu_img,
+        )
+        proc = run_qemu_img(cmd, timeout=600, what=f"{name}: copying snapshot {snapshot}")
         if proc.returncode != 0:
             err = (proc.stderr or proc.stdout).strip()
             raise SourceNotUsable(

@@ -60,7 +60,7 @@ class CAError(RemoteError):
     """The CA key is unusable (insecure permissions, unreadable, not a key) or signing
     failed. Permanent: an operator has to fix the key or the host."""
 
-    transient = False
+    code = "ca_error"
 
 
 @dataclass(frozen=True)
@@ -76,21 +76,15 @@ class SignedCertificate:
 
 
 @dataclass(frozen=True)
-class IssuedCredential:
+class IssuedCredential(SignedCertificate):
     """A fresh client keypair plus its certificate, ready for `paramiko` (`key`).
 
     The private key lives only in this object; it is kept out of `repr` so it cannot leak into
     logs or tracebacks.
     """
 
-    key: paramiko.PKey = field(repr=False)
-    private_key: str = field(repr=False)  # OpenSSH format, unencrypted
-    certificate: str
-    serial: int
-    principals: tuple[str, ...]
-    valid_after: datetime
-    valid_before: datetime
-    identity: str
+    key: paramiko.PKey = field(repr=False, kw_only=True)
+    private_key: str = field(repr=False, kw_only=True)  # OpenSSH format, unencrypted
 
     def seconds_left(self, now: datetime | None = None) -> float:
         now = now or datetime.now(UTC)
@@ -324,16 +318,7 @@ class CertificateAuthority:
         signed = self._sign(public_line, principals, ttl_seconds, identity)
         key = cls.from_private_key(io.StringIO(private_text))
         key.load_certificate(signed.certificate)
-        return IssuedCredential(
-            key=key,
-            private_key=private_text,
-            certificate=signed.certificate,
-            serial=signed.serial,
-            principals=signed.principals,
-            valid_after=signed.valid_after,
-            valid_before=signed.valid_before,
-            identity=signed.identity,
-        )
+        return IssuedCredential(**vars(signed), key=key, private_key=private_text)
 
     def sign_public_key(
         self,

@@ -1,30 +1,27 @@
-"""Typed errors of the SSH layer.
+"""Typed errors of the SSH layer, part of the one hierarchy in `core.errors`.
 
-Every error says whether trying again may help (`transient`) or a person has to act. The
-service layer retries transient errors with bounded backoff and fails the operation at once
+Every error says whether trying again may help (`transient`) or a person has to act, and
+carries a stable `code`. The service layer retries transient errors with bounded backoff and fails the operation at once
 on permanent ones.
 """
 
 from __future__ import annotations
 
+from core.errors import Error
 
-class RemoteError(Exception):
-    """Base of every error raised by `sandboxes.remote`."""
 
-    transient: bool = False
+class RemoteError(Error):
+    """Base of every error raised by `sandboxes.remote`. An instance may override the class's
+    `transient` when the same kind of failure can be either (a DNS failure vs a refused port)."""
 
-    def __init__(self, message: str, *, transient: bool | None = None) -> None:
-        super().__init__(message)
-        # A class default fits most cases; an instance may override it when the same kind
-        # of failure can be either (e.g. a DNS failure vs a refused port).
-        if transient is not None:
-            self.transient = transient
+    code = "remote_error"
 
 
 class ConnectError(RemoteError):
     """The guest's sshd is not reachable yet: refused, timed out, reset, banner not yet sent.
     Normal while a VM boots; retry with backoff until the boot deadline."""
 
+    code = "connect_failed"
     transient = True
 
 
@@ -32,14 +29,14 @@ class AuthError(RemoteError):
     """sshd rejected our certificate (wrong principal, expired, CA not trusted). Retrying
     with the same CA and principals will not help."""
 
-    transient = False
+    code = "auth_failed"
 
 
 class HostKeyMismatch(RemoteError):
     """The guest presented a host key other than the pinned one: a different machine answers
     on that address, or the guest was rebuilt. Never retried automatically."""
 
-    transient = False
+    code = "host_key_mismatch"
 
     def __init__(self, host: str, port: int, expected: str, presented: str) -> None:
         super().__init__(
@@ -58,6 +55,7 @@ class SessionLost(RemoteError):
     fresh connection cannot run it twice; when True the command may or may not have run.
     """
 
+    code = "session_lost"
     transient = True
 
     def __init__(self, message: str, *, started: bool) -> None:

@@ -42,6 +42,7 @@ MAX_COMMAND_BYTES = 120_000
 EXIT_GRACE_SECONDS = 0.5
 _KILL_TIMEOUT_SECONDS = 5.0
 _RECV_CHUNK = 65536
+_CONNECT_TIMEOUTS = ("timeout", "banner_timeout", "auth_timeout", "channel_timeout")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # The variable that tags every process of one run, so a timeout can find and kill all of
 # them, including background jobs and grandchildren that left the process group.
@@ -141,10 +142,8 @@ def connect(
             pkey=credential.key,
             look_for_keys=False,
             allow_agent=False,
-            timeout=timeout,
-            banner_timeout=timeout,
-            auth_timeout=timeout,
-            channel_timeout=timeout,
+            # The same limit on each phase: TCP connect, banner, authentication, channel open.
+            **dict.fromkeys(_CONNECT_TIMEOUTS, timeout),
         )
     except paramiko.BadHostKeyException as exc:
         client.close()

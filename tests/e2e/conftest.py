@@ -119,6 +119,13 @@ def e2e_stack(django_db_setup, django_db_blocker):
         assert not leftovers, f"test left domains behind: {leftovers}"
 
 
+@pytest.fixture(scope="module")
+def sandbox(e2e_stack):
+    """A ready debian-base sandbox of alice's, shared by the module."""
+    with e2e_stack.alice.ready_sandbox() as sandbox:
+        yield sandbox
+
+
 class E2EStack:
     def __init__(self, **kw):
         self.__dict__.update(kw)

@@ -15,32 +15,16 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
 
 
 def run(api, sandbox_id: str, command: str) -> dict:
-    status, body = api.post(f"/v1/sandboxes/{sandbox_id}/command", {"command": command})
-    assert status == 200, body
-    assert body["command"]["exit_code"] == 0, body["command"]
-    return body["command"]
-
-
-def snapshot(api, sandbox_id: str, name: str) -> None:
-    status, body = api.post(f"/v1/sandboxes/{sandbox_id}/snapshots", {"name": name, "wait": True})
-    assert status == 201, body
+    """A command that must succeed in the guest."""
+    command = api.run(sandbox_id, command)
+    assert command["exit_code"] == 0, command
+    return command
 
 
 def diff(api, sandbox_id: str, a: str, b: str) -> dict:
     status, body = api.get(f"/v1/sandboxes/{sandbox_id}/diff?from={a}&to={b}&limit=1000")
     assert status == 200, body
     return body["diff"]
-
-
-@pytest.fixture(scope="module")
-def sandbox(e2e_stack):
-    api = e2e_stack.alice
-    status, body = api.post("/v1/sandboxes", {"source_vm_name": "debian-base", "wait_for_ip": True})
-    assert status == 201, body
-    yield body["sandbox"]
-    status, body = api.delete(f"/v1/sandboxes/{body['sandbox']['id']}")
-    if status == 202:
-        api.wait_operation(body["operation"]["id"])
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +39,10 @@ def test_a_snapshot_taken_again_under_the_same_name_gets_its_own_diff(
     e2e_stack, sandbox, host_ca_dir
 ):
     api, sid = e2e_stack.alice, sandbox["id"]
-    snapshot(api, sid, "s-base")
+    api.snapshot(sid, "s-base")
     # First state: /srv/keys is a real directory holding a file named like the CA key.
     run(api, sid, "mkdir -p /srv/keys && echo harmless > /srv/keys/ca")
-    snapshot(api, sid, "s-next")
+    api.snapshot(sid, "s-next")
     first = diff(api, sid, "s-base", "s-next")
     assert "/srv/keys/ca" in {r["path"] for r in first["files"]["results"]}
 
@@ -67,7 +51,7 @@ def test_a_snapshot_taken_again_under_the_same_name_gets_its_own_diff(
     assert status == 202, body
     assert api.wait_operation(body.get("operation", body)["id"])["status"] == "succeeded"
     run(api, sid, f"rm -rf /srv/keys && ln -s {host_ca_dir} /srv/keys && echo new > /srv/other")
-    snapshot(api, sid, "s-next")
+    api.snapshot(sid, "s-next")
     second = diff(api, sid, "s-base", "s-next")
     entries = {r["path"]: r for r in second["files"]["results"]}
     assert second["id"] != first["id"]
@@ -87,7 +71,7 @@ def test_hostile_entries_are_reported_as_what_they_are_in_bounded_time(
     e2e_stack, sandbox, host_ca_dir
 ):
     api, sid = e2e_stack.alice, sandbox["id"]
-    snapshot(api, sid, "h-before")
+    api.snapshot(sid, "h-before")
     run(
         api,
         sid,
@@ -97,7 +81,7 @@ def test_hostile_entries_are_reported_as_what_they_are_in_bounded_time(
         "truncate -s 2G /srv/sparse; printf 'odd\\n' > \"/srv/new$(printf '\\nline')\"; "
         "useradd -m dora; sync",
     )
-    snapshot(api, sid, "h-after")
+    api.snapshot(sid, "h-after")
     started = time.monotonic()
     found = diff(api, sid, "h-before", "h-after")
     assert time.monotonic() - started < 120

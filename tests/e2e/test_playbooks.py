@@ -18,7 +18,7 @@ import uuid
 import pytest
 import yaml
 
-from .test_snapshots import build_deb, run, snapshot
+from .test_snapshots import build_deb
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
 
@@ -95,26 +95,20 @@ JINJA_SEEN = (
 
 @pytest.fixture(scope="module")
 def agent_box(e2e_stack):
-    api = e2e_stack.alice
-    status, body = api.post(
-        "/v1/sandboxes",
-        {"source_vm_name": "debian-base-systemd", "agent_id": "web-agent", "wait_for_ip": True},
-    )
-    assert status == 201, body
-    yield body["sandbox"]
-    status, body = api.delete(f"/v1/sandboxes/{body['sandbox']['id']}")
-    if status == 202:
-        api.wait_operation(body["operation"]["id"])
+    with e2e_stack.alice.ready_sandbox(
+        source_vm_name="debian-base-systemd", agent_id="web-agent"
+    ) as sandbox:
+        yield sandbox
 
 
 @pytest.fixture(scope="module")
 def changed(e2e_stack, agent_box, tmp_path_factory):
     api, sid = e2e_stack.alice, agent_box["id"]
-    snapshot(api, sid, "p0")
+    api.snapshot(sid, "p0")
     deb = base64.b64encode(build_deb(tmp_path_factory.mktemp("deb"))).decode()
-    result = run(api, sid, AGENT_SCRIPT.format(deb=deb) + JINJA_SCRIPT)
+    result = api.run(sid, AGENT_SCRIPT.format(deb=deb) + JINJA_SCRIPT)
     assert result["exit_code"] == 0, result
-    snapshot(api, sid, "p1")
+    api.snapshot(sid, "p1")
     return sid
 
 
@@ -240,21 +234,13 @@ def decider(e2e_stack):
 def production(e2e_stack, operator):
     """A 'production' machine: another fresh sandbox, registered by the operator as an
     inventory host."""
-    status, body = operator.post(
-        "/v1/sandboxes",
-        {"source_vm_name": "debian-base-systemd", "agent_id": "prod-1", "wait_for_ip": True},
-    )
-    assert status == 201, body
-    target = body["sandbox"]
-    status, inv = operator.post(
-        "/v1/inventories",
-        {"name": "prod", "hosts": [{"name": "prod-1", "sandbox_id": target["id"]}]},
-    )
-    assert status == 201, inv
-    yield target, inv["inventory"]
-    status, body = operator.delete(f"/v1/sandboxes/{target['id']}")
-    if status == 202:
-        operator.wait_operation(body["operation"]["id"])
+    with operator.ready_sandbox(source_vm_name="debian-base-systemd", agent_id="prod-1") as target:
+        status, inv = operator.post(
+            "/v1/inventories",
+            {"name": "prod", "hosts": [{"name": "prod-1", "sandbox_id": target["id"]}]},
+        )
+        assert status == 201, inv
+        yield target, inv["inventory"]
 
 
 def stream_events(api, run_id: str) -> list[dict]:
@@ -280,19 +266,25 @@ def stream_events(api, run_id: str) -> list[dict]:
         ws.close()
 
 
-def playbook_id(api, sid: str) -> str:
-    status, body = api.get(f"/v1/sandboxes/{sid}/playbook?from=p0&to=p1")
+@pytest.fixture
+def pid(e2e_stack, changed) -> str:
+    """The id of the playbook made from the agent's change (p0 to p1)."""
+    status, body = e2e_stack.alice.get(f"/v1/sandboxes/{changed}/playbook?from=p0&to=p1")
     assert status == 200, body
     return body["playbook"]["id"]
 
 
+@pytest.fixture
+def apply(production) -> dict:
+    """What a check or an apply against production sends."""
+    return {"inventory": production[1]["id"]}
+
+
 def test_an_apply_is_refused_without_approval_and_runs_once_after_it(
-    e2e_stack, changed, operator, decider, production
+    e2e_stack, changed, operator, decider, production, pid, apply
 ):
     api = e2e_stack.alice
     target, inventory = production
-    pid = playbook_id(api, changed)
-    apply = {"inventory": inventory["id"]}
     # Production is the operator's: to the agent whose playbook it is, it does not exist.
     assert api.post(f"/v1/playbooks/{pid}/check", apply)[0] == 404
     assert api.get(f"/v1/inventories/{inventory['id']}")[0] == 404
@@ -341,11 +333,11 @@ def test_an_apply_is_refused_without_approval_and_runs_once_after_it(
         " cat /srv/assets/*.css | sha256sum; id -u appuser; dpkg-query -W vsb-hello;"
         " systemctl is-enabled app.service; test -e /etc/motd; echo motd=$?"
     )
-    assert run_in(api, changed, check) == run_in(operator, target["id"], check)
+    assert api.run(changed, check)["stdout"] == operator.run(target["id"], check)["stdout"]
     # ...the guest's Jinja included, literally, and it never ran on the host.
     assert host_markers() == [], "the apply ran the guest's Jinja on the host"
-    assert run_in(api, changed, JINJA_PROBE) == JINJA_SEEN + "group=0\n"
-    assert run_in(operator, target["id"], JINJA_PROBE) == JINJA_SEEN + "group=2\n"
+    assert api.run(changed, JINJA_PROBE)["stdout"] == JINJA_SEEN + "group=0\n"
+    assert operator.run(target["id"], JINJA_PROBE)["stdout"] == JINJA_SEEN + "group=2\n"
 
     status, body = operator.post(
         f"/v1/playbooks/{pid}/apply", {**apply, "approval_id": approval["id"]}
@@ -354,12 +346,9 @@ def test_an_apply_is_refused_without_approval_and_runs_once_after_it(
 
 
 def test_an_edit_voids_the_approval_and_a_failed_apply_names_task_and_host(
-    e2e_stack, changed, operator, decider, production
+    e2e_stack, operator, decider, pid, apply
 ):
     api = e2e_stack.alice
-    _target, inventory = production
-    pid = playbook_id(api, changed)
-    apply = {"inventory": inventory["id"]}
     status, body = operator.post(f"/v1/playbooks/{pid}/apply", apply)
     assert status == 409 and body["error"]["code"] == "approval_required", body
     old = body["approval"]
@@ -413,19 +402,10 @@ def json_text(value) -> str:
     return json.dumps(value)
 
 
-def run_in(api, sandbox_id: str, command: str) -> str:
-    status, body = api.post(f"/v1/sandboxes/{sandbox_id}/command", {"command": command})
-    assert status == 200, body
-    return body["command"]["stdout"]
-
-
-def test_a_running_apply_is_cancelled(e2e_stack, changed, operator, decider, production):
+def test_a_running_apply_is_cancelled(e2e_stack, operator, decider, pid, apply):
     import time
 
     api = e2e_stack.alice
-    _target, inventory = production
-    pid = playbook_id(api, changed)
-    apply = {"inventory": inventory["id"]}
     status, current = api.get(f"/v1/playbooks/{pid}")
     slow = current["playbook"]["yaml"].replace(
         "  tasks:\n",

@@ -52,12 +52,6 @@ def sandboxes(e2e_stack):
             e2e_stack.alice.delete(f"/v1/sandboxes/{sb['id']}")
 
 
-def run(api, sandbox, command: str, **extra):
-    status, body = api.post(f"/v1/sandboxes/{sandbox['id']}/command", {"command": command, **extra})
-    assert status == 200, body
-    return body["command"]
-
-
 def test_it_creates_a_ready_sandbox_with_a_pinned_host_key(sandboxes):
     a = sandboxes["a"]
     assert a["state"] == "ready"
@@ -69,7 +63,7 @@ def test_it_creates_a_ready_sandbox_with_a_pinned_host_key(sandboxes):
 
 
 def test_it_runs_uname(e2e_stack, sandboxes):
-    cmd = run(e2e_stack.alice, sandboxes["a"], "uname -a")
+    cmd = e2e_stack.alice.run(sandboxes["a"]["id"], "uname -a")
     assert cmd["exit_code"] == 0
     assert cmd["stdout"].startswith("Linux ")
     assert cmd["stderr"] == ""
@@ -77,7 +71,7 @@ def test_it_runs_uname(e2e_stack, sandboxes):
 
 
 def test_it_keeps_stdout_and_stderr_apart_and_reports_the_exit_code(e2e_stack, sandboxes):
-    cmd = run(e2e_stack.alice, sandboxes["a"], "echo to-out; echo to-err >&2; exit 3")
+    cmd = e2e_stack.alice.run(sandboxes["a"]["id"], "echo to-out; echo to-err >&2; exit 3")
     assert cmd["exit_code"] == 3
     assert cmd["stdout"] == "to-out\n"
     assert cmd["stderr"] == "to-err\n"
@@ -92,7 +86,7 @@ def test_it_passes_a_multiline_script_with_both_quotes_intact(e2e_stack, sandbox
         "EOF\n"
         "printf '%s\\n' \"tab\there\"\n"
     )
-    cmd = run(e2e_stack.alice, sandboxes["a"], script)
+    cmd = e2e_stack.alice.run(sandboxes["a"]["id"], script)
     assert cmd["exit_code"] == 0, cmd
     assert cmd["stdout"] == (
         'it\'s "quoted"\nliteral $HOME and \'single\' and "double"\ntab\there\n'
@@ -100,9 +94,8 @@ def test_it_passes_a_multiline_script_with_both_quotes_intact(e2e_stack, sandbox
 
 
 def test_it_applies_env_and_working_directory(e2e_stack, sandboxes):
-    cmd = run(
-        e2e_stack.alice,
-        sandboxes["a"],
+    cmd = e2e_stack.alice.run(
+        sandboxes["a"]["id"],
         'echo "$GREETING from $(pwd)"',
         env={"GREETING": "hello 'world'"},
         cwd="/etc",
@@ -112,20 +105,20 @@ def test_it_applies_env_and_working_directory(e2e_stack, sandboxes):
 
 def test_it_times_out_and_returns_the_partial_output(e2e_stack, sandboxes):
     t0 = time.monotonic()
-    cmd = run(
-        e2e_stack.alice, sandboxes["a"], "echo before; sleep 60; echo after", timeout_seconds=3
+    cmd = e2e_stack.alice.run(
+        sandboxes["a"]["id"], "echo before; sleep 60; echo after", timeout_seconds=3
     )
     assert time.monotonic() - t0 < 20
     assert cmd["timed_out"] is True and cmd["status"] == "timed_out"
     assert cmd["exit_code"] is None
     assert cmd["stdout"] == "before\n"
-    leftover = run(e2e_stack.alice, sandboxes["a"], "pgrep -f 'sleep [6]0' || true")
+    leftover = e2e_stack.alice.run(sandboxes["a"]["id"], "pgrep -f 'sleep [6]0' || true")
     assert leftover["stdout"] == "", "the timed-out command must not keep running"
 
 
 def test_it_caps_output_and_flags_truncation(e2e_stack, sandboxes):
-    cmd = run(
-        e2e_stack.alice, sandboxes["a"], "head -c 200000 /dev/zero | tr '\\0' x; echo done >&2"
+    cmd = e2e_stack.alice.run(
+        sandboxes["a"]["id"], "head -c 200000 /dev/zero | tr '\\0' x; echo done >&2"
     )
     assert cmd["exit_code"] == 0
     assert cmd["stdout_truncated"] is True
@@ -216,7 +209,7 @@ def test_it_refuses_an_expired_certificate(sandboxes):
 def test_it_stops_and_starts_again_with_the_same_disk_and_host_key(e2e_stack, sandboxes):
     a = sandboxes["a"]
     api = e2e_stack.alice
-    run(api, a, "echo persisted > /root/marker; sync")
+    api.run(a["id"], "echo persisted > /root/marker; sync")
     status, body = api.post(f"/v1/sandboxes/{a['id']}/stop", {"wait": True})
     assert status == 200, body
     assert body["sandbox"]["state"] == "stopped"
@@ -227,7 +220,7 @@ def test_it_stops_and_starts_again_with_the_same_disk_and_host_key(e2e_stack, sa
     assert status == 200, body
     assert body["sandbox"]["state"] == "ready"
     assert body["sandbox"]["host_key"] == a["host_key"]
-    assert run(api, a, "cat /root/marker")["stdout"] == "persisted\n"
+    assert api.run(a["id"], "cat /root/marker")["stdout"] == "persisted\n"
 
 
 def test_it_destroys_both_and_leaves_no_domain_disk_or_transitional_row(e2e_stack, sandboxes):

@@ -8,64 +8,32 @@ import pytest
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
 
 
-def run(api, sandbox_id: str, command: str) -> dict:
-    status, body = api.post(f"/v1/sandboxes/{sandbox_id}/command", {"command": command})
-    assert status == 200, body
-    return body["command"]
-
-
-def snapshot(api, sandbox_id: str, name: str) -> dict:
-    status, body = api.post(f"/v1/sandboxes/{sandbox_id}/snapshots", {"name": name, "wait": True})
-    assert status == 201, body
-    return body["snapshot"]
-
-
-def restore(api, sandbox_id: str, name: str) -> dict:
-    status, body = api.post(f"/v1/sandboxes/{sandbox_id}/snapshots/{name}/restore", {"wait": True})
-    assert status == 200, body
-    return body["sandbox"]
-
-
-@pytest.fixture(scope="module")
-def sandbox(e2e_stack):
-    api = e2e_stack.alice
-    status, body = api.post("/v1/sandboxes", {"source_vm_name": "debian-base", "wait_for_ip": True})
-    assert status == 201, body
-    yield body["sandbox"]
-    status, body = api.delete(f"/v1/sandboxes/{body['sandbox']['id']}")
-    if status == 202:
-        api.wait_operation(body["operation"]["id"])
-
-
 def test_it_restores_snapshots_back_and_forth(e2e_stack, sandbox):
     api, sid = e2e_stack.alice, sandbox["id"]
-    base = snapshot(api, sid, "base")
+    base = api.snapshot(sid, "base")
     assert base["status"] == "ready" and base["has_memory"] is True
-    run(
-        api,
+    api.run(
         sid,
         "echo 'listen 8080' > /etc/app.conf; useradd -m carol; rm /etc/issue.net; sleep 1000 &",
     )
-    snapshot(api, sid, "after")
+    api.snapshot(sid, "after")
 
-    restored = restore(api, sid, "base")
+    restored = api.restore(sid, "base")
     assert restored["state"] == "ready" and restored["host_key"] == sandbox["host_key"]
-    gone = run(
-        api,
+    gone = api.run(
         sid,
         "test -e /etc/app.conf; echo $?; id carol 2>&1 | head -c 40; test -e /etc/issue.net; echo $?",
     )
     assert gone["stdout"].splitlines()[0] == "1"
     assert gone["stdout"].splitlines()[-1] == "0"
     # The clock was corrected: within a few seconds of the host's.
-    skew = run(api, sid, "date +%s")["stdout"].strip()
+    skew = api.run(sid, "date +%s")["stdout"].strip()
     import time
 
     assert abs(int(skew) - time.time()) < 10
 
-    restore(api, sid, "after")
-    back = run(
-        api,
+    api.restore(sid, "after")
+    back = api.run(
         sid,
         "cat /etc/app.conf; id -u carol; pgrep -f 'sleep [1]000' >/dev/null && echo running",
     )
@@ -77,16 +45,12 @@ def test_it_restores_snapshots_back_and_forth(e2e_stack, sandbox):
 
 def test_it_forks_a_sandbox_with_its_own_identity(e2e_stack, sandbox):
     api, sid = e2e_stack.alice, sandbox["id"]
-    status, body = api.post(
-        "/v1/sandboxes", {"from_sandbox": sid, "from_snapshot": "after", "wait_for_ip": True}
-    )
-    assert status == 201, body
-    fork = body["sandbox"]
+    fork = api.create_sandbox(from_sandbox=sid, from_snapshot="after")
     try:
         assert fork["host_key"] != sandbox["host_key"]
         ids = {}
         for sb in (sandbox, fork):
-            out = run(api, sb["id"], "cat /etc/machine-id; cat /etc/app.conf; hostname")[
+            out = api.run(sb["id"], "cat /etc/machine-id; cat /etc/app.conf; hostname")[
                 "stdout"
             ].split("\n")
             ids[sb["id"]] = out[0]
@@ -94,12 +58,10 @@ def test_it_forks_a_sandbox_with_its_own_identity(e2e_stack, sandbox):
             assert out[2] == sb["name"]
         assert ids[sid] != ids[fork["id"]]
         # They run independently: a change in one does not appear in the other.
-        run(api, fork["id"], "echo fork-only > /root/f")
-        assert run(api, sid, "test -e /root/f; echo $?")["stdout"] == "1\n"
+        api.run(fork["id"], "echo fork-only > /root/f")
+        assert api.run(sid, "test -e /root/f; echo $?")["stdout"] == "1\n"
     finally:
-        status, body = api.delete(f"/v1/sandboxes/{fork['id']}")
-        assert status == 202
-        assert api.wait_operation(body["operation"]["id"])["status"] == "succeeded"
+        api.destroy_sandbox(fork["id"])
 
 
 def test_it_answers_404_for_an_unknown_snapshot(e2e_stack, sandbox):
@@ -132,7 +94,7 @@ def test_it_diffs_exactly_what_changed(e2e_stack, sandbox, tmp_path):
     import base64
 
     api, sid = e2e_stack.alice, sandbox["id"]
-    snapshot(api, sid, "d0")
+    api.snapshot(sid, "d0")
     deb = base64.b64encode(build_deb(tmp_path)).decode()
     script = f"""set -e
 printf 'port = 8080\\nworkers = 4\\n' > /etc/app.conf
@@ -153,8 +115,8 @@ rm /etc/motd
 echo noise >> /var/log/noise.log
 echo noise > /tmp/noise
 """
-    assert run(api, sid, script)["exit_code"] == 0
-    snapshot(api, sid, "d1")
+    assert api.run(sid, script)["exit_code"] == 0
+    api.snapshot(sid, "d1")
     status, body = api.get(f"/v1/sandboxes/{sid}/diff?from=d0&to=d1")
     assert status == 200, body
     diff = body["diff"]
@@ -206,23 +168,13 @@ echo noise > /tmp/noise
         "dpkg -s vsb-hello >/dev/null 2>&1 && echo pkg || echo no-pkg; "
         "test -e /etc/motd && echo motd || echo no-motd"
     )
-    restore(api, sid, "d0")
-    assert run(api, sid, probe)["stdout"].split("\n")[:-1] == [
-        "listen 8080",
-        "no-user",
-        "no-unit",
-        "no-pkg",
-        "motd",
-    ]
-    restore(api, sid, "d1")
-    assert run(api, sid, probe)["stdout"].split("\n")[:-1] == [
-        "port = 8080",
-        "workers = 4",
-        "user",
-        "unit",
-        "pkg",
-        "no-motd",
-    ]
+
+    def restored(snapshot: str) -> list[str]:
+        api.restore(sid, snapshot)
+        return api.run(sid, probe)["stdout"].split("\n")[:-1]
+
+    assert restored("d0") == ["listen 8080", "no-user", "no-unit", "no-pkg", "motd"]
+    assert restored("d1") == ["port = 8080", "workers = 4", "user", "unit", "pkg", "no-motd"]
 
     # A change made over a plain SSH session, not through /command, shows up too.
     from django.conf import settings
@@ -244,7 +196,7 @@ echo noise > /tmp/noise
     assert status == 200, body
     changed = {(f["change"], f["path"]) for f in body["diff"]["files"]["results"]}
     assert ("added", "/etc/handmade.conf") in changed, changed
-    assert run(api, sid, "virsh 2>/dev/null; true")["exit_code"] == 0
+    assert api.run(sid, "virsh 2>/dev/null; true")["exit_code"] == 0
 
 
 def test_it_refuses_a_diff_with_a_snapshot_of_another_sandbox(e2e_stack, sandbox):
@@ -278,7 +230,7 @@ def test_it_recovers_a_restore_interrupted_by_sigkill(e2e_stack, sandbox):
     )
     if state["state"] == "ready":
         assert (
-            run(api, sid, "test -e /etc/app.conf && cat /etc/app.conf")["stdout"] == "listen 8080\n"
+            api.run(sid, "test -e /etc/app.conf && cat /etc/app.conf")["stdout"] == "listen 8080\n"
         )
     else:
         assert state["error"]
@@ -299,4 +251,4 @@ def test_it_keeps_the_sandbox_usable_when_the_worker_dies_during_a_snapshot(e2e_
         snap,
     )
     assert api.get(f"/v1/sandboxes/{sid}")[1]["sandbox"]["state"] == "ready"
-    assert run(api, sid, "echo still-here")["stdout"] == "still-here\n"
+    assert api.run(sid, "echo still-here")["stdout"] == "still-here\n"

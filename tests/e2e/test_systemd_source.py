@@ -10,24 +10,14 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
 
 def test_it_boots_the_systemd_variant_with_real_units(e2e_stack):
     api = e2e_stack.alice
-    status, body = api.post(
-        "/v1/sandboxes",
-        {"source_vm_name": "debian-base-systemd", "agent_id": "systemd", "wait_for_ip": True},
-    )
-    assert status == 201, body
-    sandbox = body["sandbox"]
+    sandbox = api.create_sandbox(source_vm_name="debian-base-systemd", agent_id="systemd")
     try:
-        status, body = api.post(
-            f"/v1/sandboxes/{sandbox['id']}/command",
-            {"command": "ps -p 1 -o comm=; systemctl is-enabled ssh qemu-guest-agent; hostname"},
-        )
-        assert status == 200, body
-        lines = body["command"]["stdout"].split()
+        lines = api.run(
+            sandbox["id"], "ps -p 1 -o comm=; systemctl is-enabled ssh qemu-guest-agent; hostname"
+        )["stdout"].split()
         assert lines[0] == "systemd"
         assert lines[1] == "enabled", lines  # ssh
         assert lines[2] == "static", lines  # qemu-guest-agent: started by its device unit
         assert lines[-1] == sandbox["name"]
     finally:
-        status, body = api.delete(f"/v1/sandboxes/{sandbox['id']}")
-        assert status == 202, body
-        assert api.wait_operation(body["operation"]["id"])["status"] == "succeeded"
+        api.destroy_sandbox(sandbox["id"])

@@ -54,17 +54,12 @@ def test_it_recovers_a_create_interrupted_by_sigkill(e2e_stack):
     )
     if op["status"] == "succeeded":
         assert sandbox["state"] == "ready"
-        cmd = api.post(f"/v1/sandboxes/{sandbox_id}/command", {"command": "echo alive"})[1][
-            "command"
-        ]
-        assert cmd["stdout"] == "alive\n"
+        assert api.run(sandbox_id, "echo alive")["stdout"] == "alive\n"
     else:
         assert sandbox["state"] == "error" and sandbox["error"], sandbox
         assert not domain_exists(name)
 
-    status, body = api.delete(f"/v1/sandboxes/{sandbox_id}")
-    assert status == 202, body
-    assert api.wait_operation(body["operation"]["id"])["status"] == "succeeded"
+    api.destroy_sandbox(sandbox_id)
     assert not domain_exists(name)
     assert not Path(settings.VSB["SANDBOX_DIR"], name).exists()
     with e2e_stack.blocker.unblock():

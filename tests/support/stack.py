@@ -4,6 +4,7 @@ Every process started here is killed on teardown, also when the test failed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -251,3 +253,56 @@ class Api:
                 return op
             time.sleep(0.2)
         raise AssertionError(f"operation {op_id} not done after {timeout} s: {op}")
+
+    # ---- sandboxes on real VMs (the e2e ring) --------------------------------------------
+
+    def create_sandbox(self, **body) -> dict:
+        """A ready sandbox as `body` says, of debian-base unless it names a source or (a fork)
+        an origin sandbox: 201 and the sandbox."""
+        if "from_sandbox" not in body:
+            body = {"source_vm_name": "debian-base", **body}
+        status, reply = self.post("/v1/sandboxes", {**body, "wait_for_ip": True})
+        assert status == 201, reply
+        return reply["sandbox"]
+
+    def destroy_sandbox(self, sandbox_id: str) -> None:
+        """Destroy it: 202, and the operation succeeds."""
+        status, body = self.delete(f"/v1/sandboxes/{sandbox_id}")
+        assert status == 202, body
+        assert self.wait_operation(body["operation"]["id"])["status"] == "succeeded"
+
+    @contextlib.contextmanager
+    def ready_sandbox(self, **body) -> Iterator[dict]:
+        """A ready sandbox (see create_sandbox) for the block; destroyed after it unless a
+        test destroyed it already."""
+        sandbox = self.create_sandbox(**body)
+        try:
+            yield sandbox
+        finally:
+            status, reply = self.delete(f"/v1/sandboxes/{sandbox['id']}")
+            if status == 202:
+                self.wait_operation(reply["operation"]["id"])
+
+    def run(self, sandbox_id: str, command: str, **extra) -> dict:
+        """Run `command` in the sandbox: 200 and the finished command."""
+        status, body = self.post(
+            f"/v1/sandboxes/{sandbox_id}/command", {"command": command, **extra}
+        )
+        assert status == 200, body
+        return body["command"]
+
+    def snapshot(self, sandbox_id: str, name: str) -> dict:
+        """Take snapshot `name` and wait for it: 201 and the snapshot."""
+        status, body = self.post(
+            f"/v1/sandboxes/{sandbox_id}/snapshots", {"name": name, "wait": True}
+        )
+        assert status == 201, body
+        return body["snapshot"]
+
+    def restore(self, sandbox_id: str, name: str) -> dict:
+        """Restore snapshot `name` and wait for it: 200 and the sandbox."""
+        status, body = self.post(
+            f"/v1/sandboxes/{sandbox_id}/snapshots/{name}/restore", {"wait": True}
+        )
+        assert status == 200, body
+        return body["sandbox"]

@@ -26,6 +26,7 @@ from sandboxes.drivers.libvirt_driver import (
     qcow2_backing_file,
     remove_tree_inside,
 )
+from sandboxes.drivers.qemu_img import overlay_command
 
 from .conftest import make_qcow2
 
@@ -204,21 +205,7 @@ def test_it_keeps_a_golden_image_someone_put_inside_the_workdir(tmp_path):
     workdir = tmp_path / "wd"
     workdir.mkdir()
     golden = make_qcow2(workdir / "golden.qcow2")
-    subprocess.run(
-        [
-            "qemu-img",
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            str(golden),
-            "-F",
-            "qcow2",
-            str(workdir / "disk.qcow2"),
-        ],
-        check=True,
-    )
+    subprocess.run(overlay_command(str(golden), str(workdir / "disk.qcow2")), check=True)
     assert backing_chain(str(workdir / "disk.qcow2")) == [str(golden)]
     kept = remove_tree_inside(str(workdir))
     assert kept == [str(golden)]
