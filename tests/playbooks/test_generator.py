@@ -737,7 +737,7 @@ def test_an_agent_chosen_title_does_not_run_in_the_syntax_check():
     own sandbox name and agent_id: generating a playbook must not run them."""
     import uuid
 
-    from playbooks.build import syntax_check
+    from playbooks.runtime import syntax_check
 
     marker = Path(f"/tmp/vsb-test-title-{uuid.uuid4().hex}")
     out = generator.generate(
