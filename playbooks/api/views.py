@@ -7,7 +7,7 @@ import io
 import tarfile
 
 from django.http import HttpResponse
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
@@ -85,6 +85,21 @@ def archive(version: PlaybookVersion) -> bytes:
     return buf.getvalue()
 
 
+RUN_ANSWERS = {202: RunBodySerializer, 200: RunBodySerializer, **ERRORS}
+
+
+@extend_schema_view(
+    check=extend_schema(
+        summary="Dry run (ansible --check --diff) against an inventory (run_inventory; else 404)",
+        request=StartRunSerializer,
+        responses=RUN_ANSWERS,
+    ),
+    apply=extend_schema(
+        summary="Apply to an inventory (run_inventory; else 404): 409 approval_required (with the new request) until approved",
+        request=StartRunSerializer,
+        responses={**RUN_ANSWERS, 409: ApprovalRequiredSerializer},
+    ),
+)
 class PlaybookViewSet(viewsets.ViewSet):
     """Playbooks by id: versions, raw YAML, a tar.gz with files/, and operators' edits."""
 
@@ -113,25 +128,10 @@ class PlaybookViewSet(viewsets.ViewSet):
         )
         return response
 
-    @extend_schema(
-        summary="Dry run (ansible --check --diff) against an inventory (run_inventory; else 404)",
-        request=StartRunSerializer,
-        responses={202: RunBodySerializer, 200: RunBodySerializer, **ERRORS},
-    )
     @action(detail=True, methods=["post"])
     def check(self, request, pk=None):
         return run_playbook_action(request, pk, RunKind.CHECK)
 
-    @extend_schema(
-        summary="Apply to an inventory (run_inventory; else 404): 409 approval_required (with the new request) until approved",
-        request=StartRunSerializer,
-        responses={
-            202: RunBodySerializer,
-            200: RunBodySerializer,
-            **ERRORS,
-            409: ApprovalRequiredSerializer,
-        },
-    )
     @action(detail=True, methods=["post"])
     def apply(self, request, pk=None):
         return run_playbook_action(request, pk, RunKind.APPLY)
