@@ -13,16 +13,23 @@ from . import services
 from .models import Inventory, InventoryHost, Playbook, PlaybookRun, PlaybookVersion
 
 
-class VersionInline(admin.TabularInline):
-    model = PlaybookVersion
+class ReadOnlyInline(admin.TabularInline):
+    """Rows shown beside their parent; only services write them."""
+
     extra = 0
     can_delete = False
-    fields = ["number", "generated", "syntax_ok", "sha256", "note", "created_by", "created_at"]
-    readonly_fields = fields
-    ordering = ["-number"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.fields
 
     def has_add_permission(self, request, obj=None):
         return False
+
+
+class VersionInline(ReadOnlyInline):
+    model = PlaybookVersion
+    fields = ["number", "generated", "syntax_ok", "sha256", "note", "created_by", "created_at"]
+    ordering = ["-number"]
 
 
 class PlaybookForm(forms.ModelForm):
@@ -97,31 +104,19 @@ class PlaybookAdmin(admin.ModelAdmin):
         )
 
 
-class HostInline(admin.TabularInline):
+class HostInline(ReadOnlyInline):
     model = InventoryHost
-    extra = 0
-    can_delete = False
     fields = ["name", "address", "port", "user", "groups", "sandbox", "host_key"]
-    readonly_fields = fields
-
-    def has_add_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Inventory)
-class InventoryAdmin(admin.ModelAdmin):
+class InventoryAdmin(ReadOnlyModelAdmin):
     """Read-only here: targets are registered through POST /v1/inventories (credentials are
-    encrypted on the way in and never shown)."""
+    encrypted on the way in and never shown), by the service that audits it."""
 
     list_display = ["name", "description", "created_by", "created_at"]
     readonly_fields = ["name", "description", "variables", "created_by", "created_at"]
     inlines = [HostInline]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(PlaybookRun)

@@ -9,22 +9,17 @@ import time
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import close_old_connections
-from django.utils import timezone
 
-from audit import services as audit
-
-from . import runner, runtime, secrets
-from .models import PlaybookEvent, PlaybookRun
-from .runs import audit_origin
+from . import runner, runs, runtime, secrets
+from .choices import RunKind, RunStatus
+from .models import PlaybookRun
 from .verify import target_for, version_files
 
 log = logging.getLogger(__name__)
 
+# How ansible-runner's ending maps to a run's status (anything else, a timeout included, failed).
+RUN_STATUS = {runner.SUCCESSFUL: RunStatus.SUCCESSFUL, runner.CANCELED: RunStatus.CANCELED}
 KEEP_EVENT_FIELDS = ("host", "task", "play", "task_action", "res", "duration", "changed")
-
-
-def group_for(run_id) -> str:
-    return f"playbook-run.{str(run_id).replace('-', '')}"
 
 
 def _targets(run: PlaybookRun) -> list[runner.Target]:
@@ -93,13 +88,13 @@ class _Stream:
             "data": _trim(data),
             "stdout": (event.get("stdout") or "")[:4000],
         }
-        PlaybookEvent.objects.create(
-            run=self.run,
-            seq=row["seq"],
-            event=row["event"],
-            host=row["host"],
-            task=row["task"],
-            data={**row["data"], "stdout": row["stdout"]},
+        runs.record_event(
+            self.run,
+            row["seq"],
+            row["event"],
+            row["host"],
+            row["task"],
+            {**row["data"], "stdout": row["stdout"]},
         )
         self.pending.append(row)
         if len(self.pending) >= 20 or time.monotonic() - self.last_flush > 0.25:
@@ -113,7 +108,7 @@ class _Stream:
         self.last_flush = time.monotonic()
         try:
             async_to_sync(self.layer.group_send)(
-                group_for(self.run.pk), {"type": "run.events", "events": batch}
+                runs.group_for(self.run.pk), {"type": "run.events", "events": batch}
             )
         except Exception:  # noqa: BLE001 - the rows are the truth; clients re-read ?after=seq
             log.warning("could not stream events of run %s", self.run.pk, exc_info=True)
@@ -133,73 +128,36 @@ def _cancel_checker(run_id):
 
 
 def execute(run_id) -> None:
-    claimed = PlaybookRun.objects.filter(pk=run_id, status="pending").update(
-        status="running", started_at=timezone.now()
-    )
-    if not claimed:
-        # Already running (a redelivery after a worker died): that attempt is lost with its
-        # worker; say so rather than apply twice.
-        PlaybookRun.objects.filter(pk=run_id, status="running").update(
-            status="error",
-            error="the worker running this playbook stopped; check the targets and run again",
-            finished_at=timezone.now(),
-        )
+    run = runs.claim_run(run_id)
+    if run is None:
         return
-    run = PlaybookRun.objects.select_related("version", "version__playbook", "inventory").get(
-        pk=run_id
-    )
     stream = _Stream(run)
-    status, error, stats, failed = "error", "", {}, []
+    status, error, stats, failed = RunStatus.ERROR, "", {}, []
     try:
         result = runner.run(
             run.version.yaml,
             version_files(run.version),
             _targets(run),
             isolation=runtime.ansible_isolation(),
-            check=run.kind == "check",
+            check=run.kind == RunKind.CHECK,
             on_event=stream.add,
             cancelled=_cancel_checker(run.pk),
         )
         stream.flush()
         stats = {h: vars(s) for h, s in result.hosts.items()}
         failed = result.failed_tasks
-        status = {"successful": "successful", "canceled": "canceled"}.get(result.status, "failed")
-        if status == "failed" and failed:
+        status = RUN_STATUS.get(result.status, RunStatus.FAILED)
+        if status == RunStatus.FAILED and failed:
             first = failed[0]
             error = f"task {first['task']!r} failed on {first['host']}: {first['message'][:500]}"
-        elif status == "failed":
+        elif status == RunStatus.FAILED:
             error = f"ansible-runner ended {result.status} (rc {result.rc})" + (
                 f": {result.error}" if result.error else ""
             )
     except Exception as exc:  # noqa: BLE001 - the run must end with the reason
         log.exception("playbook run %s", run_id)
         error = f"{type(exc).__name__}: {exc}"
-    PlaybookRun.objects.filter(pk=run.pk).update(
-        status=status,
-        error=error,
-        host_stats=stats,
-        failed_tasks=failed,
-        events_count=stream.seq,
-        finished_at=timezone.now(),
+    runs.finish_run(
+        run, status, error=error, host_stats=stats, failed_tasks=failed, events=stream.seq
     )
-    audit.record(
-        f"playbook.{run.kind}.{status}",
-        user=run.requested_by,
-        target=run,
-        data={
-            **audit_origin(run.version),
-            "inventory": run.inventory.name,
-            "hosts": stats,
-            "error": error[:1000],
-        },
-    )
-    layer = get_channel_layer()
-    if layer is not None:
-        try:
-            async_to_sync(layer.group_send)(
-                group_for(run.pk),
-                {"type": "run.finished", "status": status, "host_stats": stats, "error": error},
-            )
-        except Exception:  # noqa: BLE001
-            log.warning("could not announce the end of run %s", run.pk)
     close_old_connections()

@@ -8,7 +8,10 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from .apply import group_for
+from core.errors import NotFound
+
+from .api.serializers import PlaybookEventSerializer
+from .runs import get_run, group_for
 
 DENIED = 4403
 
@@ -32,10 +35,6 @@ class PlaybookRunConsumer(AsyncJsonWebsocketConsumer):
 
     @database_sync_to_async
     def _history(self, user):
-        from core.errors import NotFound
-
-        from .runs import get_run
-
         if user is None or not user.is_authenticated:
             return None
         try:
@@ -46,14 +45,11 @@ class PlaybookRunConsumer(AsyncJsonWebsocketConsumer):
             0
         ]
         after = int(raw_after) if raw_after.isdigit() else 0
-        events = [
-            {"seq": e.seq, "event": e.event, "host": e.host, "task": e.task, "data": e.data}
-            for e in run.events.filter(seq__gt=after).order_by("seq")[:5000]
-        ]
-        done = run.status not in ("pending", "running")
+        rows = run.events.filter(seq__gt=after).order_by("seq")[:5000]
+        events = PlaybookEventSerializer(rows, many=True).data
         finished = (
             {"status": run.status, "host_stats": run.host_stats, "error": run.error}
-            if done
+            if run.is_done
             else None
         )
         return events, finished

@@ -8,6 +8,8 @@ the next diff."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import time
 import uuid
@@ -15,15 +17,19 @@ import uuid
 from django.utils import timezone
 
 import diffing
-from core import wakeups
 from core.conf import vsb
 from sandboxes import provisioning
+from sandboxes import services as sandbox_services
 from sandboxes.choices import SandboxState
 from sandboxes.drivers.domain_xml import OVERLAY_NAME
 from sandboxes.models import Command, Snapshot
 from sandboxes.runtime import get_guest_reader
 
+from . import services
+from .choices import ResultStatus
 from .models import Diff
+
+log = logging.getLogger(__name__)
 
 CONTENT_LIMIT = 64 * 1024
 MAX_CONTENT_FILES = 2000
@@ -100,50 +106,41 @@ def compute(diff: Diff) -> dict:
 def stored_result(sandbox, from_snapshot: Snapshot, to_snapshot: Snapshot) -> dict:
     """The result of the diff between two snapshots, computed on this host if it is not
     stored yet (playbook generation and verification run on the sandbox's host)."""
-    import json
-
     diff = Diff.objects.filter(
-        sandbox=sandbox, from_snapshot=from_snapshot, to_snapshot=to_snapshot, status="ready"
+        sandbox=sandbox,
+        from_snapshot=from_snapshot,
+        to_snapshot=to_snapshot,
+        status=ResultStatus.READY,
     ).first()
     if diff is None:
-        created = Diff.objects.create(
-            sandbox=sandbox,
-            from_name=from_snapshot.name,
-            to_name=to_snapshot.name,
-            from_snapshot=from_snapshot,
-            to_snapshot=to_snapshot,
-        )
-        diff = compute_and_store(created.pk)
+        diff = compute_and_store(services.new_diff(sandbox, from_snapshot, to_snapshot).pk)
     if diff is None:
         raise RuntimeError("the diff was deleted with its snapshot")
-    if diff.status != "ready":
+    if diff.status != ResultStatus.READY:
         raise RuntimeError(f"the diff failed: {diff.error}")
     return json.loads(diff.result)
 
 
 def compute_and_store(diff_id) -> Diff | None:
-    """Compute a pending Diff row on this host, store the outcome and wake the waiter."""
-    import json
-    import logging
-
+    """Compute a pending Diff row on this host and store the outcome; the row as it is then
+    (None if it was deleted with its snapshot)."""
     diff = (
         Diff.objects.select_related("sandbox", "sandbox__host", "from_snapshot", "to_snapshot")
         .filter(pk=diff_id)
         .first()
     )
-    if diff is None or diff.status != "pending":
+    if diff is None or diff.status != ResultStatus.PENDING:
         return diff
     try:
-        result = compute(diff)
-        fields = {
-            "status": "ready",
-            "result": json.dumps(result),
-            "duration_ms": result["duration_ms"],
-        }
-    except Exception as exc:  # noqa: BLE001 - the waiting request must get an answer
-        logging.getLogger(__name__).exception("diff %s failed", diff_id)
-        fields = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-    Diff.objects.filter(pk=diff_id, status="pending").update(**fields)
-    wakeups.publish(diff_id, {"status": fields["status"]}, kind="diff")
-    diff.refresh_from_db()
-    return diff
+        return services.finish_diff(diff_id, result=compute(diff))
+    except Exception as exc:  # noqa: BLE001 - the diff must end with the reason
+        log.exception("diff %s failed", diff_id)
+        return services.finish_diff(diff_id, error=f"{type(exc).__name__}: {exc}")
+
+
+def run_operation(op) -> None:
+    """The one step of a diff operation, safe to run twice: a diff an earlier attempt
+    finished just closes the operation."""
+    diff_id = op.input.get("diff_id")
+    sandbox_services.report_progress(op.pk, 10, "reading both states from the sandbox's disk")
+    services.close_diff_operation(op, compute_and_store(diff_id))

@@ -4,13 +4,53 @@ they had when these models lived in the sandboxes app (migrations/0001_initial.p
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from django.conf import settings
 from django.db import models
+from django.utils.functional import cached_property
+
+from .choices import RUN_DONE, ResultStatus, RunKind, RunStatus
 
 
-class Diff(models.Model):
+def _person() -> models.ForeignKey:
+    """Who made or asked for a row; the row stays (with none) when their account goes."""
+    return models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+
+def _snapshot_link(on_delete) -> models.ForeignKey:
+    return models.ForeignKey(
+        "sandboxes.Snapshot", null=True, blank=True, on_delete=on_delete, related_name="+"
+    )
+
+
+class MadeFromSnapshots(models.Model):
+    """What an operation makes on a sandbox's host from two of its states (a diff, a
+    playbook): the states by name, its status while it is being made, why it failed."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    sandbox = models.ForeignKey(
+        "sandboxes.Sandbox", on_delete=models.CASCADE, related_name="%(class)ss"
+    )
+    from_name = models.CharField(max_length=64)
+    to_name = models.CharField(max_length=64)
+    status = models.CharField(
+        max_length=10, choices=ResultStatus.choices, default=ResultStatus.PENDING
+    )
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return f"{self.sandbox.name}: {self.from_name} -> {self.to_name}"
+
+
+class Diff(MadeFromSnapshots):
     """What changed in a sandbox between two states (snapshots, or "now"), computed on the
     host from the snapshots' disks. Diffs between two snapshots never change, so they are kept
     and served again: keyed by the snapshots themselves, not their names, so a snapshot
@@ -19,58 +59,33 @@ class Diff(models.Model):
 
     NOW = "now"
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    sandbox = models.ForeignKey("sandboxes.Sandbox", on_delete=models.CASCADE, related_name="diffs")
-    from_name = models.CharField(max_length=64)
-    to_name = models.CharField(max_length=64)
-    from_snapshot = models.ForeignKey(
-        "sandboxes.Snapshot", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
-    )
-    # None for "now".
-    to_snapshot = models.ForeignKey(
-        "sandboxes.Snapshot", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
-    )
-    status = models.CharField(max_length=10, default="pending")  # pending, ready, failed
+    from_snapshot = _snapshot_link(models.CASCADE)
+    to_snapshot = _snapshot_link(models.CASCADE)  # None for "now"
     # JSON text, not jsonb: file names that are not UTF-8 travel as \udcXX escapes.
     result = models.TextField(blank=True)
-    error = models.TextField(blank=True)
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         db_table = "sandboxes_diff"
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["sandbox", "from_name", "to_name"])]
 
-    def __str__(self) -> str:
-        return f"{self.sandbox.name}: {self.from_name} -> {self.to_name}"
+    @cached_property
+    def content(self) -> dict:
+        """The stored result (of a ready diff), parsed."""
+        return json.loads(self.result)
 
 
-class Playbook(models.Model):
+class Playbook(MadeFromSnapshots):
     """The playbook for the change from snapshot `from_name` to snapshot `to_name`: keyed by
     the snapshots themselves. When one of them is deleted its link is cleared (the playbook
     and its versions stay, as the record of what was reviewed and applied) and a later
     request for the same names, even of a snapshot taken again under one of them, makes a
     new playbook."""
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    sandbox = models.ForeignKey(
-        "sandboxes.Sandbox", on_delete=models.CASCADE, related_name="playbooks"
-    )
-    from_name = models.CharField(max_length=64)
-    to_name = models.CharField(max_length=64)
-    from_snapshot = models.ForeignKey(
-        "sandboxes.Snapshot", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    to_snapshot = models.ForeignKey(
-        "sandboxes.Snapshot", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    status = models.CharField(max_length=10, default="pending")  # pending, ready, failed
-    error = models.TextField(blank=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
+    from_snapshot = _snapshot_link(models.SET_NULL)
+    to_snapshot = _snapshot_link(models.SET_NULL)
+    created_by = _person()
 
     class Meta:
         db_table = "sandboxes_playbook"
@@ -88,6 +103,10 @@ class Playbook(models.Model):
     def latest(self) -> PlaybookVersion | None:
         return self.versions.order_by("-number").first()
 
+    @property
+    def version_numbers(self) -> list[int]:
+        return list(self.versions.values_list("number", flat=True))
+
 
 class PlaybookVersion(models.Model):
     """One text of the playbook. Version 1 is generated; later ones are operators' edits.
@@ -104,9 +123,7 @@ class PlaybookVersion(models.Model):
     syntax_ok = models.BooleanField(null=True)
     syntax_output = models.TextField(blank=True)
     note = models.TextField(blank=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
+    created_by = _person()
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -146,9 +163,7 @@ class Inventory(models.Model):
     name = models.CharField(max_length=100, unique=True)
     description = models.TextField(blank=True)
     variables = models.JSONField(default=dict, blank=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
+    created_by = _person()
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -191,6 +206,10 @@ class InventoryHost(models.Model):
     def __str__(self) -> str:
         return f"{self.inventory.name}/{self.name}"
 
+    @property
+    def has_private_key(self) -> bool:
+        return bool(self.private_key_encrypted)
+
 
 class PlaybookRun(models.Model):
     """A dry run (check) or an apply of one playbook version to one inventory."""
@@ -198,9 +217,10 @@ class PlaybookRun(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     version = models.ForeignKey(PlaybookVersion, on_delete=models.PROTECT, related_name="runs")
     inventory = models.ForeignKey(Inventory, on_delete=models.PROTECT, related_name="runs")
-    kind = models.CharField(max_length=10)  # check, apply
-    status = models.CharField(max_length=12, default="pending", db_index=True)
-    # pending, running, successful, failed, canceled, error
+    kind = models.CharField(max_length=10, choices=RunKind.choices)
+    status = models.CharField(
+        max_length=12, choices=RunStatus.choices, default=RunStatus.PENDING, db_index=True
+    )
     approval = models.OneToOneField(
         "approvals.ApprovalRequest",
         null=True,
@@ -209,9 +229,7 @@ class PlaybookRun(models.Model):
         related_name="playbook_run",
     )
     queue = models.CharField(max_length=80)
-    requested_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
+    requested_by = _person()
     cancel_requested = models.BooleanField(default=False)
     host_stats = models.JSONField(default=dict, blank=True)
     failed_tasks = models.JSONField(default=list, blank=True)
@@ -230,7 +248,7 @@ class PlaybookRun(models.Model):
 
     @property
     def is_done(self) -> bool:
-        return self.status in ("successful", "failed", "canceled", "error")
+        return self.status in RUN_DONE
 
 
 class PlaybookEvent(models.Model):

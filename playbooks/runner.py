@@ -80,15 +80,23 @@ class HostStats:
     ignored: int = 0
 
 
+# ansible-runner's own words for how a run ended (and ours for a run we stopped).
+SUCCESSFUL, FAILED, CANCELED, TIMEOUT = "successful", "failed", "canceled", "timeout"
+
+
 @dataclass
 class RunResult:
-    status: str  # successful, failed, canceled, timeout
+    status: str  # SUCCESSFUL, FAILED, CANCELED or TIMEOUT
     rc: int
     hosts: dict[str, HostStats]
     failed_tasks: list[dict]  # {host, task, message}
     changed_tasks: list[dict]  # {host, task}
     events: int
     error: str = ""  # why the run ended without ansible-runner's result, if it did
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == SUCCESSFUL
 
     @property
     def changed(self) -> int:
@@ -430,7 +438,7 @@ def run(
     )
     result = outcome.result or {}
     status = result.get("status") or (
-        "canceled" if outcome.canceled else "timeout" if outcome.timed_out else "failed"
+        CANCELED if outcome.canceled else TIMEOUT if outcome.timed_out else FAILED
     )
     stats = result.get("stats") or {}
     per_host = {

@@ -15,22 +15,36 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Prefetch
 from django.utils import timezone
 
 from approvals import services as approvals
-from approvals.choices import ApprovalOrigin
+from approvals.choices import ApprovalOrigin, ApprovalStatus
 from approvals.models import ApprovalRequest
 from audit import services as audit
-from core import queues
+from core import queues, wakeups
 from core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from sandboxes.models import Host, Sandbox
 from sandboxes.remote.ca import parse_public_key
 
-from . import secrets
-from .models import Inventory, InventoryHost, Playbook, PlaybookRun, PlaybookVersion
+from . import secrets, tasks
+from .choices import RunKind, RunStatus
+from .models import (
+    Inventory,
+    InventoryHost,
+    Playbook,
+    PlaybookEvent,
+    PlaybookRun,
+    PlaybookVersion,
+)
+
+log = logging.getLogger(__name__)
 
 VIEW_PERMISSION = "playbooks.view_inventory"  # inventories and runs: read
 ADD_PERMISSION = "playbooks.add_inventory"  # register an inventory
@@ -59,7 +73,12 @@ def require(user, permission: str | None = None, *, what: str = "Not found.") ->
 
 
 def visible_inventories(user):
-    return Inventory.objects.all() if sees_inventories(user) else Inventory.objects.none()
+    """With their hosts by name, as the API shows them."""
+    if not sees_inventories(user):
+        return Inventory.objects.none()
+    return Inventory.objects.prefetch_related(
+        Prefetch("hosts", queryset=InventoryHost.objects.order_by("name"))
+    )
 
 
 # --- inventories -------------------------------------------------------------------------
@@ -94,7 +113,7 @@ def create_inventory(
             target=inventory,
             data={"name": name, "hosts": [_public(r) for r in rows]},
         )
-    return inventory
+    return visible_inventories(user).get(pk=inventory.pk)
 
 
 def _host_row(index: int, spec: dict) -> InventoryHost:
@@ -140,18 +159,6 @@ def _public(row: InventoryHost) -> dict:
         "host_key": row.host_key,
         "sandbox_id": str(row.sandbox_id) if row.sandbox_id else None,
         "has_private_key": bool(row.private_key_encrypted),
-    }
-
-
-def inventory_dict(inventory: Inventory) -> dict:
-    return {
-        "id": str(inventory.id),
-        "name": inventory.name,
-        "description": inventory.description,
-        "variables": inventory.variables,
-        "hosts": [_public(h) for h in inventory.hosts.order_by("name")],
-        "fingerprint": fingerprint(inventory),
-        "created_at": inventory.created_at.isoformat(),
     }
 
 
@@ -205,10 +212,25 @@ def _version(playbook_id, number: int | None) -> PlaybookVersion:
     return version
 
 
-def _enqueue_run(run: PlaybookRun) -> None:
-    from . import tasks
-
+def _start_run(
+    user, kind: str, version: PlaybookVersion, inventory: Inventory, approval=None
+) -> PlaybookRun:
+    """A new run, its audit event (`playbook.check` or `playbook.apply`) and its task, on the
+    queue of the host its sandbox targets live on; inside the caller's transaction."""
+    run = PlaybookRun.objects.create(
+        version=version,
+        inventory=inventory,
+        kind=kind,
+        queue=queue_for(inventory),
+        requested_by=user,
+        approval=approval,
+    )
+    data = {**audit_origin(version), "inventory": inventory.name}
+    if approval is not None:
+        data["approval"] = str(approval.id)
+    audit.record(f"playbook.{kind}", user=user, target=run, data=data)
     queues.enqueue(tasks.run_playbook, str(run.pk), queue=run.queue)
+    return run
 
 
 def start_check(user, playbook_id, inventory_id, version: int | None = None) -> PlaybookRun:
@@ -222,21 +244,7 @@ def start_check(user, playbook_id, inventory_id, version: int | None = None) -> 
         )
     inventory = get_inventory(user, inventory_id)
     with transaction.atomic():
-        run = PlaybookRun.objects.create(
-            version=version_row,
-            inventory=inventory,
-            kind="check",
-            queue=queue_for(inventory),
-            requested_by=user,
-        )
-        audit.record(
-            "playbook.check",
-            user=user,
-            target=run,
-            data={**audit_origin(version_row), "inventory": inventory.name},
-        )
-        _enqueue_run(run)
-    return run
+        return _start_run(user, RunKind.CHECK, version_row, inventory)
 
 
 def audit_origin(version: PlaybookVersion) -> dict:
@@ -267,7 +275,10 @@ def apply_payload(version: PlaybookVersion, inventory: Inventory, check: Playboo
 def _latest_check(version: PlaybookVersion, inventory: Inventory) -> PlaybookRun | None:
     return (
         PlaybookRun.objects.filter(
-            version=version, inventory=inventory, kind="check", status="successful"
+            version=version,
+            inventory=inventory,
+            kind=RunKind.CHECK,
+            status=RunStatus.SUCCESSFUL,
         )
         .order_by("-created_at")
         .first()
@@ -320,7 +331,7 @@ def request_apply(user, playbook_id, inventory_id, approval_id=None) -> tuple[st
             action_type=APPLY_ACTION,
             origin=ApprovalOrigin.SYSTEM,
             consumed_at__isnull=True,
-            status__in=["pending", "approved"],
+            status__in=[ApprovalStatus.PENDING, ApprovalStatus.APPROVED],
         ).order_by("-created_at")[:50]:
             if open_req.payload == payload:
                 return "approval", open_req
@@ -345,28 +356,17 @@ def request_apply(user, playbook_id, inventory_id, approval_id=None) -> tuple[st
         )
     with transaction.atomic():
         approvals.consume(req.pk, expected_payload=payload, action_type=APPLY_ACTION)
-        run = PlaybookRun.objects.create(
-            version=version,
-            inventory=inventory,
-            kind="apply",
-            queue=queue_for(inventory),
-            requested_by=user,
-            approval=req,
-        )
-        audit.record(
-            "playbook.apply",
-            user=user,
-            target=run,
-            data={**audit_origin(version), "inventory": inventory.name, "approval": str(req.id)},
-        )
-        _enqueue_run(run)
-    return "run", run
+        return "run", _start_run(user, RunKind.APPLY, version, inventory, approval=req)
+
+
+def _runs():
+    return PlaybookRun.objects.select_related(
+        "version", "version__playbook", "inventory", "requested_by"
+    )
 
 
 def visible_runs(user):
-    qs = PlaybookRun.objects.select_related(
-        "version", "version__playbook", "inventory", "requested_by"
-    )
+    qs = _runs()
     return qs if sees_inventories(user) else qs.none()
 
 
@@ -386,30 +386,101 @@ def cancel_run(user, run_id) -> PlaybookRun:
     if run.is_done:
         raise Conflict(f"Run {run.id} is already {run.status}.", code="invalid_state")
     PlaybookRun.objects.filter(pk=run.pk).update(cancel_requested=True)
-    PlaybookRun.objects.filter(pk=run.pk, status="pending").update(
-        status="canceled", finished_at=timezone.now(), error="canceled before it started"
-    )
+    if PlaybookRun.objects.filter(pk=run.pk, status=RunStatus.PENDING).update(
+        status=RunStatus.CANCELED, finished_at=timezone.now(), error="canceled before it started"
+    ):
+        _wake(run.pk, RunStatus.CANCELED)
     audit.record("playbook.cancel", user=user, target=run, data=audit_origin(run.version))
     run.refresh_from_db()
     return run
 
 
-def run_dict(run: PlaybookRun) -> dict:
-    return {
-        "id": str(run.id),
-        "kind": run.kind,
-        "status": run.status,
-        "playbook_id": str(run.version.playbook_id),
-        "version": run.version.number,
-        "inventory": run.inventory.name,
-        "inventory_id": str(run.inventory_id),
-        "approval_id": str(run.approval_id) if run.approval_id else None,
-        "host_stats": run.host_stats,
-        "failed_tasks": run.failed_tasks,
-        "error": run.error,
-        "events_count": run.events_count,
-        "cancel_requested": run.cancel_requested,
-        "created_at": run.created_at.isoformat(),
-        "started_at": run.started_at.isoformat() if run.started_at else None,
-        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-    }
+def wait_for_run(run: PlaybookRun, timeout: float) -> PlaybookRun:
+    """The run once it is done, or as it is after `timeout` seconds. The worker wakes the
+    waiter when the run ends (finish_run); the row stays the truth."""
+    return wakeups.wait_until(
+        lambda: _runs().get(pk=run.pk),
+        lambda current: current.is_done,
+        key=run.pk,
+        kind=RUN_WAKEUP,
+        timeout=timeout,
+    )
+
+
+# --- the worker side of a run (apply.py) -------------------------------------------------------
+
+RUN_WAKEUP = "playbook-run"
+
+
+def group_for(run_id) -> str:
+    """The channel group streaming one run's events."""
+    return f"playbook-run.{str(run_id).replace('-', '')}"
+
+
+def _wake(run_id, status: str) -> None:
+    try:
+        wakeups.publish(run_id, {"status": status}, kind=RUN_WAKEUP)
+    except Exception:  # noqa: BLE001 - a waiter falls back to re-reading the row
+        log.warning("could not publish the end of run %s", run_id)
+
+
+def claim_run(run_id) -> PlaybookRun | None:
+    """pending -> running, for the one attempt that runs it. A run found already running was
+    claimed by an attempt whose worker died (this is a redelivery): that attempt is lost with
+    its worker, so the run ends in error rather than being applied twice. None then."""
+    if PlaybookRun.objects.filter(pk=run_id, status=RunStatus.PENDING).update(
+        status=RunStatus.RUNNING, started_at=timezone.now()
+    ):
+        return _runs().get(pk=run_id)
+    if PlaybookRun.objects.filter(pk=run_id, status=RunStatus.RUNNING).update(
+        status=RunStatus.ERROR,
+        error="the worker running this playbook stopped; check the targets and run again",
+        finished_at=timezone.now(),
+    ):
+        _wake(run_id, RunStatus.ERROR)
+    return None
+
+
+def record_event(run: PlaybookRun, seq: int, event: str, host: str, task: str, data: dict) -> None:
+    PlaybookEvent.objects.create(run=run, seq=seq, event=event, host=host, task=task, data=data)
+
+
+def finish_run(
+    run: PlaybookRun, status: str, *, error: str, host_stats: dict, failed_tasks: list, events: int
+) -> None:
+    """A run's end: the row, its audit event, the waiting request's wake-up and the
+    websocket's `finished` message."""
+    PlaybookRun.objects.filter(pk=run.pk).update(
+        status=status,
+        error=error,
+        host_stats=host_stats,
+        failed_tasks=failed_tasks,
+        events_count=events,
+        finished_at=timezone.now(),
+    )
+    audit.record(
+        f"playbook.{run.kind}.{status}",
+        user=run.requested_by,
+        target=run,
+        data={
+            **audit_origin(run.version),
+            "inventory": run.inventory.name,
+            "hosts": host_stats,
+            "error": error[:1000],
+        },
+    )
+    _wake(run.pk, status)
+    layer = get_channel_layer()
+    if layer is not None:
+        try:
+            async_to_sync(layer.group_send)(
+                group_for(run.pk),
+                {
+                    "type": "run.finished",
+                    "status": status,
+                    "host_stats": host_stats,
+                    "error": error,
+                },
+            )
+        except Exception:  # noqa: BLE001 - clients re-read the run
+            log.warning("could not announce the end of run %s", run.pk)

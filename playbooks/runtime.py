@@ -9,7 +9,7 @@ from django.conf import settings
 
 from core.conf import vsb
 
-from .runner import Isolation
+from . import runner
 
 
 def ansible_isolation():
@@ -24,6 +24,11 @@ def ansible_isolation():
         "/root",
         *vsb("ANSIBLE_HIDE"),
     }
-    return Isolation(
+    return runner.Isolation(
         user=vsb("ANSIBLE_USER"), run_root=vsb("ANSIBLE_RUN_DIR"), hide=tuple(sorted(hidden))
     )
+
+
+def syntax_check(yaml_text: str, files: dict[str, bytes]) -> tuple[bool, str]:
+    """`ansible-playbook --syntax-check` templates play-level fields: isolated like a run."""
+    return runner.syntax_check(yaml_text, files, isolation=ansible_isolation())

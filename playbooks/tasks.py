@@ -1,6 +1,7 @@
 """Celery tasks of the playbooks app: thin wrappers that take ids and hand them to the
 module doing the work. The names keep the `sandboxes.` prefix they had before the app moved
-out of sandboxes, so messages queued before an upgrade still find their task."""
+out of sandboxes (a message queued before an upgrade finds its task; one of compute_diff or
+generate_playbook from before they were operations names no operation and is dropped)."""
 
 from __future__ import annotations
 
@@ -18,16 +19,21 @@ from . import apply, build, diff_compute, verify
 log = logging.getLogger(__name__)
 
 
-@shared_task(name="sandboxes.compute_diff", bind=True, acks_late=False, ignore_result=True)
-def compute_diff(self, diff_id: str) -> None:
-    """Read both states from the sandbox's disk on this host and compare them."""
-    diff_compute.compute_and_store(diff_id)
+@shared_task(name="sandboxes.compute_diff", **TASK_OPTIONS)
+def compute_diff(self, op_id: str) -> None:
+    """A diff operation: read both states from the sandbox's disk on this host, compare."""
+    op = services.claim_operation(op_id)
+    if op is not None:
+        diff_compute.run_operation(op)
 
 
-@shared_task(name="sandboxes.generate_playbook", bind=True, acks_late=False, ignore_result=True)
-def generate_playbook(self, playbook_id: str) -> None:
-    """Diff the two snapshots (if not yet), read the `to` state, write playbook version 1."""
-    build.generate_and_store(playbook_id)
+@shared_task(name="sandboxes.generate_playbook", **TASK_OPTIONS)
+def generate_playbook(self, op_id: str) -> None:
+    """A generate_playbook operation: diff the two snapshots (if not yet), read the `to`
+    state, write playbook version 1."""
+    op = services.claim_operation(op_id)
+    if op is not None:
+        build.run_operation(op)
 
 
 @shared_task(name="sandboxes.verify_playbook", **TASK_OPTIONS)
@@ -56,4 +62,6 @@ def run_playbook(self, run_id: str) -> None:
     apply.execute(run_id)
 
 
+register_operation_task(OperationKind.DIFF, compute_diff)
+register_operation_task(OperationKind.GENERATE_PLAYBOOK, generate_playbook)
 register_operation_task(OperationKind.VERIFY_PLAYBOOK, verify_playbook)

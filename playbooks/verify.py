@@ -9,6 +9,7 @@ import logging
 
 from django.utils import timezone
 
+from core import queues
 from sandboxes import provisioning, services
 from sandboxes.choices import OperationStatus, SandboxState
 from sandboxes.models import Operation, Sandbox
@@ -42,10 +43,9 @@ def version_files(version: PlaybookVersion) -> dict[str, bytes]:
 
 
 def _save(op: Operation, **fields) -> dict:
-    result = {**op.result, **fields}
-    Operation.objects.filter(pk=op.pk).update(result=result, heartbeat_at=timezone.now())
-    op.result = result
-    return result
+    op.result = {**op.result, **fields}
+    services.record_operation_result(op.pk, op.result)
+    return op.result
 
 
 def _stats(run: runner.RunResult) -> dict:
@@ -130,12 +130,12 @@ def _replay(op: Operation, version: PlaybookVersion, replica: Sandbox) -> dict:
     second = runner.run(
         version.yaml, files, [target_for(replica)], isolation=runtime.ansible_isolation()
     )
-    idempotent = second.status == "successful" and second.changed == 0
+    idempotent = second.succeeded and second.changed == 0
     return {
         **op.result,
         "playbook_id": str(version.playbook_id),
         "version": version.number,
-        "reproduces": first.status == "successful" and verdict["reproduces"],
+        "reproduces": first.succeeded and verdict["reproduces"],
         "residual": verdict["residual"],
         "first_run": _stats(first),
         "second_run": _stats(second),
@@ -152,7 +152,7 @@ def _destroy(replica: Sandbox, op: Operation) -> None:
 
 
 def _again(task, op: Operation) -> None:
-    task.apply_async(args=[str(op.pk)], queue=op.queue, countdown=POLL_SECONDS)
+    queues.enqueue(task, str(op.pk), queue=op.queue, countdown=POLL_SECONDS)
 
 
 def _finish(op: Operation, status: str, *, error: str = "", result: dict | None = None) -> None:

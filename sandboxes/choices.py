@@ -23,6 +23,8 @@ class OperationKind(models.TextChoices):
     SNAPSHOT = "snapshot"
     RESTORE = "restore"
     DELETE_SNAPSHOT = "delete_snapshot"
+    DIFF = "diff"
+    GENERATE_PLAYBOOK = "generate_playbook"
     VERIFY_PLAYBOOK = "verify_playbook"
     APPLY_PLAYBOOK = "apply_playbook"
 

@@ -730,6 +730,12 @@ def report_progress(op_id, progress: int, message: str) -> None:
     )
 
 
+def record_operation_result(op_id, result: dict) -> None:
+    """What a step of a long operation has done so far (the next step, or a resumed one,
+    reads it back); also a heartbeat."""
+    Operation.objects.filter(pk=op_id).update(result=result, heartbeat_at=timezone.now())
+
+
 def finish_operation(
     op_id, status: str, *, error: str = "", message: str = "", result: dict | None = None
 ) -> bool:

@@ -1,60 +1,69 @@
-"""REST for playbooks: generate/read (per sandbox), versions, edits, the archive."""
+"""REST for playbooks: diffs and playbooks of a sandbox, playbooks by id (versions, edits,
+the archive), inventories, dry runs and applies."""
 
 from __future__ import annotations
 
 import io
-import json
 import tarfile
-import time
 
 from django.http import HttpResponse
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from approvals import services as approvals
+from core.api.errors import error_body
 from core.api.serializers import ErrorSerializer
-from core.errors import OperationFailed
+from core.errors import NotFound
 from sandboxes import services as sandbox_services
-from sandboxes.api.serializers import OperationSerializer
-from sandboxes.models import Sandbox
+from sandboxes.models import Operation, Sandbox
 
 from .. import runs, services
-from ..models import Diff, Playbook, PlaybookRun, PlaybookVersion
+from ..choices import RunKind
+from ..models import Diff, PlaybookVersion
 from .serializers import (
+    ApprovalRequiredSerializer,
+    DiffBodySerializer,
     EditSerializer,
-    InventorySerializer,
-    RunSerializer,
+    EventListSerializer,
+    InventoryBodySerializer,
+    InventoryListSerializer,
+    NewInventorySerializer,
+    OperationBodySerializer,
+    PlaybookBodySerializer,
+    RunBodySerializer,
+    StartRunSerializer,
     VerifyPlaybookSerializer,
+    WaitQuerySerializer,
 )
 
 ERRORS = {400: ErrorSerializer, 401: ErrorSerializer, 404: ErrorSerializer, 409: ErrorSerializer}
+RUN_WAIT_SECONDS = 3600
+VERSION = OpenApiParameter("version", int)
 
 
-def version_body(playbook: Playbook, version: PlaybookVersion) -> dict:
-    return {
-        "id": str(playbook.id),
-        "sandbox_id": str(playbook.sandbox_id),
-        "from": playbook.from_name,
-        "to": playbook.to_name,
-        "version": version.number,
-        "version_id": str(version.id),
-        "sha256": version.sha256,
-        "generated": version.generated,
-        "yaml": version.yaml,
-        "warnings": version.warnings,
-        "skipped": version.skipped,
-        "files": [
-            {"name": f.name, "size": f.size, "sha256": f.sha256} for f in version.files.all()
-        ],
-        "syntax_ok": version.syntax_ok,
-        "syntax_output": version.syntax_output,
-        "note": version.note,
-        "created_at": version.created_at.isoformat(),
-        "created_by": version.created_by.get_username() if version.created_by_id else None,
-        "versions": list(playbook.versions.values_list("number", flat=True)),
-    }
+def _int(value, name: str = "version") -> int | None:
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise serializers.ValidationError({name: ["must be an integer."]}) from None
+
+
+def _raw(request) -> bool:
+    return request.query_params.get("raw") in ("1", "true")
+
+
+def _playbook(version: PlaybookVersion, code: int = status.HTTP_200_OK) -> Response:
+    return Response(PlaybookBodySerializer({"playbook": version}).data, status=code)
+
+
+def _accepted(op: Operation) -> Response:
+    return Response(
+        OperationBodySerializer({"operation": op}).data, status=status.HTTP_202_ACCEPTED
+    )
 
 
 def yaml_response(version: PlaybookVersion) -> HttpResponse:
@@ -76,6 +85,21 @@ def archive(version: PlaybookVersion) -> bytes:
     return buf.getvalue()
 
 
+RUN_ANSWERS = {202: RunBodySerializer, 200: RunBodySerializer, **ERRORS}
+
+
+@extend_schema_view(
+    check=extend_schema(
+        summary="Dry run (ansible --check --diff) against an inventory (run_inventory; else 404)",
+        request=StartRunSerializer,
+        responses=RUN_ANSWERS,
+    ),
+    apply=extend_schema(
+        summary="Apply to an inventory (run_inventory; else 404): 409 approval_required (with the new request) until approved",
+        request=StartRunSerializer,
+        responses={**RUN_ANSWERS, 409: ApprovalRequiredSerializer},
+    ),
+)
 class PlaybookViewSet(viewsets.ViewSet):
     """Playbooks by id: versions, raw YAML, a tar.gz with files/, and operators' edits."""
 
@@ -83,18 +107,16 @@ class PlaybookViewSet(viewsets.ViewSet):
 
     @extend_schema(
         summary="A playbook (latest version, or ?version=N)",
-        parameters=[OpenApiParameter("version", int), OpenApiParameter("raw", bool)],
-        responses={200: dict},
+        parameters=[VERSION, OpenApiParameter("raw", bool)],
+        responses={200: PlaybookBodySerializer, (200, "application/yaml"): str, **ERRORS},
     )
     def retrieve(self, request, pk=None):
         version = services.get_version(request.user, pk, _int(request.query_params.get("version")))
-        if request.query_params.get("raw") in ("1", "true"):
-            return yaml_response(version)
-        return Response({"playbook": version_body(version.playbook, version)})
+        return yaml_response(version) if _raw(request) else _playbook(version)
 
     @extend_schema(
         summary="The playbook as a tar.gz (playbook.yml + files/)",
-        parameters=[OpenApiParameter("version", int)],
+        parameters=[VERSION],
         responses={(200, "application/gzip"): bytes},
     )
     @action(detail=True, methods=["get"])
@@ -106,46 +128,29 @@ class PlaybookViewSet(viewsets.ViewSet):
         )
         return response
 
-    @extend_schema(
-        summary="Dry run (ansible --check --diff) against an inventory (run_inventory; else 404)",
-        request=RunSerializer,
-        responses={202: dict, 200: dict},
-    )
     @action(detail=True, methods=["post"])
     def check(self, request, pk=None):
-        return run_playbook_action(request, pk, "check")
+        return run_playbook_action(request, pk, RunKind.CHECK)
 
-    @extend_schema(
-        summary="Apply to an inventory (run_inventory; else 404): 409 approval_required (with the new request) until approved",
-        request=RunSerializer,
-        responses={202: dict, 200: dict, 409: dict},
-    )
     @action(detail=True, methods=["post"])
     def apply(self, request, pk=None):
-        return run_playbook_action(request, pk, "apply")
+        return run_playbook_action(request, pk, RunKind.APPLY)
 
     @extend_schema(
-        summary="Edit: a new version (operators)", request=EditSerializer, responses={201: dict}
+        summary="Edit: a new version (operators)",
+        request=EditSerializer,
+        responses={201: PlaybookBodySerializer, **ERRORS},
     )
     @action(detail=True, methods=["post"])
     def versions(self, request, pk=None):
         playbook = services.visible_playbooks(request.user).filter(pk=pk).first()
         if playbook is None:
-            raise services.NotFound(f"No playbook {pk}.")
+            raise NotFound(f"No playbook {pk}.")
         serializer = EditSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         version = services.edit(playbook, request.user, data["yaml"], data["note"])
-        return Response({"playbook": version_body(playbook, version)}, status=201)
-
-
-def _int(value) -> int | None:
-    if value in (None, ""):
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise serializers.ValidationError({"version": ["must be an integer."]}) from None
+        return _playbook(version, status.HTTP_201_CREATED)
 
 
 # --- inventories, dry runs, applies -----------------------------------------------------------
@@ -158,24 +163,27 @@ class InventoryViewSet(viewsets.ViewSet):
 
     lookup_value_regex = "[0-9a-fA-F-]{32,36}"
 
-    @extend_schema(summary="Inventories (operators)", responses={200: dict})
+    @extend_schema(summary="Inventories (operators)", responses={200: InventoryListSerializer})
     def list(self, request):
         runs.require(request.user)
         inventories = runs.visible_inventories(request.user).order_by("name")[:500]
-        return Response({"results": [runs.inventory_dict(i) for i in inventories]})
+        return Response(InventoryListSerializer({"results": inventories}).data)
 
-    @extend_schema(summary="One inventory (operators)", responses={200: dict})
+    @extend_schema(
+        summary="One inventory (operators)", responses={200: InventoryBodySerializer, **ERRORS}
+    )
     def retrieve(self, request, pk=None):
-        return Response({"inventory": runs.inventory_dict(runs.get_inventory(request.user, pk))})
+        inventory = runs.get_inventory(request.user, pk)
+        return Response(InventoryBodySerializer({"inventory": inventory}).data)
 
     @extend_schema(
         summary="Register an inventory (add_inventory)",
-        request=InventorySerializer,
-        responses={201: dict},
+        request=NewInventorySerializer,
+        responses={201: InventoryBodySerializer, **ERRORS},
     )
     def create(self, request):
         runs.require(request.user, runs.ADD_PERMISSION)
-        serializer = InventorySerializer(data=request.data)
+        serializer = NewInventorySerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         inventory = runs.create_inventory(
@@ -185,26 +193,16 @@ class InventoryViewSet(viewsets.ViewSet):
             variables=data["variables"],
             hosts=[dict(h) for h in data["hosts"]],
         )
-        return Response({"inventory": runs.inventory_dict(inventory)}, status=201)
-
-
-def _wait_run(run, timeout: float):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = PlaybookRun.objects.select_related("version", "inventory").get(pk=run.pk)
-        if run.is_done:
-            return run
-        time.sleep(0.5)
-    return run
+        return Response(InventoryBodySerializer({"inventory": inventory}).data, status=201)
 
 
 def run_playbook_action(request, pk, kind: str):
     # Before the body is read: to an agent the route answers 404 whatever it sends.
     runs.require(request.user, runs.RUN_PERMISSION, what=f"No playbook {pk} to run.")
-    serializer = RunSerializer(data=request.data)
+    serializer = StartRunSerializer(data=request.data)
     serializer.is_valid(raise_exception=True)
     data = serializer.validated_data
-    if kind == "check":
+    if kind == RunKind.CHECK:
         run = runs.start_check(request.user, pk, data["inventory"], data["version"])
     else:
         if data["version"] is not None:
@@ -215,23 +213,19 @@ def run_playbook_action(request, pk, kind: str):
             request.user, pk, data["inventory"], data["approval_id"]
         )
         if outcome == "approval":
+            message = (
+                f"Applying needs an operator's approval: request {value.id} is {value.status}. "
+                "Call again with approval_id once it is approved."
+            )
             body = {
-                "error": {
-                    "code": "approval_required",
-                    "message": (
-                        f"Applying needs an operator's approval: request {value.id} is {value.status}. "
-                        "Call again with approval_id once it is approved."
-                    ),
-                    "fields": {},
-                },
+                **error_body("approval_required", message),
                 "approval": approvals.as_dict(value),
             }
-            return Response(body, status=409)
+            return Response(ApprovalRequiredSerializer(body).data, status=409)
         run = value
     if data["wait"]:
-        run = _wait_run(run, 3600)
-        return Response({"run": runs.run_dict(run)}, status=200)
-    return Response({"run": runs.run_dict(run)}, status=202)
+        return Response(RunBodySerializer({"run": runs.wait_for_run(run, RUN_WAIT_SECONDS)}).data)
+    return Response(RunBodySerializer({"run": run}).data, status=status.HTTP_202_ACCEPTED)
 
 
 class PlaybookRunViewSet(viewsets.ViewSet):
@@ -240,38 +234,45 @@ class PlaybookRunViewSet(viewsets.ViewSet):
 
     lookup_value_regex = "[0-9a-fA-F-]{32,36}"
 
-    @extend_schema(summary="One run", responses={200: dict})
+    @extend_schema(summary="One run", responses={200: RunBodySerializer, **ERRORS})
     def retrieve(self, request, pk=None):
-        return Response({"run": runs.run_dict(runs.get_run(request.user, pk))})
+        return Response(RunBodySerializer({"run": runs.get_run(request.user, pk)}).data)
 
     @extend_schema(
         summary="A run's events after seq",
         parameters=[OpenApiParameter("after", int)],
-        responses={200: dict},
+        responses={200: EventListSerializer, **ERRORS},
     )
     @action(detail=True, methods=["get"])
     def events(self, request, pk=None):
         run = runs.get_run(request.user, pk)
-        after = _int(request.query_params.get("after")) or 0
+        after = _int(request.query_params.get("after"), "after") or 0
         rows = run.events.filter(seq__gt=after).order_by("seq")[:1000]
-        return Response(
-            {
-                "events": [
-                    {"seq": e.seq, "event": e.event, "host": e.host, "task": e.task, "data": e.data}
-                    for e in rows
-                ]
-            }
-        )
+        return Response(EventListSerializer({"events": rows}).data)
 
-    @extend_schema(summary="Cancel a run", request=None, responses={200: dict})
+    @extend_schema(
+        summary="Cancel a run", request=None, responses={200: RunBodySerializer, **ERRORS}
+    )
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
-        return Response({"run": runs.run_dict(runs.cancel_run(request.user, pk))})
+        return Response(RunBodySerializer({"run": runs.cancel_run(request.user, pk)}).data)
+
+
+WAIT = OpenApiParameter(
+    "wait",
+    bool,
+    description=(
+        "Wait for a result still being made (default true); false answers 202 with the "
+        "operation making it."
+    ),
+)
 
 
 class SandboxChangeViewSet(viewsets.GenericViewSet):
     """What an agent changed in its sandbox, and the playbook that reproduces it: routes
-    under /v1/sandboxes/{id}/ served by the playbooks app."""
+    under /v1/sandboxes/{id}/ served by the playbooks app. Computing a diff and generating
+    a playbook are operations on the sandbox's host: a kept result answers at once, else
+    the request waits for the operation (or, with `wait=false`, answers 202 with it)."""
 
     lookup_value_regex = "[^/]+"
 
@@ -287,48 +288,45 @@ class SandboxChangeViewSet(viewsets.GenericViewSet):
             "for small text files), packages, systemd units, users and groups, and the commands "
             "run in between. `from` is a snapshot name; `to` a snapshot name or `now` (default). "
             "Both states are read from the sandbox's disk on its host, so changes made outside "
-            "the API count too. The file changes paginate with `limit` and `offset`."
+            "the API count too. The file changes paginate with `limit` and `offset`. A diff of "
+            "two snapshots is kept; `diff_id` (named by a diff operation's result) reads one "
+            "computed before, also to now, without computing it again."
         ),
         parameters=[
-            OpenApiParameter("from", str, required=True),
+            OpenApiParameter("from", str, description="snapshot name (required without diff_id)"),
             OpenApiParameter("to", str, description="snapshot name or now (default)"),
+            OpenApiParameter("diff_id", str, description="a diff computed before"),
             OpenApiParameter("limit", int),
             OpenApiParameter("offset", int),
+            WAIT,
         ],
-        responses={200: dict, **ERRORS},
+        responses={200: DiffBodySerializer, 202: OperationBodySerializer, **ERRORS},
     )
     @action(detail=True, methods=["get"])
     def diff(self, request, pk=None):
         sandbox = self.get_object()
-        diff = services.get_diff(
-            sandbox,
-            request.user,
-            request.query_params.get("from", ""),
-            request.query_params.get("to") or Diff.NOW,
-        )
-        if diff.status != "ready":
-            raise OperationFailed(f"the diff failed: {diff.error}")
-        result = json.loads(diff.result)
-        changes = [
-            {"change": kind, **entry}
-            for kind in ("added", "removed", "modified", "touched")
-            for entry in result["files"].get(kind, [])
-        ]
+        query = request.query_params
         try:
-            limit = max(1, min(int(request.query_params.get("limit", 200)), 1000))
-            offset = max(0, int(request.query_params.get("offset", 0)))
+            limit = max(1, min(int(query.get("limit", 200)), 1000))
+            offset = max(0, int(query.get("offset", 0)))
         except ValueError:
             raise serializers.ValidationError(
                 {"limit": ["limit and offset must be integers."]}
             ) from None
-        result["files"] = {
-            "count": len(changes),
-            "limit": limit,
-            "offset": offset,
-            "results": changes[offset : offset + limit],
-        }
-        body = {"id": str(diff.id), "from": diff.from_name, "to": diff.to_name, **result}
-        return Response({"diff": body})
+        wait = _wait(request)
+        diff, op = services.request_diff(
+            sandbox,
+            request.user,
+            query.get("from", ""),
+            query.get("to") or Diff.NOW,
+            diff_id=query.get("diff_id"),
+        )
+        if op is not None:
+            if not wait:
+                return _accepted(op)
+            diff = services.wait_for_diff(diff, op)
+        context = {"limit": limit, "offset": offset}
+        return Response(DiffBodySerializer({"diff": diff}, context=context).data)
 
     @extend_schema(
         summary="Ansible playbook reproducing the change between two snapshots",
@@ -336,29 +334,36 @@ class SandboxChangeViewSet(viewsets.GenericViewSet):
             OpenApiParameter("from", str, required=True),
             OpenApiParameter("to", str, required=True),
             OpenApiParameter("raw", bool, description="answer with the YAML itself"),
+            WAIT,
         ],
-        responses={200: dict, **ERRORS},
+        responses={
+            200: PlaybookBodySerializer,
+            (200, "application/yaml"): str,
+            202: OperationBodySerializer,
+            **ERRORS,
+        },
     )
     @action(detail=True, methods=["get"])
     def playbook(self, request, pk=None):
         sandbox = self.get_object()
-        playbook = services.get_playbook(
+        wait = _wait(request)
+        playbook, op = services.request_playbook(
             sandbox,
             request.user,
             request.query_params.get("from", ""),
             request.query_params.get("to", ""),
         )
-        if playbook.status != "ready":
-            raise OperationFailed(f"generating the playbook failed: {playbook.error}")
+        if op is not None:
+            if not wait:
+                return _accepted(op)
+            playbook = services.wait_for_playbook(playbook, op)
         version = playbook.latest
-        if request.query_params.get("raw") in ("1", "true"):
-            return yaml_response(version)
-        return Response({"playbook": version_body(playbook, version)})
+        return yaml_response(version) if _raw(request) else _playbook(version)
 
     @extend_schema(
         summary="Verify the playbook by replay on a fresh clone (slow: an operation)",
         request=VerifyPlaybookSerializer,
-        responses={202: dict, 200: dict, **ERRORS},
+        responses={202: OperationBodySerializer, 200: OperationBodySerializer, **ERRORS},
     )
     @action(detail=True, methods=["post"], url_path="playbook/verify")
     def verify_playbook(self, request, pk=None):
@@ -371,7 +376,11 @@ class SandboxChangeViewSet(viewsets.GenericViewSet):
         )
         if data["wait"]:
             op = sandbox_services.wait_for_operation(op, services.VERIFY_DEADLINE_SECONDS)
-            return Response({"operation": OperationSerializer(op).data}, status=status.HTTP_200_OK)
-        return Response(
-            {"operation": OperationSerializer(op).data}, status=status.HTTP_202_ACCEPTED
-        )
+            return Response(OperationBodySerializer({"operation": op}).data)
+        return _accepted(op)
+
+
+def _wait(request) -> bool:
+    params = WaitQuerySerializer(data=request.query_params.dict())
+    params.is_valid(raise_exception=True)
+    return params.validated_data["wait"]

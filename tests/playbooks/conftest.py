@@ -11,7 +11,7 @@ import paramiko
 import pytest
 from django.contrib.auth.models import Permission
 
-from playbooks.models import Playbook, PlaybookVersion
+from playbooks.models import Playbook, PlaybookRun, PlaybookVersion
 from sandboxes import services
 from tests.approvals.conftest import make_operator
 
@@ -74,6 +74,19 @@ def store_playbook(sandbox_id, text: str = "- hosts: all\n  tasks: []\n") -> Pla
         syntax_ok=True,
     )
     return pb
+
+
+def dry_run(playbook, inventory, user=None, **fields) -> PlaybookRun:
+    """A dry run of the playbook's latest version against the inventory (its API body), as
+    a worker leaves it: successful, one change on web-1, unless `fields` say otherwise."""
+    return PlaybookRun.objects.create(
+        version=playbook.latest,
+        inventory_id=inventory["id"],
+        kind="check",
+        queue="control",
+        requested_by=user,
+        **{"status": "successful", "host_stats": {"web-1": {"changed": 1}}, **fields},
+    )
 
 
 @pytest.fixture

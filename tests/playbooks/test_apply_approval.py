@@ -15,21 +15,9 @@ from approvals.models import ApprovalRequest
 from playbooks import runs
 from playbooks.models import Inventory, PlaybookRun
 
-from .conftest import grant, store_playbook
+from .conftest import dry_run, grant, store_playbook
 
 pytestmark = pytest.mark.django_db
-
-
-def dry_run(playbook, inventory, user) -> PlaybookRun:
-    return PlaybookRun.objects.create(
-        version=playbook.latest,
-        inventory_id=inventory["id"],
-        kind="check",
-        status="successful",
-        queue="control",
-        requested_by=user,
-        host_stats={"web-1": {"changed": 1}},
-    )
 
 
 def test_an_apply_refuses_an_approved_request_a_caller_made_with_the_matching_payload(

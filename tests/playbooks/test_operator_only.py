@@ -14,7 +14,7 @@ from channels.testing import WebsocketCommunicator
 from accounts import services as accounts
 from playbooks.models import PlaybookEvent, PlaybookRun
 
-from .conftest import grant
+from .conftest import dry_run, grant
 
 pytestmark = pytest.mark.django_db
 
@@ -25,16 +25,7 @@ SECRETS = ("hunter2", "tok-123", "prod-db-password=s3cr3t", "prod")
 def check_run(olga, playbook, inventory):
     """A finished dry run of alice's playbook against production, with an event carrying what
     `--check --diff` shows: a production file's contents."""
-    run = PlaybookRun.objects.create(
-        version=playbook.latest,
-        inventory_id=inventory["id"],
-        kind="check",
-        status="successful",
-        queue="control",
-        requested_by=olga.user,
-        host_stats={"web-1": {"changed": 1}},
-        events_count=1,
-    )
+    run = dry_run(playbook, inventory, olga.user, events_count=1)
     PlaybookEvent.objects.create(
         run=run,
         seq=1,

@@ -263,7 +263,7 @@ def test_a_pinned_host_key_cannot_add_known_hosts_lines(target):
 
 def test_the_syntax_check_runs_as_the_ansible_user_too(isolation):
     """An operator's edit may hold Jinja in a play's name, which --syntax-check templates."""
-    from playbooks.build import syntax_check
+    from playbooks.runtime import syntax_check
 
     seen = Path(f"/tmp/vsb-test-syntax-{uuid.uuid4().hex}")
     try:

@@ -9,7 +9,7 @@ from approvals import services as approvals
 from playbooks import runs, secrets
 from playbooks.models import InventoryHost, Playbook, PlaybookRun
 
-from .conftest import ed25519_pem
+from .conftest import dry_run, ed25519_pem
 
 pytestmark = pytest.mark.django_db
 
@@ -101,13 +101,7 @@ def test_an_apply_needs_a_dry_run_then_an_approval_that_matches(
 
 def test_a_changed_inventory_voids_the_approval(olga, dora, playbook, inventory):
     body = {"inventory": inventory["id"]}
-    run = PlaybookRun.objects.create(
-        version=playbook.latest,
-        inventory_id=inventory["id"],
-        kind="check",
-        status="successful",
-        queue="control",
-    )
+    run = dry_run(playbook, inventory)
     approval = olga.post(f"/v1/playbooks/{playbook.id}/apply", body, format="json").json()[
         "approval"
     ]

@@ -1,0 +1,27 @@
+from django.db import models
+
+
+class ResultStatus(models.TextChoices):
+    """A diff or a playbook, made on the sandbox's host by an operation."""
+
+    PENDING = "pending"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class RunKind(models.TextChoices):
+    CHECK = "check"
+    APPLY = "apply"
+
+
+class RunStatus(models.TextChoices):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCESSFUL = "successful"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    # The run's worker stopped, or something unexpected: not the playbook's own failure.
+    ERROR = "error"
+
+
+RUN_DONE = (RunStatus.SUCCESSFUL, RunStatus.FAILED, RunStatus.CANCELED, RunStatus.ERROR)
