@@ -29,6 +29,19 @@ class OperationKind(models.TextChoices):
     APPLY_PLAYBOOK = "apply_playbook"
 
 
+# The kinds that move a sandbox through its lifecycle: only their stuck operations put the
+# sandbox in error (a stuck diff or verify says nothing about the sandbox's own state).
+LIFECYCLE_KINDS = frozenset(
+    {
+        OperationKind.CREATE,
+        OperationKind.START,
+        OperationKind.STOP,
+        OperationKind.DESTROY,
+        OperationKind.RESTORE,
+    }
+)
+
+
 class OperationStatus(models.TextChoices):
     PENDING = "pending"
     RUNNING = "running"

@@ -30,6 +30,7 @@ from core.errors import Conflict, InvalidInput, NotFound, OperationTimeout, Unav
 
 from . import lifecycle, tasks
 from .choices import (
+    LIFECYCLE_KINDS,
     CommandStatus,
     NetworkMode,
     OperationKind,
@@ -795,7 +796,8 @@ def orphaned_work(host: Host) -> tuple[list[Operation], int]:
 
 
 def fail_stuck_operations() -> int:
-    """Fail operations past their deadline, and their sandboxes if those are mid-transition."""
+    """Fail operations past their deadline, and, for lifecycle operations, their sandboxes
+    if those are mid-transition."""
     now = timezone.now()
     stuck = Operation.objects.filter(
         status__in=[OperationStatus.PENDING, OperationStatus.RUNNING], deadline__lt=now
@@ -808,7 +810,7 @@ def fail_stuck_operations() -> int:
         )
         if finish_operation(op.pk, OperationStatus.ERRORED, error=reason):
             count += 1
-            if op.sandbox_id:
+            if op.sandbox_id and op.kind in LIFECYCLE_KINDS:
                 lifecycle.transition(
                     op.sandbox_id,
                     SandboxState.ERROR,

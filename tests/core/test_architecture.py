@@ -70,6 +70,10 @@ WRITE_METHODS = {
 
 # Modules besides each app's services.py (or services/ package) that write rows, and why.
 SERVICE_MODULES = {
+    "playbooks/runs.py": (
+        "the run services: inventories, dry runs and applies, their events and cancelling "
+        "(playbooks/services.py holds diffs, playbooks and versions)"
+    ),
     "sandboxes/lifecycle.py": (
         "the state machine's one compare-and-set (transition): every write of a sandbox's state "
         "goes through it, with its audit event; the services and the tasks call it"
@@ -81,17 +85,6 @@ NOT_A_MODEL = {
     ("core/api/errors.py", "fields"): "dict.update of the error body's field messages",
     ("audit/models.py", "super()"): "AuditEvent.save: the append-only guard, then Model.save",
     ("sandboxes/models.py", "super()"): "Host.save setting its queue name, then Model.save",
-}
-
-# TEMPORARY: being moved to services by the playbooks/terminals/approvals work (and the lead's
-# accounts move). Each entry must still have a write, or the test says to remove it: empty
-# this after merging those branches.
-TEMPORARY_WRITERS = {
-    "playbooks/apply.py": "PlaybookEvent rows, PlaybookRun claim/finish",
-    "playbooks/build.py": "PlaybookVersion/PlaybookFile rows, Playbook status",
-    "playbooks/diff_compute.py": "Diff rows and their status",
-    "playbooks/runs.py": "Inventory, PlaybookRun rows, cancel",
-    "playbooks/verify.py": "the verify Operation's result",
 }
 
 
@@ -137,21 +130,13 @@ def test_services_are_the_only_writers():
     Modules that cannot reach a model (the drivers, remote, diffing, the isolated runner)
     are skipped: their dict/set/hash `.update` and libvirt's `.create`/`.delete` write no row."""
     offenders = []
-    temporary_seen = set()
     for src in sources():
         if is_service_module(src.path) or src.path in SERVICE_MODULES:
             continue
         if not can_reach_a_model(src):
             continue
-        found = writes(src)
-        if src.path in TEMPORARY_WRITERS:
-            if found:
-                temporary_seen.add(src.path)
-            continue
-        offenders += [f"{src.path}:{line}: {call}" for line, call in found]
+        offenders += [f"{src.path}:{line}: {call}" for line, call in writes(src)]
     assert not offenders, "rows written outside the services:\n" + "\n".join(offenders)
-    stale = sorted(set(TEMPORARY_WRITERS) - temporary_seen)
-    assert not stale, f"these write no rows any more: remove them from TEMPORARY_WRITERS: {stale}"
 
 
 def test_the_writers_allow_list_names_real_modules():
