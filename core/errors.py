@@ -59,19 +59,26 @@ class InvalidInput(ServiceError):
 
 
 class Forbidden(ServiceError):
+    """The caller may see the thing but not do this to it (deciding its own request)."""
+
     code = "forbidden"
 
 
 class NotFound(ServiceError):
+    """No such thing, or not the caller's: another agent's sandbox is a 404, not a 403."""
+
     code = "not_found"
 
 
 class Conflict(ServiceError):
+    """The thing is in the wrong state for this, or a name is taken; `code` says which
+    (`invalid_state`, `duplicate`, ...)."""
+
     code = "conflict"
 
 
 class TooLarge(ServiceError):
-    code = "too_large"
+    code = "too_large"  # a body or file over its configured limit
 
 
 class Unprocessable(ServiceError):

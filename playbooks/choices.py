@@ -10,11 +10,15 @@ class ResultStatus(models.TextChoices):
 
 
 class RunKind(models.TextChoices):
+    """A dry run (`--check --diff`, no approval needed) or an approved apply."""
+
     CHECK = "check"
     APPLY = "apply"
 
 
 class RunStatus(models.TextChoices):
+    """ansible-runner's own outcomes, plus `error` for what is not the playbook's doing."""
+
     PENDING = "pending"
     RUNNING = "running"
     SUCCESSFUL = "successful"

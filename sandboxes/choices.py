@@ -64,12 +64,17 @@ class SourceKind(models.TextChoices):
 
 
 class NetworkMode(models.TextChoices):
+    """How the host reaches the guest's sshd: a 127.0.0.1 port forward of QEMU's user
+    network (the guest reaches nothing), or a NIC on a libvirt network or bridge."""
+
     PORT_FORWARD = "port_forward"
     NETWORK = "network"
     BRIDGE = "bridge"
 
 
 class SnapshotStatus(models.TextChoices):
+    """Only a ready snapshot can be restored, forked from or diffed."""
+
     CREATING = "creating"
     READY = "ready"
     FAILED = "failed"

@@ -376,16 +376,32 @@ def create_sandbox(
     raise Unavailable("Could not allocate a port for the sandbox; try again.", code="busy")
 
 
+# Each lifecycle verb: the state it moves the sandbox to at once, the task (by name in
+# sandboxes.tasks) that carries it on the host, and its deadline (seconds past the timeout
+# its steps wait for).
+LIFECYCLE_VERBS = {
+    OperationKind.START: (SandboxState.BOOTING, "start_sandbox", "READY_TIMEOUT_SECONDS", 60),
+    OperationKind.STOP: (SandboxState.STOPPING, "stop_sandbox", "SHUTDOWN_TIMEOUT_SECONDS", 120),
+    OperationKind.DESTROY: (
+        SandboxState.DESTROYING,
+        "destroy_sandbox",
+        "SHUTDOWN_TIMEOUT_SECONDS",
+        300,
+    ),
+    OperationKind.RESTORE: (
+        SandboxState.RESTORING,
+        "restore_snapshot",
+        "READY_TIMEOUT_SECONDS",
+        120,
+    ),
+}
+
+
 def _lifecycle_op(
-    sandbox: Sandbox,
-    user,
-    kind: str,
-    target: str,
-    task,
-    deadline: int,
-    snapshot: Snapshot | None = None,
-    **input,
+    sandbox: Sandbox, user, kind: str, snapshot: Snapshot | None = None, **input
 ) -> Operation:
+    target, task_name, timeout_setting, margin = LIFECYCLE_VERBS[kind]
+    task, deadline = getattr(tasks, task_name), vsb(timeout_setting) + margin
     with transaction.atomic():
         if not lifecycle.transition(sandbox.pk, target):
             sandbox.refresh_from_db(fields=["state"])
@@ -404,25 +420,11 @@ def _lifecycle_op(
 def start_sandbox(sandbox: Sandbox, user) -> Operation:
     if sandbox.state == SandboxState.READY:
         raise Conflict(f"Sandbox {sandbox.name} is already running.", code="invalid_state")
-    return _lifecycle_op(
-        sandbox,
-        user,
-        OperationKind.START,
-        SandboxState.BOOTING,
-        tasks.start_sandbox,
-        vsb("READY_TIMEOUT_SECONDS") + 60,
-    )
+    return _lifecycle_op(sandbox, user, OperationKind.START)
 
 
 def stop_sandbox(sandbox: Sandbox, user) -> Operation:
-    return _lifecycle_op(
-        sandbox,
-        user,
-        OperationKind.STOP,
-        SandboxState.STOPPING,
-        tasks.stop_sandbox,
-        vsb("SHUTDOWN_TIMEOUT_SECONDS") + 120,
-    )
+    return _lifecycle_op(sandbox, user, OperationKind.STOP)
 
 
 def destroy_sandbox(sandbox: Sandbox, user) -> Operation:
@@ -432,14 +434,7 @@ def destroy_sandbox(sandbox: Sandbox, user) -> Operation:
             return existing
     if sandbox.state == SandboxState.DESTROYED:
         raise Conflict(f"Sandbox {sandbox.name} is already destroyed.", code="invalid_state")
-    return _lifecycle_op(
-        sandbox,
-        user,
-        OperationKind.DESTROY,
-        SandboxState.DESTROYING,
-        tasks.destroy_sandbox,
-        vsb("SHUTDOWN_TIMEOUT_SECONDS") + 300,
-    )
+    return _lifecycle_op(sandbox, user, OperationKind.DESTROY)
 
 
 def wait_for_operation(op: Operation, timeout: float) -> Operation:
@@ -526,16 +521,7 @@ def restore_snapshot(sandbox: Sandbox, user, name: str) -> Operation:
     snap = get_snapshot(sandbox, name)
     if snap.status != SnapshotStatus.READY:
         raise Conflict(f"Snapshot {name!r} is {snap.status}, not ready.", code="invalid_state")
-    return _lifecycle_op(
-        sandbox,
-        user,
-        OperationKind.RESTORE,
-        SandboxState.RESTORING,
-        tasks.restore_snapshot,
-        vsb("READY_TIMEOUT_SECONDS") + 120,
-        snapshot=snap,
-        name=name,
-    )
+    return _lifecycle_op(sandbox, user, OperationKind.RESTORE, snapshot=snap, name=name)
 
 
 def delete_snapshot(sandbox: Sandbox, user, name: str) -> Operation:
