@@ -19,6 +19,18 @@ class ApprovalKind(models.TextChoices):
     ACTION = "action"
 
 
+# Action types only the server opens (ApprovalOrigin.SYSTEM) and only the server consumes.
+# Asking for one through a public route is a 400 naming `action_type` (or `payload` when its
+# "action" names one). A feature that gates an action on an approval adds its type here:
+# egress grants will.
+RESERVED_ACTION_TYPES: frozenset[str] = frozenset({"apply_playbook"})
+
+
+def is_reserved_action(value) -> bool:
+    """Compared case- and space-insensitively: a look-alike is refused as well."""
+    return isinstance(value, str) and value.strip().lower() in RESERVED_ACTION_TYPES
+
+
 class ApprovalOrigin(models.TextChoices):
     """Who opened the request."""
 
@@ -36,15 +48,3 @@ class Urgency(models.TextChoices):
     LOW = "low"
     MEDIUM = "medium"
     HIGH = "high"
-
-
-# Action types only the server opens (ApprovalOrigin.SYSTEM) and only the server consumes.
-# Asking for one through a public route is a 400 naming `action_type` (or `payload` when its
-# "action" names one). A feature that gates an action on an approval adds its type here:
-# egress grants will.
-RESERVED_ACTION_TYPES: frozenset[str] = frozenset({"apply_playbook"})
-
-
-def is_reserved_action(value) -> bool:
-    """Compared case- and space-insensitively: a look-alike is refused as well."""
-    return isinstance(value, str) and value.strip().lower() in RESERVED_ACTION_TYPES

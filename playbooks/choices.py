@@ -9,13 +9,6 @@ class ResultStatus(models.TextChoices):
     FAILED = "failed"
 
 
-class RunKind(models.TextChoices):
-    """A dry run (`--check --diff`, no approval needed) or an approved apply."""
-
-    CHECK = "check"
-    APPLY = "apply"
-
-
 class RunStatus(models.TextChoices):
     """ansible-runner's own outcomes, plus `error` for what is not the playbook's doing."""
 
@@ -29,3 +22,10 @@ class RunStatus(models.TextChoices):
 
 
 RUN_DONE = (RunStatus.SUCCESSFUL, RunStatus.FAILED, RunStatus.CANCELED, RunStatus.ERROR)
+
+
+class RunKind(models.TextChoices):
+    """A dry run (`--check --diff`, no approval needed) or an approved apply."""
+
+    CHECK = "check"
+    APPLY = "apply"

@@ -14,17 +14,27 @@ from django.utils.functional import cached_property
 from .choices import RUN_DONE, ResultStatus, RunKind, RunStatus
 
 
+def _optional(
+    to: str, on_delete, related_name: str = "+", kind=models.ForeignKey
+) -> models.ForeignKey:
+    """A link that may be empty: its row went (SET_NULL), or there was none to make."""
+    return kind(to, null=True, blank=True, on_delete=on_delete, related_name=related_name)
+
+
 def _person() -> models.ForeignKey:
     """Who made or asked for a row; the row stays (with none) when their account goes."""
-    return models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
+    return _optional(settings.AUTH_USER_MODEL, models.SET_NULL)
 
 
-def _snapshot_link(on_delete) -> models.ForeignKey:
-    return models.ForeignKey(
-        "sandboxes.Snapshot", null=True, blank=True, on_delete=on_delete, related_name="+"
-    )
+def _moment() -> models.DateTimeField:
+    """When something happened that may not have happened yet (a start, a finish)."""
+    return models.DateTimeField(null=True, blank=True)
+
+
+def _numbered_within(parent: str, number: str, name: str) -> tuple[list, list]:
+    """Meta `ordering` and `constraints` of rows numbered within a parent (the versions of a
+    playbook, the events of a run): listed in that order, each number once."""
+    return [parent, number], [models.UniqueConstraint(fields=[parent, number], name=name)]
 
 
 class MadeFromSnapshots(models.Model):
@@ -59,8 +69,8 @@ class Diff(MadeFromSnapshots):
 
     NOW = "now"
 
-    from_snapshot = _snapshot_link(models.CASCADE)
-    to_snapshot = _snapshot_link(models.CASCADE)  # None for "now"
+    from_snapshot = _optional("sandboxes.Snapshot", models.CASCADE)
+    to_snapshot = _optional("sandboxes.Snapshot", models.CASCADE)  # None for "now"
     # JSON text, not jsonb: file names that are not UTF-8 travel as \udcXX escapes.
     result = models.TextField(blank=True)
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
@@ -83,8 +93,8 @@ class Playbook(MadeFromSnapshots):
     request for the same names, even of a snapshot taken again under one of them, makes a
     new playbook."""
 
-    from_snapshot = _snapshot_link(models.SET_NULL)
-    to_snapshot = _snapshot_link(models.SET_NULL)
+    from_snapshot = _optional("sandboxes.Snapshot", models.SET_NULL)
+    to_snapshot = _optional("sandboxes.Snapshot", models.SET_NULL)
     created_by = _person()
 
     class Meta:
@@ -95,9 +105,6 @@ class Playbook(MadeFromSnapshots):
                 name="one_playbook_per_snapshot_pair",
             )
         ]
-
-    def __str__(self) -> str:
-        return f"{self.sandbox.name}: {self.from_name} -> {self.to_name}"
 
     @property
     def latest(self) -> PlaybookVersion | None:
@@ -128,10 +135,7 @@ class PlaybookVersion(models.Model):
 
     class Meta:
         db_table = "sandboxes_playbookversion"
-        ordering = ["playbook", "number"]
-        constraints = [
-            models.UniqueConstraint(fields=["playbook", "number"], name="unique_playbook_version")
-        ]
+        ordering, constraints = _numbered_within("playbook", "number", "unique_playbook_version")
 
     def __str__(self) -> str:
         return f"{self.playbook} v{self.number}"
@@ -193,9 +197,7 @@ class InventoryHost(models.Model):
     host_key = models.TextField(blank=True, help_text="Pinned: 'ssh-ed25519 AAAA...'.")
     private_key_encrypted = models.TextField(blank=True)
     certificate = models.TextField(blank=True)
-    sandbox = models.ForeignKey(
-        "sandboxes.Sandbox", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
+    sandbox = _optional("sandboxes.Sandbox", models.SET_NULL)
 
     class Meta:
         db_table = "sandboxes_inventoryhost"
@@ -221,12 +223,8 @@ class PlaybookRun(models.Model):
     status = models.CharField(
         max_length=12, choices=RunStatus.choices, default=RunStatus.PENDING, db_index=True
     )
-    approval = models.OneToOneField(
-        "approvals.ApprovalRequest",
-        null=True,
-        blank=True,
-        on_delete=models.PROTECT,
-        related_name="playbook_run",
+    approval = _optional(
+        "approvals.ApprovalRequest", models.PROTECT, "playbook_run", kind=models.OneToOneField
     )
     queue = models.CharField(max_length=80)
     requested_by = _person()
@@ -236,8 +234,8 @@ class PlaybookRun(models.Model):
     error = models.TextField(blank=True)
     events_count = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
+    started_at = _moment()
+    finished_at = _moment()
 
     class Meta:
         db_table = "sandboxes_playbookrun"
@@ -256,18 +254,15 @@ class PlaybookEvent(models.Model):
 
     run = models.ForeignKey(PlaybookRun, on_delete=models.CASCADE, related_name="events")
     seq = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
     event = models.CharField(max_length=50)
     host = models.CharField(max_length=255, blank=True)
     task = models.CharField(max_length=500, blank=True)
     data = models.JSONField(default=dict, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         db_table = "sandboxes_playbookevent"
-        ordering = ["run", "seq"]
-        constraints = [
-            models.UniqueConstraint(fields=["run", "seq"], name="unique_playbook_event_seq")
-        ]
+        ordering, constraints = _numbered_within("run", "seq", "unique_playbook_event_seq")
 
     def __str__(self) -> str:
         return f"{self.run_id}#{self.seq} {self.event}"

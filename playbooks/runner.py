@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,10 @@ class HostStats:
     skipped: int = 0
     ignored: int = 0
 
+
+# ansible-runner's `stats` counts each of HostStats' fields per host under the field's name,
+# but for these two.
+_STATS_KEY = {"failed": "failures", "unreachable": "dark"}
 
 # ansible-runner's own words for how a run ended (and ours for a run we stopped).
 SUCCESSFUL, FAILED, CANCELED, TIMEOUT = "successful", "failed", "canceled", "timeout"
@@ -370,9 +374,8 @@ def run(
     timeout: int = 3600,
 ) -> RunResult:
     names = [t.name for t in targets]
-    failed_tasks: list[dict] = []
-    changed_tasks: list[dict] = []
-    count = 0
+    # What the events tell, gathered as they come: RunResult's fields of the same names.
+    seen: dict = {"failed_tasks": [], "changed_tasks": [], "events": 0}
 
     def prepare(base: str) -> None:
         write_project(os.path.join(base, "project"), yaml_text, files)
@@ -414,13 +417,12 @@ def run(
         _write(os.path.join(base, "spec.json"), json.dumps(spec))
 
     def handler(event: dict) -> None:
-        nonlocal count
-        count += 1
+        seen["events"] += 1
         data = event.get("event_data", {}) or {}
         kind = event.get("event")
         if kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
             res = data.get("res", {}) or {}
-            failed_tasks.append(
+            seen["failed_tasks"].append(
                 {
                     "host": data.get("host"),
                     "task": data.get("task"),
@@ -429,7 +431,7 @@ def run(
                 }
             )
         elif kind == "runner_on_ok" and (data.get("res") or {}).get("changed"):
-            changed_tasks.append({"host": data.get("host"), "task": data.get("task")})
+            seen["changed_tasks"].append({"host": data.get("host"), "task": data.get("task")})
         if on_event:
             on_event(event)
 
@@ -443,12 +445,10 @@ def run(
     stats = result.get("stats") or {}
     per_host = {
         name: HostStats(
-            ok=stats.get("ok", {}).get(name, 0),
-            changed=stats.get("changed", {}).get(name, 0),
-            failed=stats.get("failures", {}).get(name, 0),
-            unreachable=stats.get("dark", {}).get(name, 0),
-            skipped=stats.get("skipped", {}).get(name, 0),
-            ignored=stats.get("ignored", {}).get(name, 0),
+            **{
+                f.name: stats.get(_STATS_KEY.get(f.name, f.name), {}).get(name, 0)
+                for f in fields(HostStats)
+            }
         )
         for name in names
     }
@@ -457,12 +457,4 @@ def run(
         if isinstance(result.get("rc"), int)
         else (outcome.rc if outcome.rc is not None else -1)
     )
-    return RunResult(
-        status=status,
-        rc=rc,
-        hosts=per_host,
-        failed_tasks=failed_tasks,
-        changed_tasks=changed_tasks,
-        events=count,
-        error=outcome.error,
-    )
+    return RunResult(status=status, rc=rc, hosts=per_host, error=outcome.error, **seen)

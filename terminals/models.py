@@ -52,10 +52,6 @@ class TerminalSession(models.Model):
     def __str__(self) -> str:
         return f"{self.sandbox_id}:{self.name}"
 
-    @property
-    def is_open(self) -> bool:
-        return self.closed_at is None
-
     @staticmethod
     def tmux_name_for(sandbox_id: uuid.UUID, name: str) -> str:
         return f"vsb-{sandbox_id.hex}-{name}"

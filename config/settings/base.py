@@ -23,6 +23,11 @@ if env_file.exists():
     environ.Env.read_env(str(env_file))
 
 
+def vsb_ints(**defaults: int) -> dict[str, int]:
+    """Whole-number settings, each read from the environment variable VSB_<its name>."""
+    return {name: env.int(f"VSB_{name}", default=value) for name, value in defaults.items()}
+
+
 def env_secret(name: str, default: str | None = None) -> str | None:
     """NAME, or the contents of the file named by NAME_FILE (for container secrets)."""
     file_path = env.str(f"{name}_FILE", default="")
@@ -299,33 +304,39 @@ VSB = {
     "PORT_RANGE": tuple(
         int(p) for p in env.str("VSB_PORT_RANGE", default="42000-42999").split("-")
     ),
-    "DEFAULT_VCPUS": env.int("VSB_DEFAULT_VCPUS", default=1),
-    "DEFAULT_MEMORY_MB": env.int("VSB_DEFAULT_MEMORY_MB", default=256),
-    "MAX_VCPUS": env.int("VSB_MAX_VCPUS", default=8),
-    "MIN_MEMORY_MB": env.int("VSB_MIN_MEMORY_MB", default=128),
-    "MAX_MEMORY_MB": env.int("VSB_MAX_MEMORY_MB", default=16384),
-    "MAX_TTL_SECONDS": env.int("VSB_MAX_TTL_SECONDS", default=7 * 24 * 3600),
-    "DEFAULT_TTL_SECONDS": env.int("VSB_DEFAULT_TTL_SECONDS", default=0),
-    "READY_TIMEOUT_SECONDS": env.int("VSB_READY_TIMEOUT_SECONDS", default=180),
+    **vsb_ints(
+        DEFAULT_VCPUS=1,
+        DEFAULT_MEMORY_MB=256,
+        MAX_VCPUS=8,
+        MIN_MEMORY_MB=128,
+        MAX_MEMORY_MB=16384,
+        MAX_TTL_SECONDS=7 * 24 * 3600,
+        DEFAULT_TTL_SECONDS=0,
+        READY_TIMEOUT_SECONDS=180,
+    ),
     "READY_POLL_SECONDS": env.float("VSB_READY_POLL_SECONDS", default=0.25),
-    "SHUTDOWN_TIMEOUT_SECONDS": env.int("VSB_SHUTDOWN_TIMEOUT_SECONDS", default=30),
-    "COMMAND_TIMEOUT_SECONDS": env.int("VSB_COMMAND_TIMEOUT_SECONDS", default=600),
-    "MAX_COMMAND_TIMEOUT_SECONDS": env.int("VSB_MAX_COMMAND_TIMEOUT_SECONDS", default=3600),
-    "COMMAND_OUTPUT_LIMIT": env.int("VSB_COMMAND_OUTPUT_LIMIT", default=1024 * 1024),
-    # An operation whose worker stopped reporting for this long is taken as dead.
-    "OPERATION_STALE_SECONDS": env.int("VSB_OPERATION_STALE_SECONDS", default=600),
-    "TASK_MAX_ATTEMPTS": env.int("VSB_TASK_MAX_ATTEMPTS", default=5),
+    **vsb_ints(
+        SHUTDOWN_TIMEOUT_SECONDS=30,
+        COMMAND_TIMEOUT_SECONDS=600,
+        MAX_COMMAND_TIMEOUT_SECONDS=3600,
+        COMMAND_OUTPUT_LIMIT=1024 * 1024,
+        # An operation whose worker stopped reporting for this long is taken as dead.
+        OPERATION_STALE_SECONDS=600,
+        TASK_MAX_ATTEMPTS=5,
+    ),
     # Path patterns left out of diffs on top of the built-in volatile list (docs/diff.md).
     "DIFF_EXTRA_EXCLUDES": env.list("VSB_DIFF_EXTRA_EXCLUDES", default=[]),
     # Guest disks are read by an unprivileged, network-less process (drivers/guest_reader.py):
     # the host interpreter it runs (its files must be readable by any uid), the first of the
     # 65536 host uids its user namespace maps to (a range no one else uses), and its limits.
     "GUEST_READER_PYTHON": env.str("VSB_GUEST_READER_PYTHON", default="/usr/bin/python3"),
-    "GUEST_READER_UID_BASE": env.int("VSB_GUEST_READER_UID_BASE", default=2_000_000_000),
-    "GUEST_READ_TIMEOUT_SECONDS": env.int("VSB_GUEST_READ_TIMEOUT_SECONDS", default=600),
-    "GUEST_READ_OUTPUT_LIMIT": env.int("VSB_GUEST_READ_OUTPUT_LIMIT", default=768 * 1024 * 1024),
-    # Files larger than this are not hashed for a diff ("changed, content unverified").
-    "DIFF_HASH_LIMIT": env.int("VSB_DIFF_HASH_LIMIT", default=256 * 1024 * 1024),
+    **vsb_ints(
+        GUEST_READER_UID_BASE=2_000_000_000,
+        GUEST_READ_TIMEOUT_SECONDS=600,
+        GUEST_READ_OUTPUT_LIMIT=768 * 1024 * 1024,
+        # Files larger than this are not hashed for a diff ("changed, content unverified").
+        DIFF_HASH_LIMIT=256 * 1024 * 1024,
+    ),
     # Which hypervisor driver to build: "libvirt" or "fake" (unit tests only).
     "DRIVER": env.str("VSB_DRIVER", default="libvirt"),
 }
@@ -368,20 +379,24 @@ VSB.update(
             env.int("VSB_TERMINAL_COLS", default=120),
             env.int("VSB_TERMINAL_ROWS", default=36),
         ),
-        "TERMINAL_HISTORY_LINES": env.int("VSB_TERMINAL_HISTORY_LINES", default=10000),
-        "TERMINAL_MAX_READ_LINES": env.int("VSB_TERMINAL_MAX_READ_LINES", default=5000),
-        "TERMINAL_MAX_SESSIONS": env.int("VSB_TERMINAL_MAX_SESSIONS", default=16),
-        "TERMINAL_MAX_INPUT_BYTES": env.int("VSB_TERMINAL_MAX_INPUT_BYTES", default=65536),
-        # The relay batches pane output for this long before one channel-layer message.
-        "TERMINAL_FLUSH_MS": env.int("VSB_TERMINAL_FLUSH_MS", default=15),
-        "TERMINAL_OP_TIMEOUT_SECONDS": env.int("VSB_TERMINAL_OP_TIMEOUT_SECONDS", default=30),
+        **vsb_ints(
+            TERMINAL_HISTORY_LINES=10000,
+            TERMINAL_MAX_READ_LINES=5000,
+            TERMINAL_MAX_SESSIONS=16,
+            TERMINAL_MAX_INPUT_BYTES=65536,
+            # The relay batches pane output for this long before one channel-layer message.
+            TERMINAL_FLUSH_MS=15,
+            TERMINAL_OP_TIMEOUT_SECONDS=30,
+        ),
         # Files over SFTP: absolute guest paths, checked after the guest resolved `..` and
         # symlinks. A path must be under one FILE_ALLOW prefix and under no FILE_DENY prefix.
         "FILE_ALLOW": env.list("VSB_FILE_ALLOW", default=["/"]),
         "FILE_DENY": env.list("VSB_FILE_DENY", default=["/proc", "/sys", "/dev"]),
-        "FILE_MAX_READ_BYTES": env.int("VSB_FILE_MAX_READ_BYTES", default=1024 * 1024),
-        "FILE_MAX_WRITE_BYTES": env.int("VSB_FILE_MAX_WRITE_BYTES", default=4 * 1024 * 1024),
-        "FILE_MAX_TRANSFER_BYTES": env.int("VSB_FILE_MAX_TRANSFER_BYTES", default=64 * 1024 * 1024),
-        "FILE_MAX_LIST_ENTRIES": env.int("VSB_FILE_MAX_LIST_ENTRIES", default=5000),
+        **vsb_ints(
+            FILE_MAX_READ_BYTES=1024 * 1024,
+            FILE_MAX_WRITE_BYTES=4 * 1024 * 1024,
+            FILE_MAX_TRANSFER_BYTES=64 * 1024 * 1024,
+            FILE_MAX_LIST_ENTRIES=5000,
+        ),
     }
 )

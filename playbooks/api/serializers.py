@@ -12,6 +12,24 @@ from sandboxes.api.serializers import OperationSerializer
 from .. import runs
 from ..models import Inventory, InventoryHost, PlaybookEvent, PlaybookRun
 
+
+def _wrapping(name: str, **field) -> type[serializers.Serializer]:
+    """An answer that wraps one object or a list under one key (`{"run": {...}}`); `name`
+    is the class name the OpenAPI schema's component is called by."""
+    return type(name, (serializers.Serializer,), field)
+
+
+# A model as answered, never written through: every field its Meta lists is read-only
+# (`read_only_fields = fields`, said once). A comment, not a docstring: the schema would show
+# it as the description of each answer that has none of its own.
+class _Answer(serializers.ModelSerializer):
+    def get_extra_kwargs(self) -> dict:
+        extra = super().get_extra_kwargs()
+        for name in self.Meta.fields:
+            extra.setdefault(name, {})["read_only"] = True
+        return extra
+
+
 # --- input -----------------------------------------------------------------------------------
 
 
@@ -116,8 +134,7 @@ class PlaybookSerializer(FromToSerializer):
     )
 
 
-class PlaybookBodySerializer(serializers.Serializer):
-    playbook = PlaybookSerializer()
+PlaybookBodySerializer = _wrapping("PlaybookBodySerializer", playbook=PlaybookSerializer())
 
 
 class DiffFilesSerializer(serializers.Serializer):
@@ -178,8 +195,7 @@ class DiffSerializer(FromToSerializer):
         }
 
 
-class DiffBodySerializer(serializers.Serializer):
-    diff = DiffSerializer()
+DiffBodySerializer = _wrapping("DiffBodySerializer", diff=DiffSerializer())
 
 
 class OperationBodySerializer(serializers.Serializer):
@@ -188,7 +204,7 @@ class OperationBodySerializer(serializers.Serializer):
     operation = OperationSerializer()
 
 
-class InventoryHostSerializer(serializers.ModelSerializer):
+class InventoryHostSerializer(_Answer):
     """A target as shown: never its key."""
 
     sandbox_id = serializers.UUIDField(allow_null=True)
@@ -207,10 +223,9 @@ class InventoryHostSerializer(serializers.ModelSerializer):
             "sandbox_id",
             "has_private_key",
         ]
-        read_only_fields = fields
 
 
-class InventorySerializer(serializers.ModelSerializer):
+class InventorySerializer(_Answer):
     hosts = InventoryHostSerializer(many=True)
     fingerprint = serializers.SerializerMethodField()
     created_at = IsoDateTimeField()
@@ -218,21 +233,20 @@ class InventorySerializer(serializers.ModelSerializer):
     class Meta:
         model = Inventory
         fields = ["id", "name", "description", "variables", "hosts", "fingerprint", "created_at"]
-        read_only_fields = fields
 
     def get_fingerprint(self, inventory) -> str:
         return runs.fingerprint(inventory)
 
 
-class InventoryBodySerializer(serializers.Serializer):
-    inventory = InventorySerializer()
+InventoryBodySerializer = _wrapping("InventoryBodySerializer", inventory=InventorySerializer())
 
 
-class InventoryListSerializer(serializers.Serializer):
-    results = InventorySerializer(many=True)
+InventoryListSerializer = _wrapping(
+    "InventoryListSerializer", results=InventorySerializer(many=True)
+)
 
 
-class PlaybookRunSerializer(serializers.ModelSerializer):
+class PlaybookRunSerializer(_Answer):
     playbook_id = serializers.UUIDField(source="version.playbook_id")
     version = serializers.IntegerField(source="version.number")
     inventory = serializers.CharField(source="inventory.name")
@@ -262,22 +276,18 @@ class PlaybookRunSerializer(serializers.ModelSerializer):
             "started_at",
             "finished_at",
         ]
-        read_only_fields = fields
 
 
-class RunBodySerializer(serializers.Serializer):
-    run = PlaybookRunSerializer()
+RunBodySerializer = _wrapping("RunBodySerializer", run=PlaybookRunSerializer())
 
 
-class PlaybookEventSerializer(serializers.ModelSerializer):
+class PlaybookEventSerializer(_Answer):
     class Meta:
         model = PlaybookEvent
         fields = ["seq", "event", "host", "task", "data"]
-        read_only_fields = fields
 
 
-class EventListSerializer(serializers.Serializer):
-    events = PlaybookEventSerializer(many=True)
+EventListSerializer = _wrapping("EventListSerializer", events=PlaybookEventSerializer(many=True))
 
 
 class ApprovalRequiredSerializer(ErrorSerializer):

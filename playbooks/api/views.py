@@ -60,10 +60,9 @@ def _playbook(version: PlaybookVersion, code: int = status.HTTP_200_OK) -> Respo
     return Response(PlaybookBodySerializer({"playbook": version}).data, status=code)
 
 
-def _accepted(op: Operation) -> Response:
-    return Response(
-        OperationBodySerializer({"operation": op}).data, status=status.HTTP_202_ACCEPTED
-    )
+def _accepted(op: Operation, code: int = status.HTTP_202_ACCEPTED) -> Response:
+    """The operation doing a slow step: 202 while it runs, 200 when the caller waited for it."""
+    return Response(OperationBodySerializer({"operation": op}).data, status=code)
 
 
 def yaml_response(version: PlaybookVersion) -> HttpResponse:
@@ -86,6 +85,7 @@ def archive(version: PlaybookVersion) -> bytes:
 
 
 RUN_ANSWERS = {202: RunBodySerializer, 200: RunBodySerializer, **ERRORS}
+OPERATION_ANSWERS = {202: OperationBodySerializer, 200: OperationBodySerializer, **ERRORS}
 
 
 @extend_schema_view(
@@ -363,7 +363,7 @@ class SandboxChangeViewSet(viewsets.GenericViewSet):
     @extend_schema(
         summary="Verify the playbook by replay on a fresh clone (slow: an operation)",
         request=VerifyPlaybookSerializer,
-        responses={202: OperationBodySerializer, 200: OperationBodySerializer, **ERRORS},
+        responses=OPERATION_ANSWERS,
     )
     @action(detail=True, methods=["post"], url_path="playbook/verify")
     def verify_playbook(self, request, pk=None):
@@ -376,7 +376,7 @@ class SandboxChangeViewSet(viewsets.GenericViewSet):
         )
         if data["wait"]:
             op = sandbox_services.wait_for_operation(op, services.VERIFY_DEADLINE_SECONDS)
-            return Response(OperationBodySerializer({"operation": op}).data)
+            return _accepted(op, status.HTTP_200_OK)
         return _accepted(op)
 
 
