@@ -195,7 +195,7 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         ),
         **RUN_COMMAND,
     )
-    @action(detail=True, methods=["post"], url_path="command")
+    @action(detail=True, methods=["post"])
     def command(self, request, pk=None):
         params = _input(RunCommandSerializer, request.data)
         cmd = services.run_command(self.get_object(), request.user, **params)
