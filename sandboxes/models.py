@@ -15,15 +15,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from .choices import (
-    CommandStatus,
-    NetworkMode,
-    OperationKind,
-    OperationStatus,
-    SandboxState,
-    SnapshotStatus,
-    SourceKind,
-)
+from . import choices
+from .choices import OperationStatus, SandboxState
 
 host_name_validator = RegexValidator(
     r"^[a-z0-9][a-z0-9-]{0,62}$", "Lower-case letters, digits and dashes, up to 63."
@@ -86,7 +79,9 @@ class SourceVM(models.Model):
         unique=True,
         validators=[RegexValidator(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", "Letters, digits, ._-")],
     )
-    kind = models.CharField(max_length=10, choices=SourceKind.choices, default=SourceKind.IMAGE)
+    kind = models.CharField(
+        max_length=10, choices=choices.SourceKind.choices, default=choices.SourceKind.IMAGE
+    )
     host = models.ForeignKey(
         Host,
         null=True,
@@ -133,7 +128,7 @@ class Sandbox(models.Model):
     ttl_seconds = models.PositiveIntegerField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
     network_mode = models.CharField(
-        max_length=20, choices=NetworkMode.choices, default=NetworkMode.PORT_FORWARD
+        max_length=20, choices=choices.NetworkMode.choices, default=choices.NetworkMode.PORT_FORWARD
     )
     ssh_host = models.CharField(max_length=255, blank=True)
     ssh_port = models.PositiveIntegerField(null=True, blank=True)
@@ -194,7 +189,9 @@ class Snapshot(models.Model):
     name = models.CharField(max_length=64, validators=[snapshot_name_validator])
     description = models.TextField(blank=True)
     status = models.CharField(
-        max_length=10, choices=SnapshotStatus.choices, default=SnapshotStatus.CREATING
+        max_length=10,
+        choices=choices.SnapshotStatus.choices,
+        default=choices.SnapshotStatus.CREATING,
     )
     has_memory = models.BooleanField(default=False)
     domain_state = models.CharField(max_length=16, blank=True)
@@ -216,7 +213,7 @@ class Operation(models.Model):
     """One slow step done by a worker: what clients poll and the UI shows."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    kind = models.CharField(max_length=20, choices=OperationKind.choices)
+    kind = models.CharField(max_length=20, choices=choices.OperationKind.choices)
     status = models.CharField(
         max_length=12,
         choices=OperationStatus.choices,
@@ -275,7 +272,7 @@ class Command(models.Model):
     cwd = models.CharField(max_length=1000, blank=True)
     timeout_seconds = models.PositiveIntegerField()
     status = models.CharField(
-        max_length=12, choices=CommandStatus.choices, default=CommandStatus.RUNNING
+        max_length=12, choices=choices.CommandStatus.choices, default=choices.CommandStatus.RUNNING
     )
     exit_code = models.IntegerField(null=True, blank=True)
     stdout = models.TextField(blank=True)

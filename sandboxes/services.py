@@ -281,9 +281,8 @@ def port_is_free(port: int, address: str = "127.0.0.1") -> bool:
     return True
 
 
-def validate_sizes(
-    vcpus: int | None, memory_mb: int | None, ttl_seconds: int | None
-) -> tuple[int, int, int | None]:
+def validate_sizes(vcpus: int | None, memory_mb: int | None, ttl_seconds: int | None) -> dict:
+    """The sandbox's `vcpus`, `memory_mb` and `ttl_seconds`, defaults filled in, or InvalidInput."""
     vcpus = vsb("DEFAULT_VCPUS") if vcpus is None else vcpus
     memory_mb = vsb("DEFAULT_MEMORY_MB") if memory_mb is None else memory_mb
     if not 1 <= vcpus <= vsb("MAX_VCPUS"):
@@ -298,7 +297,7 @@ def validate_sizes(
         raise InvalidInput.field(
             "ttl_seconds", f"must be between 1 and {vsb('MAX_TTL_SECONDS')} seconds (or omitted)."
         )
-    return vcpus, memory_mb, ttl_seconds
+    return {"vcpus": vcpus, "memory_mb": memory_mb, "ttl_seconds": ttl_seconds}
 
 
 def create_sandbox(
@@ -334,7 +333,8 @@ def create_sandbox(
             "source_vm_name",
             f"unknown source VM {source_vm_name!r}; known: {known or 'none (run manage.py build_guest_image)'}.",
         )
-    vcpus, memory_mb, ttl_seconds = validate_sizes(vcpus, memory_mb, ttl_seconds)
+    sizes = validate_sizes(vcpus, memory_mb, ttl_seconds)
+    ttl_seconds = sizes["ttl_seconds"]
     host = choose_host(source, only=forked_from.sandbox.host if forked_from else None)
     mode = vsb("NETWORK_MODE")
     for _ in range(5):
@@ -348,9 +348,7 @@ def create_sandbox(
                     owner=owner,
                     host=host,
                     source=source,
-                    vcpus=vcpus,
-                    memory_mb=memory_mb,
-                    ttl_seconds=ttl_seconds,
+                    **sizes,
                     expires_at=timezone.now() + timedelta(seconds=ttl_seconds)
                     if ttl_seconds
                     else None,

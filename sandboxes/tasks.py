@@ -6,6 +6,7 @@ sweeps, which run on `control` and only enqueue work for the hosts."""
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from celery import shared_task
@@ -92,15 +93,29 @@ def _resumed(op: Operation) -> bool:
     return False
 
 
+def operation_task(name: str):
+    """A task carrying one Operation, by id: the body runs with the claimed Operation, and
+    not at all when the operation is done or another worker holds it (`claim_operation`)."""
+
+    def register(body):
+        @shared_task(name=name, **TASK_OPTIONS)
+        @functools.wraps(body, assigned=("__module__", "__name__", "__qualname__", "__doc__"))
+        def task(self, op_id: str) -> None:
+            op = services.claim_operation(op_id)
+            if op is not None:
+                body(self, op)
+
+        return task
+
+    return register
+
+
 def _enqueue_wait(op: Operation, countdown: float) -> None:
     queues.enqueue(wait_ready, str(op.pk), queue=op.queue, countdown=countdown)
 
 
-@shared_task(name="sandboxes.provision_sandbox", **TASK_OPTIONS)
-def provision_sandbox(self, op_id: str) -> None:
-    op = services.claim_operation(op_id)
-    if op is None:
-        return
+@operation_task("sandboxes.provision_sandbox")
+def provision_sandbox(self, op: Operation) -> None:
     sandbox = op.sandbox
     if op.attempt > vsb("TASK_MAX_ATTEMPTS"):
         _fail_create(op, f"gave up after {op.attempt - 1} attempts")
@@ -158,11 +173,8 @@ def provision_sandbox(self, op_id: str) -> None:
     _enqueue_wait(op, countdown=1.0)
 
 
-@shared_task(name="sandboxes.start_sandbox", **TASK_OPTIONS)
-def start_sandbox(self, op_id: str) -> None:
-    op = services.claim_operation(op_id)
-    if op is None:
-        return
+@operation_task("sandboxes.start_sandbox")
+def start_sandbox(self, op: Operation) -> None:
     sandbox = op.sandbox
     if _resumed(op):
         return
@@ -296,11 +308,8 @@ def wait_ready(self, op_id: str) -> None:
             )
 
 
-@shared_task(name="sandboxes.stop_sandbox", **TASK_OPTIONS)
-def stop_sandbox(self, op_id: str) -> None:
-    op = services.claim_operation(op_id)
-    if op is None:
-        return
+@operation_task("sandboxes.stop_sandbox")
+def stop_sandbox(self, op: Operation) -> None:
     sandbox = op.sandbox
     try:
         provisioning.get_ssh_pool().discard(str(sandbox.id))
@@ -315,11 +324,8 @@ def stop_sandbox(self, op_id: str) -> None:
     services.finish_operation(op.pk, OperationStatus.SUCCEEDED, message="stopped")
 
 
-@shared_task(name="sandboxes.destroy_sandbox", **TASK_OPTIONS)
-def destroy_sandbox(self, op_id: str) -> None:
-    op = services.claim_operation(op_id)
-    if op is None:
-        return
+@operation_task("sandboxes.destroy_sandbox")
+def destroy_sandbox(self, op: Operation) -> None:
     sandbox = op.sandbox
     try:
         services.report_progress(op.pk, 30, "destroying domain and disks")
@@ -398,11 +404,8 @@ def _run_command(command_id: str) -> dict | None:
 # --- Snapshots -----------------------------------------------------------------------------
 
 
-@shared_task(name="sandboxes.snapshot_sandbox", **TASK_OPTIONS)
-def snapshot_sandbox(self, op_id: str) -> None:
-    op = services.claim_operation(op_id)
-    if op is None:
-        return
+@operation_task("sandboxes.snapshot_sandbox")
+def snapshot_sandbox(self, op: Operation) -> None:
     sandbox, snap = op.sandbox, op.snapshot
 
     def fail(reason: str) -> None:
@@ -424,11 +427,8 @@ def snapshot_sandbox(self, op_id: str) -> None:
     services.finish_operation(op.pk, OperationStatus.SUCCEEDED, message="snapshot taken")
 
 
-@shared_task(name="sandboxes.restore_snapshot", **TASK_OPTIONS)
-def restore_snapshot(self, op_id: str) -> None:
-    op = services.claim_operation(op_id)
-    if op is None:
-        return
+@operation_task("sandboxes.restore_snapshot")
+def restore_snapshot(self, op: Operation) -> None:
     sandbox, snap = op.sandbox, op.snapshot
     if _resumed(op):
         return
@@ -461,11 +461,8 @@ def restore_snapshot(self, op_id: str) -> None:
     services.finish_operation(op.pk, OperationStatus.SUCCEEDED, message=f"restored {snap.name}")
 
 
-@shared_task(name="sandboxes.delete_snapshot", **TASK_OPTIONS)
-def delete_snapshot(self, op_id: str) -> None:
-    op = services.claim_operation(op_id)
-    if op is None:
-        return
+@operation_task("sandboxes.delete_snapshot")
+def delete_snapshot(self, op: Operation) -> None:
     sandbox, snap = op.sandbox, op.snapshot
     if snap is None:
         services.finish_operation(op.pk, OperationStatus.SUCCEEDED, message="already deleted")

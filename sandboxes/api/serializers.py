@@ -7,7 +7,15 @@ from core.api.serializers import StrictInputSerializer
 from ..models import Command, Host, Operation, Sandbox, Snapshot, SourceVM
 
 
-class SandboxSerializer(serializers.ModelSerializer):
+# A row as the API answers it: every field its `Meta.fields` names is read-only. (A comment,
+# not a docstring: drf-spectacular would give every answer's schema that text.)
+class AnswerSerializer(serializers.ModelSerializer):
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.Meta.read_only_fields = cls.Meta.fields
+
+
+class SandboxSerializer(AnswerSerializer):
     host = serializers.CharField(source="host.name", read_only=True)
     source_vm_name = serializers.CharField(source="source.name", read_only=True)
     # The original's names, kept so its clients keep working.
@@ -41,7 +49,6 @@ class SandboxSerializer(serializers.ModelSerializer):
             "ready_at",
             "destroyed_at",
         ]
-        read_only_fields = fields
 
 
 class CreateSandboxSerializer(StrictInputSerializer):
@@ -57,7 +64,7 @@ class CreateSandboxSerializer(StrictInputSerializer):
     wait_for_ip = serializers.BooleanField(required=False, default=False)
 
 
-class SnapshotSerializer(serializers.ModelSerializer):
+class SnapshotSerializer(AnswerSerializer):
     sandbox_id = serializers.UUIDField(read_only=True)
 
     class Meta:
@@ -74,7 +81,6 @@ class SnapshotSerializer(serializers.ModelSerializer):
             "created_at",
             "taken_at",
         ]
-        read_only_fields = fields
 
 
 class CreateSnapshotSerializer(StrictInputSerializer):
@@ -92,7 +98,7 @@ class WaitSerializer(StrictInputSerializer):
     wait = serializers.BooleanField(required=False, default=False)
 
 
-class OperationSerializer(serializers.ModelSerializer):
+class OperationSerializer(AnswerSerializer):
     host = serializers.CharField(source="host.name", read_only=True)
     sandbox_id = serializers.UUIDField(read_only=True)
 
@@ -115,7 +121,6 @@ class OperationSerializer(serializers.ModelSerializer):
             "finished_at",
             "deadline",
         ]
-        read_only_fields = fields
 
 
 class SnapshotOperationSerializer(serializers.Serializer):
@@ -148,7 +153,7 @@ class RunCommandSerializer(StrictInputSerializer):
     cwd = serializers.CharField(required=False, allow_blank=True, default="", max_length=1000)
 
 
-class CommandSerializer(serializers.ModelSerializer):
+class CommandSerializer(AnswerSerializer):
     sandbox_id = serializers.UUIDField(read_only=True)
 
     class Meta:
@@ -172,7 +177,6 @@ class CommandSerializer(serializers.ModelSerializer):
             "started_at",
             "finished_at",
         ]
-        read_only_fields = fields
 
 
 class CommandResultSerializer(serializers.Serializer):
@@ -188,7 +192,7 @@ class SandboxDetailSerializer(serializers.Serializer):
     )
 
 
-class SourceVMSerializer(serializers.ModelSerializer):
+class SourceVMSerializer(AnswerSerializer):
     host = serializers.CharField(source="host.name", read_only=True, allow_null=True)
 
     class Meta:
@@ -203,10 +207,9 @@ class SourceVMSerializer(serializers.ModelSerializer):
             "description",
             "enabled",
         ]
-        read_only_fields = fields
 
 
-class HostSerializer(serializers.ModelSerializer):
+class HostSerializer(AnswerSerializer):
     alive = serializers.BooleanField(source="is_alive", read_only=True)
 
     class Meta:
@@ -220,7 +223,6 @@ class HostSerializer(serializers.ModelSerializer):
             "domain_type",
             "alive",
         ]
-        read_only_fields = fields
 
 
 class VMListSerializer(serializers.Serializer):

@@ -41,11 +41,49 @@ log = logging.getLogger(__name__)
 ERRORS = {400: ErrorSerializer, 401: ErrorSerializer, 404: ErrorSerializer, 409: ErrorSerializer}
 
 
+def _input(serializer_class, data) -> dict:
+    """The request body, validated by `serializer_class` (a 400 naming the fields otherwise)."""
+    params = serializer_class(data=data)
+    params.is_valid(raise_exception=True)
+    return dict(params.validated_data)
+
+
 def _waited(op: Operation, timeout: float) -> Operation:
     op = services.wait_for_operation(op, timeout)
     if op.status != OperationStatus.SUCCEEDED:
         raise OperationFailed(f"{op.kind} failed: {op.error} (operation {op.id})")
     return op
+
+
+# A slow verb's answers: 202 with its operation, or 200 once it succeeded when asked to wait.
+OPERATION_ANSWERS = {200: SandboxOperationSerializer, 202: SandboxOperationSerializer, **ERRORS}
+# The request and answers of the verbs that also have the original's path (an alias).
+RUN_COMMAND = {
+    "request": RunCommandSerializer,
+    "responses": {200: CommandResultSerializer, **ERRORS},
+}
+TAKE_SNAPSHOT = {
+    "request": CreateSnapshotSerializer,
+    "responses": {201: SnapshotOperationSerializer, 202: SnapshotOperationSerializer, **ERRORS},
+}
+
+
+def lifecycle_verb(name: str, start_operation, wait: tuple[str, int], url_path=None, **schema):
+    """A slow lifecycle verb as a sandbox action: `start_operation(sandbox, user, *route
+    arguments)` starts it and the answer is `_maybe_wait`'s, waiting up to the setting
+    `wait[0]` plus `wait[1]` seconds. `schema`: its summary and description."""
+    setting, margin = wait
+
+    def verb(self, request, pk=None, **route):
+        return self._maybe_wait(
+            request,
+            lambda: start_operation(self.get_object(), request.user, *route.values()),
+            vsb(setting) + margin,
+        )
+
+    verb.__name__ = verb.__qualname__ = name
+    verb = action(detail=True, methods=["post"], url_path=url_path)(verb)
+    return extend_schema(request=WaitSerializer, responses=OPERATION_ANSWERS, **schema)(verb)
 
 
 class SandboxFilter(django_filters.FilterSet):
@@ -104,9 +142,7 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         responses={201: SandboxOperationSerializer, 202: SandboxOperationSerializer, **ERRORS},
     )
     def create(self, request):
-        params = CreateSandboxSerializer(data=request.data)
-        params.is_valid(raise_exception=True)
-        data = dict(params.validated_data)
+        data = _input(CreateSandboxSerializer, request.data)
         wait = data.pop("wait_for_ip")
         op = services.create_sandbox(request.user, **data)
         code = status.HTTP_202_ACCEPTED
@@ -118,10 +154,9 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     def _maybe_wait(self, request, start_operation, timeout: float) -> Response:
         """Start a slow verb: 202 with its operation, or with `wait` (or the original's
         `wait_for_ip`) 200 once it succeeded."""
-        params = WaitSerializer(data=request.data or {})
-        params.is_valid(raise_exception=True)
+        params = _input(WaitSerializer, request.data or {})
         op = start_operation()
-        if params.validated_data["wait"] or params.validated_data["wait_for_ip"]:
+        if params["wait"] or params["wait_for_ip"]:
             return self._sandbox_op(_waited(op, timeout), status.HTTP_200_OK)
         return self._sandbox_op(op, status.HTTP_202_ACCEPTED)
 
@@ -139,31 +174,18 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         op = services.destroy_sandbox(self.get_object(), request.user)
         return self._sandbox_op(op, status.HTTP_202_ACCEPTED)
 
-    @extend_schema(
+    start = lifecycle_verb(
+        "start",
+        services.start_sandbox,
+        ("READY_TIMEOUT_SECONDS", 30),
         summary="Start a stopped sandbox",
-        request=WaitSerializer,
-        responses={200: SandboxOperationSerializer, 202: SandboxOperationSerializer, **ERRORS},
     )
-    @action(detail=True, methods=["post"])
-    def start(self, request, pk=None):
-        return self._maybe_wait(
-            request,
-            lambda: services.start_sandbox(self.get_object(), request.user),
-            vsb("READY_TIMEOUT_SECONDS") + 30,
-        )
-
-    @extend_schema(
+    stop = lifecycle_verb(
+        "stop",
+        services.stop_sandbox,
+        ("SHUTDOWN_TIMEOUT_SECONDS", 60),
         summary="Stop a sandbox (ACPI shutdown, then force off)",
-        request=WaitSerializer,
-        responses={200: SandboxOperationSerializer, 202: SandboxOperationSerializer, **ERRORS},
     )
-    @action(detail=True, methods=["post"])
-    def stop(self, request, pk=None):
-        return self._maybe_wait(
-            request,
-            lambda: services.stop_sandbox(self.get_object(), request.user),
-            vsb("SHUTDOWN_TIMEOUT_SECONDS") + 60,
-        )
 
     @extend_schema(
         summary="Run a command in the sandbox",
@@ -171,21 +193,15 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             "Runs `command` with /bin/sh over SSH as root and waits for it. A non-zero exit code is "
             "still 200; `timed_out` and the `*_truncated` flags tell when output is partial."
         ),
-        request=RunCommandSerializer,
-        responses={200: CommandResultSerializer, **ERRORS},
+        **RUN_COMMAND,
     )
-    @action(detail=True, methods=["post"], url_path="command")
+    @action(detail=True, methods=["post"])
     def command(self, request, pk=None):
-        params = RunCommandSerializer(data=request.data)
-        params.is_valid(raise_exception=True)
-        cmd = services.run_command(self.get_object(), request.user, **params.validated_data)
+        params = _input(RunCommandSerializer, request.data)
+        cmd = services.run_command(self.get_object(), request.user, **params)
         return Response(CommandResultSerializer({"command": cmd}).data)
 
-    @extend_schema(
-        summary="Run a command (the original's path)",
-        request=RunCommandSerializer,
-        responses={200: CommandResultSerializer, **ERRORS},
-    )
+    @extend_schema(summary="Run a command (the original's path)", **RUN_COMMAND)
     @action(detail=True, methods=["post"], url_path="run")
     def run(self, request, pk=None):
         return self.command(request, pk)
@@ -203,14 +219,11 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             "Internal snapshot: with the guest's memory while the sandbox runs, of the disk "
             "while it is stopped. 202 with the operation; `wait: true` answers 201 when taken."
         ),
-        request=CreateSnapshotSerializer,
-        responses={201: SnapshotOperationSerializer, 202: SnapshotOperationSerializer, **ERRORS},
+        **TAKE_SNAPSHOT,
     )
     @action(detail=True, methods=["post"], url_path="snapshots")
     def snapshots(self, request, pk=None):
-        params = CreateSnapshotSerializer(data=request.data)
-        params.is_valid(raise_exception=True)
-        data = dict(params.validated_data)
+        data = _input(CreateSnapshotSerializer, request.data)
         wait = data.pop("wait")
         op = services.create_snapshot(self.get_object(), request.user, **data)
         if wait:
@@ -227,11 +240,7 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         sandbox = self.get_object()
         return Response(SnapshotSerializer(sandbox.snapshots.all(), many=True).data)
 
-    @extend_schema(
-        summary="Take a snapshot (the original's path)",
-        request=CreateSnapshotSerializer,
-        responses={201: SnapshotOperationSerializer, 202: SnapshotOperationSerializer, **ERRORS},
-    )
+    @extend_schema(summary="Take a snapshot (the original's path)", **TAKE_SNAPSHOT)
     @action(detail=True, methods=["post"], url_path="snapshot")
     def snapshot(self, request, pk=None):
         return self.snapshots(request, pk)
@@ -249,22 +258,17 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         op = services.delete_snapshot(self.get_object(), request.user, snapshot_name)
         return Response(OperationSerializer(op).data, status=status.HTTP_202_ACCEPTED)
 
-    @extend_schema(
+    restore = lifecycle_verb(
+        "restore",
+        services.restore_snapshot,
+        ("READY_TIMEOUT_SECONDS", 60),
+        url_path=r"snapshots/(?P<snapshot_name>[^/]+)/restore",
         summary="Restore a snapshot",
         description=(
             "Returns the sandbox to the snapshot: running with its memory (the guest clock is "
             "corrected and SSH answers again), or stopped for a disk snapshot."
         ),
-        request=WaitSerializer,
-        responses={200: SandboxOperationSerializer, 202: SandboxOperationSerializer, **ERRORS},
     )
-    @action(detail=True, methods=["post"], url_path=r"snapshots/(?P<snapshot_name>[^/]+)/restore")
-    def restore(self, request, pk=None, snapshot_name=None):
-        return self._maybe_wait(
-            request,
-            lambda: services.restore_snapshot(self.get_object(), request.user, snapshot_name),
-            vsb("READY_TIMEOUT_SECONDS") + 60,
-        )
 
     @extend_schema(
         summary="Command history", responses={200: CommandSerializer(many=True), **ERRORS}

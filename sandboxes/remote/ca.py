@@ -392,10 +392,5 @@ class CertificateAuthority:
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         return SignedCertificate(
-            certificate=certificate,
-            serial=serial,
-            principals=principals,
-            valid_after=valid_after,
-            valid_before=valid_before,
-            identity=identity,
+            certificate, serial, principals, valid_after, valid_before, identity
         )

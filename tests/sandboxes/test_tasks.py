@@ -36,6 +36,13 @@ def create_op(host, source, django_user_model, sent_tasks):
     return make
 
 
+def assert_failed_leaving_no_domain(op: Operation, driver, error: str = "") -> None:
+    """The operation failed (with `error` in its message) and left no domain behind."""
+    op.refresh_from_db()
+    assert op.status == OperationStatus.FAILED and error in op.error
+    assert driver.list_domains() == []
+
+
 def test_it_creates_a_stopped_sandbox_when_not_auto_started(driver, create_op):
     op = create_op(auto_start=False)
     tasks.provision_sandbox.run(str(op.pk))
@@ -77,12 +84,9 @@ def test_it_fails_a_create_on_a_permanent_error_and_leaves_nothing(driver, creat
         "start", PermanentDriverError("Cannot access storage file /x: Permission denied")
     )
     tasks.provision_sandbox.run(str(op.pk))
-    op.refresh_from_db()
+    assert_failed_leaving_no_domain(op, driver, "Permission denied")
     op.sandbox.refresh_from_db()
-    assert op.status == OperationStatus.FAILED
-    assert "Permission denied" in op.error
     assert op.sandbox.state == SandboxState.ERROR and "Permission denied" in op.sandbox.error
-    assert driver.list_domains() == []
 
 
 def test_it_retries_a_transient_error_with_the_operation_still_running(driver, create_op):
@@ -99,9 +103,7 @@ def test_it_gives_up_after_the_last_attempt(driver, create_op, settings):
     op = create_op()
     Operation.objects.filter(pk=op.pk).update(attempt=settings.VSB["TASK_MAX_ATTEMPTS"])
     tasks.provision_sandbox.run(str(op.pk))
-    op.refresh_from_db()
-    assert op.status == OperationStatus.FAILED and "gave up" in op.error
-    assert driver.list_domains() == []
+    assert_failed_leaving_no_domain(op, driver, "gave up")
 
 
 def test_it_cleans_up_a_clone_whose_sandbox_was_destroyed_meanwhile(driver, create_op, monkeypatch):
@@ -115,9 +117,7 @@ def test_it_cleans_up_a_clone_whose_sandbox_was_destroyed_meanwhile(driver, crea
 
     monkeypatch.setattr(driver, "clone", clone_then_destroy_request)
     tasks.provision_sandbox.run(str(op.pk))
-    op.refresh_from_db()
-    assert op.status == OperationStatus.FAILED
-    assert driver.list_domains() == []
+    assert_failed_leaving_no_domain(op, driver)
 
 
 def test_it_polls_again_until_the_guest_prints_its_host_key(driver, create_op, waits):
@@ -135,11 +135,9 @@ def test_it_fails_the_boot_when_the_guest_stops(driver, create_op, waits):
     tasks.provision_sandbox.run(str(op.pk))
     driver.set_state(op.sandbox.name, SHUTOFF)
     tasks.wait_ready.run(str(op.pk))
-    op.refresh_from_db()
+    assert_failed_leaving_no_domain(op, driver, "stopped while booting")
     op.sandbox.refresh_from_db()
-    assert op.status == OperationStatus.FAILED and "stopped while booting" in op.error
     assert op.sandbox.state == SandboxState.ERROR
-    assert driver.list_domains() == []
 
 
 def test_it_fails_the_boot_after_the_ready_deadline(driver, create_op, waits, settings):
@@ -149,9 +147,7 @@ def test_it_fails_the_boot_after_the_ready_deadline(driver, create_op, waits, se
         started_at=timezone.now() - timedelta(seconds=settings.VSB["READY_TIMEOUT_SECONDS"] + 1)
     )
     tasks.wait_ready.run(str(op.pk))
-    op.refresh_from_db()
-    assert op.status == OperationStatus.FAILED and "did not answer SSH" in op.error
-    assert driver.list_domains() == []
+    assert_failed_leaving_no_domain(op, driver, "did not answer SSH")
 
 
 def test_it_reads_the_pinned_host_key_from_the_console_log(driver, create_op, tmp_path):
