@@ -293,6 +293,23 @@ class _Base:
         )
 
 
+class _Steps:
+    """Walks `_Base.run`'s steps for an engine: ``step`` is the I/O to do next, ``send`` hands
+    back its result; once the method returned, ``step`` is None and ``result`` its value."""
+
+    def __init__(self, steps: Generator[Send | Sleep | Emit, Any, Any]) -> None:
+        self._steps = steps
+        self.step: Send | Sleep | Emit | None = None
+        self.result: Any = None
+        self.send(None)
+
+    def send(self, value: Any) -> None:
+        try:
+            self.step = self._steps.send(value)
+        except StopIteration as stop:
+            self.step, self.result = None, stop.value
+
+
 class SyncEngine(_Base):
     """Does the I/O of `_Base.run`'s steps with httpx.Client and time.sleep."""
 
@@ -311,24 +328,17 @@ class SyncEngine(_Base):
 
     def drive(self, gen: Op) -> Any:
         """Run an API method to its result."""
-        steps, value = self.run(gen), None
-        while True:
-            try:
-                step = steps.send(value)
-            except StopIteration as stop:
-                return stop.value
-            value = self._do(step)
+        steps = _Steps(self.run(gen))
+        while steps.step is not None:
+            steps.send(self._do(steps.step))
+        return steps.result
 
     def drive_stream(self, gen: Op) -> Iterator[Any]:
         """Run a streaming API method, yielding what it emits."""
-        steps, value = self.run(gen, stream=True), None
+        steps = _Steps(self.run(gen, stream=True))
         try:
-            while True:
-                try:
-                    step = steps.send(value)
-                except StopIteration:
-                    return
-                value = (yield step.value) if isinstance(step, Emit) else self._do(step)
+            while (step := steps.step) is not None:
+                steps.send((yield step.value) if isinstance(step, Emit) else self._do(step))
         finally:
             # The consumer stopped early (break, exception): let the method clean up, with
             # this engine still driving its calls.
@@ -352,23 +362,16 @@ class AsyncEngine(_Base):
             return exc
 
     async def drive(self, gen: Op) -> Any:
-        steps, value = self.run(gen), None
-        while True:
-            try:
-                step = steps.send(value)
-            except StopIteration as stop:
-                return stop.value
-            value = await self._do(step)
+        steps = _Steps(self.run(gen))
+        while steps.step is not None:
+            steps.send(await self._do(steps.step))
+        return steps.result
 
     async def drive_stream(self, gen: Op) -> AsyncIterator[Any]:
-        steps, value = self.run(gen, stream=True), None
+        steps = _Steps(self.run(gen, stream=True))
         try:
-            while True:
-                try:
-                    step = steps.send(value)
-                except StopIteration:
-                    return
-                value = (yield step.value) if isinstance(step, Emit) else await self._do(step)
+            while (step := steps.step) is not None:
+                steps.send((yield step.value) if isinstance(step, Emit) else await self._do(step))
         finally:
             await self.drive(closing(gen))
 
