@@ -233,6 +233,22 @@ def run_tool(client: VirshSandbox, sandbox_id: str, name: str, args: dict[str, A
     return f"error: unknown tool {name}"
 
 
+def tool_specs() -> list[tuple[str, str, dict[str, Any]]]:
+    """(name, description, JSON schema of the arguments) of each tool, for either provider."""
+    return [
+        (
+            name,
+            desc,
+            {
+                "type": "object",
+                "properties": {k: {"type": t} for k, t in props.items()},
+                "required": list(props),
+            },
+        )
+        for name, (desc, props) in TOOLS.items()
+    ]
+
+
 def llm_step(
     provider: str, key: str, messages: list[dict[str, Any]]
 ) -> tuple[str, list[dict[str, Any]]]:
@@ -243,17 +259,9 @@ def llm_step(
         tools = [
             {
                 "type": "function",
-                "function": {
-                    "name": name,
-                    "description": desc,
-                    "parameters": {
-                        "type": "object",
-                        "properties": {k: {"type": t} for k, t in props.items()},
-                        "required": list(props),
-                    },
-                },
+                "function": {"name": name, "description": desc, "parameters": schema},
             }
-            for name, (desc, props) in TOOLS.items()
+            for name, desc, schema in tool_specs()
         ]
         base = os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1").rstrip("/")
         resp = httpx.post(
@@ -279,16 +287,8 @@ def llm_step(
         ]
         return msg.get("content") or "", calls
     tools = [
-        {
-            "name": name,
-            "description": desc,
-            "input_schema": {
-                "type": "object",
-                "properties": {k: {"type": t} for k, t in props.items()},
-                "required": list(props),
-            },
-        }
-        for name, (desc, props) in TOOLS.items()
+        {"name": name, "description": desc, "input_schema": schema}
+        for name, desc, schema in tool_specs()
     ]
     resp = httpx.post(
         "https://api.anthropic.com/v1/messages",

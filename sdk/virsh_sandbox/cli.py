@@ -137,6 +137,16 @@ def emit_json(value: Any) -> None:
     sys.stdout.write("\n")
 
 
+def print_result(args, result: Any, text: Any) -> int:
+    """``result`` on stdout: as JSON with ``--json``, else the line(s) ``text(result)`` makes.
+    Exit status 0."""
+    if args.json:
+        emit_json(result)
+    else:
+        print(text(result))
+    return 0
+
+
 def table(rows: list[list[str]], headers: list[str]) -> str:
     cells = [headers, *rows]
     widths = [max(len(str(row[i])) for row in cells) for i in range(len(headers))]
@@ -232,11 +242,7 @@ def cmd_list(client: VirshSandbox, args) -> int:
 
 def cmd_get(client: VirshSandbox, args) -> int:
     result = client.sandbox.get_sandbox(args.id)
-    if args.json:
-        emit_json(result)
-    else:
-        print(describe_sandbox(result.sandbox))
-    return 0
+    return print_result(args, result, lambda r: describe_sandbox(r.sandbox))
 
 
 def cmd_create(client: VirshSandbox, args) -> int:
@@ -254,11 +260,7 @@ def cmd_create(client: VirshSandbox, args) -> int:
             client, result.operation, f"creating {result.sandbox.name}", args
         )
         result.sandbox = client.sandbox.get_sandbox(result.sandbox.id).sandbox
-    if args.json:
-        emit_json(result)
-    else:
-        print(describe_sandbox(result.sandbox))
-    return 0
+    return print_result(args, result, lambda r: describe_sandbox(r.sandbox))
 
 
 def cmd_exec(client: VirshSandbox, args) -> int:
@@ -335,11 +337,9 @@ def cmd_restore(client: VirshSandbox, args) -> int:
     result = client.sandbox.restore_snapshot(args.id, args.name, wait=False)
     result.operation = wait_operation(client, result.operation, f"restore {args.name}", args)
     result.sandbox = client.sandbox.get_sandbox(args.id).sandbox
-    if args.json:
-        emit_json(result)
-    else:
-        print(f"restored {args.name}: sandbox is {result.sandbox.state}")
-    return 0
+    return print_result(
+        args, result, lambda r: f"restored {args.name}: sandbox is {r.sandbox.state}"
+    )
 
 
 def cmd_diff(client: VirshSandbox, args) -> int:
@@ -392,11 +392,7 @@ def _print_state(client: VirshSandbox, args, result) -> int:
         result.sandbox = client.sandbox.get_sandbox(args.id).sandbox
     except errors.NotFound:
         pass
-    if args.json:
-        emit_json(result)
-    else:
-        print(f"{result.sandbox.name}: {result.sandbox.state}")
-    return 0
+    return print_result(args, result, lambda r: f"{r.sandbox.name}: {r.sandbox.state}")
 
 
 def cmd_vms(client: VirshSandbox, args) -> int:
