@@ -23,7 +23,7 @@ from . import errors
 from ._core import API_KEY_ENV, URL_ENV
 from ._version import __version__
 from .client import VirshSandbox
-from .models import Model, Operation
+from .models import Operation, as_data
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -120,16 +120,6 @@ class Progress:
 
 
 # -- output -----------------------------------------------------------------------------------
-
-
-def as_data(value: Any) -> Any:
-    if isinstance(value, Model):
-        return value.to_dict()
-    if isinstance(value, list):
-        return [as_data(v) for v in value]
-    if isinstance(value, dict):
-        return {k: as_data(v) for k, v in value.items()}
-    return value
 
 
 def emit_json(value: Any) -> None:

@@ -72,18 +72,19 @@ class Model:
         for f in dataclasses.fields(self):
             if f.name == "extra":
                 continue
-            out[reverse.get(f.name, f.name)] = _plain(getattr(self, f.name))
-        out.update(_plain(self.extra))
+            out[reverse.get(f.name, f.name)] = as_data(getattr(self, f.name))
+        out.update(as_data(self.extra))
         return out
 
 
-def _plain(value: Any) -> Any:
+def as_data(value: Any) -> Any:
+    """Models, and lists and dicts of them, as plain JSON-able data."""
     if isinstance(value, Model):
         return value.to_dict()
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [as_data(v) for v in value]
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: as_data(v) for k, v in value.items()}
     return value
 
 
