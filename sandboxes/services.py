@@ -765,18 +765,26 @@ def set_sandbox_fields(sandbox_id, **fields) -> None:
 def orphaned_work(host: Host) -> tuple[list[Operation], int]:
     """Called when the host's (only) worker starts: every operation it had running died
     with the previous process. Commands that were running are marked failed, since running
-    them again could repeat side effects."""
-    failed = Command.objects.filter(sandbox__host=host, status=CommandStatus.RUNNING).update(
-        status=CommandStatus.FAILED,
-        finished_at=timezone.now(),
-        error="The worker restarted while this command ran; it may or may not have completed.",
+    them again could repeat side effects, and their waiting requests are told at once (a
+    command still queued then is not run: its task finds it finished)."""
+    running = list(
+        Command.objects.filter(sandbox__host=host, status=CommandStatus.RUNNING).values_list(
+            "pk", flat=True
+        )
     )
+    for cmd_id in running:
+        fields = finish_command(
+            cmd_id,
+            status=CommandStatus.FAILED,
+            error="The worker restarted while this command ran; it may or may not have completed.",
+        )
+        transaction.on_commit(lambda cmd_id=cmd_id, fields=fields: wakeups.publish(cmd_id, fields))
     ops = list(
         Operation.objects.filter(
             host=host, status__in=[OperationStatus.PENDING, OperationStatus.RUNNING]
         ).order_by("created_at")
     )
-    return ops, failed
+    return ops, len(running)
 
 
 def fail_stuck_operations() -> int:

@@ -9,6 +9,7 @@ import pytest
 from django.conf import settings
 from django.utils import timezone
 
+from core import wakeups
 from sandboxes import provisioning, services, tasks, worker
 from sandboxes.choices import CommandStatus, OperationStatus, SandboxState
 from sandboxes.drivers.base import SHUTOFF, PermanentDriverError, TransientDriverError
@@ -219,6 +220,22 @@ def test_a_restarted_worker_resumes_operations_and_fails_interrupted_commands(
     ]
     cmd.refresh_from_db()
     assert cmd.status == CommandStatus.FAILED and "restarted" in cmd.error
+
+
+def test_a_restarted_worker_answers_the_requests_waiting_on_interrupted_commands_at_once(
+    driver, create_op, django_capture_on_commit_callbacks
+):
+    op = create_op()
+    cmd = Command.objects.create(sandbox=op.sandbox, command="sleep 100", timeout_seconds=200)
+    with django_capture_on_commit_callbacks(execute=True):
+        worker.recover(op.host)
+    # What the request blocked in services.run_command is waiting for: without it, it would
+    # sleep until the command's timeout and then read the failure from the row.
+    fields = wakeups.wait(cmd.pk, 2)
+    assert fields is not None and fields["status"] == CommandStatus.FAILED
+    assert "restarted" in fields["error"]
+    # The task of a command still queued then finds it finished and does not run it.
+    assert tasks.run_command.run(str(cmd.pk)) == {}
 
 
 def test_it_refuses_to_enqueue_on_a_queue_that_is_not_a_hosts(host):
