@@ -374,32 +374,22 @@ def create_sandbox(
     raise Unavailable("Could not allocate a port for the sandbox; try again.", code="busy")
 
 
-# Each lifecycle verb: the state it moves the sandbox to at once, the task (by name in
-# sandboxes.tasks) that carries it on the host, and its deadline (seconds past the timeout
-# its steps wait for).
+# Each lifecycle verb: the state it moves the sandbox to at once, and its deadline (a
+# setting's timeout plus a margin, in seconds). Its task is the kind's own
+# (tasks.TASK_FOR_KIND, which a restarted worker resumes with too).
 LIFECYCLE_VERBS = {
-    OperationKind.START: (SandboxState.BOOTING, "start_sandbox", "READY_TIMEOUT_SECONDS", 60),
-    OperationKind.STOP: (SandboxState.STOPPING, "stop_sandbox", "SHUTDOWN_TIMEOUT_SECONDS", 120),
-    OperationKind.DESTROY: (
-        SandboxState.DESTROYING,
-        "destroy_sandbox",
-        "SHUTDOWN_TIMEOUT_SECONDS",
-        300,
-    ),
-    OperationKind.RESTORE: (
-        SandboxState.RESTORING,
-        "restore_snapshot",
-        "READY_TIMEOUT_SECONDS",
-        120,
-    ),
+    OperationKind.START: (SandboxState.BOOTING, "READY_TIMEOUT_SECONDS", 60),
+    OperationKind.STOP: (SandboxState.STOPPING, "SHUTDOWN_TIMEOUT_SECONDS", 120),
+    OperationKind.DESTROY: (SandboxState.DESTROYING, "SHUTDOWN_TIMEOUT_SECONDS", 300),
+    OperationKind.RESTORE: (SandboxState.RESTORING, "READY_TIMEOUT_SECONDS", 120),
 }
 
 
 def _lifecycle_op(
     sandbox: Sandbox, user, kind: str, snapshot: Snapshot | None = None, **input
 ) -> Operation:
-    target, task_name, timeout_setting, margin = LIFECYCLE_VERBS[kind]
-    task, deadline = getattr(tasks, task_name), vsb(timeout_setting) + margin
+    target, timeout_setting, margin = LIFECYCLE_VERBS[kind]
+    task, deadline = tasks.TASK_FOR_KIND[kind], vsb(timeout_setting) + margin
     with transaction.atomic():
         if not lifecycle.transition(sandbox.pk, target):
             sandbox.refresh_from_db(fields=["state"])
