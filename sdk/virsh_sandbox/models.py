@@ -7,6 +7,9 @@ and missing ones are ``None``, so an older SDK keeps working against a newer ser
 from __future__ import annotations
 
 import dataclasses
+import functools
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -19,8 +22,6 @@ class Model:
 
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, kw_only=True)
 
-    # name -> Model class, or [Model class] for a list of them.
-    _nested: ClassVar[dict[str, Any]] = {}
     # JSON name -> attribute name, for names Python reserves (``from``).
     _renames: ClassVar[dict[str, str]] = {}
 
@@ -32,15 +33,15 @@ class Model:
             return data
         if not isinstance(data, dict):
             raise TypeError(f"{cls.__name__} expects a JSON object, got {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls) if f.name != "extra"}
+        nested_models = _nested_models(cls)
         kwargs: dict[str, Any] = {}
         extra: dict[str, Any] = {}
         for key, value in data.items():
             attr = cls._renames.get(key, key)
-            if attr not in names:
+            if attr not in nested_models:
                 extra[key] = value
                 continue
-            nested = cls._nested.get(attr)
+            nested = nested_models[attr]
             if isinstance(nested, list) and isinstance(value, list):
                 value = [nested[0].from_dict(item) for item in value]
             elif nested is not None and not isinstance(nested, list) and isinstance(value, dict):
@@ -77,6 +78,24 @@ class Model:
         return out
 
 
+@functools.cache
+def _nested_models(cls: type[Model]) -> dict[str, Any]:
+    """Each field of ``cls``: the Model class it holds, ``[Model class]`` for a list of them,
+    or ``None``; read from the annotations, so they are the one place a field's type is said."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: _model_in(hints[f.name]) for f in dataclasses.fields(cls) if f.name != "extra"}
+
+
+def _model_in(hint: Any) -> Any:
+    if isinstance(hint, types.UnionType):  # ``X | None``
+        hint = next((arg for arg in typing.get_args(hint) if arg is not type(None)), None)
+    if typing.get_origin(hint) is list:
+        inner = _model_in(typing.get_args(hint)[0])
+        return [inner] if isinstance(inner, type) else None
+    plain_class = isinstance(hint, type) and typing.get_origin(hint) is None
+    return hint if plain_class and issubclass(hint, Model) else None
+
+
 def as_data(value: Any) -> Any:
     """Models, and lists and dicts of them, as plain JSON-able data."""
     if isinstance(value, Model):
@@ -91,6 +110,16 @@ def as_data(value: Any) -> Any:
 @dataclass(repr=False)
 class Record(Model):
     """An answer whose shape this SDK does not pin down (yet): every field is an attribute."""
+
+
+@dataclass(repr=False)
+class Page(Model):
+    """A page of a list answer: ``total`` rows in all, ``next``/``previous`` page URLs; each
+    list model adds the field that holds its rows (see ``page``)."""
+
+    total: int = 0
+    next: str | None = None
+    previous: str | None = None
 
 
 @dataclass(repr=False)
@@ -120,7 +149,6 @@ class SourceVM(Model):
 class VMList(Model):
     vms: list[SourceVM] = field(default_factory=list)
     hosts: list[Host] = field(default_factory=list)
-    _nested: ClassVar[dict[str, Any]] = {"vms": [SourceVM], "hosts": [Host]}
 
 
 @dataclass(repr=False)
@@ -129,7 +157,6 @@ class Health(Model):
     database: str | None = None
     broker: str | None = None
     hosts: list[Host] = field(default_factory=list)
-    _nested: ClassVar[dict[str, Any]] = {"hosts": [Host]}
 
     @property
     def ok(self) -> bool:
@@ -238,20 +265,11 @@ class SandboxResponse(Model):
     operation: Operation | None = None
     ip_address: str | None = None
     commands: list[Command] | None = None
-    _nested: ClassVar[dict[str, Any]] = {
-        "sandbox": Sandbox,
-        "operation": Operation,
-        "commands": [Command],
-    }
 
 
 @dataclass(repr=False)
-class SandboxList(Model):
+class SandboxList(Page):
     sandboxes: list[Sandbox] = field(default_factory=list)
-    total: int = 0
-    next: str | None = None
-    previous: str | None = None
-    _nested: ClassVar[dict[str, Any]] = {"sandboxes": [Sandbox]}
 
 
 @dataclass(repr=False)
@@ -259,7 +277,6 @@ class CommandResponse(Model):
     """``{command}``: what ``run_sandbox_command`` answers (the original's shape)."""
 
     command: Command | None = None
-    _nested: ClassVar[dict[str, Any]] = {"command": Command}
 
     # Shortcuts, so `client.sandbox.run_sandbox_command(...).exit_code` reads naturally.
     @property
@@ -276,28 +293,19 @@ class CommandResponse(Model):
 
 
 @dataclass(repr=False)
-class CommandList(Model):
+class CommandList(Page):
     commands: list[Command] = field(default_factory=list)
-    total: int = 0
-    next: str | None = None
-    previous: str | None = None
-    _nested: ClassVar[dict[str, Any]] = {"commands": [Command]}
 
 
 @dataclass(repr=False)
 class SnapshotResponse(Model):
     snapshot: Snapshot | None = None
     operation: Operation | None = None
-    _nested: ClassVar[dict[str, Any]] = {"snapshot": Snapshot, "operation": Operation}
 
 
 @dataclass(repr=False)
-class OperationList(Model):
+class OperationList(Page):
     operations: list[Operation] = field(default_factory=list)
-    total: int = 0
-    next: str | None = None
-    previous: str | None = None
-    _nested: ClassVar[dict[str, Any]] = {"operations": [Operation]}
 
 
 @dataclass(repr=False)
@@ -317,7 +325,6 @@ class FileChanges(Model):
     limit: int | None = None
     offset: int | None = None
     results: list[FileChange] = field(default_factory=list)
-    _nested: ClassVar[dict[str, Any]] = {"results": [FileChange]}
 
 
 @dataclass(repr=False)
@@ -336,7 +343,6 @@ class Diff(Model):
     commands: list[Command] | None = None
     summary: dict[str, Any] | None = None
     duration_ms: int | None = None
-    _nested: ClassVar[dict[str, Any]] = {"files": FileChanges, "commands": [Command]}
     _renames: ClassVar[dict[str, str]] = {"from": "from_"}
 
 
@@ -381,12 +387,8 @@ class ApprovalRequest(Model):
 
 
 @dataclass(repr=False)
-class ApprovalList(Model):
+class ApprovalList(Page):
     approvals: list[ApprovalRequest] = field(default_factory=list)
-    total: int = 0
-    next: str | None = None
-    previous: str | None = None
-    _nested: ClassVar[dict[str, Any]] = {"approvals": [ApprovalRequest]}
 
 
 @dataclass(repr=False)
@@ -409,12 +411,8 @@ class AuditEvent(Model):
 
 
 @dataclass(repr=False)
-class AuditEventList(Model):
+class AuditEventList(Page):
     events: list[AuditEvent] = field(default_factory=list)
-    total: int = 0
-    next: str | None = None
-    previous: str | None = None
-    _nested: ClassVar[dict[str, Any]] = {"events": [AuditEvent]}
 
 
 @dataclass(repr=False)
