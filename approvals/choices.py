@@ -22,8 +22,8 @@ class ApprovalKind(models.TextChoices):
 # Action types only the server opens (ApprovalOrigin.SYSTEM) and only the server consumes.
 # Asking for one through a public route is a 400 naming `action_type` (or `payload` when its
 # "action" names one). A feature that gates an action on an approval adds its type here:
-# egress grants will.
-RESERVED_ACTION_TYPES: frozenset[str] = frozenset({"apply_playbook"})
+# egress requests did (egress.choices.GRANT_ACTION).
+RESERVED_ACTION_TYPES: frozenset[str] = frozenset({"apply_playbook", "egress_grant"})
 
 
 def is_reserved_action(value) -> bool:

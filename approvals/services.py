@@ -134,7 +134,7 @@ def create_request(
 
 
 def create_system_request(
-    user, *, action_type: str, prompt: str, payload: dict, context: str = ""
+    user, *, action_type: str, prompt: str, payload: dict, context: str = "", sandbox=None
 ) -> ApprovalRequest:
     """The server asks an operator before an action it is about to take for `user` (an apply):
     origin=system, so consume() accepts it for a reserved action. Never reached from a public
@@ -148,6 +148,7 @@ def create_system_request(
         action_type=action_type,
         payload=payload,
         context=context,
+        sandbox=sandbox,
     )
 
 
@@ -227,6 +228,7 @@ def decide(user, request_id, *, approve: bool, reason: str = "") -> ApprovalRequ
         ).update(status=status, decided_by=user, decided_at=now, reason=reason)
         if won:
             req.refresh_from_db()
+            hooks.approval_decided(req)
             _announce(
                 req,
                 status,

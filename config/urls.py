@@ -8,6 +8,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("v1/", include("sandboxes.api.urls")),
     path("v1/", include("playbooks.api.urls")),
+    path("v1/", include("egress.api.urls")),
     path("v1/", include("audit.api.urls")),
     path("", include("terminals.api.urls")),
     path("v1/", include("approvals.api.urls")),

@@ -27,3 +27,9 @@ visible_sandboxes = Hook(
     "visible_sandboxes(user): the queryset of the sandboxes `user` may see (its own, or all "
     "for staff); filled by the sandboxes app with sandboxes.services.visible_sandboxes.",
 )
+
+approval_decided = Hook(
+    "approval_decided",
+    "approval_decided(request): called inside the transaction that approved or denied an "
+    "approval request; filled by the egress app (an approved egress request becomes a grant).",
+)

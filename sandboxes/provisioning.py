@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 from core.conf import vsb
+from egress import services as egress
 
 from . import lifecycle, services
 from .choices import NetworkMode, SandboxState, SourceKind
@@ -81,8 +82,15 @@ def clone_spec(sandbox: Sandbox) -> CloneSpec:
                 f"vsb.instance={sandbox.id}"
             ).strip()
     if sandbox.network_mode == NetworkMode.PORT_FORWARD:
+        # The guest's one way out: the host's egress proxy, through a relay QEMU spawns per
+        # connection to the proxy's address (docs/egress.md); the guest learns it at boot.
+        relay = egress.relay_argv(sandbox)
+        if relay and cmdline:
+            cmdline += f" vsb.proxy={egress.GUEST_PROXY_URL}"
         network = PortForward(
-            host_port=sandbox.ssh_port, bind_address=sandbox.ssh_host or "127.0.0.1"
+            host_port=sandbox.ssh_port,
+            bind_address=sandbox.ssh_host or "127.0.0.1",
+            egress_relay=relay,
         )
     else:
         network = LibvirtNetwork(

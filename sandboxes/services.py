@@ -27,6 +27,7 @@ from audit.chain import sha256_text
 from core import queues, wakeups
 from core.conf import vsb
 from core.errors import Conflict, InvalidInput, NotFound, OperationTimeout, Unavailable
+from egress import services as egress
 
 from . import lifecycle, tasks
 from .choices import (
@@ -311,6 +312,7 @@ def create_sandbox(
     memory_mb: int | None = None,
     ttl_seconds: int | None = None,
     auto_start: bool = True,
+    egress_allow=(),
 ) -> Operation:
     """Register a sandbox and enqueue its creation on the chosen host. Returns the create
     Operation; its sandbox is in `requested` until the worker picks it up. With
@@ -335,6 +337,7 @@ def create_sandbox(
         )
     sizes = validate_sizes(vcpus, memory_mb, ttl_seconds)
     ttl_seconds = sizes["ttl_seconds"]
+    egress_rules = egress.create_rules(owner, egress_allow)
     host = choose_host(source, only=forked_from.sandbox.host if forked_from else None)
     mode = vsb("NETWORK_MODE")
     for _ in range(5):
@@ -358,6 +361,7 @@ def create_sandbox(
                     workdir=f"{vsb('SANDBOX_DIR').rstrip('/')}/sbx-{sandbox_id.hex[:8]}",
                     forked_from=forked_from,
                 )
+                egress.save_create_rules(sandbox, egress_rules, owner)
                 op = new_operation(
                     OperationKind.CREATE,
                     sandbox,

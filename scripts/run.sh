@@ -39,16 +39,20 @@ KEY=$("$PY" manage.py create_agent demo-agent --key-name quickstart --revoke-oth
 DAPHNE=("$VENV/bin/daphne" -b "$VSB_BIND" -p "$VSB_PORT" config.asgi:application)
 WORKER=("$VENV/bin/celery" -A config worker -Q "kvm.$HOST_NAME,control" -B -P threads -c 8
         --hostname "kvm-$HOST_NAME@%h" --schedule "$VSB_DATA_DIR/celerybeat-schedule" -l INFO)
+# The guests' one way out, on the policy's terms (docs/egress.md): one per KVM host.
+EGRESS=("$PY" manage.py egress_proxy)
 
 if [ "${1:-}" = "--foreground" ]; then
   trap 'kill 0' EXIT
   "${WORKER[@]}" &
   "${DAPHNE[@]}" &
+  "${EGRESS[@]}" &
   wait
   exit
 fi
 nohup "${DAPHNE[@]}" >"$LOG/daphne.log" 2>&1 & echo $! > "$VSB_DATA_DIR/daphne.pid"
 nohup "${WORKER[@]}" >"$LOG/worker.log" 2>&1 & echo $! > "$VSB_DATA_DIR/worker.pid"
+nohup "${EGRESS[@]}" >"$LOG/egress.log" 2>&1 & echo $! > "$VSB_DATA_DIR/egress.pid"
 
 URL="http://$VSB_BIND:$VSB_PORT"
 for _ in $(seq 1 100); do
@@ -61,7 +65,7 @@ cat <<MSG
   virsh-sandbox is running.
     API        $URL/v1/   (docs: $URL/api/docs/)
     admin      $URL/admin/  user admin, password in $VSB_DATA_DIR/admin-password
-    logs       $LOG/daphne.log  $LOG/worker.log
+    logs       $LOG/daphne.log  $LOG/worker.log  $LOG/egress.log
     stop       scripts/stop.sh
 
   Agent API key (demo-agent):

@@ -13,6 +13,20 @@ want_pg=0
 if [ -c /dev/kvm ] && [ "$(stat -c %G:%a /dev/kvm)" != "kvm:660" ]; then
   chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
 fi
+# The egress relay (docs/egress.md "Why QEMU runs without its seccomp filter"): QEMU spawns it
+# for each guest connection to the proxy address, and libvirt's default seccomp filter for
+# QEMU (spawn=deny) kills QEMU when it does. VSB_EGRESS=off keeps the filter (and no egress).
+qemu_conf=/etc/libvirt/qemu.conf
+case "${VSB_EGRESS:-on}" in off | false | 0) egress=0 ;; *) egress=1 ;; esac
+if [ "$egress" = 1 ] && [ -f "$qemu_conf" ] && ! grep -qx 'seccomp_sandbox = 0' "$qemu_conf"; then
+  say "qemu.conf: seccomp_sandbox = 0 (QEMU spawns the egress relay; docs/egress.md)"
+  printf '\n# virsh-sandbox: QEMU spawns the egress relay per guest connection (docs/egress.md).\nseccomp_sandbox = 0\n' >>"$qemu_conf"
+  if pgrep -x libvirtd >/dev/null; then
+    say "restarting libvirtd to read qemu.conf (running domains keep running)"
+    pkill -x libvirtd
+    for _ in $(seq 1 50); do pgrep -x libvirtd >/dev/null || break; sleep 0.1; done
+  fi
+fi
 if ! pgrep -x virtlogd >/dev/null; then
   say "starting virtlogd"; virtlogd -d
 fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Stops the daphne server and the worker started by scripts/run.sh.
+# Stops the daphne server, the worker and the egress proxy started by scripts/run.sh.
 source "$(dirname "$0")/lib.sh"
-for name in daphne worker; do
+for name in daphne worker egress; do
   pidfile="$VSB_DATA_DIR/$name.pid"
   [ -f "$pidfile" ] || continue
   pid=$(cat "$pidfile")

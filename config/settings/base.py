@@ -101,6 +101,7 @@ INSTALLED_APPS = [
     "audit",
     "accounts",
     "approvals",
+    "egress",
     "sandboxes",
     "playbooks",
     "terminals",
@@ -354,6 +355,36 @@ VSB.update(
         "ANSIBLE_USER": env.str("VSB_ANSIBLE_USER", default="vsb-ansible"),
         "ANSIBLE_RUN_DIR": env.str("VSB_ANSIBLE_RUN_DIR", default="/run/virsh-sandbox/ansible"),
         "ANSIBLE_HIDE": env.list("VSB_ANSIBLE_HIDE", default=[]),
+    }
+)
+
+# --- Egress (egress app, docs/egress.md) ---------------------------------------------------
+# Guests reach the network only through the KVM host's egress proxy, by host name, on the
+# policy's terms; loopback, private and link-local addresses and the host's own are always
+# denied after name resolution.
+VSB.update(
+    {
+        "EGRESS_ENABLED": env.bool("VSB_EGRESS", default=True),
+        # The proxy's unix socket (<host name>.sock) and the relay QEMU runs per connection:
+        # both must be reachable by the libvirt-qemu user.
+        "EGRESS_DIR": env.str("VSB_EGRESS_DIR", default=str(DATA_DIR / "egress")),
+        "EGRESS_RELAY_PYTHON": env.str("VSB_EGRESS_RELAY_PYTHON", default="/usr/bin/python3"),
+        # Allowed for every sandbox: the Debian mirrors the host's own apt sources name (read
+        # at run time), plus these `host[:port]` entries (e.g. a PyPI mirror).
+        "EGRESS_HOST_MIRRORS": env.bool("VSB_EGRESS_HOST_MIRRORS", default=True),
+        "EGRESS_ALLOW": env.list("VSB_EGRESS_ALLOW", default=[]),
+        # What an agent may add at create without an operator (`egress_allow`); the rest goes
+        # through POST /v1/sandboxes/{id}/egress/requests and an approval.
+        "EGRESS_SELF_SERVICE": env.list("VSB_EGRESS_SELF_SERVICE", default=[]),
+        # `ip:port` pairs the always-denied set lets through (a private registry you vouch for).
+        "EGRESS_EXEMPT": env.list("VSB_EGRESS_EXEMPT", default=[]),
+        **vsb_ints(
+            EGRESS_GRANT_DEFAULT_TTL_SECONDS=3600,
+            EGRESS_GRANT_MAX_TTL_SECONDS=24 * 3600,
+            EGRESS_MAX_RULES=64,
+            EGRESS_MAX_CONNECTIONS=512,
+            EGRESS_MAX_CONNECTIONS_PER_SANDBOX=64,
+        ),
     }
 )
 

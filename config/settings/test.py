@@ -21,6 +21,10 @@ CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = REDIS_URL
 CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [{"address": REDIS_URL, "socket_timeout": None}]
 
+# The port of the tests' loopback HTTP server that guests reach through the egress proxy: the
+# last of the test host's port range (sandbox SSH forwards take the others first).
+EGRESS_TEST_SERVER_PORT = int(env.str("VSB_PORT_RANGE", default="43000-43999").split("-")[1])
+
 VSB.update(
     {
         "DRIVER": env.str("VSB_DRIVER", default="fake"),
@@ -38,5 +42,13 @@ VSB.update(
         "PORT_RANGE": tuple(
             int(p) for p in env.str("VSB_PORT_RANGE", default="43000-43999").split("-")
         ),
+        "EGRESS_DIR": env.str(
+            "VSB_EGRESS_DIR",
+            default=f"/var/lib/virsh-sandbox/egress-{env.str('VSB_HOST_NAME', default='testhost')}",
+        ),
+        # The one exemption from the always-denied set the tests need: their own HTTP server
+        # on loopback, which guests reach by a name through the proxy (tests/egress). A test
+        # proves the default settings deny it.
+        "EGRESS_EXEMPT": [f"127.0.0.1:{EGRESS_TEST_SERVER_PORT}"],
     }
 )

@@ -62,6 +62,11 @@ class CreateSandboxSerializer(StrictInputSerializer):
     ttl_seconds = serializers.IntegerField(required=False, allow_null=True, default=None)
     auto_start = serializers.BooleanField(required=False, default=True)
     wait_for_ip = serializers.BooleanField(required=False, default=False)
+    # `host[:port]` entries the guest may reach through the egress proxy on top of the
+    # defaults (docs/egress.md); an agent names only self-service ones.
+    egress_allow = serializers.ListField(
+        child=serializers.CharField(max_length=300), required=False, default=list, max_length=64
+    )
 
 
 class SnapshotSerializer(AnswerSerializer):

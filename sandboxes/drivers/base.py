@@ -57,6 +57,13 @@ class PortForward:
     host_port: int
     bind_address: str = "127.0.0.1"
     guest_port: int = 22
+    # The one exception to restrict=on: a guest connection to EGRESS_ADDRESS:EGRESS_PORT runs
+    # this command (argv) with the connection as its stdin/stdout: the egress relay.
+    egress_relay: tuple[str, ...] | None = None
+
+
+# Where a guest reaches the egress relay (inside QEMU's user network, never on a real one).
+EGRESS_ADDRESS, EGRESS_PORT = "10.0.2.100", 3128
 
 
 @dataclass(frozen=True)

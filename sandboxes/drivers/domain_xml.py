@@ -14,7 +14,7 @@ import re
 import secrets
 import xml.etree.ElementTree as ET
 
-from .base import CloneSpec, LibvirtNetwork, PortForward
+from .base import EGRESS_ADDRESS, EGRESS_PORT, CloneSpec, LibvirtNetwork, PortForward
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 TAGS_NS = "urn:virsh-sandbox:tags:1"
@@ -163,11 +163,25 @@ def _port_forward(root: ET.Element, fwd: PortForward, mac: str, name: str) -> No
     cmd = ET.SubElement(root, "qemu:commandline")
     # restrict=on: the guest reaches nothing, not even the host; only the forward comes in.
     netdev = f"user,id=vmnet0,restrict=on,hostfwd=tcp:{bind}:{fwd.host_port}-:{fwd.guest_port}"
+    if fwd.egress_relay:
+        netdev += f",guestfwd=tcp:{EGRESS_ADDRESS}:{EGRESS_PORT}-cmd:{_relay_command(fwd, name)}"
     # An explicit bus/addr: without one QEMU takes slot 2, which libvirt already gave to
     # virtio-serial (recipe §2).
     device = f"virtio-net-pci,netdev=vmnet0,bus=pcie.0,addr=0x10,mac={mac}"
     for value in ("-netdev", netdev, "-device", device):
         ET.SubElement(cmd, "qemu:arg", value=value)
+
+
+# What QEMU may be handed as one argument of the relay command: it splits the command like a
+# shell would (no shell runs), and a comma would end the -netdev option.
+_RELAY_ARG_RE = re.compile(r"^[A-Za-z0-9_./:=@+-]+$")
+
+
+def _relay_command(fwd: PortForward, name: str) -> str:
+    for arg in fwd.egress_relay:
+        if not isinstance(arg, str) or not _RELAY_ARG_RE.match(arg):
+            raise ValueError(f"{name}: egress relay argument {arg!r} is not a plain word")
+    return " ".join(fwd.egress_relay)
 
 
 # ---- reading libvirt's XML back -------------------------------------------------------------

@@ -16,7 +16,17 @@ ROOT = Path(__file__).resolve().parents[2]
 # The apps in import order: each may import only those before it. `config` (settings, URLs,
 # the Celery app, ASGI) is the project itself, on top: it may import any app (it is not
 # scanned), and no app imports it.
-APPS = ["core", "diffing", "audit", "accounts", "approvals", "sandboxes", "playbooks", "terminals"]
+APPS = [
+    "core",
+    "diffing",
+    "audit",
+    "accounts",
+    "approvals",
+    "egress",
+    "sandboxes",
+    "playbooks",
+    "terminals",
+]
 ORDER = [*APPS, "config"]
 
 

@@ -78,6 +78,12 @@ def register_image_and_agents(blocker) -> dict[str, str]:
     return keys
 
 
+def egress_socket() -> str:
+    from egress import services
+
+    return str(services.socket_path(settings.VSB["HOST_NAME"]))
+
+
 @pytest.fixture(scope="module")
 def e2e_stack(django_db_setup, django_db_blocker):
     """A worker (libvirt driver) and a daphne server on the test database, plus an agent
@@ -92,12 +98,16 @@ def e2e_stack(django_db_setup, django_db_blocker):
         "VSB_READY_TIMEOUT_SECONDS": "120",
     }
     worker, web, url = stack.start_servers(**env)
+    egress = stack.egress_proxy(**env)
+    egress.start()
     handle = None
     try:
         stack.wait_for_servers(django_db_blocker, worker, web, url)
+        stack.wait_for_socket(egress, egress_socket())
         handle = E2EStack(
             worker=worker,
             web=web,
+            egress=egress,
             alice=stack.Api(url, users["e2e-alice"]),
             bob=stack.Api(url, users["e2e-bob"]),
             anonymous=stack.Api(url, None),
@@ -107,6 +117,7 @@ def e2e_stack(django_db_setup, django_db_blocker):
         yield handle
     finally:
         web.stop()
+        egress.stop()
         # A test may have replaced the worker (restart after SIGKILL): stop the current one.
         (handle.worker if handle else worker).stop()
         leftovers = sweep_test_domains()
@@ -135,3 +146,22 @@ class E2EStack:
         self.worker.start()
         with self.blocker.unblock():
             stack.wait_for_heartbeat(self.worker)
+
+
+def api_user(e2e_stack, username: str, codenames: list[str]) -> stack.Api:
+    """A staff user holding the named permissions, with an API key, as an HTTP client."""
+    from django.contrib.auth.models import Permission, User
+
+    from accounts import services as accounts
+
+    with e2e_stack.blocker.unblock():
+        user, _ = User.objects.get_or_create(username=username, is_staff=True)
+        user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+        key = accounts.create_api_key(user, "e2e")[1]
+    return stack.Api(e2e_stack.alice.base_url, key)
+
+
+@pytest.fixture(scope="module")
+def decider(e2e_stack):
+    """An operator who decides approvals (nobody decides a request they asked)."""
+    return api_user(e2e_stack, "e2e-dora", ["decide_approvalrequest"])

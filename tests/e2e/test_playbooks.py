@@ -18,6 +18,7 @@ import uuid
 import pytest
 import yaml
 
+from .conftest import api_user
 from .test_snapshots import build_deb
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
@@ -201,33 +202,14 @@ def test_playbook_errors_are_4xx_naming_the_field(e2e_stack, changed):
     assert status == 404
 
 
-def _api_user(e2e_stack, username: str, codenames: list[str]):
-    from django.contrib.auth.models import Permission, User
-
-    from accounts import services as accounts
-    from tests.support import stack
-
-    with e2e_stack.blocker.unblock():
-        user, _ = User.objects.get_or_create(username=username, is_staff=True)
-        user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
-        key = accounts.create_api_key(user, "e2e")[1]
-    return stack.Api(e2e_stack.alice.base_url, key)
-
-
 @pytest.fixture(scope="module")
 def operator(e2e_stack):
     """An operator who may register targets, run playbooks against them and edit playbooks."""
-    return _api_user(
+    return api_user(
         e2e_stack,
         "e2e-olga",
         ["view_inventory", "add_inventory", "run_inventory", "change_playbook"],
     )
-
-
-@pytest.fixture(scope="module")
-def decider(e2e_stack):
-    """Another operator, who decides approvals (nobody decides a request they asked)."""
-    return _api_user(e2e_stack, "e2e-dora", ["decide_approvalrequest"])
 
 
 @pytest.fixture(scope="module")

@@ -151,6 +151,12 @@ def worker(**env: str) -> Proc:
     )
 
 
+def egress_proxy(**env: str) -> Proc:
+    """The test host's egress proxy (manage.py egress_proxy): guests of the e2e ring reach
+    the network only through it, as in production."""
+    return Proc("egress", [sys.executable, "manage.py", "egress_proxy"], stack_env(**env))
+
+
 def wait_for_heartbeat(proc: Proc, timeout: float = 60) -> None:
     """Until the worker has registered its host (worker_ready ran)."""
     from sandboxes.models import Host
@@ -188,6 +194,21 @@ def wait_for_http(url: str, proc: Proc, timeout: float = 30) -> None:
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"{url} did not answer:\n{proc.log_tail()}")
+
+
+def wait_for_socket(proc: Proc, path: str, timeout: float = 30) -> None:
+    """Until `proc` accepts connections on the unix socket at `path`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited early:\n{proc.log_tail()}")
+        with socket.socket(socket.AF_UNIX) as sock:
+            try:
+                sock.connect(path)
+                return
+            except OSError:
+                time.sleep(0.1)
+    raise RuntimeError(f"{proc.name} did not listen on {path}:\n{proc.log_tail()}")
 
 
 def start_servers(**env: str) -> tuple[Proc, Proc, str]:
