@@ -7,20 +7,27 @@
 #
 # Output: $CACHE_DIR/debian-12-<KEY>/{base.qcow2,vmlinuz,initrd.img,
 # initrd-debian.img,manifest.json}. KEY is the first 16 hex digits of the
-# sha256 of the `sha256sum` listing of this script and every file under
-# scripts/guest/ (see image_key). A directory with a manifest.json is complete:
-# it is created under a temporary name and renamed into place at the very end.
+# sha256 of the `sha256sum` listing of this script, every file under
+# scripts/guest/ and the guest's apt sources.list (see image_key). A directory
+# with a manifest.json is complete: it is created under a temporary name and
+# renamed into place at the very end.
 # The last line on stdout is the absolute output directory; progress goes to
 # stderr. See docs/guest-image.md.
+#
+# The Debian mirror is the KVM host's own: debootstrap uses the first Debian
+# mirror of the host's apt sources (VSB_DEBIAN_MIRROR overrides it) and the
+# guest's /etc/apt/sources.list gets the host's Debian entries, both read by
+# core/hostapt.py (vendors' repositories on the host are left out).
 set -euo pipefail
 umask 022
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 GUEST_DIR=$SCRIPT_DIR/guest
 SUITE=bookworm
-MIRROR=${VSB_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 IMAGE_SIZE_MB=2048
-PACKAGES=systemd-sysv,udev,kmod,openssh-server,qemu-guest-agent,iproute2,busybox-static,python3,python3-apt
+# ca-certificates: the guest's egress is an HTTP proxy without TLS interception,
+# so https (apt, pip, git, curl) verifies the origin's certificate in the guest.
+PACKAGES=systemd-sysv,udev,kmod,openssh-server,qemu-guest-agent,iproute2,busybox-static,python3,python3-apt,ca-certificates
 FAST_CMDLINE="root=/dev/vda rw console=ttyS0 quiet init=/usr/local/lib/vmfast/init"
 SYSTEMD_CMDLINE="root=/dev/vda rw console=ttyS0 quiet"
 # Modules the tiny initramfs insmods (plus their dependencies, minus built-ins).
@@ -80,17 +87,30 @@ die() {
 	exit 1
 }
 
+# The guest's /etc/apt/sources.list: the host's Debian entries, or the override
+# mirror alone when the host has none.
+hostapt() { python3 -I "$SCRIPT_DIR/../core/hostapt.py" "$@"; }
+GUEST_SOURCES=$(hostapt sources-list "$SUITE") || GUEST_SOURCES=
+if [[ -z $GUEST_SOURCES && -n ${VSB_DEBIAN_MIRROR:-} ]]; then
+	GUEST_SOURCES="deb $VSB_DEBIAN_MIRROR $SUITE main"
+fi
+
 # The `sha256sum` listing of the script and scripts/guest/** (paths relative to
-# scripts/, sorted bytewise); KEY = its sha256, first 16 hex digits. Python:
+# scripts/, sorted bytewise), then a line for the guest's sources.list; KEY =
+# its sha256, first 16 hex digits. Python:
 #   files = ["build-guest-image.sh"] + sorted(p.relative_to(scripts).as_posix()
 #            for p in (scripts / "guest").rglob("*") if p.is_file())
 #   listing = "".join(f"{sha256(read(f))}  {f}\n" for f in files)
+#   listing += f"{sha256((guest_sources + '\n').encode())}  -\n"
 #   key = sha256(listing.encode()).hexdigest()[:16]
 image_key() {
 	local files
 	cd "$SCRIPT_DIR"
 	mapfile -t files < <(find guest -type f | LC_ALL=C sort)
-	sha256sum build-guest-image.sh "${files[@]}" | sha256sum | cut -c1-16
+	{
+		sha256sum build-guest-image.sh "${files[@]}"
+		printf '%s\n' "$GUEST_SOURCES" | sha256sum
+	} | sha256sum | cut -c1-16
 }
 
 KEY=$(image_key)
@@ -114,6 +134,9 @@ if complete; then
 fi
 
 [[ $EUID -eq 0 ]] || die "must run as root (debootstrap, chroot, mknod)"
+MIRROR=${VSB_DEBIAN_MIRROR:-$(hostapt mirror "$SUITE")} ||
+	die "no Debian mirror in the host's apt sources: set VSB_DEBIAN_MIRROR"
+[[ -n $GUEST_SOURCES ]] || die "no Debian entry in the host's apt sources for the guest"
 for tool in debootstrap chroot mke2fs qemu-img cpio gzip flock sha256sum; do
 	command -v "$tool" >/dev/null || die "missing tool: $tool"
 done
@@ -247,7 +270,7 @@ echo sandbox >"$R/etc/hostname"
 printf '127.0.0.1\tlocalhost\n127.0.1.1\tsandbox\n' >"$R/etc/hosts"
 printf '/dev/vda\t/\text4\trw,relatime\t0\t0\n' >"$R/etc/fstab"
 rm -f "$R/etc/resolv.conf" && : >"$R/etc/resolv.conf"
-: >"$R/etc/apt/sources.list"
+printf '%s\n' "$GUEST_SOURCES" >"$R/etc/apt/sources.list"
 rm -f "$R/etc/apt/sources.list.d/"*
 : >"$R/etc/machine-id"
 rm -f "$R/var/lib/dbus/machine-id"

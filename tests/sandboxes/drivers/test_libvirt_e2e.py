@@ -209,3 +209,72 @@ def console(spec: CloneSpec) -> str:
         return Path(spec.workdir, "console.log").read_text(errors="replace")[-2000:]
     except OSError as exc:
         return f"(no console log: {exc})"
+
+
+def test_the_guest_learns_the_egress_proxy_from_its_cmdline_in_systemd_mode(
+    system_driver, area, cleanup
+):
+    """vsb.proxy= reaches every SSH session (pam_env reads /etc/environment) and apt; the
+    guest's apt sources are the host's Debian ones. Nothing is fetched: the guest stays
+    restricted, only its settings are read."""
+    from core.hostapt import guest_sources_list
+    from sandboxes.remote import ssh
+    from sandboxes.remote.ca import CertificateAuthority
+
+    image = guest_image()
+    assert image is not None, "no guest image: run scripts/build-guest-image.sh"
+    manifest = json.loads((image / "manifest.json").read_text())
+    ca = CertificateAuthority(str(area / "ca" / "ca_key"))
+    ca.ensure()
+    ca_type, ca_b64 = ca.public_key_line().split()[:2]
+    proxy = "http://10.0.2.100:3128"
+    spec = spec_for(
+        area,
+        image / "base.qcow2",
+        kernel=str(image / "vmlinuz"),
+        initrd=str(image / "initrd.img"),
+        cmdline=f"{manifest['systemd_cmdline']} vsb.ca={ca_type}:{ca_b64} "
+        f"vsb.principals=proxytest vsb.proxy={proxy}",
+    )
+    cleanup.append((spec.name, spec.workdir))
+    system_driver.clone(spec)
+    system_driver.start(spec.name)
+    credential = ca.issue(["proxytest"])
+    deadline = time.monotonic() + 240
+    client = None
+    while client is None:
+        assert time.monotonic() < deadline, "no SSH login within 240 s:\n" + console(spec)
+        if ssh.probe_ssh_banner("127.0.0.1", spec.network.host_port, timeout=1):
+            try:
+                client = ssh.connect(
+                    ssh.SSHTarget("127.0.0.1", spec.network.host_port), credential, timeout=10
+                )
+            except ssh.RemoteError:
+                pass
+        time.sleep(0.5)
+    try:
+        script = (
+            "cat /etc/environment; echo ===; cat /etc/apt/apt.conf.d/80vsb-proxy; echo ===; "
+            "env; echo ===; apt-config dump | grep -i '::proxy'; echo ===; "
+            "python3 -c 'import urllib.request as u; print(sorted(u.getproxies().items()))'; "
+            "echo ===; cat /etc/apt/sources.list; echo ===; "
+            "test -s /etc/ssl/certs/ca-certificates.crt && echo ca-ok; "
+            "ps -o comm= -p 1"
+        )
+        result = ssh.run(client, script, timeout=60)
+    finally:
+        client.close()
+    out = result.stdout.decode()
+    print("\n" + out)
+    assert result.exit_code == 0, result.stderr
+    etc_env, apt_file, env, apt_dump, pyproxies, sources, tail = out.split("===\n")
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        assert f"{var}={proxy}\n" in etc_env
+        assert f"{var}={proxy}\n" in env  # an SSH exec session sees it
+    assert "no_proxy=localhost,127.0.0.1,::1\n" in env
+    assert f'Acquire::http::Proxy "{proxy}";' in apt_file
+    assert f'Acquire::https::Proxy "{proxy}";' in apt_file
+    assert f'Acquire::http::Proxy "{proxy}";' in apt_dump
+    assert f"('https', '{proxy}')" in pyproxies  # what pip's requests asks
+    assert sources == guest_sources_list("bookworm")
+    assert tail.split() == ["ca-ok", "systemd"]
