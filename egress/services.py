@@ -215,6 +215,31 @@ def save_create_rules(sandbox, rules: list[Rule], user) -> None:
         )
 
 
+def copy_rules(origin, replica, user) -> None:
+    """A replay replica reaches what its origin may (rules in force now, same expiry), so a
+    playbook that installs from the network replays behind the same policy."""
+    rows = list(own_rules(origin.pk))
+    for row in rows:
+        EgressRule.objects.create(
+            sandbox=replica,
+            pattern=row.pattern,
+            port=row.port,
+            source=row.source,
+            reason=f"as {origin.name}: {row.reason}"[:2000],
+            created_by=row.created_by,
+            expires_at=row.expires_at,
+        )
+    if rows:
+        audit.record(
+            "egress.rules_copied",
+            user=user,
+            target=replica,
+            sandbox_id=replica.pk,
+            agent=replica.agent_id,
+            data={"from": str(origin.pk), "rules": [str(row.rule) for row in rows]},
+        )
+
+
 # ---- egress requests and grants --------------------------------------------------------------
 
 

@@ -257,7 +257,10 @@ def generate(
             )
         tasks.append({"name": f"User {u['name']}", "ansible.builtin.user": args})
 
-    # Packages: from the .deb the agent used when there is one, else from the repositories.
+    # Packages: from the .deb the agent used when there is one, else from the repositories
+    # (through the egress proxy, docs/egress.md): those in one apt task, pinned to the
+    # versions the agent got, after refreshing a cache a fresh machine does not have yet.
+    first_package_task, from_repositories = len(tasks), []
     for pkg in packages.get("installed", []) + packages.get("upgraded", []):
         name = pkg["name"]
         version = pkg.get("version") or pkg.get("new_version")
@@ -287,12 +290,20 @@ def generate(
                 }
             )
         else:
-            tasks.append(
-                {
-                    "name": f"Package {name} {version}",
-                    "ansible.builtin.apt": {"name": f"{name}={version}", "state": PRESENT},
-                }
-            )
+            from_repositories.append(f"{name}={version}")
+    if from_repositories:
+        tasks.insert(
+            first_package_task,
+            {
+                "name": "Packages from the repositories",
+                "ansible.builtin.apt": {
+                    "name": from_repositories,
+                    "state": PRESENT,
+                    "update_cache": True,
+                    "cache_valid_time": 3600,
+                },
+            },
+        )
     for pkg in packages.get("removed", []):
         if not _valid_package(pkg["name"], pkg.get("version") or "0", out):
             continue

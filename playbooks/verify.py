@@ -10,6 +10,7 @@ import logging
 from django.utils import timezone
 
 from core import queues
+from egress import services as egress
 from sandboxes import provisioning, services
 from sandboxes.choices import OperationStatus, SandboxState
 from sandboxes.models import Operation, Sandbox
@@ -75,6 +76,7 @@ def step(task, op: Operation) -> None:
             agent_id=f"verify:{origin.agent_id}"[:200],
             ttl_seconds=3 * 3600,
         )
+        egress.copy_rules(origin, create.sandbox, op.requested_by or origin.owner)
         _save(op, replica_id=str(create.sandbox_id), replica=create.sandbox.name)
         services.report_progress(
             op.pk, 10, f"replica {create.sandbox.name} booting at {playbook.from_name}"

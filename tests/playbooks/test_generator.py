@@ -218,9 +218,11 @@ def test_each_kind_of_change_becomes_its_module():
     assert (
         tasks["Package file vsb-hello.deb"]["ansible.builtin.copy"]["dest"] == "/root/vsb-hello.deb"
     )
-    assert tasks["Package jq 1.6-2.1"]["ansible.builtin.apt"] == {
-        "name": "jq=1.6-2.1",
+    assert tasks["Packages from the repositories"]["ansible.builtin.apt"] == {
+        "name": ["jq=1.6-2.1"],
         "state": "present",
+        "update_cache": True,
+        "cache_valid_time": 3600,
     }
     assert tasks["Remove package nano"]["ansible.builtin.apt"]["state"] == "absent"
     assert tasks["Enable app.service"]["ansible.builtin.systemd_service"] == {
@@ -304,7 +306,12 @@ def test_only_tasks_that_need_an_earlier_change_tolerate_a_dry_run():
         "Enable app.service",
     } <= tolerant
     assert (
-        not {"Write /etc/app.conf", "Group dave", "Package jq 1.6-2.1", "Remove /etc/motd"}
+        not {
+            "Write /etc/app.conf",
+            "Group dave",
+            "Packages from the repositories",
+            "Remove /etc/motd",
+        }
         & tolerant
     )
 
