@@ -278,6 +278,10 @@ class _Proxy:
             self.answer(writer, refusal.status, refusal.message)
         except (OSError, EOFError, TimeoutError) as exc:
             record.error = record.error or f"{type(exc).__name__}: {exc}".rstrip(": ")
+        except asyncio.CancelledError:
+            # The server is shutting down. Not re-raised: this task ends here anyway, and
+            # Python 3.11's stream callback logs a cancelled handler as an error.
+            record.error = "proxy shut down"
         finally:
             writer.close()  # flushes an answer still buffered, then closes
             record.duration_ms = int((loop.time() - clock) * 1000)

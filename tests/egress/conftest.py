@@ -183,21 +183,25 @@ def make_proxy(tmp_path, upstreams) -> Iterator[Callable[..., Proxy]]:
     yield start
 
     async def stop() -> None:
+        """Let the handlers see their clients go and finish (they report then); cancel only
+        what is still running after that."""
         for server in servers:
             server.close()
         current = asyncio.current_task()
         tasks = [task for task in asyncio.all_tasks() if task is not current]
+        if tasks:
+            await asyncio.wait(tasks, timeout=TIMEOUT / 2)
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
+    for proxy in proxies:
+        for sock in proxy.sockets:
+            sock.close()
     asyncio.run_coroutine_threadsafe(stop(), loop).result(TIMEOUT)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(TIMEOUT)
     loop.close()
     for proxy in proxies:
-        for sock in proxy.sockets:
-            sock.close()
         for relay in proxy.relays:
             if relay.poll() is None:
                 relay.kill()
