@@ -259,7 +259,7 @@ class _Proxy:
         try:
             async with asyncio.timeout_at(deadline):
                 match = PREAMBLE.fullmatch(await capped.until(b"\n", PREAMBLE_MAX))
-        except (Refusal, EOFError, TimeoutError, OSError):
+        except (Refusal, EOFError, TimeoutError, OSError, asyncio.CancelledError):
             match = None
         if match is None:
             # Not a relay of ours (the relay always sends it): no sandbox to report it for, and
