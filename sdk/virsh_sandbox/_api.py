@@ -651,7 +651,7 @@ class SandboxAPI(_SubClient):
         for ``ttl_seconds`` (the server's default if not given). With ``wait`` this returns
         once the approval is decided, expired or cancelled (``approval.status`` says which; a
         denial is an answer, not an error), or raises ``WaitTimeout`` after ``timeout``
-        seconds."""
+        seconds (the client's ``wait_timeout`` if not given)."""
         result = EgressRequest.from_dict(
             (
                 yield Call(
@@ -664,7 +664,9 @@ class SandboxAPI(_SubClient):
         )
         if not wait or result.approval is None or not result.approval.is_pending:
             return result
-        result.approval = yield from wait_for_approval(result.approval.id, timeout)
+        result.approval = yield from wait_for_approval(
+            result.approval.id, timeout or self._engine.wait_timeout
+        )
         result.allowed = result.approval.is_approved
         if result.allowed:
             # The grant the approval made, as the policy names it.

@@ -484,6 +484,8 @@ def test_waiting_on_an_approval_gives_up_after_the_timeout(quick_polls):
         client_for(rec).sandbox.request_network_access(SB, "pypi.org", wait=True, timeout=0.3)
     assert time.monotonic() - t0 < 3
     assert f"approval {GRANT_APPROVAL} still pending" in info.value.message
+    with pytest.raises(virsh_sandbox.WaitTimeout):  # no timeout: the client's wait_timeout
+        client_for(rec, wait_timeout=0.3).sandbox.request_network_access(SB, "x.org", wait=True)
     with pytest.raises(virsh_sandbox.WaitTimeout):
         client_for(rec).approvals.wait(GRANT_APPROVAL, timeout=0.3)
 
