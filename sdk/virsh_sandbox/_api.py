@@ -27,6 +27,9 @@ from .models import (
     CommandList,
     CommandResponse,
     Diff,
+    EgressConnectionList,
+    EgressPolicy,
+    EgressRequest,
     FileContent,
     Health,
     Operation,
@@ -96,6 +99,32 @@ class _SubClient:
 # -- operations ---------------------------------------------------------------------------------
 
 
+def poll_until(
+    call: Call,
+    parse: Callable[[Any], Any],
+    done: Callable[[Any], bool],
+    timeout: float | None,
+    still: Callable[[Any], str],
+    on_poll: Callable[[Any], None] | None = None,
+):
+    """Generator: make ``call`` until ``done(parse(answer))``, polling soon at first, then
+    backing off; returns that last state. ``on_poll`` sees each state; ``WaitTimeout`` says
+    ``still(state)`` once ``timeout`` seconds (None: no limit) would pass. The one wait for
+    something the server finishes on its own (operations, approvals)."""
+    deadline = time.monotonic() + timeout if timeout else None
+    delay = POLL_FIRST
+    while True:
+        state = parse((yield call))
+        if on_poll is not None:
+            on_poll(state)
+        if done(state):
+            return state
+        if deadline is not None and time.monotonic() + delay > deadline:
+            raise errors.WaitTimeout(f"{still(state)} after {timeout:.0f} s", code="wait_timeout")
+        yield Sleep(delay)
+        delay = min(POLL_MAX, delay * 1.5)
+
+
 def wait_for_operation(
     operation_id: str,
     timeout: float | None = None,
@@ -104,31 +133,43 @@ def wait_for_operation(
 ):
     """Generator: poll ``GET /v1/operations/{id}`` until it is done (shared by every method
     that waits on a slow step)."""
-    deadline = time.monotonic() + timeout if timeout else None
-    delay = POLL_FIRST
     last = None
-    while True:
-        op = Operation.from_dict(
-            (yield Call("GET", "/v1/operations/{operation_id}", {"operation_id": operation_id}))
-        )
+
+    def report(op: Operation) -> None:
+        nonlocal last
         if on_progress is not None and (op.progress, op.message, op.status) != last:
             last = (op.progress, op.message, op.status)
             on_progress(op)
-        if op.is_done:
-            if raise_on_failure and not op.succeeded:
-                raise errors.OperationFailed(
-                    f"{op.kind} {op.status}: {op.error or op.message or 'no reason given'}",
-                    code=f"operation_{op.status}",
-                    operation=op,
-                )
-            return op
-        if deadline is not None and time.monotonic() + delay > deadline:
-            raise errors.WaitTimeout(
-                f"operation {operation_id} ({op.kind}) still {op.status} after {timeout:.0f} s",
-                code="wait_timeout",
-            )
-        yield Sleep(delay)
-        delay = min(POLL_MAX, delay * 1.5)
+
+    op = yield from poll_until(
+        Call("GET", "/v1/operations/{operation_id}", {"operation_id": operation_id}),
+        Operation.from_dict,
+        lambda op: op.is_done,
+        timeout,
+        lambda op: f"operation {operation_id} ({op.kind}) still {op.status}",
+        report,
+    )
+    if raise_on_failure and not op.succeeded:
+        raise errors.OperationFailed(
+            f"{op.kind} {op.status}: {op.error or op.message or 'no reason given'}",
+            code=f"operation_{op.status}",
+            operation=op,
+        )
+    return op
+
+
+def wait_for_approval(approval_id: str, timeout: float | None = None):
+    """Generator: poll ``GET /v1/approvals/{id}`` until it is no longer pending (approved,
+    denied, expired or cancelled: the server expires it when its time is up)."""
+    return (
+        yield from poll_until(
+            Call("GET", "/v1/approvals/{approval_id}", {"approval_id": approval_id}),
+            ApprovalRequest.from_dict,
+            lambda approval: not approval.is_pending,
+            timeout,
+            lambda approval: f"approval {approval_id} still {approval.status}",
+        )
+    )
 
 
 class OperationsAPI(_SubClient):
@@ -181,6 +222,8 @@ class OperationsAPI(_SubClient):
 
 # -- sandboxes ----------------------------------------------------------------------------------
 
+EGRESS_ROUTE = "/v1/sandboxes/{sandbox_id}/egress"
+
 
 @dataclass
 class StreamEvent:
@@ -212,10 +255,14 @@ class SandboxAPI(_SubClient):
         wait_for_ip: bool | None = None,
         from_sandbox: str | None = None,
         from_snapshot: str | None = None,
+        egress_allow: list[str] | None = None,
     ) -> SandboxResponse:
         """Clone a source VM (or fork another sandbox's snapshot with ``from_sandbox`` +
         ``from_snapshot``). Returns at once with the create operation, or, with
-        ``wait_for_ip=True``, once the sandbox is ready and SSH answers."""
+        ``wait_for_ip=True``, once the sandbox is ready and SSH answers. ``egress_allow``
+        (``host[:port]`` entries) opens more of the network than the defaults from the
+        start; an agent may name only what the operator made self-service, anything else
+        goes through ``request_network_access``."""
         body = _body(
             # What to clone, for whom, how big, and when to return.
             source_vm_name=source_vm_name,
@@ -227,6 +274,8 @@ class SandboxAPI(_SubClient):
             ttl_seconds=ttl_seconds,
             auto_start=auto_start,
             wait_for_ip=wait_for_ip,
+            # What the guest may reach beyond the defaults.
+            egress_allow=list(egress_allow) if egress_allow else None,
         )
         timeout = self._engine.wait_timeout if wait_for_ip else None
         return SandboxResponse.from_dict(
@@ -573,6 +622,76 @@ class SandboxAPI(_SubClient):
     diff = get_diff
     # The original SDK's name.
     diff_snapshots = get_diff
+
+    # ---- network: the guest reaches out only through the host's egress proxy
+
+    def _egress_policy(self, sandbox_id: str):
+        return EgressPolicy.from_dict((yield Call("GET", EGRESS_ROUTE, {"sandbox_id": sandbox_id})))
+
+    @operation
+    def get_egress_policy(self, sandbox_id: str) -> EgressPolicy:
+        """What the guest may reach: every rule in force (host mirrors, settings, the
+        create's entries, unexpired grants) and the networks no rule opens."""
+        return (yield from self._egress_policy(sandbox_id))
+
+    @operation
+    def request_network_access(
+        self,
+        sandbox_id: str,
+        host: str,
+        port: int = 443,
+        *,
+        reason: str | None = None,
+        ttl_seconds: int | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> EgressRequest:
+        """Ask for ``host:port``. Already allowed: ``allowed`` and the ``rule``. Else an
+        operator decides the returned ``approval``; once approved the grant is live at once,
+        for ``ttl_seconds`` (the server's default if not given). With ``wait`` this returns
+        once the approval is decided, expired or cancelled (``approval.status`` says which; a
+        denial is an answer, not an error), or raises ``WaitTimeout`` after ``timeout``
+        seconds (the client's ``wait_timeout`` if not given)."""
+        result = EgressRequest.from_dict(
+            (
+                yield Call(
+                    "POST",
+                    EGRESS_ROUTE + "/requests",
+                    {"sandbox_id": sandbox_id},
+                    json=_body(host=host, port=port, reason=reason, ttl_seconds=ttl_seconds),
+                )
+            )
+        )
+        if not wait or result.approval is None or not result.approval.is_pending:
+            return result
+        result.approval = yield from wait_for_approval(
+            result.approval.id, timeout or self._engine.wait_timeout
+        )
+        result.allowed = result.approval.is_approved
+        if result.allowed:
+            # The grant the approval made, as the policy names it.
+            policy = yield from self._egress_policy(sandbox_id)
+            grant = next((r for r in policy.rules if r.approval_id == result.approval.id), None)
+            result.rule = f"{grant.source} {grant.rule}" if grant else result.rule
+        return result
+
+    @operation
+    def list_egress_log(
+        self,
+        sandbox_id: str,
+        *,
+        allowed: bool | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> EgressConnectionList:
+        """The guest's connections through the egress proxy, newest first;
+        ``allowed=False`` lists the denials only."""
+        params = {"allowed": allowed, "limit": limit, "offset": offset}
+        return page(
+            EgressConnectionList,
+            "connections",
+            (yield Call("GET", EGRESS_ROUTE + "/log", {"sandbox_id": sandbox_id}, params=params)),
+        )
 
 
 # -- read-only listings ------------------------------------------------------------------------
@@ -933,6 +1052,12 @@ class ApprovalsAPI(_SubClient):
                 )
             )
         )
+
+    @operation
+    def wait(self, approval_id: str, timeout: float | None = None) -> ApprovalRequest:
+        """Poll until the request is decided, expired or cancelled, and return it (a denial
+        is an answer, not an error). Raises ``WaitTimeout`` after ``timeout`` seconds."""
+        return (yield from wait_for_approval(approval_id, timeout))
 
     @operation
     def approve(self, approval_id: str, *, reason: str | None = None) -> ApprovalRequest:

@@ -3,7 +3,7 @@
     virsh-sandbox [--url URL] [--api-key KEY] [--json] COMMAND ...
 
 Commands: list, get, create, exec, snapshot, snapshots, restore, diff, playbook, start,
-stop, destroy, vms, health. Results go to stdout (a table or text, or JSON with ``--json``);
+stop, destroy, network (request, policy, log), vms, health. Results go to stdout (a table or text, or JSON with ``--json``);
 progress of slow work goes to stderr. On an error the server's message goes to stderr and the
 exit status is 1; ``exec`` exits with the command's own exit code.
 """
@@ -146,6 +146,12 @@ def table(rows: list[list[str]], headers: list[str]) -> str:
     )
 
 
+def note_more(shown: int, total: int) -> None:
+    """On stderr, when a page shows only part of a list."""
+    if total > shown:
+        print(f"({shown} of {total}; use --limit/--offset)", file=sys.stderr)
+
+
 def describe_sandbox(sb: Any) -> str:
     ssh = f"{sb.ssh_host}:{sb.ssh_port}" if sb.ssh_host else "-"
     lines = [
@@ -225,8 +231,7 @@ def cmd_list(client: VirshSandbox, args) -> int:
         for sb in result.sandboxes
     ]
     print(table(rows, ["ID", "NAME", "STATE", "AGENT", "SOURCE", "CREATED"]))
-    if result.total > len(result.sandboxes):
-        print(f"({len(result.sandboxes)} of {result.total}; use --limit/--offset)", file=sys.stderr)
+    note_more(len(result.sandboxes), result.total)
     return 0
 
 
@@ -244,6 +249,7 @@ def cmd_create(client: VirshSandbox, args) -> int:
         ttl_seconds=args.ttl,
         auto_start=not args.no_start,
         wait_for_ip=False,
+        egress_allow=args.allow,
     )
     if not args.no_wait:
         result.operation = wait_operation(
@@ -385,6 +391,86 @@ def _print_state(client: VirshSandbox, args, result) -> int:
     return print_result(args, result, lambda r: f"{r.sandbox.name}: {r.sandbox.state}")
 
 
+def parse_host_port(text: str) -> tuple[str, int]:
+    """``HOST[:PORT]`` (``[v6]:PORT`` for an IPv6 literal) as (host, port); 443 by default."""
+    host, sep, port = text.rpartition(":")
+    if not sep or (":" in host and not host.endswith("]")):
+        return text, 443
+    if not port.isdigit():
+        raise SystemExit(f"virsh-sandbox: expected HOST[:PORT], got {text!r}")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def describe_egress_request(result: Any) -> str:
+    if result.allowed:
+        return f"allowed: {result.rule}"
+    approval = result.approval
+    if approval is None:
+        return "not allowed"
+    if approval.is_pending:
+        return f"pending: approval {approval.id} waits for an operator (--wait to wait for it)"
+    by = f" by {approval.decided_by}" if approval.decided_by else ""
+    why = f": {approval.reason}" if approval.reason else ""
+    return f"{approval.status}{by}{why}"
+
+
+def cmd_network_request(client: VirshSandbox, args) -> int:
+    host, port = parse_host_port(args.target)
+    with Progress(
+        f"asking an operator for {host}:{port}", quiet=args.quiet or args.json or not args.wait
+    ):
+        result = client.sandbox.request_network_access(
+            args.id,
+            host,
+            port,
+            reason=args.reason,
+            ttl_seconds=args.ttl,
+            wait=args.wait,
+            timeout=args.wait_timeout,
+        )
+    print_result(args, result, describe_egress_request)
+    # Waited: the outcome is the exit status (a denial or expiry is 1).
+    return EXIT_ERROR if args.wait and not result.allowed else 0
+
+
+def cmd_network_policy(client: VirshSandbox, args) -> int:
+    def text(policy: Any) -> str:
+        state = "enabled" if policy.enabled else "disabled"
+        rows = [[r.rule, r.source, r.expires_at or "-", r.approval_id or "-"] for r in policy.rules]
+        return "\n".join(
+            [
+                f"egress {state}, proxy {policy.proxy or '-'}",
+                table(rows, ["RULE", "SOURCE", "EXPIRES", "APPROVAL"]),
+                "always denied: " + ", ".join(policy.always_denied),
+            ]
+        )
+
+    return print_result(args, client.sandbox.get_egress_policy(args.id), text)
+
+
+def cmd_network_log(client: VirshSandbox, args) -> int:
+    result = client.sandbox.list_egress_log(
+        args.id, allowed=False if args.denied else None, limit=args.limit, offset=args.offset
+    )
+    rows = [
+        [
+            c.started_at or "",
+            f"{c.host}:{c.port}",
+            "allowed" if c.allowed else "denied",
+            c.rule or "-",
+            f"{c.bytes_up or 0}/{c.bytes_down or 0}",
+            f"{c.duration_ms or 0}ms",
+            c.error or "",
+        ]
+        for c in result.connections
+    ]
+    headers = ["STARTED", "TARGET", "VERDICT", "RULE", "UP/DOWN", "TIME", "ERROR"]
+    print_result(args, result, lambda r: table(rows, headers))
+    if not args.json:
+        note_more(len(result.connections), result.total)
+    return 0
+
+
 def cmd_vms(client: VirshSandbox, args) -> int:
     result = client.vms.list_vms()
     if args.json:
@@ -455,8 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND")
     sub.required = True
 
-    def add(name: str, func, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
+    def add(name: str, func, help: str, within: Any = sub) -> argparse.ArgumentParser:
+        p = within.add_parser(name, help=help, description=help)
         _common(p, suppress=True)
         p.set_defaults(func=func)
         return p
@@ -478,6 +564,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl", type=int, help="seconds until it is destroyed")
     p.add_argument("--no-start", action="store_true", help="define it but do not boot it")
     p.add_argument("--no-wait", action="store_true", help="return once the create is queued")
+    p.add_argument(
+        "--allow",
+        action="append",
+        metavar="HOST[:PORT]",
+        help="a host the guest may reach beyond the defaults (repeatable; agents: self-service only)",
+    )
 
     p = add("exec", cmd_exec, "run a command in a sandbox; exits with its exit code")
     p.add_argument("id")
@@ -523,6 +615,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("destroy", cmd_destroy, "destroy a sandbox (VM, disk, snapshots)")
     p.add_argument("id")
     p.add_argument("--no-wait", action="store_true")
+
+    network = sub.add_parser(
+        "network",
+        help="the guest's network: ask for access, see the policy and the connection log",
+        description="The guest reaches the network only through the host's egress proxy.",
+    )
+    _common(network, suppress=True)
+    actions = network.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    p = add(
+        "request",
+        cmd_network_request,
+        "ask for access to HOST[:PORT] (443): an operator approves, and the grant expires",
+        actions,
+    )
+    p.add_argument("id")
+    p.add_argument("target", metavar="HOST[:PORT]")
+    p.add_argument("--reason", help="why, for the operator")
+    p.add_argument("--ttl", type=int, help="seconds the grant lasts (the server's default)")
+    p.add_argument(
+        "--wait", action="store_true", help="wait for the decision; exit 1 unless allowed"
+    )
+    add("policy", cmd_network_policy, "what the guest may reach", actions).add_argument("id")
+    p = add("log", cmd_network_log, "the guest's connections, newest first", actions)
+    p.add_argument("id")
+    p.add_argument("--denied", action="store_true", help="only the denied ones")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--offset", type=int)
 
     add("vms", cmd_vms, "list source VMs")
     add("health", cmd_health, "server health")

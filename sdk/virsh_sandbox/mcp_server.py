@@ -2,7 +2,7 @@
 
 An MCP-capable agent (Claude Desktop, an IDE, any MCP client) starts this process and gets
 tools to create a sandbox, run commands, read and write files, snapshot, restore, diff, ask a
-human and destroy, with no code. Configuration: ``VIRSH_SANDBOX_URL`` and
+human, ask for network access and destroy, with no code. Configuration: ``VIRSH_SANDBOX_URL`` and
 ``VIRSH_SANDBOX_API_KEY`` (or ``--url`` / ``--api-key``).
 
 Needs the ``mcp`` extra: ``pip install 'virsh-sandbox[mcp]'``.
@@ -30,7 +30,9 @@ INSTRUCTIONS = (
     "sandbox (list_vms shows source VMs), snapshot it as a checkpoint, run commands and write "
     "files, look at diff against the checkpoint, restore it if something went wrong, ask_human "
     "before anything that would touch production, and destroy the sandbox when done. Commands "
-    "run as root with /bin/sh; the guest has no internet access."
+    "run as root with /bin/sh. The guest reaches the network only through the host's egress "
+    "proxy, and only the hosts its policy allows; request_network_access asks an operator for "
+    "more, for a limited time."
 )
 
 
@@ -231,6 +233,28 @@ def build_server(client_factory: Callable[[], AsyncVirshSandbox] | None = None) 
             question, action_type=action_type, sandbox_id=sandbox_id, timeout_secs=timeout_seconds
         )
         return answer.to_dict()
+
+    @tool
+    async def request_network_access(
+        sandbox_id: str,
+        host: str,
+        port: int = 443,
+        reason: str | None = None,
+        ttl_seconds: int | None = None,
+        wait: bool = False,
+    ) -> dict[str, Any]:
+        """Ask for the sandbox's guest to reach host:port through the egress proxy. If the
+        policy already allows it, allowed is true at once. Otherwise a human operator must
+        approve: give a reason they can judge. The grant, once approved, expires after
+        ttl_seconds (the server's default if not given); ask again after that. With wait
+        true this blocks until the operator decides (approval.status: approved, denied,
+        expired or cancelled; allowed is true once approved). With wait false it returns the
+        pending approval at once, and calling again opens another request. Private, loopback
+        and link-local addresses are never reachable, whatever is granted."""
+        result = await client().sandbox.request_network_access(
+            sandbox_id, host, port, reason=reason, ttl_seconds=ttl_seconds, wait=wait
+        )
+        return result.to_dict()
 
     @tool
     async def destroy(sandbox_id: str) -> dict[str, Any]:

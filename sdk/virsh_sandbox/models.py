@@ -392,6 +392,63 @@ class ApprovalList(Page):
 
 
 @dataclass(repr=False)
+class EgressRule(Model):
+    """A rule in force for a sandbox's network: ``rule`` is ``host-pattern:port``; ``source``
+    is where it comes from (host apt mirror, settings, create, grant); a grant has
+    ``expires_at`` and the ``approval_id`` that made it."""
+
+    rule: str | None = None
+    source: str | None = None
+    expires_at: str | None = None
+    approval_id: str | None = None
+
+
+@dataclass(repr=False)
+class EgressPolicy(Model):
+    """What a sandbox's guest may reach through the host's egress proxy (at ``proxy``):
+    ``rules``, and the ``always_denied`` networks no rule opens."""
+
+    enabled: bool | None = None
+    proxy: str | None = None
+    rules: list[EgressRule] = field(default_factory=list)
+    always_denied: list[str] = field(default_factory=list)
+
+
+@dataclass(repr=False)
+class EgressRequest(Model):
+    """The answer to a request for network access: ``allowed`` with the ``rule`` that allows
+    it, or the ``approval`` an operator decides (its ``status`` says approved, denied,
+    expired or cancelled; once approved the grant is live until it expires)."""
+
+    allowed: bool = False
+    rule: str | None = None
+    approval: ApprovalRequest | None = None
+
+
+@dataclass(repr=False)
+class EgressConnection(Model):
+    """One connection of a sandbox through the egress proxy (allowed or denied)."""
+
+    id: int | None = None
+    sandbox_id: str | None = None
+    host: str | None = None
+    port: int | None = None
+    allowed: bool | None = None
+    rule: str | None = None
+    address: str | None = None
+    bytes_up: int | None = None
+    bytes_down: int | None = None
+    started_at: str | None = None
+    duration_ms: int | None = None
+    error: str | None = None
+
+
+@dataclass(repr=False)
+class EgressConnectionList(Page):
+    connections: list[EgressConnection] = field(default_factory=list)
+
+
+@dataclass(repr=False)
 class AuditEvent(Model):
     """One link of the audit chain: ``hash`` covers the event and ``prev_hash``."""
 

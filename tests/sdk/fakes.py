@@ -93,3 +93,58 @@ def approved_json(request_id: str = "r1", decided_by: str = "olivia") -> dict:
         "approved": True,
         "decided_by": decided_by,
     }
+
+
+GRANT_APPROVAL = "7d1e9f1c-3b7a-4c55-9a43-6e2b1f0a8c21"
+
+
+def egress_approval_json(status: str = "pending", **kw) -> dict:
+    """The approval an egress request opens (server-reserved action `egress_grant`)."""
+    return {
+        "id": GRANT_APPROVAL,
+        "status": status,
+        "action_type": "egress_grant",
+        "sandbox_id": sandbox_json()["id"],
+        "payload": {"host": "pypi.org", "port": 443, "ttl_seconds": 600},
+        **kw,
+    }
+
+
+def egress_policy_json(*grants: str) -> dict:
+    """A policy with the settings' default rule, plus a grant made by each approval id given."""
+    rules = [
+        {"rule": "deb.debian.org:80", "source": "settings", "expires_at": None, "approval_id": None}
+    ]
+    rules += [
+        {
+            "rule": "pypi.org:443",
+            "source": "grant",
+            "expires_at": "2026-12-03T11:00:00Z",
+            "approval_id": approval_id,
+        }
+        for approval_id in grants
+    ]
+    return {
+        "enabled": True,
+        "proxy": "http://10.0.2.100:3128",
+        "rules": rules,
+        "always_denied": ["127.0.0.0/8 (loopback)", "the KVM host's own addresses"],
+    }
+
+
+def egress_connection_json(allowed: bool = False, **kw) -> dict:
+    return {
+        "id": 7,
+        "sandbox_id": sandbox_json()["id"],
+        "host": "evil.example",
+        "port": 443,
+        "allowed": allowed,
+        "rule": "grant pypi.org:443" if allowed else "not in policy",
+        "address": "",
+        "bytes_up": 0,
+        "bytes_down": 0,
+        "started_at": "2026-12-03T10:00:00Z",
+        "duration_ms": 3,
+        "error": "",
+        **kw,
+    }

@@ -4,13 +4,22 @@ progress on stderr and the server's error messages."""
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 import pytest
 from virsh_sandbox import VirshSandbox, cli
 
-from tests.sdk.fakes import error, operation_json, sandbox_json
-from tests.sdk.test_client import Recorder
+from tests.sdk.fakes import (
+    GRANT_APPROVAL,
+    egress_approval_json,
+    egress_connection_json,
+    egress_policy_json,
+    error,
+    operation_json,
+    sandbox_json,
+)
+from tests.sdk.test_client import EGRESS, Recorder, egress_server
 
 SB = sandbox_json()["id"]
 
@@ -212,6 +221,108 @@ def test_playbook_reports_a_server_without_the_endpoint(serve, capsys):
     serve({})
     assert cli.main(["--url", "http://x", "-q", "playbook", SB, "--from", "before"]) == 1
     assert "has no route GET" in capsys.readouterr().err
+
+
+def test_network_request_waits_for_the_decision_and_exits_by_it(serve, capsys, quick_polls):
+    rec = serve(egress_server(egress_approval_json("approved", decided_by="olivia")).routes)
+    argv = ["--url", "http://x", "network", "request", SB, "pypi.org", "--reason", "pip"]
+    assert cli.main([*argv, "--ttl", "600", "--wait"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "allowed: grant pypi.org:443\n"
+    assert "asking an operator for pypi.org:443: done in " in captured.err
+    assert json.loads(rec.requests[0].content) == {
+        "host": "pypi.org",
+        "port": 443,
+        "reason": "pip",
+        "ttl_seconds": 600,
+    }
+
+    serve(egress_server(egress_approval_json("denied", decided_by="olivia", reason="no")).routes)
+    assert cli.main([*argv, "--wait", "-q"]) == 1
+    assert capsys.readouterr().out == "denied by olivia: no\n"
+
+
+def test_network_request_without_wait_reports_the_pending_approval(serve, capsys):
+    rec = serve(egress_server().routes)
+    assert cli.main(["--url", "http://x", "network", "request", SB, "pypi.org:8443"]) == 0
+    assert f"pending: approval {GRANT_APPROVAL} waits for an operator" in capsys.readouterr().out
+    assert json.loads(rec.requests[0].content) == {"host": "pypi.org", "port": 8443}
+
+    assert cli.main(["--url", "http://x", "--json", "network", "request", SB, "pypi.org"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body["allowed"] is False and body["approval"]["status"] == "pending"
+
+
+@pytest.mark.parametrize(
+    "target, expected",
+    [
+        ("pypi.org", ("pypi.org", 443)),
+        ("pypi.org:8080", ("pypi.org", 8080)),
+        ("[2001:db8::1]:80", ("2001:db8::1", 80)),
+        ("2001:db8::1", ("2001:db8::1", 443)),
+    ],
+)
+def test_host_and_port_are_read_as_host_colon_port(target, expected):
+    assert cli.parse_host_port(target) == expected
+
+
+def test_a_port_that_is_not_a_number_is_refused():
+    with pytest.raises(SystemExit, match="expected HOST\\[:PORT\\], got 'pypi.org:https'"):
+        cli.parse_host_port("pypi.org:https")
+
+
+def test_network_policy_prints_the_rules_as_a_table(serve, capsys):
+    serve({("GET", EGRESS): httpx.Response(200, json=egress_policy_json(GRANT_APPROVAL))})
+    assert cli.main(["--url", "http://x", "network", "policy", SB]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "egress enabled, proxy http://10.0.2.100:3128"
+    assert out[1].split() == ["RULE", "SOURCE", "EXPIRES", "APPROVAL"]
+    assert out[2].split() == ["deb.debian.org:80", "settings", "-", "-"]
+    assert out[3].split() == ["pypi.org:443", "grant", "2026-12-03T11:00:00Z", GRANT_APPROVAL]
+    assert out[4].startswith("always denied: 127.0.0.0/8 (loopback)")
+
+
+def test_network_log_lists_connections_and_filters_the_denied(serve, capsys):
+    rec = serve(
+        {
+            ("GET", EGRESS + "/log"): httpx.Response(
+                200, json={"count": 2, "results": [egress_connection_json(error="not in policy")]}
+            )
+        }
+    )
+    assert cli.main(["--url", "http://x", "network", "log", SB, "--denied", "--limit", "1"]) == 0
+    captured = capsys.readouterr()
+    out = captured.out.splitlines()
+    assert out[0].split() == ["STARTED", "TARGET", "VERDICT", "RULE", "UP/DOWN", "TIME", "ERROR"]
+    assert re.split(r"\s{2,}", out[1]) == [
+        "2026-12-03T10:00:00Z",
+        "evil.example:443",
+        "denied",
+        "not in policy",
+        "0/0",
+        "3ms",
+        "not in policy",
+    ]
+    assert "(1 of 2; use --limit/--offset)" in captured.err
+    assert dict(rec.requests[0].url.params) == {"allowed": "false", "limit": "1"}
+
+    assert cli.main(["--url", "http://x", "network", "log", SB, "--json"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body["total"] == 2 and body["connections"][0]["host"] == "evil.example"
+    assert "allowed" not in rec.requests[-1].url.params
+
+
+def test_create_passes_each_allow_to_the_server(serve, capsys):
+    rec = serve(
+        {
+            ("POST", "/v1/sandboxes"): httpx.Response(
+                202, json={"sandbox": sandbox_json(state="requested")}
+            )
+        }
+    )
+    argv = ["create", "debian-base", "--no-wait", "--allow", "pypi.org", "--allow", "x.org:80"]
+    assert cli.main(["--url", "http://x", *argv]) == 0
+    assert json.loads(rec.requests[0].content)["egress_allow"] == ["pypi.org", "x.org:80"]
 
 
 def test_progress_draws_a_bar_on_a_terminal_and_erases_a_transient_one():

@@ -17,8 +17,12 @@ from virsh_sandbox._core import RetryPolicy
 from virsh_sandbox.models import Diff, Sandbox, SandboxResponse
 
 from tests.sdk.fakes import (
+    GRANT_APPROVAL,
     LocalShellServer,
     approved_json,
+    egress_approval_json,
+    egress_connection_json,
+    egress_policy_json,
     error,
     operation_json,
     sandbox_json,
@@ -386,6 +390,170 @@ def test_it_raises_when_an_operation_fails_or_a_wait_runs_out():
     with pytest.raises(virsh_sandbox.WaitTimeout):
         client_for(rec).operations.wait("op2", timeout=0.5)
     assert time.monotonic() - t0 < 3
+
+
+# -- network access (egress) ------------------------------------------------------------------
+
+EGRESS = f"/v1/sandboxes/{SB}/egress"
+
+
+def egress_server(*decisions: dict, already_allowed: bool = False) -> Recorder:
+    """The egress routes: a request opens a pending approval (or is allowed already); each
+    poll of the approval answers the next of ``decisions`` (pending after the last one);
+    the policy shows the grant once an approval was approved."""
+    polls = list(decisions)
+    granted: list[str] = []
+
+    def poll(request):
+        body = polls.pop(0) if polls else egress_approval_json()
+        if body["status"] == "approved":
+            granted.append(body["id"])
+        return httpx.Response(200, json=body)
+
+    answer = (
+        httpx.Response(
+            200, json={"allowed": True, "rule": "settings pypi.org:443", "approval": None}
+        )
+        if already_allowed
+        else httpx.Response(
+            202, json={"allowed": False, "rule": "", "approval": egress_approval_json()}
+        )
+    )
+    return Recorder(
+        {
+            ("POST", EGRESS + "/requests"): answer,
+            ("GET", f"/v1/approvals/{GRANT_APPROVAL}"): poll,
+            ("GET", EGRESS): lambda r: httpx.Response(200, json=egress_policy_json(*granted)),
+        }
+    )
+
+
+def test_a_network_request_waits_for_the_operators_approval_then_names_the_grant(quick_polls):
+    rec = egress_server(
+        egress_approval_json(),
+        egress_approval_json("approved", decided_by="olivia"),
+    )
+    result = client_for(rec).sandbox.request_network_access(
+        SB, "pypi.org", reason="pip install flask", ttl_seconds=600, wait=True
+    )
+    assert result.allowed and result.rule == "grant pypi.org:443"
+    assert result.approval.status == "approved" and result.approval.decided_by == "olivia"
+    assert json.loads(rec.requests[0].content) == {
+        "host": "pypi.org",
+        "port": 443,
+        "reason": "pip install flask",
+        "ttl_seconds": 600,
+    }
+    assert rec.calls() == [
+        f"POST {EGRESS}/requests",
+        f"GET /v1/approvals/{GRANT_APPROVAL}",
+        f"GET /v1/approvals/{GRANT_APPROVAL}",
+        f"GET {EGRESS}",
+    ]
+
+
+@pytest.mark.parametrize("outcome", ["denied", "expired", "cancelled"])
+def test_a_denied_or_expired_network_request_is_an_answer_not_an_error(quick_polls, outcome):
+    rec = egress_server(egress_approval_json(outcome, reason="not today"))
+    result = client_for(rec).sandbox.request_network_access(SB, "pypi.org", wait=True)
+    assert not result.allowed and result.rule == ""
+    assert result.approval.status == outcome and result.approval.reason == "not today"
+    assert rec.calls()[-1] == f"GET /v1/approvals/{GRANT_APPROVAL}"  # no policy read
+
+
+def test_a_network_request_without_wait_returns_the_pending_approval_at_once():
+    rec = egress_server()
+    result = client_for(rec).sandbox.request_network_access(SB, "pypi.org", 8443)
+    assert not result.allowed and result.approval.is_pending
+    assert result.approval.action_type == "egress_grant"
+    assert json.loads(rec.requests[0].content) == {"host": "pypi.org", "port": 8443}
+    assert len(rec.requests) == 1
+
+
+def test_a_host_the_policy_allows_needs_no_approval_and_no_wait():
+    rec = egress_server(already_allowed=True)
+    result = client_for(rec).sandbox.request_network_access(SB, "pypi.org", wait=True)
+    assert result.allowed and result.rule == "settings pypi.org:443" and result.approval is None
+    assert len(rec.requests) == 1
+
+
+def test_waiting_on_an_approval_gives_up_after_the_timeout(quick_polls):
+    rec = egress_server()  # pending for ever
+    t0 = time.monotonic()
+    with pytest.raises(virsh_sandbox.WaitTimeout) as info:
+        client_for(rec).sandbox.request_network_access(SB, "pypi.org", wait=True, timeout=0.3)
+    assert time.monotonic() - t0 < 3
+    assert f"approval {GRANT_APPROVAL} still pending" in info.value.message
+    with pytest.raises(virsh_sandbox.WaitTimeout):  # no timeout: the client's wait_timeout
+        client_for(rec, wait_timeout=0.3).sandbox.request_network_access(SB, "x.org", wait=True)
+    with pytest.raises(virsh_sandbox.WaitTimeout):
+        client_for(rec).approvals.wait(GRANT_APPROVAL, timeout=0.3)
+
+
+def test_the_async_client_waits_on_the_same_approval(quick_polls):
+    rec = egress_server(egress_approval_json("approved"))
+
+    async def ask():
+        async with AsyncVirshSandbox(
+            "http://x", api_key="k", backoff=0, transport=httpx.MockTransport(rec)
+        ) as c:
+            return await c.sandbox.request_network_access(SB, "pypi.org", wait=True)
+
+    result = asyncio.run(ask())
+    assert result.allowed and result.rule == "grant pypi.org:443"
+    assert len(rec.requests) == 3
+
+
+def test_it_reads_the_egress_policy_and_the_connection_log():
+    rec = Recorder(
+        {
+            ("GET", EGRESS): httpx.Response(200, json=egress_policy_json(GRANT_APPROVAL)),
+            ("GET", EGRESS + "/log"): httpx.Response(
+                200,
+                json={
+                    "count": 5,
+                    "next": f"http://x{EGRESS}/log?offset=1",
+                    "previous": None,
+                    "results": [egress_connection_json(error="not in policy")],
+                },
+            ),
+        }
+    )
+    client = client_for(rec)
+    policy = client.sandbox.get_egress_policy(SB)
+    assert policy.enabled and policy.proxy == "http://10.0.2.100:3128"
+    grant = policy.rules[1]
+    assert (grant.rule, grant.source, grant.approval_id) == (
+        "pypi.org:443",
+        "grant",
+        GRANT_APPROVAL,
+    )
+    assert "the KVM host's own addresses" in policy.always_denied
+
+    log = client.sandbox.list_egress_log(SB, allowed=False, limit=1)
+    assert log.total == 5 and log.next
+    (conn,) = log.connections
+    assert (conn.host, conn.port, conn.allowed, conn.rule) == (
+        "evil.example",
+        443,
+        False,
+        "not in policy",
+    )
+    assert dict(rec.requests[1].url.params) == {"allowed": "false", "limit": "1"}
+
+
+def test_create_names_the_hosts_the_guest_may_reach():
+    rec = Recorder(
+        {("POST", "/v1/sandboxes"): httpx.Response(202, json={"sandbox": sandbox_json()})}
+    )
+    client_for(rec).sandbox.create_sandbox(
+        "debian-base", "me", egress_allow=["pypi.org", "files.pythonhosted.org:443"]
+    )
+    assert json.loads(rec.requests[0].content) == {
+        "source_vm_name": "debian-base",
+        "agent_id": "me",
+        "egress_allow": ["pypi.org", "files.pythonhosted.org:443"],
+    }
 
 
 def test_it_finds_out_which_routes_the_server_has():

@@ -75,6 +75,7 @@ CALLS: dict[str, Any] = {
         wait_for_ip=True,
         from_sandbox=SB,
         from_snapshot="s",
+        egress_allow=["deb.debian.org", "pypi.org:443"],
     ),
     "SandboxAPI.list_sandboxes": lambda c: c.sandbox.list_sandboxes(
         state="ready", agent_id="a", source_vm_name="debian-base", host="h", limit=1, offset=0
@@ -102,6 +103,13 @@ CALLS: dict[str, Any] = {
     "SandboxAPI.restore_snapshot": lambda c: c.sandbox.restore_snapshot(SB, "s", wait=True),
     "SandboxAPI.delete_snapshot": lambda c: c.sandbox.delete_snapshot(SB, "s", wait=True),
     "SandboxAPI.get_diff": lambda c: c.sandbox.get_diff(SB, "a", "b", limit=10, offset=0),
+    "SandboxAPI.get_egress_policy": lambda c: c.sandbox.get_egress_policy(SB),
+    "SandboxAPI.request_network_access": lambda c: c.sandbox.request_network_access(
+        SB, "pypi.org", 443, reason="pip install", ttl_seconds=600, wait=True, timeout=5
+    ),
+    "SandboxAPI.list_egress_log": lambda c: c.sandbox.list_egress_log(
+        SB, allowed=False, limit=5, offset=0
+    ),
     "OperationsAPI.get_operation": lambda c: c.operations.get_operation(OP),
     "OperationsAPI.list_operations": lambda c: c.operations.list_operations(
         status="running", kind="create", sandbox=SB, limit=1, offset=0
@@ -136,6 +144,7 @@ CALLS: dict[str, Any] = {
     "ApprovalsAPI.create_approval": lambda c: c.approvals.create_approval(
         "ok?", timeout_seconds=5, idempotency_key="k3", **{**ASK, "urgency": "low"}
     ),
+    "ApprovalsAPI.wait": lambda c: c.approvals.wait(OP, timeout=5),
     "ApprovalsAPI.approve": lambda c: c.approvals.approve(OP, reason="fine"),
     "ApprovalsAPI.deny": lambda c: c.approvals.deny(OP, reason="no"),
     "ApprovalsAPI.cancel": lambda c: c.approvals.cancel(OP, reason="moot"),
@@ -201,6 +210,11 @@ MODEL_COMPONENTS = {
     models.Host: "Host",
     models.Health: "Health",
     models.VMList: "VMList",
+    models.EgressPolicy: "EgressPolicy",
+    models.EgressRule: "EgressRule",
+    models.EgressRequest: "EgressRequestAnswer",
+    models.EgressConnection: "EgressConnection",
+    models.ApprovalRequest: "Approval",
 }
 
 
@@ -251,6 +265,9 @@ def fake_server(schema_doc: dict, log: list[Recorded]):
             )
         if rec.route.startswith("/v1/operations/"):
             return httpx.Response(200, json={"id": OP, "status": "succeeded"})
+        if rec.route.endswith("/egress/requests"):
+            approval = {"id": OP, "status": "pending"}
+            return httpx.Response(202, json={"allowed": False, "rule": "", "approval": approval})
         if rec.route.endswith("/playbook/verify"):
             return httpx.Response(202, json={"operation": {"id": OP, "status": "pending"}})
         if rec.method == "DELETE" and "snapshots" in rec.route:
@@ -440,6 +457,7 @@ def test_list_answers_are_paginated_as_the_sdk_reads_them(schema):
         ("/v1/sandboxes", "PaginatedSandboxList"),
         ("/v1/sandboxes/{}/commands", "PaginatedCommandList"),
         ("/v1/operations", "PaginatedOperationList"),
+        ("/v1/sandboxes/{}/egress/log", "PaginatedEgressConnectionList"),
     ):
         _, op = routes[("GET", route)]
         ref = op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]

@@ -15,8 +15,15 @@ from mcp import Client
 from virsh_sandbox import AsyncVirshSandbox
 from virsh_sandbox.mcp_server import build_server
 
-from tests.sdk.fakes import LocalShellServer, approved_json, error, sandbox_json
-from tests.sdk.test_client import Recorder
+from tests.sdk.fakes import (
+    GRANT_APPROVAL,
+    LocalShellServer,
+    approved_json,
+    egress_approval_json,
+    error,
+    sandbox_json,
+)
+from tests.sdk.test_client import EGRESS, Recorder, egress_server
 
 SB = sandbox_json()["id"]
 TOOLS = {
@@ -29,6 +36,7 @@ TOOLS = {
     "restore",
     "diff",
     "ask_human",
+    "request_network_access",
     "destroy",
 }
 
@@ -178,3 +186,57 @@ def test_ask_human_uses_the_approval_endpoint_only_where_it_exists(has_route):
     else:
         assert result.is_error and "no human approval endpoint" in text(result)
         assert [r.url.path for r in rec.requests] == ["/api/schema/"]
+
+
+def test_request_network_access_tells_the_agent_a_human_decides_and_the_grant_expires():
+    async def go():
+        async with Client(build_server(lambda: AsyncVirshSandbox("http://x"))) as client:
+            return (await client.list_tools()).tools
+
+    tool = next(t for t in asyncio.run(go()) if t.name == "request_network_access")
+    assert set(tool.input_schema["required"]) == {"sandbox_id", "host"}
+    assert set(tool.input_schema["properties"]) == {
+        "sandbox_id",
+        "host",
+        "port",
+        "reason",
+        "ttl_seconds",
+        "wait",
+    }
+    description = " ".join(tool.description.split())
+    assert "a human operator must approve" in description
+    assert "expires after ttl_seconds" in description
+
+
+def test_request_network_access_waits_for_the_grant_when_asked(quick_polls):
+    rec = egress_server(egress_approval_json(), egress_approval_json("approved"))
+    _, result = call(
+        rec,
+        "request_network_access",
+        {"sandbox_id": SB, "host": "pypi.org", "reason": "pip install", "wait": True},
+    )
+    assert not result.is_error
+    assert result.structured_content["allowed"] is True
+    assert result.structured_content["rule"] == "grant pypi.org:443"
+    assert result.structured_content["approval"]["id"] == GRANT_APPROVAL
+    assert json.loads(rec.requests[0].content) == {
+        "host": "pypi.org",
+        "port": 443,
+        "reason": "pip install",
+    }
+    assert [r.url.path for r in rec.requests][-1] == EGRESS
+
+
+def test_request_network_access_refused_by_the_server_reaches_the_model():
+    rec = Recorder(
+        {
+            ("POST", EGRESS + "/requests"): error(
+                400,
+                "invalid",
+                "host: 127.0.0.1:443 is always denied (loopback); no grant can open it.",
+                {"host": ["always denied"]},
+            )
+        }
+    )
+    _, result = call(rec, "request_network_access", {"sandbox_id": SB, "host": "127.0.0.1"})
+    assert result.is_error and "is always denied (loopback)" in text(result)
