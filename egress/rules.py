@@ -51,11 +51,8 @@ def normalize_host(text: str) -> str:
     except UnicodeError:
         raise RuleError(f"{text[:80]!r} is not a valid host name") from None
     labels = name.split(".")
-    if len(name) > MAX_NAME or len(labels) < 2 or not all(_LABEL.match(lb) for lb in labels):
-        raise RuleError(
-            f"{text[:80]!r} is not a host name (letters, digits, hyphens and dots, with at "
-            "least one dot)"
-        )
+    if len(name) > MAX_NAME or not all(_LABEL.match(lb) for lb in labels):
+        raise RuleError(f"{text[:80]!r} is not a host name (letters, digits, hyphens and dots)")
     return name
 
 

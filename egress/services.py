@@ -348,6 +348,12 @@ def on_approval_decided(approval) -> None:
 def record_connection(record: ConnectionRecord) -> None:
     """The proxy's sink: one row per connection; a denial is audited too (once a minute per
     sandbox, host and port, so a retrying client does not flood the trail)."""
+    sandboxes = EgressConnection._meta.get_field("sandbox").related_model.objects
+    if not sandboxes.filter(pk=record.sandbox_id).exists():
+        # Only a relay QEMU started for a sandbox names one; anything else is not logged
+        # against a sandbox (the foreign key would refuse it at commit).
+        log.warning("egress connection for unknown sandbox %r not logged", record.sandbox_id)
+        return
     try:
         with transaction.atomic():
             recent_denial = (

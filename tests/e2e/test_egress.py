@@ -14,6 +14,8 @@ from datetime import datetime
 import pytest
 from django.conf import settings
 
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
+
 PORT = settings.EGRESS_TEST_SERVER_PORT
 SERVED = b"hello from the test server\n"
 

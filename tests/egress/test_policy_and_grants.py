@@ -17,9 +17,11 @@ from egress import services
 from egress.models import EgressConnection, EgressRule
 from egress.proxy import ConnectionRecord
 from sandboxes.models import Sandbox
-from tests.approvals.conftest import dora  # noqa: F401 (the decider fixture)
+from tests.approvals.conftest import operator_fixture
 
 pytestmark = pytest.mark.django_db
+
+dora = operator_fixture("dora", "An operator: she decides approvals and names any egress rule.")
 
 
 @pytest.fixture(autouse=True)

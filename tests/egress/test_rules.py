@@ -16,6 +16,7 @@ from egress.rules import Rule, RuleError, normalize_host, parse_rule
         ("bücher.example", Rule("xn--bcher-kva.example", 443)),
         ("[2001:db8::1]:80", Rule("2001:db8::1", 80)),
         ("203.0.113.7:80", Rule("203.0.113.7", 80)),
+        ("intranet:8080", Rule("intranet", 8080)),
     ],
 )
 def test_an_entry_is_a_host_pattern_and_a_port(entry, rule):
@@ -27,7 +28,6 @@ def test_an_entry_is_a_host_pattern_and_a_port(entry, rule):
     [
         "",
         "   ",
-        "localhost",
         "a..b",
         "-a.example",
         "a_b.example:80",
