@@ -299,8 +299,9 @@ def generate(
                 "ansible.builtin.apt": {
                     "name": from_repositories,
                     "state": PRESENT,
+                    # Always: a cache_valid_time would trust the empty lists of a fresh
+                    # image by their mtime and find no package at all.
                     "update_cache": True,
-                    "cache_valid_time": 3600,
                 },
             },
         )

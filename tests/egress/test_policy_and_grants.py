@@ -10,6 +10,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.test import Client
 from django.utils import timezone
 
 from audit.models import AuditEvent
@@ -238,3 +239,18 @@ def test_the_default_settings_exempt_nothing_from_the_always_denied_set(settings
     assert settings.VSB["EGRESS_EXEMPT"] == [f"127.0.0.1:{port}"]
     assert AddressGuard().denial("127.0.0.1", port) == "loopback"
     assert AddressGuard(exempt=[("127.0.0.1", port)]).denial("127.0.0.1", port) is None
+
+
+def test_operators_read_the_log_and_the_grants_in_the_admin_and_change_nothing(
+    django_user_model, alice, dora, sandbox
+):
+    client = Client()  # (this folder's `client` fixture is the proxy's)
+    services.record_connection(record(sandbox, host="denied.example", rule="not in policy"))
+    approval = ask(alice, sandbox, host="pypi.org").json()["approval"]
+    dora.post(f"/v1/approvals/{approval['id']}/approve", {}, format="json")
+    client.force_login(django_user_model.objects.create_superuser("oscar", "o@example.com", "pw"))
+    page = client.get("/admin/egress/egressconnection/?allowed__exact=0")
+    assert page.status_code == 200 and b"denied.example" in page.content
+    page = client.get("/admin/egress/egressrule/")
+    assert page.status_code == 200 and b"pypi.org" in page.content
+    assert client.get("/admin/egress/egressrule/add/").status_code == 403

@@ -222,7 +222,6 @@ def test_each_kind_of_change_becomes_its_module():
         "name": ["jq=1.6-2.1"],
         "state": "present",
         "update_cache": True,
-        "cache_valid_time": 3600,
     }
     assert tasks["Remove package nano"]["ansible.builtin.apt"]["state"] == "absent"
     assert tasks["Enable app.service"]["ansible.builtin.systemd_service"] == {
