@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from approvals import services as approvals
 from approvals.choices import ApprovalStatus
+from approvals.models import ApprovalRequest
 from audit import services as audit
 from core import hostapt
 from core.conf import vsb
@@ -271,6 +272,21 @@ def request_access(
     verdict = check(str(sandbox.pk), host, port)
     if verdict.allowed:
         return verdict, None
+    waiting = (
+        ApprovalRequest.objects.filter(
+            sandbox=sandbox,
+            action_type=GRANT_ACTION,
+            status=ApprovalStatus.PENDING,
+            expires_at__gt=timezone.now(),
+            payload__host=host,
+            payload__port=port,
+        )
+        .order_by("created_at")
+        .first()
+    )
+    if waiting is not None:
+        # Asking again while an operator has not decided yet: the same request, not a second.
+        return None, waiting
     payload = {"sandbox_id": str(sandbox.pk), "host": host, "port": port, "ttl_seconds": ttl}
     with transaction.atomic():
         approval = approvals.create_system_request(

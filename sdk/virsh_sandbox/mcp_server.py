@@ -249,7 +249,8 @@ def build_server(client_factory: Callable[[], AsyncVirshSandbox] | None = None) 
         ttl_seconds (the server's default if not given); ask again after that. With wait
         true this blocks until the operator decides (approval.status: approved, denied,
         expired or cancelled; allowed is true once approved). With wait false it returns the
-        pending approval at once, and calling again opens another request. Private, loopback
+        pending approval at once; calling again before the decision returns that same
+        request (check it with wait true). Private, loopback
         and link-local addresses are never reachable, whatever is granted."""
         result = await client().sandbox.request_network_access(
             sandbox_id, host, port, reason=reason, ttl_seconds=ttl_seconds, wait=wait

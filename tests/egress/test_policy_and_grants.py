@@ -166,6 +166,13 @@ def test_an_approved_request_is_a_grant_until_its_ttl(alice, dora, sandbox):
     assert not services.check(str(sandbox.pk), "pypi.org", 443).allowed
 
 
+def test_asking_again_before_a_decision_is_the_same_request(alice, sandbox):
+    first = ask(alice, sandbox, host="pypi.org", reason="pip").json()["approval"]
+    again = ask(alice, sandbox, host="PYPI.org", port=443).json()["approval"]
+    other = ask(alice, sandbox, host="pypi.org", port=8443).json()["approval"]
+    assert again["id"] == first["id"] and other["id"] != first["id"]
+
+
 def test_a_denied_request_grants_nothing(alice, dora, sandbox):
     approval = ask(alice, sandbox, host="pypi.org").json()["approval"]
     assert dora.post(f"/v1/approvals/{approval['id']}/deny", {}, format="json").status_code == 200
