@@ -49,6 +49,11 @@ VSB.update(
         # The one exemption from the always-denied set the tests need: their own HTTP server
         # on loopback, which guests reach by a name through the proxy (tests/egress). A test
         # proves the default settings deny it.
-        "EGRESS_EXEMPT": [f"127.0.0.1:{EGRESS_TEST_SERVER_PORT}"],
+        # (Both loopback addresses: where `localhost` also names ::1, every address a name
+        # resolves to must pass.)
+        "EGRESS_EXEMPT": [
+            f"127.0.0.1:{EGRESS_TEST_SERVER_PORT}",
+            f"[::1]:{EGRESS_TEST_SERVER_PORT}",
+        ],
     }
 )

@@ -243,7 +243,7 @@ def test_the_default_settings_exempt_nothing_from_the_always_denied_set(settings
     ).stdout
     assert shown.strip() == "[]"
     port = settings.EGRESS_TEST_SERVER_PORT
-    assert settings.VSB["EGRESS_EXEMPT"] == [f"127.0.0.1:{port}"]
+    assert settings.VSB["EGRESS_EXEMPT"] == [f"127.0.0.1:{port}", f"[::1]:{port}"]
     assert AddressGuard().denial("127.0.0.1", port) == "loopback"
     assert AddressGuard(exempt=[("127.0.0.1", port)]).denial("127.0.0.1", port) is None
 
