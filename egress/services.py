@@ -7,6 +7,7 @@ that by the proxy's always-denied set (egress.addresses), whatever the policy sa
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import time
@@ -25,6 +26,7 @@ from core import hostapt
 from core.conf import vsb
 from core.errors import Forbidden, InvalidInput
 
+from .addresses import ALWAYS_DENIED, AddressGuard
 from .choices import GRANT_ACTION, RuleSource
 from .models import EgressConnection, EgressRule
 from .proxy import ConnectionRecord, Verdict
@@ -134,8 +136,6 @@ def check(sandbox_id: str, host: str, port: int) -> Verdict:
 
 def policy(sandbox) -> dict:
     """What GET /v1/sandboxes/{id}/egress shows: every rule in force and where it came from."""
-    from .addresses import ALWAYS_DENIED  # noqa: PLC0415 (reads the kernel's addresses)
-
     rules = [
         {"rule": str(rule), "source": origin, "expires_at": None, "approval_id": None}
         for rule, origin in default_rules()
@@ -197,48 +197,59 @@ def create_rules(user, entries) -> list[Rule]:
 
 def save_create_rules(sandbox, rules: list[Rule], user) -> None:
     """Inside the create's transaction."""
-    for rule in rules:
-        EgressRule.objects.create(
-            sandbox=sandbox,
-            pattern=rule.pattern,
-            port=rule.port,
-            source=RuleSource.CREATE,
-            created_by=user.get_username(),
-        )
-    if rules:
-        audit.record(
-            "egress.rules_set",
-            user=user,
-            target=sandbox,
-            sandbox_id=sandbox.pk,
-            agent=sandbox.agent_id,
-            data={"rules": [str(r) for r in rules]},
-        )
+    _add_rules(
+        sandbox,
+        user,
+        "egress.rules_set",
+        [
+            EgressRule(
+                sandbox=sandbox,
+                pattern=rule.pattern,
+                port=rule.port,
+                source=RuleSource.CREATE,
+                created_by=user.get_username(),
+            )
+            for rule in rules
+        ],
+    )
 
 
 def copy_rules(origin, replica, user) -> None:
     """A replay replica reaches what its origin may (rules in force now, same expiry), so a
     playbook that installs from the network replays behind the same policy."""
-    rows = list(own_rules(origin.pk))
-    for row in rows:
-        EgressRule.objects.create(
-            sandbox=replica,
-            pattern=row.pattern,
-            port=row.port,
-            source=row.source,
-            reason=f"as {origin.name}: {row.reason}"[:2000],
-            created_by=row.created_by,
-            expires_at=row.expires_at,
-        )
-    if rows:
-        audit.record(
-            "egress.rules_copied",
-            user=user,
-            target=replica,
-            sandbox_id=replica.pk,
-            agent=replica.agent_id,
-            data={"from": str(origin.pk), "rules": [str(row.rule) for row in rows]},
-        )
+    _add_rules(
+        replica,
+        user,
+        "egress.rules_copied",
+        [
+            EgressRule(
+                sandbox=replica,
+                pattern=row.pattern,
+                port=row.port,
+                source=row.source,
+                reason=f"as {origin.name}: {row.reason}"[:2000],
+                created_by=row.created_by,
+                expires_at=row.expires_at,
+            )
+            for row in own_rules(origin.pk)
+        ],
+        **{"from": str(origin.pk)},
+    )
+
+
+def _add_rules(sandbox, user, verb: str, rows: list[EgressRule], **data) -> None:
+    """Write a sandbox's new rules and one audit event naming them."""
+    if not rows:
+        return
+    EgressRule.objects.bulk_create(rows)
+    audit.record(
+        verb,
+        user=user,
+        target=sandbox,
+        sandbox_id=sandbox.pk,
+        agent=sandbox.agent_id,
+        data={**data, "rules": [str(row.rule) for row in rows]},
+    )
 
 
 # ---- egress requests and grants --------------------------------------------------------------
@@ -313,13 +324,18 @@ def request_access(
 
 def _literal_denial(host: str, port: int) -> str | None:
     """Why an IP literal can never be granted (loopback, private, the host's own...), or None."""
-    from .addresses import AddressGuard  # noqa: PLC0415 (reads the kernel's addresses)
-
     try:
         ipaddress.ip_address(host)
     except ValueError:
         return None
-    return AddressGuard(exempt=exemptions()).denial(host, port)
+    return _guard(tuple(exemptions())).denial(host, port)
+
+
+@functools.cache
+def _guard(exempt: tuple[tuple[str, int], ...]) -> AddressGuard:
+    """One guard per set of exemptions: it re-reads the host's addresses itself (every 30 s),
+    so a request does not start `ip` each time."""
+    return AddressGuard(exempt=exempt)
 
 
 def exemptions() -> list[tuple[str, int]]:

@@ -91,6 +91,7 @@ def clone_spec(sandbox: Sandbox) -> CloneSpec:
             host_port=sandbox.ssh_port,
             bind_address=sandbox.ssh_host or "127.0.0.1",
             egress_relay=relay,
+            egress_to=(egress.GUEST_PROXY_ADDRESS, egress.GUEST_PROXY_PORT),
         )
     else:
         network = LibvirtNetwork(

@@ -57,13 +57,11 @@ class PortForward:
     host_port: int
     bind_address: str = "127.0.0.1"
     guest_port: int = 22
-    # The one exception to restrict=on: a guest connection to EGRESS_ADDRESS:EGRESS_PORT runs
-    # this command (argv) with the connection as its stdin/stdout: the egress relay.
+    # The one exception to restrict=on: a guest connection to egress_to (address, port inside
+    # QEMU's user network, never a real one) runs this command (argv) with the connection as
+    # its stdin/stdout: the egress relay (both set by the egress app).
     egress_relay: tuple[str, ...] | None = None
-
-
-# Where a guest reaches the egress relay (inside QEMU's user network, never on a real one).
-EGRESS_ADDRESS, EGRESS_PORT = "10.0.2.100", 3128
+    egress_to: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import re
 import secrets
 import xml.etree.ElementTree as ET
 
-from .base import EGRESS_ADDRESS, EGRESS_PORT, CloneSpec, LibvirtNetwork, PortForward
+from .base import CloneSpec, LibvirtNetwork, PortForward
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 TAGS_NS = "urn:virsh-sandbox:tags:1"
@@ -164,7 +164,7 @@ def _port_forward(root: ET.Element, fwd: PortForward, mac: str, name: str) -> No
     # restrict=on: the guest reaches nothing, not even the host; only the forward comes in.
     netdev = f"user,id=vmnet0,restrict=on,hostfwd=tcp:{bind}:{fwd.host_port}-:{fwd.guest_port}"
     if fwd.egress_relay:
-        netdev += f",guestfwd=tcp:{EGRESS_ADDRESS}:{EGRESS_PORT}-cmd:{_relay_command(fwd, name)}"
+        netdev += f",guestfwd=tcp:{_relay_address(fwd, name)}-cmd:{_relay_command(fwd, name)}"
     # An explicit bus/addr: without one QEMU takes slot 2, which libvirt already gave to
     # virtio-serial (recipe §2).
     device = f"virtio-net-pci,netdev=vmnet0,bus=pcie.0,addr=0x10,mac={mac}"
@@ -175,6 +175,19 @@ def _port_forward(root: ET.Element, fwd: PortForward, mac: str, name: str) -> No
 # What QEMU may be handed as one argument of the relay command: it splits the command like a
 # shell would (no shell runs), and a comma would end the -netdev option.
 _RELAY_ARG_RE = re.compile(r"^[A-Za-z0-9_./:=@+-]+$")
+
+
+def _relay_address(fwd: PortForward, name: str) -> str:
+    address, port = fwd.egress_to or ("", 0)
+    try:
+        address = ipaddress.IPv4Address(address)
+    except ValueError:
+        raise ValueError(
+            f"{name}: egress relay address {address!r} is not an IPv4 address"
+        ) from None
+    if not isinstance(port, int) or not 0 < port < 65536:
+        raise ValueError(f"{name}: egress relay port {port!r} is not in 1..65535")
+    return f"{address}:{port}"
 
 
 def _relay_command(fwd: PortForward, name: str) -> str:

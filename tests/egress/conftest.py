@@ -166,10 +166,11 @@ def make_proxy(tmp_path, upstreams) -> Iterator[Callable[..., Proxy]]:
         policy: AllowList | None = None,
         exempt: list[tuple[str, int]] | None = None,
         limits: Limits | None = None,
+        **guard_options,
     ) -> Proxy:
         loopback = [("127.0.0.1", upstreams.echo_port), ("127.0.0.1", upstreams.http_port)]
         policy = policy or AllowList(*loopback)
-        guard = AddressGuard(exempt=loopback if exempt is None else exempt)
+        guard = AddressGuard(exempt=loopback if exempt is None else exempt, **guard_options)
         records = Records()
         path = str(tmp_path / f"egress-{len(servers)}.sock")
         limits = limits or Limits(head_timeout=2.0, idle_timeout=10.0)
@@ -252,10 +253,10 @@ def read_head(sock: socket.socket) -> bytes:
     return head
 
 
-def global_addresses() -> list[str]:
-    """This machine's addresses other than loopback, read independently of the guard (the
-    text output of `ip`, not its JSON)."""
+def kernel_addresses() -> list[str]:
+    """Every address of this machine's interfaces (loopback included, so never empty), read
+    independently of the guard (the text output of `ip`, not its JSON)."""
     out = subprocess.run(
-        ["ip", "-o", "addr", "show", "scope", "global"], capture_output=True, text=True, check=True
+        ["ip", "-o", "addr", "show"], capture_output=True, text=True, check=True
     ).stdout
-    return [line.split()[3].split("/")[0] for line in out.splitlines()]
+    return [line.split()[3].split("/")[0].split("%")[0] for line in out.splitlines()]

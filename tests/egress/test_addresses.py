@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 
 from egress.addresses import HOST_OWN, HOST_UNKNOWN, AddressGuard, read_host_addresses
-from tests.egress.conftest import global_addresses
+from tests.egress.conftest import kernel_addresses
 
 
 def no_host_addresses() -> frozenset:
@@ -75,15 +75,20 @@ def test_extra_denied_networks_come_from_settings():
 
 
 def test_the_hosts_own_addresses_are_read_from_the_kernel():
-    own = {ipaddress.ip_address(address) for address in global_addresses()}
-    if not own:
-        pytest.skip("this machine has no global address")
+    own = {ipaddress.ip_address(address) for address in kernel_addresses()}
     guard = AddressGuard()
 
     assert own <= read_host_addresses()
     for address in own:
         in_a_range = AddressGuard(host_addresses=no_host_addresses).denial(str(address), 443)
         assert guard.denial(str(address), 443) == (in_a_range or HOST_OWN)
+
+
+def test_an_address_of_the_host_outside_every_denied_range_is_denied_as_the_hosts_own():
+    # A public address on one of the host's interfaces (any machine, whatever it has).
+    guard = AddressGuard(host_addresses=lambda: frozenset({ipaddress.ip_address("203.0.113.9")}))
+    assert guard.denial("203.0.113.9", 443) == HOST_OWN
+    assert guard.denial("203.0.113.10", 443) is None
 
 
 def test_host_addresses_are_reread_at_most_every_30_seconds_and_a_failure_fails_closed():

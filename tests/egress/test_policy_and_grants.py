@@ -261,3 +261,16 @@ def test_operators_read_the_log_and_the_grants_in_the_admin_and_change_nothing(
     page = client.get("/admin/egress/egressrule/")
     assert page.status_code == 200 and b"pypi.org" in page.content
     assert client.get("/admin/egress/egressrule/add/").status_code == 403
+
+
+def test_a_replay_replica_gets_the_rules_its_origin_has_now(alice, dora, sandbox):
+    approval = ask(alice, sandbox, host="pypi.org", reason="pip").json()["approval"]
+    dora.post(f"/v1/approvals/{approval['id']}/approve", {}, format="json")
+    replica_id = alice.post("/v1/sandboxes", {"source_vm_name": "debian-base"}, format="json")
+    replica = Sandbox.objects.get(pk=replica_id.json()["sandbox"]["id"])
+    services.copy_rules(sandbox, replica, alice.user)
+    assert services.check(str(replica.pk), "pypi.org", 443).rule == "grant pypi.org:443"
+    copied = EgressRule.objects.get(sandbox=replica)
+    assert copied.expires_at == EgressRule.objects.get(sandbox=sandbox).expires_at
+    event = AuditEvent.objects.get(verb="egress.rules_copied")
+    assert event.data == {"from": str(sandbox.pk), "rules": ["pypi.org:443"]}

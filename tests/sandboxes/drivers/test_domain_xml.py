@@ -106,11 +106,12 @@ def test_it_refuses_a_bind_address_that_could_inject_qemu_options(bind):
         build_domain_xml(spec(network=PortForward(40022, bind)), "qemu")
 
 
+TO = ("10.0.2.100", 3128)
 RELAY = ("/usr/bin/python3", "-I", "-S", "/e/relay.py", "/e/h.sock", "5f0c3a52-4a59")
 
 
 def test_the_egress_relay_is_the_guests_one_way_out_of_restricted_slirp():
-    fwd = PortForward(40022, egress_relay=RELAY)
+    fwd = PortForward(40022, egress_relay=RELAY, egress_to=TO)
     netdev = qemu_args(ET.fromstring(build_domain_xml(spec(network=fwd), "qemu")))[1]
     assert netdev == (
         "user,id=vmnet0,restrict=on,hostfwd=tcp:127.0.0.1:40022-:22,"
@@ -121,7 +122,16 @@ def test_the_egress_relay_is_the_guests_one_way_out_of_restricted_slirp():
 @pytest.mark.parametrize("arg", ["/e/relay.py,hostfwd=tcp::2222-:22", "a b", "$(id)", "'x'", "", 5])
 def test_a_relay_argument_that_could_inject_options_or_words_is_refused(arg):
     with pytest.raises(ValueError, match="egress relay argument"):
-        build_domain_xml(spec(network=PortForward(40022, egress_relay=(*RELAY, arg))), "qemu")
+        fwd = PortForward(40022, egress_relay=(*RELAY, arg), egress_to=TO)
+        build_domain_xml(spec(network=fwd), "qemu")
+
+
+@pytest.mark.parametrize(
+    "to", [None, ("10.0.2.100,hostfwd=tcp::1-:22", 3128), ("::1", 3128), ("10.0.2.100", 0)]
+)
+def test_a_relay_without_a_plain_address_and_port_is_refused(to):
+    with pytest.raises(ValueError, match="egress relay (address|port)"):
+        build_domain_xml(spec(network=PortForward(40022, egress_relay=RELAY, egress_to=to)), "qemu")
 
 
 @pytest.mark.parametrize("port", [0, 70000])
