@@ -21,6 +21,27 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # The agent's quotas when it calls with this key (sandboxes/quotas.py); empty: the
+    # settings default (VSB_QUOTA_*). Usage is counted over the key's user: all its keys.
+    max_sandboxes = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Live (not destroyed) sandboxes. Empty: the default."
+    )
+    max_memory_mb = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="MiB of memory of all live sandboxes together. Empty: the default.",
+    )
+    max_snapshots_per_sandbox = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Snapshots of one sandbox. Empty: the default."
+    )
+    max_concurrent_commands = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Commands running at once. Empty: the default."
+    )
+    default_ttl_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="TTL of a sandbox created without one; 0: none. Empty: the default.",
+    )
 
     class Meta:
         # The table keeps the name it had in the sandboxes app (accounts/migrations/0001).

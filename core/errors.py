@@ -77,6 +77,26 @@ class Conflict(ServiceError):
     code = "conflict"
 
 
+class QuotaExceeded(Conflict):
+    """The caller's quota does not allow this: a count of things it holds (README "Limits").
+    It must free one first (destroy a sandbox, delete a snapshot); the message names the
+    quota, its limit and the current usage."""
+
+    code = "quota_exceeded"
+
+
+class TooManyRequests(ServiceError):
+    """Not now for this caller: a rate or a concurrency limit that clears by itself, so
+    waiting helps (nothing was done). `retry_after`: seconds, when known."""
+
+    code = "too_many_requests"
+    transient = True
+
+    def __init__(self, message: str, *, retry_after: int | None = None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
 class TooLarge(ServiceError):
     code = "too_large"  # a body or file over its configured limit
 
@@ -114,6 +134,7 @@ HTTP_STATUS: dict[type[ServiceError], int] = {
     NotFound: 404,
     Conflict: 409,
     TooLarge: 413,
+    TooManyRequests: 429,
     Unprocessable: 422,
     OperationFailed: 502,
     Unavailable: 503,

@@ -29,7 +29,7 @@ from core.conf import vsb
 from core.errors import Conflict, InvalidInput, NotFound, OperationTimeout, Unavailable
 from egress import services as egress
 
-from . import lifecycle, tasks
+from . import lifecycle, quotas, tasks
 from .choices import (
     LIFECYCLE_KINDS,
     CommandStatus,
@@ -283,7 +283,8 @@ def port_is_free(port: int, address: str = "127.0.0.1") -> bool:
 
 
 def validate_sizes(vcpus: int | None, memory_mb: int | None, ttl_seconds: int | None) -> dict:
-    """The sandbox's `vcpus`, `memory_mb` and `ttl_seconds`, defaults filled in, or InvalidInput."""
+    """The sandbox's `vcpus`, `memory_mb` and `ttl_seconds`, defaults filled in (the TTL's is
+    the caller's: quotas.default_ttl_seconds), or InvalidInput."""
     vcpus = vsb("DEFAULT_VCPUS") if vcpus is None else vcpus
     memory_mb = vsb("DEFAULT_MEMORY_MB") if memory_mb is None else memory_mb
     if not 1 <= vcpus <= vsb("MAX_VCPUS"):
@@ -292,8 +293,6 @@ def validate_sizes(vcpus: int | None, memory_mb: int | None, ttl_seconds: int | 
         raise InvalidInput.field(
             "memory_mb", f"must be between {vsb('MIN_MEMORY_MB')} and {vsb('MAX_MEMORY_MB')} MiB."
         )
-    if ttl_seconds is None and vsb("DEFAULT_TTL_SECONDS"):
-        ttl_seconds = vsb("DEFAULT_TTL_SECONDS")
     if ttl_seconds is not None and not 0 < ttl_seconds <= vsb("MAX_TTL_SECONDS"):
         raise InvalidInput.field(
             "ttl_seconds", f"must be between 1 and {vsb('MAX_TTL_SECONDS')} seconds (or omitted)."
@@ -313,11 +312,14 @@ def create_sandbox(
     ttl_seconds: int | None = None,
     auto_start: bool = True,
     egress_allow=(),
+    api_key=None,
 ) -> Operation:
     """Register a sandbox and enqueue its creation on the chosen host. Returns the create
     Operation; its sandbox is in `requested` until the worker picks it up. With
     `from_sandbox` + `from_snapshot` the sandbox is a fork: its disk starts from that
-    snapshot, on the origin's host, and it boots with its own host key and machine-id."""
+    snapshot, on the origin's host, and it boots with its own host key and machine-id.
+    `api_key`: the key the request came with, whose quotas and default TTL apply
+    (sandboxes/quotas.py)."""
     forked_from = None
     if from_sandbox or from_snapshot:
         if not (from_sandbox and from_snapshot):
@@ -335,8 +337,9 @@ def create_sandbox(
             "source_vm_name",
             f"unknown source VM {source_vm_name!r}; known: {known or 'none (run manage.py build_guest_image)'}.",
         )
+    if ttl_seconds is None:
+        ttl_seconds = quotas.default_ttl_seconds(api_key)
     sizes = validate_sizes(vcpus, memory_mb, ttl_seconds)
-    ttl_seconds = sizes["ttl_seconds"]
     egress_rules = egress.create_rules(owner, egress_allow)
     host = choose_host(source, only=forked_from.sandbox.host if forked_from else None)
     mode = vsb("NETWORK_MODE")
@@ -344,6 +347,7 @@ def create_sandbox(
         sandbox_id = uuid.uuid4()
         try:
             with transaction.atomic():
+                quotas.check_sandbox(owner, api_key, sizes["memory_mb"])
                 sandbox = Sandbox.objects.create(
                     id=sandbox_id,
                     name=f"sbx-{sandbox_id.hex[:8]}",
@@ -482,9 +486,16 @@ def get_snapshot(sandbox: Sandbox, name: str) -> Snapshot:
 
 
 def create_snapshot(
-    sandbox: Sandbox, user, *, name: str, description: str = "", disk_only: bool = False
+    sandbox: Sandbox,
+    user,
+    *,
+    name: str,
+    description: str = "",
+    disk_only: bool = False,
+    api_key=None,
 ) -> Operation:
-    """Queue a snapshot. The sandbox keeps running (QEMU pauses it for a fraction of a second)."""
+    """Queue a snapshot. The sandbox keeps running (QEMU pauses it for a fraction of a second).
+    `api_key`: the request's, whose snapshot quota applies."""
     _validate_snapshot_name(name)
     if sandbox.state not in (SandboxState.READY, SandboxState.STOPPED):
         raise Conflict(
@@ -499,6 +510,7 @@ def create_snapshot(
         )
     try:
         with transaction.atomic():
+            quotas.check_snapshot(user, api_key, sandbox)
             snap = Snapshot.objects.create(sandbox=sandbox, name=name, description=description)
             op = _snapshot_op(OperationKind.SNAPSHOT, tasks.snapshot_sandbox, sandbox, snap, user)
     except IntegrityError:
@@ -606,25 +618,29 @@ def run_command(
     timeout_seconds: int | None = None,
     env: dict[str, str] | None = None,
     cwd: str = "",
+    api_key=None,
 ) -> Command:
     """Run `command` in the sandbox on its host's worker and wait for the result. The
     Command row is written before the run and completed by the worker, so the history keeps
-    it even if the caller goes away."""
+    it even if the caller goes away. `api_key`: the request's, whose concurrent-commands
+    quota applies."""
     timeout = validate_command_input(command, timeout_seconds, env, cwd)
     if sandbox.state != SandboxState.READY:
         raise Conflict(
             f"Sandbox {sandbox.name} is {sandbox.state}; commands need it ready.",
             code="invalid_state",
         )
-    cmd = Command.objects.create(
-        sandbox=sandbox,
-        requested_by=user,
-        command=command,
-        env=env or {},
-        cwd=cwd,
-        timeout_seconds=timeout,
-    )
-    enqueue(tasks.run_command, sandbox.host, str(cmd.id))
+    with transaction.atomic():
+        quotas.check_command(user, api_key)
+        cmd = Command.objects.create(
+            sandbox=sandbox,
+            requested_by=user,
+            command=command,
+            env=env or {},
+            cwd=cwd,
+            timeout_seconds=timeout,
+        )
+        enqueue(tasks.run_command, sandbox.host, str(cmd.id))
     # The worker enforces the command timeout itself; the margin covers connecting.
     fields = wakeups.wait(cmd.id, timeout + 60)
     if fields:

@@ -312,7 +312,9 @@ VSB = {
         MIN_MEMORY_MB=128,
         MAX_MEMORY_MB=16384,
         MAX_TTL_SECONDS=7 * 24 * 3600,
-        DEFAULT_TTL_SECONDS=0,
+        # A sandbox created without ttl_seconds lives this long; 0: until destroyed. An API
+        # key may set its own (accounts.ApiKey.default_ttl_seconds).
+        DEFAULT_TTL_SECONDS=24 * 3600,
         READY_TIMEOUT_SECONDS=180,
     ),
     "READY_POLL_SECONDS": env.float("VSB_READY_POLL_SECONDS", default=0.25),
@@ -340,6 +342,39 @@ VSB = {
     ),
     # Which hypervisor driver to build: "libvirt" or "fake" (unit tests only).
     "DRIVER": env.str("VSB_DRIVER", default="libvirt"),
+}
+
+# --- Limits (README "Limits") --------------------------------------------------------------
+# Each agent's quotas, unless its API key sets its own (the admin's API key page); usage is
+# counted over the agent (the key's user). Operators (staff) have none.
+VSB.update(
+    vsb_ints(
+        QUOTA_MAX_SANDBOXES=10,
+        QUOTA_MAX_MEMORY_MB=16384,
+        QUOTA_MAX_SNAPSHOTS_PER_SANDBOX=20,
+        QUOTA_MAX_CONCURRENT_COMMANDS=4,
+    )
+)
+
+
+def throttle_rate(name: str, default: str) -> str | None:
+    """A DRF rate ("600/min") from VSB_THROTTLE_<name>; "off" (or empty) for none."""
+    rate = env.str(f"VSB_THROTTLE_{name}", default=default).strip()
+    return None if rate.lower() in ("", "off", "none", "0") else rate
+
+
+# Requests per API key (per user for a browser session), all endpoints together: a 429 with
+# Retry-After past it (accounts/api/throttling.py). Counted in Redis, shared by all web
+# processes.
+REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = ["accounts.api.throttling.ApiKeyRateThrottle"]
+REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {"agent": throttle_rate("AGENT", "600/min")}
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "throttle": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "vsb-throttle",
+    },
 }
 
 # Encrypts inventory credentials at rest (playbooks/secrets.py). Separate from

@@ -49,7 +49,10 @@ def validation_error_body(detail) -> dict:
 
 def exception_handler(exc, context):
     if isinstance(exc, ServiceError):
-        return Response(error_body(exc.code, exc.message, exc.fields), status=http_status(exc))
+        response = Response(error_body(exc.code, exc.message, exc.fields), status=http_status(exc))
+        if getattr(exc, "retry_after", None):
+            response["Retry-After"] = str(exc.retry_after)
+        return response
     if isinstance(exc, Http404):
         exc = exceptions.NotFound("Not found.")
     elif isinstance(exc, PermissionDenied):

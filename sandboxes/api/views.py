@@ -38,7 +38,15 @@ from .serializers import (
 
 log = logging.getLogger(__name__)
 
-ERRORS = {400: ErrorSerializer, 401: ErrorSerializer, 404: ErrorSerializer, 409: ErrorSerializer}
+# 429: past the key's request rate (every action), or, on a command, its concurrent-commands
+# quota; 409 `quota_exceeded` on a create or a snapshot over a quota (README "Limits").
+ERRORS = {
+    400: ErrorSerializer,
+    401: ErrorSerializer,
+    404: ErrorSerializer,
+    409: ErrorSerializer,
+    429: ErrorSerializer,
+}
 
 
 def _input(serializer_class, data) -> dict:
@@ -136,7 +144,10 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         summary="Create a sandbox",
         description=(
             "Clones the source VM on a KVM host's worker. Answers 202 with the create operation; "
-            "with `wait_for_ip: true` it answers 201 once the sandbox is ready (SSH answers)."
+            "with `wait_for_ip: true` it answers 201 once the sandbox is ready (SSH answers). "
+            "Without `ttl_seconds` the sandbox gets the default TTL (your key's, else the "
+            "server's; none if that is 0). Past a quota of yours (live sandboxes, their total "
+            "memory) it answers 409 `quota_exceeded`, naming the quota and the usage."
         ),
         request=CreateSandboxSerializer,
         responses={201: SandboxOperationSerializer, 202: SandboxOperationSerializer, **ERRORS},
@@ -144,7 +155,7 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     def create(self, request):
         data = _input(CreateSandboxSerializer, request.data)
         wait = data.pop("wait_for_ip")
-        op = services.create_sandbox(request.user, **data)
+        op = services.create_sandbox(request.user, api_key=request.auth, **data)
         code = status.HTTP_202_ACCEPTED
         if wait and data.get("auto_start", True):
             op = _waited(op, vsb("READY_TIMEOUT_SECONDS") + 30)
@@ -191,14 +202,15 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         summary="Run a command in the sandbox",
         description=(
             "Runs `command` with /bin/sh over SSH as root and waits for it. A non-zero exit code is "
-            "still 200; `timed_out` and the `*_truncated` flags tell when output is partial."
+            "still 200; `timed_out` and the `*_truncated` flags tell when output is partial. "
+            "While as many commands of yours run as your quota allows, 429 `quota_exceeded`."
         ),
         **RUN_COMMAND,
     )
     @action(detail=True, methods=["post"])
     def command(self, request, pk=None):
         params = _input(RunCommandSerializer, request.data)
-        cmd = services.run_command(self.get_object(), request.user, **params)
+        cmd = services.run_command(self.get_object(), request.user, api_key=request.auth, **params)
         return Response(CommandResultSerializer({"command": cmd}).data)
 
     @extend_schema(summary="Run a command (the original's path)", **RUN_COMMAND)
@@ -217,7 +229,8 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         summary="Take a snapshot",
         description=(
             "Internal snapshot: with the guest's memory while the sandbox runs, of the disk "
-            "while it is stopped. 202 with the operation; `wait: true` answers 201 when taken."
+            "while it is stopped. 202 with the operation; `wait: true` answers 201 when taken. "
+            "Past your quota of snapshots per sandbox, 409 `quota_exceeded`."
         ),
         **TAKE_SNAPSHOT,
     )
@@ -225,7 +238,7 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     def snapshots(self, request, pk=None):
         data = _input(CreateSnapshotSerializer, request.data)
         wait = data.pop("wait")
-        op = services.create_snapshot(self.get_object(), request.user, **data)
+        op = services.create_snapshot(self.get_object(), request.user, api_key=request.auth, **data)
         if wait:
             return self._snapshot_op(
                 _waited(op, services.SNAPSHOT_DEADLINE), status.HTTP_201_CREATED
