@@ -42,8 +42,9 @@ class ApiKeyRateThrottle(SimpleRateThrottle):
     def allow_request(self, request, view) -> bool:
         try:
             allowed = super().allow_request(request, view)
-        except Exception:  # noqa: BLE001 - the cache is down: let the request through
-            log.warning("throttle cache unavailable; request not counted", exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - the cache is down: let the request through
+            # One line, no traceback: during a Redis outage this logs every request.
+            log.warning("throttle cache unavailable, request not counted: %s", exc)
             return True
         if not allowed:
             wait = self.wait()

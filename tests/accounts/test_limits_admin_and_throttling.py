@@ -19,13 +19,6 @@ NO_LIMITS = {
 }
 
 
-@pytest.fixture
-def operator_client(client, django_user_model):
-    user = django_user_model.objects.create_superuser("oscar", "oscar@example.com", "pw")
-    client.force_login(user)
-    return client
-
-
 def test_an_operator_edits_a_keys_quota_in_the_admin_and_the_next_request_obeys_it(
     operator_client, alice, host, source, sent_tasks
 ):

@@ -15,9 +15,9 @@ from rest_framework.test import APIClient
 
 from accounts import services as accounts
 from accounts.models import ApiKey
-from sandboxes.choices import CommandStatus, SandboxState
+from sandboxes.choices import CommandStatus
 from sandboxes.models import Command, Sandbox
-from tests.support import stack
+from tests.integration.conftest import host_worker
 from tests.support.sshd import start_sshd
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -94,15 +94,10 @@ def guest_worker(django_db_setup, django_db_blocker, tmp_path_factory):
     """A worker (fake hypervisor driver) whose SSH CA a loopback sshd trusts for the
     sandbox's principal: commands really run, over SSH, in that sshd."""
     sshd = start_sshd(tmp_path_factory.mktemp("quota-guest"), f"sandbox-{SANDBOX_ID.hex}")
-    stack.flush_test_redis()
-    proc = stack.worker(VSB_DRIVER="fake", VSB_SSH_CA_KEY=sshd.ca.key_path)
-    proc.start()
     try:
-        with django_db_blocker.unblock():
-            stack.wait_for_heartbeat(proc)
-        yield sshd
+        with host_worker(django_db_blocker, VSB_SSH_CA_KEY=sshd.ca.key_path):
+            yield sshd
     finally:
-        proc.stop()
         sshd.stop()
 
 
@@ -117,18 +112,7 @@ def test_an_agent_past_its_concurrent_commands_gets_429_until_one_finishes(
     guest_worker, alice, host, source
 ):
     limit(alice, max_concurrent_commands=2)
-    Sandbox.objects.create(
-        id=SANDBOX_ID,
-        name="sbx-quota01",
-        agent_id="alice",
-        owner=alice.user,
-        host=host,
-        source=source,
-        state=SandboxState.READY,
-        ssh_host=guest_worker.host,
-        ssh_port=guest_worker.port,
-        host_key=guest_worker.host_key_line,
-    )
+    guest_worker.ready_sandbox(SANDBOX_ID, "sbx-quota01", alice.user, host, source)
     url = f"/v1/sandboxes/{SANDBOX_ID}/command"
     clients = [client_of(alice) for _ in range(2)]
     slow: list = []

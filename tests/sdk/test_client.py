@@ -212,20 +212,22 @@ def test_it_retries_a_get_on_502_503_and_504_with_bounded_attempts():
     assert len(rec.requests) == 3  # one try and two retries, then the error
 
 
-def test_it_retries_a_post_on_503_but_not_on_a_gateways_502():
-    # 503: the server refused before doing anything (no worker with room): safe to repeat.
-    answers = [error(503, "capacity", "no room")]
-    rec = Recorder(
+def creates_after(refusal: httpx.Response) -> Recorder:
+    """POST /v1/sandboxes answers `refusal` once, then creates."""
+    answers = [refusal]
+    created = {"sandbox": sandbox_json(), "operation": operation_json("pending")}
+    return Recorder(
         {
             ("POST", "/v1/sandboxes"): lambda r: (
-                answers.pop(0)
-                if answers
-                else httpx.Response(
-                    202, json={"sandbox": sandbox_json(), "operation": operation_json("pending")}
-                )
+                answers.pop(0) if answers else httpx.Response(202, json=created)
             )
         }
     )
+
+
+def test_it_retries_a_post_on_503_but_not_on_a_gateways_502():
+    # 503: the server refused before doing anything (no worker with room): safe to repeat.
+    rec = creates_after(error(503, "capacity", "no room"))
     assert client_for(rec).sandbox.create_sandbox(source_vm_name="debian-base").sandbox.id == SB
     assert len(rec.requests) == 2
     # A 502 may come after the work started; a repeated create would make a second VM.
@@ -242,18 +244,7 @@ def test_it_retries_a_throttled_post_but_not_a_command_quota():
         headers={"Retry-After": "0"},
         json={"error": {"code": "throttled", "message": "requests: 600 of 600", "fields": {}}},
     )
-    answers = [throttled]
-    rec = Recorder(
-        {
-            ("POST", "/v1/sandboxes"): lambda r: (
-                answers.pop(0)
-                if answers
-                else httpx.Response(
-                    202, json={"sandbox": sandbox_json(), "operation": operation_json("pending")}
-                )
-            )
-        }
-    )
+    rec = creates_after(throttled)
     assert client_for(rec).sandbox.create_sandbox(source_vm_name="debian-base").sandbox.id == SB
     assert len(rec.requests) == 2
     # 429 `quota_exceeded`: commands of this agent still run; waiting is the caller's choice.
