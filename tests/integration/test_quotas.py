@@ -15,7 +15,8 @@ from rest_framework.test import APIClient
 
 from accounts import services as accounts
 from accounts.models import ApiKey
-from sandboxes.choices import CommandStatus
+from sandboxes import services
+from sandboxes.choices import CommandStatus, SandboxState
 from sandboxes.models import Command, Sandbox
 from tests.integration.conftest import host_worker
 from tests.support.sshd import start_sshd
@@ -84,6 +85,36 @@ def test_many_creates_at_once_from_one_agent_never_overshoot_its_quota(
     assert codes == {"quota_exceeded"}
     assert Sandbox.objects.filter(owner=alice.user).count() == allowed
     assert len(sent_tasks) == allowed  # a refused create queued nothing
+
+
+@pytest.fixture
+def ready_row(alice, host, source):
+    return Sandbox.objects.create(
+        name="sbx-race01", owner=alice.user, host=host, source=source, state=SandboxState.READY
+    )
+
+
+def test_many_snapshots_at_once_never_overshoot_the_per_sandbox_quota(alice, ready_row, sent_tasks):
+    limit(alice, max_snapshots_per_sandbox=2)
+    clients = [client_of(alice) for _ in range(6)]
+    url = f"/v1/sandboxes/{ready_row.pk}/snapshots"
+    responses = in_threads(6, lambda i: clients[i].post(url, {"name": f"s{i}"}, format="json"))
+    assert sorted(r.status_code for r in responses) == [202] * 2 + [409] * 4
+    assert ready_row.snapshots.count() == 2
+
+
+def test_many_commands_at_once_never_overshoot_the_concurrency_quota(
+    alice, ready_row, sent_tasks, monkeypatch
+):
+    # No worker here: the rows stay running, as if the commands were still at work; the
+    # requests that got through are answered at once.
+    monkeypatch.setattr(services.wakeups, "wait", lambda *args: {"status": "finished"})
+    limit(alice, max_concurrent_commands=2)
+    clients = [client_of(alice) for _ in range(10)]
+    url = f"/v1/sandboxes/{ready_row.pk}/command"
+    responses = in_threads(10, lambda i: clients[i].post(url, {"command": "true"}, format="json"))
+    assert sorted(r.status_code for r in responses) == [200] * 2 + [429] * 8
+    assert Command.objects.filter(sandbox=ready_row).count() == 2
 
 
 # --- concurrent commands through a real worker ---------------------------------------------
