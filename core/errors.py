@@ -86,15 +86,11 @@ class QuotaExceeded(Conflict):
 
 
 class TooManyRequests(ServiceError):
-    """Not now for this caller: a rate or a concurrency limit that clears by itself, so
-    waiting helps (nothing was done). `retry_after`: seconds, when known."""
+    """Not now for this caller: a concurrency limit that clears by itself, so waiting helps
+    (nothing was done). (Request rates are DRF's throttle: accounts/api/throttling.py.)"""
 
     code = "too_many_requests"
     transient = True
-
-    def __init__(self, message: str, *, retry_after: int | None = None, **kwargs):
-        super().__init__(message, **kwargs)
-        self.retry_after = retry_after
 
 
 class TooLarge(ServiceError):

@@ -49,10 +49,7 @@ def validation_error_body(detail) -> dict:
 
 def exception_handler(exc, context):
     if isinstance(exc, ServiceError):
-        response = Response(error_body(exc.code, exc.message, exc.fields), status=http_status(exc))
-        if getattr(exc, "retry_after", None):
-            response["Retry-After"] = str(exc.retry_after)
-        return response
+        return Response(error_body(exc.code, exc.message, exc.fields), status=http_status(exc))
     if isinstance(exc, Http404):
         exc = exceptions.NotFound("Not found.")
     elif isinstance(exc, PermissionDenied):
