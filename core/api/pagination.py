@@ -106,8 +106,7 @@ class CursorPagination(BasePagination):
     # --- the cursor ------------------------------------------------------------------------
 
     def _salt(self) -> str:
-        # Bound to the list's model and order: a cursor of one list is refused by another.
-        return f"vsb.cursor:{self.model._meta.label_lower}:{','.join(self.ordering)}"
+        return cursor_salt(self.model, self.ordering)
 
     def _position(self, row) -> list[Any]:
         return [_jsonable(getattr(row, name.lstrip("-"))) for name in self.ordering]
@@ -135,7 +134,7 @@ class CursorPagination(BasePagination):
                 self.model._meta.get_field(name.lstrip("-")).to_python(value)
                 for name, value in zip(self.ordering, values, strict=True)
             ]
-        except ValidationError:
+        except (ValidationError, TypeError, ValueError):
             raise InvalidInput.field("cursor", "not a cursor of this list") from None
         return position, bool(payload.get("b"))
 
@@ -208,6 +207,12 @@ class CursorPagination(BasePagination):
                 "results": schema,
             },
         }
+
+
+def cursor_salt(model, ordering: Sequence[str]) -> str:
+    """What a list's cursors are signed for: its model and order, so that a cursor of one list
+    is refused by another."""
+    return f"vsb.cursor:{model._meta.label_lower}:{','.join(ordering)}"
 
 
 def _refuse_offset(request) -> None:
