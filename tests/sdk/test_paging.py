@@ -51,44 +51,20 @@ def client(handler) -> VirshSandbox:
     return VirshSandbox(BASE, api_key="vsb_test", backoff=0, transport=httpx.MockTransport(handler))
 
 
-# Each iter_* twin: its call with a filter, the route it pages, the row builder, its rows'
-# attribute and the query the filter sends.
+# Each iter_* twin: its sub-client, positional arguments, a filter, the route it pages and
+# the rows there.
 TWINS = {
-    "iter_sandboxes": (
-        lambda c: c.sandbox.iter_sandboxes(state="ready", limit=2),
-        "/v1/sandboxes",
-        lambda n: sandbox_json(f"sb-{n}"),
-        {"state": "ready", "limit": "2"},
-    ),
-    "iter_operations": (
-        lambda c: c.operations.iter_operations(kind="create", limit=2),
-        "/v1/operations",
-        lambda n: {"id": f"op-{n}", "status": "succeeded"},
-        {"kind": "create", "limit": "2"},
-    ),
-    "iter_sandbox_commands": (
-        lambda c: c.sandbox.iter_sandbox_commands(SB, limit=2),
-        f"/v1/sandboxes/{SB}/commands",
-        lambda n: {"id": f"cmd-{n}", "command": "true"},
-        {"limit": "2"},
-    ),
-    "iter_approvals": (
-        lambda c: c.approvals.iter_approvals(status="pending", limit=2),
-        "/v1/approvals",
-        lambda n: {"id": f"ask-{n}", "status": "pending"},
-        {"status": "pending", "limit": "2"},
-    ),
-    "iter_events": (
-        lambda c: c.audit.iter_events(verb="sandbox", limit=2),
-        "/v1/audit",
-        lambda n: {"seq": n, "verb": "sandbox.create"},
-        {"verb": "sandbox", "limit": "2"},
-    ),
+    "iter_sandboxes": ("sandbox", (), {"state": "ready"}, "/v1/sandboxes", sandbox_json),
+    "iter_operations": ("operations", (), {"kind": "create"}, "/v1/operations", None),
+    "iter_sandbox_commands": ("sandbox", (SB,), {}, f"/v1/sandboxes/{SB}/commands", None),
+    "iter_approvals": ("approvals", (), {"status": "pending"}, "/v1/approvals", None),
+    "iter_events": ("audit", (), {"verb": "sandbox"}, "/v1/audit", lambda n: {"seq": n}),
     "iter_egress_log": (
-        lambda c: c.sandbox.iter_egress_log(SB, allowed=False, limit=2),
+        "sandbox",
+        (SB,),
+        {"allowed": False},
         f"/v1/sandboxes/{SB}/egress/log",
-        lambda n: {"id": n, "allowed": False},
-        {"allowed": "false", "limit": "2"},
+        None,
     ),
 }
 
@@ -99,11 +75,14 @@ def row_id(row) -> object:
 
 @pytest.mark.parametrize("twin", TWINS, ids=str)
 def test_each_iter_twin_follows_next_through_every_page_with_its_filters(twin):
-    call, route, make, query = TWINS[twin]
-    rows = [make(n) for n in range(1, 6)]
+    sub, args, filters, route, make = TWINS[twin]
+    rows = [(make or (lambda n: {"id": f"row-{n}"}))(f"{n}") for n in range(1, 6)]
     server = PagedServer(route, rows)
-    seen = [row_id(row) for row in call(client(server))]
+    iterate = getattr(getattr(client(server), sub), twin)
+    seen = [row_id(row) for row in iterate(*args, **filters, limit=2)]
     assert seen == [row.get("id") or row["seq"] for row in rows]
+    query = {k: str(v).lower() if isinstance(v, bool) else v for k, v in filters.items()}
+    query["limit"] = "2"
     assert server.queries == [query, {**query, "cursor": "2"}, {**query, "cursor": "4"}]
 
 
