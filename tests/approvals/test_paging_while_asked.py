@@ -94,6 +94,7 @@ def test_paging_the_pending_queue_while_1000_asks_arrive_sees_each_ask_once(
     asked: list[str] = []
     failures: list[object] = []
     lock = threading.Lock()
+    paging_began = threading.Event()
 
     def ask_over_http() -> None:
         for n in range(OVER_HTTP):
@@ -107,10 +108,12 @@ def test_paging_the_pending_queue_while_1000_asks_arrive_sees_each_ask_once(
         with django_db_blocker.unblock():
             user = User.objects.get(username="paging-agent")
             try:
-                for _ in range((ARRIVING - OVER_HTTP) // BATCH):
+                for batch in range((ARRIVING - OVER_HTTP) // BATCH):
                     made = insert_asks(user, "arriving", BATCH)
                     with lock:
                         asked.extend(made)
+                    if batch == 1:  # most arrive once the operator has begun paging
+                        paging_began.wait(timeout=60)
                     time.sleep(0.005)
             finally:
                 connection.close()
@@ -122,6 +125,7 @@ def test_paging_the_pending_queue_while_1000_asks_arrive_sees_each_ask_once(
         while len(asked) < 20 and not failures:  # the asks are arriving before paging begins
             time.sleep(0.01)
         existing = pending_ids(django_db_blocker)
+        paging_began.set()
         seen: list[str] = []
         created_at: list[str] = []
         url, pages = f"{base}/v1/approvals?status=pending&limit=20", 0
@@ -133,6 +137,7 @@ def test_paging_the_pending_queue_while_1000_asks_arrive_sees_each_ask_once(
             url, pages = page["next"], pages + 1
         arrived_while_paging = len(asked)
     finally:
+        paging_began.set()
         for thread in askers:
             thread.join(timeout=120)
     assert not failures, failures[:3]
