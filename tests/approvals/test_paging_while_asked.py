@@ -1,7 +1,7 @@
 """An operator pages the pending queue through a real daphne server while 1,000 asks arrive
 from other threads: every ask that was pending when paging began is on exactly one page, no
 ask is on two, and the asks that arrive meanwhile come after. Offset paging, which skipped
-asks here before, is refused.
+asks here before, is refused; the SDK's iter_approvals follows the pages to the end.
 
 Of the arriving asks, some come over HTTP through the same server (the real create path);
 the rest are inserted in small batches from a thread, because 1,000 full creates (each an
@@ -20,6 +20,7 @@ import pytest
 from django.contrib.auth.models import Permission, User
 from django.db import connection
 from django.utils import timezone
+from virsh_sandbox import VirshSandbox
 
 from accounts import services as accounts
 from approvals.models import ApprovalRequest
@@ -169,3 +170,13 @@ def test_offset_paging_is_refused_on_the_real_stack(server):
     }
     status, body = operator.get("/v1/approvals?status=pending&limit=50&offset=0")
     assert status == 200 and len(body["results"]) == 50 and body["next"], body
+
+
+def test_the_sdk_follows_the_servers_pages_to_the_end(server, django_db_blocker):
+    base, _, operator = server
+    pending = pending_ids(django_db_blocker)
+    with VirshSandbox(base, api_key=operator.key) as client:
+        seen = [ask.id for ask in client.approvals.iter_approvals(status="pending", limit=200)]
+        first = client.approvals.list_approvals(status="pending", limit=200)
+    assert len(seen) == len(set(seen)) and set(seen) == pending
+    assert first.total == len(pending) and first.next_cursor
