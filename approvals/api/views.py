@@ -9,7 +9,8 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.api.pagination import LimitOffsetPagination
+from core.api.pagination import CursorPagination
+from core.api.serializers import ErrorSerializer
 from core.errors import Forbidden, ServiceError
 
 from .. import services
@@ -51,15 +52,18 @@ class ApprovalViewSet(viewsets.ViewSet):
     see all. Deciding needs the decide permission and is never open to the requester."""
 
     lookup_value_regex = "[0-9a-fA-F-]{32,36}"
+    # A queue: oldest first, so an operator paging forward sees every request, also those
+    # that arrive while paging (they come after the position reached).
+    pagination_class = CursorPagination.ordered_by("created_at", "id")
 
     @extend_schema(
         summary="List approval requests",
-        parameters=[
-            OpenApiParameter("status", str, enum=ApprovalStatus.values),
-            OpenApiParameter("limit", int),
-            OpenApiParameter("offset", int),
-        ],
-        responses=ApprovalSerializer(many=True),
+        description=(
+            "Oldest first (a queue), paginated by `cursor`: follow `next`; a request that "
+            "existed when paging began is on exactly one page."
+        ),
+        parameters=[OpenApiParameter("status", str, enum=ApprovalStatus.values)],
+        responses={200: ApprovalSerializer(many=True), 400: ErrorSerializer},
     )
     def list(self, request):
         qs = services.visible_requests(request.user)
@@ -71,7 +75,7 @@ class ApprovalViewSet(viewsets.ViewSet):
                     fields={"status": ["unknown status"]},
                 )
             qs = qs.filter(status=wanted)
-        paginator = LimitOffsetPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(qs, request, view=self)
         return paginator.get_paginated_response(ApprovalSerializer(page, many=True).data)
 

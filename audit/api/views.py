@@ -8,6 +8,9 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import viewsets
 from rest_framework.decorators import action
 
+from core.api.pagination import CursorPagination
+from core.api.serializers import ErrorSerializer
+
 from .. import queries
 from ..models import AuditEvent
 from .filters import AuditEventFilter
@@ -31,6 +34,8 @@ class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = AuditEventSerializer
     filterset_class = AuditEventFilter
     lookup_field = "seq"
+    # The chain's own order: seq is unique and given out in commit order.
+    pagination_class = CursorPagination.ordered_by("seq")
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # the schema generator has no user
@@ -39,8 +44,9 @@ class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
 
     @extend_schema(
         summary="List audit events",
+        description="Oldest first (by seq), paginated by `cursor` (follow `next`).",
         parameters=FILTER_PARAMS,
-        responses=AuditEventSerializer(many=True),
+        responses={200: AuditEventSerializer(many=True), 400: ErrorSerializer},
     )
     def list(self, request, *args, **kwargs):
         return super().list(request, *args, **kwargs)

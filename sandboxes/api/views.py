@@ -12,6 +12,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.api.pagination import CursorPagination
 from core.api.serializers import ErrorSerializer
 from core.conf import vsb
 from core.errors import OperationFailed
@@ -47,6 +48,11 @@ ERRORS = {
     409: ErrorSerializer,
     429: ErrorSerializer,
 }
+# The orders of the lists (docs/architecture.md, "Lists"): what was made last first for
+# sandboxes and operations, a history oldest first for commands and snapshots.
+NEWEST_FIRST = CursorPagination.ordered_by("-created_at", "-id")
+COMMANDS_IN_ORDER = CursorPagination.ordered_by("started_at", "id")
+SNAPSHOTS_IN_ORDER = CursorPagination.ordered_by("created_at", "id")
 
 
 def _input(serializer_class, data) -> dict:
@@ -109,7 +115,9 @@ class SandboxFilter(django_filters.FilterSet):
 
 @extend_schema_view(
     list=extend_schema(
-        summary="List your sandboxes", responses={200: SandboxSerializer(many=True)}
+        summary="List your sandboxes",
+        description="Newest first, paginated by `cursor` (follow `next`).",
+        responses={200: SandboxSerializer(many=True), 400: ErrorSerializer},
     ),
     retrieve=extend_schema(
         summary="Get a sandbox",
@@ -127,6 +135,7 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     serializer_class = SandboxSerializer
     filterset_class = SandboxFilter
     lookup_value_regex = "[^/]+"
+    pagination_class = NEWEST_FIRST
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
@@ -234,7 +243,13 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         ),
         **TAKE_SNAPSHOT,
     )
-    @action(detail=True, methods=["post"], url_path="snapshots")
+    @action(
+        detail=True,
+        methods=["post"],
+        url_path="snapshots",
+        pagination_class=SNAPSHOTS_IN_ORDER,
+        filter_backends=[],  # the sandbox filters are the list's, not its snapshots'
+    )
     def snapshots(self, request, pk=None):
         data = _input(CreateSnapshotSerializer, request.data)
         wait = data.pop("wait")
@@ -246,12 +261,13 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         return self._snapshot_op(op, status.HTTP_202_ACCEPTED)
 
     @extend_schema(
-        summary="List snapshots", responses={200: SnapshotSerializer(many=True), **ERRORS}
+        summary="List snapshots",
+        description="Oldest first, paginated by `cursor` (follow `next`).",
+        responses={200: SnapshotSerializer(many=True), **ERRORS},
     )
     @snapshots.mapping.get
     def list_snapshots(self, request, pk=None):
-        sandbox = self.get_object()
-        return Response(SnapshotSerializer(sandbox.snapshots.all(), many=True).data)
+        return self._page(self.get_object().snapshots.all(), SnapshotSerializer)
 
     @extend_schema(summary="Take a snapshot (the original's path)", **TAKE_SNAPSHOT)
     @action(detail=True, methods=["post"], url_path="snapshot")
@@ -284,18 +300,24 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     )
 
     @extend_schema(
-        summary="Command history", responses={200: CommandSerializer(many=True), **ERRORS}
+        summary="Command history",
+        description="Oldest first, paginated by `cursor` (follow `next`).",
+        responses={200: CommandSerializer(many=True), **ERRORS},
     )
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], pagination_class=COMMANDS_IN_ORDER, filter_backends=[])
     def commands(self, request, pk=None):
-        sandbox = self.get_object()
-        page = self.paginate_queryset(sandbox.commands.all())
-        return self.get_paginated_response(CommandSerializer(page, many=True).data)
+        return self._page(self.get_object().commands.all(), CommandSerializer)
+
+    def _page(self, queryset, serializer_class) -> Response:
+        page = self.paginate_queryset(queryset)
+        return self.get_paginated_response(serializer_class(page, many=True).data)
 
 
 @extend_schema_view(
     list=extend_schema(
-        summary="List your operations", responses={200: OperationSerializer(many=True)}
+        summary="List your operations",
+        description="Newest first, paginated by `cursor` (follow `next`).",
+        responses={200: OperationSerializer(many=True), 400: ErrorSerializer},
     ),
     retrieve=extend_schema(
         summary="Get an operation (poll this for slow verbs)",
@@ -307,6 +329,7 @@ class OperationViewSet(viewsets.ReadOnlyModelViewSet):
 
     serializer_class = OperationSerializer
     filterset_fields = ["status", "kind", "sandbox"]
+    pagination_class = NEWEST_FIRST
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
