@@ -17,7 +17,7 @@ from .choices import NetworkMode, SandboxState, SourceKind
 from .drivers.base import CloneSpec, LibvirtNetwork, PortForward
 from .drivers.domain_xml import OVERLAY_NAME
 from .models import Sandbox
-from .runtime import get_ca, get_driver, get_ssh_pool
+from .runtime import deployment_name, get_ca, get_driver, get_ssh_pool
 
 log = logging.getLogger(__name__)
 HOSTKEY_RE = re.compile(r"^vsb-hostkey: (ssh-[a-z0-9-]+ [A-Za-z0-9+/=]+)$", re.MULTILINE)
@@ -110,9 +110,20 @@ def clone_spec(sandbox: Sandbox) -> CloneSpec:
         cmdline=cmdline,
         network=network,
         mac=sandbox.mac_address or None,
-        tags={"sandbox": str(sandbox.id)},
+        tags=domain_tags(sandbox),
         from_snapshot=fork_origin_disk(sandbox),
     )
+
+
+def domain_tags(sandbox: Sandbox) -> dict[str, str]:
+    """What a sandbox's domain carries in its <metadata>: the sandbox id (a retried create
+    recognises its own domain), and the host and deployment it belongs to (the reconcile
+    touches only domains of its own host and installation)."""
+    return {
+        "sandbox": str(sandbox.id),
+        "host": sandbox.host.name,
+        "deployment": deployment_name(),
+    }
 
 
 def fork_origin_disk(sandbox: Sandbox) -> tuple[str, str] | None:

@@ -512,6 +512,40 @@ def check_host_heartbeats() -> list[str]:
     return silent
 
 
+@shared_task(name="sandboxes.reconcile_hosts", ignore_result=True)
+def reconcile_hosts() -> list[str]:
+    """The beat's entry (control): one reconcile per host with a live worker, on that host's
+    own queue, since it needs the host's libvirt."""
+    hosts = services.live_hosts()
+    for host in hosts:
+        services.enqueue(reconcile_host, host, host.pk)
+    return [h.name for h in hosts]
+
+
+@shared_task(name="sandboxes.reconcile_host", ignore_result=True)
+def reconcile_host(host_id: int, report_key: str = "") -> dict | None:
+    """One reconcile pass over this worker's host (sandboxes/reconcile.py). Not acks_late:
+    a pass lost with its worker is simply the next beat's. With `report_key`, the pass's
+    report is published as a wake-up under that key (tests wait on it)."""
+    from . import reconcile
+    from .models import Host
+
+    host = Host.objects.filter(pk=host_id).first()
+    if host is None:
+        return None
+    if host.name != vsb("HOST_NAME"):
+        log.error("reconcile of host %s sent to the worker of %s: ignored", host, vsb("HOST_NAME"))
+        return None
+    try:
+        report = reconcile.reconcile_host(host).as_dict()
+    except DriverError as exc:
+        log.warning("reconcile of host %s skipped: %s", host.name, exc)
+        report = {"host": host.name, "error": str(exc)}
+    if report_key:
+        wakeups.publish(report_key, report, kind="reconcile")
+    return report
+
+
 # The task carrying each kind of operation: a restarted worker re-enqueues what it left open
 # (worker.recover). Apps above sandboxes add their kinds with register_operation_task.
 TASK_FOR_KIND = {

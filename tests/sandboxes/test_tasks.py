@@ -53,7 +53,12 @@ def test_it_creates_a_stopped_sandbox_when_not_auto_started(driver, create_op):
     assert op.status == OperationStatus.SUCCEEDED and op.progress == 100
     assert sandbox.state == SandboxState.STOPPED
     domain = driver.get_domain(sandbox.name)
-    assert domain.state == SHUTOFF and domain.tags == {"sandbox": str(sandbox.pk)}
+    assert domain.state == SHUTOFF
+    assert domain.tags == {
+        "sandbox": str(sandbox.pk),
+        "host": sandbox.host.name,
+        "deployment": settings.DATABASES["default"]["NAME"],
+    }
 
 
 def test_it_boots_and_hands_over_to_the_readiness_poll(driver, create_op, waits):
