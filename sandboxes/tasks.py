@@ -185,6 +185,7 @@ def start_sandbox(self, op: Operation) -> None:
         return
     try:
         services.report_progress(op.pk, 20, "starting VM")
+        provisioning.check_port_before_start(sandbox)
         provisioning.driver_for(sandbox).start(sandbox.name)
         services.report_progress(op.pk, 40, "booting: waiting for SSH")
     except Exception as exc:  # noqa: BLE001

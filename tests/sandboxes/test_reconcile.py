@@ -6,6 +6,7 @@ real worker.)"""
 from __future__ import annotations
 
 import os
+import socket
 import time
 import uuid
 from datetime import timedelta
@@ -136,6 +137,24 @@ def test_it_shows_a_ready_sandbox_whose_domain_is_shut_off_as_stopped_and_it_sta
     tasks.start_sandbox.run(str(op.pk))
     assert state_of(sandbox) == SandboxState.BOOTING
     assert driver.state(sandbox.name) == RUNNING
+
+
+def test_a_start_after_a_reboot_names_the_forwarded_port_another_process_took(
+    host, driver, make_sandbox, sent_tasks
+):
+    sandbox = make_sandbox(SandboxState.STOPPED, domain=SHUTOFF)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        Sandbox.objects.filter(pk=sandbox.pk).update(ssh_port=port, ssh_host="127.0.0.1")
+        op = services.start_sandbox(sandbox, sandbox.owner)
+        tasks.start_sandbox.run(str(op.pk))
+    op.refresh_from_db()
+    assert op.status == OperationStatus.FAILED
+    assert f"port {port} on 127.0.0.1" in op.error and "held by another process" in op.error
+    assert driver.state(sandbox.name) == SHUTOFF
+    assert state_of(sandbox) == SandboxState.ERROR  # the disk is kept: destroy or start again
 
 
 def test_it_takes_a_stopped_sandbox_whose_domain_runs_through_the_readiness_check(
