@@ -195,7 +195,7 @@ def _settle(driver, sandbox: Sandbox, listed: DomainInfo | None, report: Report)
                 report.vanished.append(sandbox.name)
         return
     if sandbox.state == SandboxState.READY and domain.state == SHUTOFF:
-        if driver.state(sandbox.name) != SHUTOFF:
+        if not _still(driver, sandbox, SHUTOFF):
             return
         get_ssh_pool().discard(str(sandbox.id))
         reason = "its domain was found shut off (host reboot, or the guest powered off)"
@@ -204,13 +204,19 @@ def _settle(driver, sandbox: Sandbox, listed: DomainInfo | None, report: Report)
         ):
             report.stopped.append(sandbox.name)
     elif sandbox.state == SandboxState.STOPPED and domain.state == RUNNING:
-        if driver.state(sandbox.name) != RUNNING:
+        if not _still(driver, sandbox, RUNNING):
             return
         reason = "its domain was found running; checking that SSH answers"
         if services.adopt_running_sandbox(sandbox, reason) is not None:
             report.adopted.append(sandbox.name)
     # Paused (a snapshot in progress, an operator's `virsh suspend`), crashed or other:
     # nothing the row can say about it; left to the operations and to people.
+
+
+def _still(driver, sandbox: Sandbox, state: str) -> bool:
+    """Whether the sandbox's domain is still in `state` (the listing is a moment old)."""
+    domain = _domain_of(sandbox, driver.get_domain(sandbox.name))
+    return domain is not None and domain.state == state
 
 
 def _stray(driver, host: Host, info: DomainInfo, now: float, report: Report) -> None:

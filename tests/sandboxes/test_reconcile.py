@@ -18,7 +18,7 @@ from audit.models import AuditEvent
 from sandboxes import provisioning, reconcile, services, tasks
 from sandboxes.choices import OperationKind, OperationStatus, SandboxState
 from sandboxes.drivers.base import PAUSED, RUNNING, SHUTOFF, TransientDriverError
-from sandboxes.models import Host, Operation, Sandbox
+from sandboxes.models import TRANSITIONAL_STATES, Host, Operation, Sandbox
 from sandboxes.runtime import deployment_name
 
 pytestmark = pytest.mark.django_db
@@ -184,18 +184,7 @@ def test_it_leaves_settled_sandboxes_whose_domain_agrees_alone(host, driver, mak
     assert not AuditEvent.objects.filter(verb="sandbox.reconciled").exists()
 
 
-@pytest.mark.parametrize(
-    "state",
-    [
-        SandboxState.REQUESTED,
-        SandboxState.PROVISIONING,
-        SandboxState.BOOTING,
-        SandboxState.WAITING_FOR_IP,
-        SandboxState.STOPPING,
-        SandboxState.RESTORING,
-        SandboxState.DESTROYING,
-    ],
-)
+@pytest.mark.parametrize("state", TRANSITIONAL_STATES)
 def test_it_leaves_a_sandbox_mid_transition_alone(host, driver, make_sandbox, state):
     sandbox = make_sandbox(state, domain=None)
     run_pass(host)
