@@ -251,11 +251,14 @@ def wait_ready(self, op_id: str) -> None:
         sandbox.ip_address = sandbox.ssh_host = address
 
     console_key = provisioning.console_host_key(sandbox)
-    # Only a first boot must print its key before we connect; once a key is pinned (a
-    # restart, or a restored memory snapshot that never re-runs the boot scripts and whose
-    # console log QEMU may have started afresh) the SSH handshake itself is checked against it.
+    # The project's image prints its host key on the console right before sshd starts, on
+    # every boot, and the console log starts afresh with each start of the domain. A first
+    # boot must print it before we connect (it is what we pin). A restart waits for it too:
+    # probes sent earlier leave half-open slirp connections that all reach sshd the moment
+    # it listens, a storm of pre-auth children a TCG guest under load may never work off.
+    # A restored memory snapshot does not boot: its handshake is checked against the pin.
     expects_console_key = (
-        not sandbox.host_key
+        op.kind != OperationKind.RESTORE
         and sandbox.source.kind == SourceKind.IMAGE
         and bool(sandbox.source.kernel)
     )

@@ -98,6 +98,29 @@ def test_a_sandbox_running_before_a_host_reboot_shows_stopped_and_starts_again(
     assert api.run(sandbox["id"], "echo back")["stdout"] == "back\n"
 
 
+def test_a_stopped_sandbox_whose_domain_someone_started_becomes_ready(
+    e2e_stack, sandbox, django_capture_on_commit_callbacks
+):
+    api, name = e2e_stack.alice, sandbox["name"]
+    status, body = api.post(f"/v1/sandboxes/{sandbox['id']}/stop", {"wait": True})
+    assert status == 200 and body["sandbox"]["state"] == "stopped", body
+    assert virsh("start", name).returncode == 0  # an operator, behind the service's back
+
+    beat_reconcile(django_capture_on_commit_callbacks)
+
+    # Through the usual readiness check: SSH answers with the pinned host key.
+    wait_for_state(api, sandbox["id"], "ready", timeout=150)
+    assert api.run(sandbox["id"], "echo adopted")["stdout"] == "adopted\n"
+    status, ops = api.get(f"/v1/operations?sandbox={sandbox['id']}&kind=start")
+    assert status == 200, ops
+    assert ops["results"][0]["status"] == "succeeded"  # the newest: the system's
+    with e2e_stack.blocker.unblock():
+        from sandboxes.models import Operation
+
+        op = Operation.objects.get(pk=ops["results"][0]["id"])
+    assert op.requested_by is None and "found running" in op.input["reason"]
+
+
 def test_a_sandbox_whose_domain_vanished_becomes_error(
     e2e_stack, sandbox, django_capture_on_commit_callbacks
 ):

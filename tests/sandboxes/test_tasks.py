@@ -136,6 +136,33 @@ def test_it_polls_again_until_the_guest_prints_its_host_key(driver, create_op, w
     assert len(waits) == 1
 
 
+def test_a_restart_waits_for_this_boots_host_key_line_before_probing_ssh(
+    driver, create_op, waits, monkeypatch, settings, tmp_path
+):
+    """Probes sent before sshd listens pile up as half-open connections that all reach it
+    at once; the console line comes right before sshd starts, on every boot."""
+    from sandboxes.remote import ssh
+
+    settings.VSB = {**settings.VSB, "SANDBOX_DIR": str(tmp_path)}
+    probes = []
+    monkeypatch.setattr(ssh, "probe_ssh_banner", lambda *a, **kw: probes.append(a) or False)
+    op = create_op(auto_start=False)
+    tasks.provision_sandbox.run(str(op.pk))
+    services.set_sandbox_fields(op.sandbox.pk, host_key="ssh-ed25519 AAAApinned")
+    start = services.start_sandbox(op.sandbox, op.requested_by)
+    tasks.start_sandbox.run(str(start.pk))
+    waits.clear()
+
+    tasks.wait_ready.run(str(start.pk))  # the console log of this boot is still empty
+    assert probes == [] and len(waits) == 1
+
+    console = provisioning.console_log_path(op.sandbox)
+    console.parent.mkdir(parents=True, exist_ok=True)
+    console.write_text("vsb-hostkey: ssh-ed25519 AAAApinned\n")
+    tasks.wait_ready.run(str(start.pk))
+    assert len(probes) == 1 and len(waits) == 2
+
+
 def test_it_fails_the_boot_when_the_guest_stops(driver, create_op, waits):
     op = create_op()
     tasks.provision_sandbox.run(str(op.pk))
