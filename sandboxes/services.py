@@ -19,7 +19,7 @@ from pathlib import Path
 
 from celery import current_app
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, F, Q
+from django.db.models import Count, Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from audit import services as audit
@@ -394,12 +394,17 @@ LIFECYCLE_VERBS = {
 
 
 def _lifecycle_op(
-    sandbox: Sandbox, user, kind: str, snapshot: Snapshot | None = None, **input
+    sandbox: Sandbox,
+    user,
+    kind: str,
+    snapshot: Snapshot | None = None,
+    expected: list[str] | None = None,
+    **input,
 ) -> Operation:
     target, timeout_setting, margin = LIFECYCLE_VERBS[kind]
     task, deadline = tasks.TASK_FOR_KIND[kind], vsb(timeout_setting) + margin
     with transaction.atomic():
-        if not lifecycle.transition(sandbox.pk, target):
+        if not lifecycle.transition(sandbox.pk, target, expected=expected):
             sandbox.refresh_from_db(fields=["state"])
             raise Conflict(
                 f"Sandbox {sandbox.name} is {sandbox.state}; cannot {kind} it now.",
@@ -831,4 +836,95 @@ def expired_sandboxes():
         Sandbox.objects.filter(expires_at__lt=timezone.now())
         .exclude(state__in=[SandboxState.DESTROYING, SandboxState.DESTROYED])
         .select_related("host")
+    )
+
+
+# --- Reconcile (called by sandboxes/reconcile.py on the host's own worker) -----------------
+
+DOMAIN_VANISHED = "domain vanished"
+OPEN_STATUSES = (OperationStatus.PENDING, OperationStatus.RUNNING)
+
+
+def live_hosts() -> list[Host]:
+    """Hosts whose worker beat recently: the ones a reconcile can run on."""
+    return [h for h in Host.objects.all() if h.is_alive()]
+
+
+def _open_operations(sandbox_ref):
+    return Operation.objects.filter(sandbox=sandbox_ref, status__in=OPEN_STATUSES)
+
+
+def settled_sandboxes(host: Host) -> list[Sandbox]:
+    """The host's ready and stopped sandboxes that no operation is moving (none pending or
+    running): the only rows the reconcile may correct."""
+    return list(
+        Sandbox.objects.filter(host=host, state__in=[SandboxState.READY, SandboxState.STOPPED])
+        .exclude(Exists(_open_operations(OuterRef("pk"))))
+        .select_related("host")
+    )
+
+
+def live_sandbox_ids(ids) -> set[str]:
+    """Which of these sandbox ids have a row that is not destroyed (on any host)."""
+    return {
+        str(pk)
+        for pk in Sandbox.objects.filter(pk__in=list(ids))
+        .exclude(state=SandboxState.DESTROYED)
+        .values_list("pk", flat=True)
+    }
+
+
+def reconcile_sandbox(sandbox: Sandbox, target: str, reason: str, *, domain: dict) -> bool:
+    """Move a settled sandbox to `target` because its domain says otherwise (`domain`: what
+    libvirt showed), audited as `sandbox.reconciled` with the reason. Only from the state the
+    reconcile saw, and only while no operation is open: False when anything moved first."""
+    with transaction.atomic():
+        if _open_operations(sandbox.pk).exists():
+            return False
+        error = reason if target == SandboxState.ERROR else ""
+        if not lifecycle.transition(sandbox.pk, target, expected=[sandbox.state], error=error):
+            return False
+        audit.record(
+            "sandbox.reconciled",
+            target=sandbox,
+            data={"from": sandbox.state, "to": target, "reason": reason, "domain": domain},
+        )
+    log.warning(
+        "reconcile: sandbox %s %s -> %s: %s",
+        sandbox.name,
+        sandbox.state,
+        target,
+        reason,
+        extra={"sandbox_id": str(sandbox.pk), "host": sandbox.host.name},
+    )
+    return True
+
+
+def adopt_running_sandbox(sandbox: Sandbox, reason: str) -> Operation | None:
+    """A stopped sandbox whose domain runs (started behind our back): a start operation by
+    the system takes it through the usual readiness check (pinned host key, SSH) to ready.
+    None when the sandbox moved or an operation opened first."""
+    try:
+        with transaction.atomic():
+            if _open_operations(sandbox.pk).exists():
+                return None
+            return _lifecycle_op(
+                sandbox, None, OperationKind.START, expected=[SandboxState.STOPPED], reason=reason
+            )
+    except Conflict:
+        return None
+
+
+def record_stray_destroyed(host: Host, domain: dict, workdir: str | None, reason: str) -> None:
+    """The audit event of a stray domain (our metadata, this host, no live row) destroyed."""
+    try:
+        sandbox_id = uuid.UUID(domain.get("tags", {}).get("sandbox", ""))
+    except ValueError:
+        sandbox_id = None
+    audit.record(
+        "domain.stray_destroyed",
+        target_type="domain",
+        target_id=domain["name"],
+        sandbox_id=sandbox_id,
+        data={"host": host.name, "domain": domain, "workdir": workdir, "reason": reason},
     )

@@ -217,6 +217,7 @@ def control_beat(task: str, every: float, expires: int) -> dict:
 
 
 reaper_interval = env.float("VSB_REAPER_INTERVAL_SECONDS", default=30.0)
+reconcile_interval = env.float("VSB_RECONCILE_INTERVAL_SECONDS", default=60.0)
 CELERY_BEAT_SCHEDULE = {
     "reap-expired-sandboxes": control_beat("sandboxes.reap_expired_sandboxes", reaper_interval, 25),
     "fail-stuck-operations": control_beat("sandboxes.fail_stuck_operations", reaper_interval, 25),
@@ -226,6 +227,10 @@ CELERY_BEAT_SCHEDULE = {
         5,
     ),
     "host-heartbeat-check": control_beat("sandboxes.check_host_heartbeats", 60.0, 55),
+    # One reconcile of libvirt domains against sandbox rows per live host, on its own queue.
+    "reconcile-hosts": control_beat(
+        "sandboxes.reconcile_hosts", reconcile_interval, max(1, int(reconcile_interval) - 5)
+    ),
 }
 
 CHANNEL_LAYERS = {
@@ -341,6 +346,12 @@ VSB = {
     ),
     # Which hypervisor driver to build: "libvirt" or "fake" (unit tests only).
     "DRIVER": env.str("VSB_DRIVER", default="libvirt"),
+    # Written into every domain's metadata with the host name, so the reconcile touches only
+    # this installation's domains on a libvirtd it shares; empty: the database's name.
+    "DEPLOYMENT": env.str("VSB_DEPLOYMENT", default=""),
+    # The reconcile (sandboxes/reconcile.py) destroys a domain carrying our metadata but no
+    # live row only once it has been seen as such for this long.
+    **vsb_ints(RECONCILE_STRAY_GRACE_SECONDS=300),
 }
 
 # --- Limits (README "Limits") --------------------------------------------------------------

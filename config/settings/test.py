@@ -67,6 +67,9 @@ VSB.update(
         "PORT_RANGE": tuple(
             int(p) for p in env.str("VSB_PORT_RANGE", default="43000-43999").split("-")
         ),
+        # Nothing runs the reconcile in the tests but the tests themselves: a short grace
+        # lets them watch a stray go within seconds.
+        "RECONCILE_STRAY_GRACE_SECONDS": env.int("VSB_RECONCILE_STRAY_GRACE_SECONDS", default=2),
         "EGRESS_DIR": env.str(
             "VSB_EGRESS_DIR",
             default=f"/var/lib/virsh-sandbox/egress-{env.str('VSB_HOST_NAME', default='testhost')}",
