@@ -3,7 +3,8 @@ the test's own on a free loopback port with its own data directory (never the ma
 shared one): loopback only, a password generated once into the secrets directory, refused
 without it, the same password for every client through the settings; and a Redis an older
 version of the scripts started without a password is given one in place, without a
-restart, keeping what it holds."""
+restart, keeping what it holds. Either way it keeps an append-only file, so queued tasks
+survive a restart."""
 
 from __future__ import annotations
 
@@ -220,6 +221,8 @@ def test_a_passwordless_redis_of_an_older_install_gets_the_password_in_place(set
     assert setup.pid() == pid
     assert listening_addresses(setup.port) <= {"127.0.0.1", "::1"}
     assert authenticated.config_get("protected-mode") == {"protected-mode": "yes"}
+    assert authenticated.config_get("appendonly") == {"appendonly": "yes"}
+    assert "append-only file" in result.stderr
     assert setup.password not in result.stdout + result.stderr
 
     assert setup.run_script().returncode == 0, "the second run finds it done"
@@ -232,3 +235,20 @@ def test_it_stops_at_a_redis_that_wants_another_password(setup):
     assert "does not accept the password" in result.stderr
     assert setup.password not in result.stdout + result.stderr
     assert setup.client("someone-elses").ping(), "left as it was"
+
+
+def test_queued_tasks_survive_a_restart_of_the_redis_it_starts(setup):
+    assert setup.run_script().returncode == 0
+    client = setup.client(setup.password)
+    assert client.config_get("appendonly") == {"appendonly": "yes"}
+    assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
+    client.rpush("kvm.somehost", "a queued task")
+    client.hset("unacked", "tag", "a task being run")
+    wait_until(lambda: client.info("persistence")["aof_last_write_status"] == "ok")
+    time.sleep(1.2)  # appendfsync everysec: at most the last second is at risk
+
+    setup.stop()
+    assert setup.run_script().returncode == 0
+    client = setup.client(setup.password)
+    assert client.lrange("kvm.somehost", 0, -1) == [b"a queued task"]
+    assert client.hgetall("unacked") == {b"tag": b"a task being run"}
