@@ -65,9 +65,17 @@ def publish(command_id, fields: dict, kind: str = "command") -> None:
 
 
 def wait(command_id, timeout: float, kind: str = "command") -> dict | None:
-    """The fields the worker wrote, or None after `timeout` seconds."""
-    # Redis takes fractional BLPOP timeouts since 6.0; 0 would mean "forever".
-    popped = _client().blpop([_key(command_id, kind)], timeout=max(0.01, timeout))
+    """The fields the worker wrote, or None after `timeout` seconds. While Redis cannot be
+    reached (restarting) it sleeps out the timeout instead and says None: the caller re-reads
+    its row, which stays the truth."""
+    started = time.monotonic()
+    try:
+        # Redis takes fractional BLPOP timeouts since 6.0; 0 would mean "forever".
+        popped = _client().blpop([_key(command_id, kind)], timeout=max(0.01, timeout))
+    except redis.exceptions.RedisError as exc:
+        log.warning("wake-ups unavailable (%s); re-reading rows instead", exc)
+        time.sleep(max(0.0, min(timeout, 1.0) - (time.monotonic() - started)))
+        return None
     return json.loads(popped[1]) if popped else None
 
 
