@@ -26,6 +26,7 @@ from typing import TypeVar
 import redis
 import redis.asyncio as aredis
 from django.conf import settings
+from django.db import DatabaseError, connections
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +96,29 @@ def wait_until(
     timeout means."""
     deadline = time.monotonic() + timeout
     while True:
-        value = read()
+        value = read_through_restarts(read, deadline, recheck)
         if done(value):
             return value
         left = deadline - time.monotonic()
         if left <= 0:
             return value
         wait(key, min(recheck, left), kind=kind)
+
+
+def read_through_restarts(read: Callable[[], T], deadline: float, recheck: float = 1.0) -> T:
+    """`read()` the row, trying again every `recheck` seconds until `deadline` while the
+    database cannot answer (PostgreSQL restarting): a waiting request outlives the restart
+    instead of failing with a 500. Inside a transaction it cannot (the transaction is lost)."""
+    while True:
+        try:
+            return read()
+        except DatabaseError:
+            if connections["default"].in_atomic_block or time.monotonic() + recheck > deadline:
+                raise
+            log.warning("database unavailable while waiting; trying again", exc_info=True)
+            # The broken connection is not reopened by itself: close it, the next query connects.
+            connections.close_all()
+            time.sleep(recheck)
 
 
 class _Listener:

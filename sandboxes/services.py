@@ -641,7 +641,7 @@ def wait_for_command(cmd: Command, timeout: float) -> Command:
             for name, value in fields.items():
                 setattr(cmd, name, value)
         else:
-            cmd.refresh_from_db()
+            wakeups.read_through_restarts(cmd.refresh_from_db, deadline, COMMAND_RECHECK_SECONDS)
     if cmd.status == CommandStatus.RUNNING:
         raise OperationTimeout(
             f"The worker of host {cmd.sandbox.host.name} did not answer; command {cmd.id} may still run.",

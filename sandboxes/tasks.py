@@ -10,10 +10,11 @@ import contextlib
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 from celery import shared_task
-from django.db import close_old_connections, connection
+from django.db import DatabaseError, close_old_connections, connection
 from django.utils import timezone
 
 from core import queues, wakeups
@@ -413,7 +414,7 @@ def run_command(self, command_id: str) -> dict:
             fields = _run_command(cmd)
     except Exception as exc:  # noqa: BLE001 - the waiting request must get an answer
         log.exception("command %s failed unexpectedly", command_id)
-        fields = services.finish_command(
+        fields = _finish_command(
             command_id, status=CommandStatus.FAILED, error=f"internal error: {exc}"
         )
     try:
@@ -423,12 +424,30 @@ def run_command(self, command_id: str) -> dict:
     return fields
 
 
+def _finish_command(cmd_id, **outcome) -> dict:
+    """Record the command's outcome even across a database restart during its run (its
+    connection, idle for the whole command, may be gone): the output is not lost, and the
+    command is not failed as abandoned. Tried for up to a minute."""
+    for attempt in range(60):
+        try:
+            if connection.connection is not None and not connection.is_usable():
+                connection.close()
+            return services.finish_command(cmd_id, **outcome)
+        except DatabaseError:
+            if attempt == 59:
+                raise
+            log.warning("database unavailable recording command %s; trying again", cmd_id)
+            connection.close()
+            time.sleep(1)
+    raise AssertionError("unreachable")
+
+
 def _run_command(cmd: Command) -> dict:
     from .remote import ssh
 
     sandbox = cmd.sandbox
     if sandbox.state != SandboxState.READY:
-        return services.finish_command(
+        return _finish_command(
             cmd.pk, status=CommandStatus.FAILED, error=f"sandbox is {sandbox.state}"
         )
     for attempt in (1, 2):
@@ -448,15 +467,15 @@ def _run_command(cmd: Command) -> dict:
             # Only a failure to connect is retried: the command has not started then.
             if attempt == 1 and isinstance(exc, ssh.ConnectError):
                 continue
-            return services.finish_command(cmd.pk, status=CommandStatus.FAILED, error=f"SSH: {exc}")
+            return _finish_command(cmd.pk, status=CommandStatus.FAILED, error=f"SSH: {exc}")
         except Exception as exc:  # noqa: BLE001
             provisioning.get_ssh_pool().discard(str(sandbox.id))
             log.exception("command %s failed", cmd.pk)
-            return services.finish_command(
+            return _finish_command(
                 cmd.pk, status=CommandStatus.FAILED, error=f"{type(exc).__name__}: {exc}"
             )
     status = CommandStatus.TIMED_OUT if result.timed_out else CommandStatus.FINISHED
-    return services.finish_command(cmd.pk, status=status, result=result)
+    return _finish_command(cmd.pk, status=status, result=result)
 
 
 # --- Snapshots -----------------------------------------------------------------------------

@@ -215,6 +215,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # again by the resend-lost-work sweep (sandboxes.services.resend_lost_work).
 CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    # kombu's Redis transport, repaired so a worker outlives a Redis restart (config/broker.py).
+    CELERY_BROKER_TRANSPORT = "config.broker:Transport"
 
 
 def control_beat(task: str, every: float, expires: int) -> dict:

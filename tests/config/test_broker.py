@@ -1,0 +1,33 @@
+"""config/broker.py: the worker's broker channel closes after the connection was lost while
+it held unacknowledged messages (kombu 5.7's own Redis transport raises there, and the
+worker dies of it). The e2e ring restarts a real Redis under a real worker
+(tests/e2e/test_restarts.py)."""
+
+from __future__ import annotations
+
+import pytest
+from django.conf import settings
+from kombu import Connection
+from kombu.transport import redis as kombu_redis
+
+from config.broker import Transport
+
+pytestmark = pytest.mark.integration
+
+
+def close_after_losing_the_connection(transport) -> None:
+    conn = Connection(settings.CELERY_BROKER_URL, transport=transport)
+    channel = conn.default_channel
+    channel.qos._delivered["a-task-being-run"] = object()
+    channel.connection.client = None  # what the consumer's connection has let go of by then
+    channel.close()
+
+
+def test_the_settings_use_the_repaired_transport():
+    assert settings.CELERY_BROKER_TRANSPORT == "config.broker:Transport"
+
+
+def test_a_channel_holding_unacked_messages_closes_after_the_connection_is_gone():
+    with pytest.raises(AttributeError):
+        close_after_losing_the_connection(kombu_redis.Transport)  # the bug, still there
+    close_after_losing_the_connection(Transport)
