@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
-import signal
 import socket
 import stat
 import subprocess
@@ -22,6 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.support.own_services import terminate
 from tests.support.stack import ROOT, free_port, settingless_env
 
 pytestmark = pytest.mark.integration
@@ -78,22 +77,7 @@ class Setup:
         return None
 
     def stop(self) -> None:
-        pid = self.pid()
-        if pid is None:
-            return
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        wait_until(lambda: not alive(pid))
-
-
-def alive(pid: int) -> bool:
-    """Running: a daemonized redis-server's zombie waits for PID 1 to reap it."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
+        terminate(self.pid())
 
 
 def wait_until(predicate, timeout: float = 10) -> None:

@@ -212,6 +212,33 @@ class RestartStack:
             time.sleep(0.2)
         time.sleep(2)  # the command is running in the guest
 
+    # ---- a restart in the middle of a create or a command ----------------------------------
+
+    def create_through(self, restart, label: str, states=("booting", "waiting_for_ip")) -> str:
+        """Create a sandbox, `restart()` a service once it is in one of `states`, and check
+        the create ended in time, ready and working or in error with a reason: its id."""
+        sandbox_id, op_id = self.create_until(states)
+        down_at = time.monotonic()
+        restart()
+        op = self.ended_within_limit(op_id, down_at, label, work_takes=self.boot_seconds)
+        self.check_create(op, sandbox_id)
+        return sandbox_id
+
+    def command_through(self, sandbox_id: str, restart, label: str) -> None:
+        """Run a 20 s command, `restart()` a service while it runs: its request still
+        answers, within the minute, with the command's output."""
+        command = f"sleep 20; echo slept through {label}"
+        answer = self.command_in_background(sandbox_id, command)
+        self.wait_until_claimed(command)
+        down_at = time.monotonic()
+        restart()
+        answer["thread"].join(LIMIT)
+        TIMINGS[label] = f"answered {time.monotonic() - down_at:.1f} s after the restart began"
+        assert answer.get("status") == 200, answer
+        finished = answer["body"]["command"]
+        assert finished["status"] == "finished", finished
+        assert finished["stdout"] == f"slept through {label}\n"
+
     # ---- what must hold after every restart -----------------------------------------------
 
     def assert_settled(self) -> None:
@@ -281,28 +308,15 @@ def ready(restarts):
 
 
 def test_a_redis_restart_mid_create_ends_the_create_within_a_minute(restarts, ready):
-    sandbox_id, op_id = restarts.create_until(("booting", "waiting_for_ip"))
-    down_at = time.monotonic()
-    restarts.redis.restart(down_for=2)
-    op = restarts.ended_within_limit(
-        op_id, down_at, "redis, mid-create", work_takes=restarts.boot_seconds
+    sandbox_id = restarts.create_through(
+        lambda: restarts.redis.restart(down_for=2), "redis, mid-create"
     )
-    restarts.check_create(op, sandbox_id)
     restarts.destroy(sandbox_id)
     restarts.assert_settled()
 
 
 def test_a_command_running_through_a_redis_restart_still_answers_its_request(restarts, ready):
-    command = "sleep 20; echo slept through redis"
-    answer = restarts.command_in_background(ready, command)
-    restarts.wait_until_claimed(command)
-    down_at = time.monotonic()
-    restarts.redis.restart(down_for=2)
-    answer["thread"].join(LIMIT)
-    TIMINGS["redis, mid-command"] = f"answered {time.monotonic() - down_at:.1f} s after"
-    assert answer.get("status") == 200, answer
-    finished = answer["body"]["command"]
-    assert finished["status"] == "finished" and finished["stdout"] == "slept through redis\n"
+    restarts.command_through(ready, lambda: restarts.redis.restart(down_for=2), "redis mid-command")
     restarts.assert_settled()
 
 
@@ -333,28 +347,15 @@ def test_a_redis_restart_mid_diff_ends_the_diff_within_a_minute(restarts, ready)
 
 
 def test_a_postgres_restart_mid_create_ends_the_create_within_a_minute(restarts, ready):
-    sandbox_id, op_id = restarts.create_until(("booting", "waiting_for_ip"))
-    down_at = time.monotonic()
-    restarts.pg.restart(down_for=3)
-    op = restarts.ended_within_limit(
-        op_id, down_at, "postgres, mid-create", work_takes=restarts.boot_seconds
+    sandbox_id = restarts.create_through(
+        lambda: restarts.pg.restart(down_for=3), "postgres, mid-create"
     )
-    restarts.check_create(op, sandbox_id)
     restarts.destroy(sandbox_id)
     restarts.assert_settled()
 
 
 def test_a_command_running_through_a_postgres_restart_keeps_its_output(restarts, ready):
-    command = "sleep 20; echo slept through postgres"
-    answer = restarts.command_in_background(ready, command)
-    restarts.wait_until_claimed(command)
-    down_at = time.monotonic()
-    restarts.pg.restart(down_for=3)
-    answer["thread"].join(LIMIT)
-    TIMINGS["postgres, mid-command"] = f"answered {time.monotonic() - down_at:.1f} s after"
-    assert answer.get("status") == 200, answer
-    finished = answer["body"]["command"]
-    assert finished["status"] == "finished" and finished["stdout"] == "slept through postgres\n"
+    restarts.command_through(ready, lambda: restarts.pg.restart(down_for=3), "postgres mid-command")
     restarts.assert_settled()
 
 
@@ -389,13 +390,11 @@ def restart_libvirtd(down_for: float) -> None:
 
 
 def test_a_libvirtd_restart_mid_create_and_under_a_ready_sandbox_loses_nothing(restarts, ready):
-    sandbox_id, op_id = restarts.create_until(("provisioning", "booting", "waiting_for_ip"))
-    down_at = time.monotonic()
-    restart_libvirtd(down_for=1)
-    op = restarts.ended_within_limit(
-        op_id, down_at, "libvirtd, mid-create", work_takes=restarts.boot_seconds
+    sandbox_id = restarts.create_through(
+        lambda: restart_libvirtd(down_for=1),
+        "libvirtd, mid-create",
+        states=("provisioning", "booting", "waiting_for_ip"),
     )
-    restarts.check_create(op, sandbox_id)
 
     # The worker's cached libvirt connection died with libvirtd: it reconnects.
     assert restarts.api.run(ready, "echo after libvirtd")["stdout"] == "after libvirtd\n"

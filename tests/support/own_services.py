@@ -58,14 +58,7 @@ class OwnRedis:
 
     def stop(self) -> None:
         """SIGTERM, as a service manager stops it: it writes out its append-only file."""
-        pid = self._pid()
-        if pid is None:
-            return
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        _wait_for(lambda: not _running(pid), "redis to stop")
+        terminate(self._pid())
 
     def restart(self, down_for: float) -> None:
         self.stop()
@@ -143,12 +136,23 @@ class OwnPostgres:
             return conn.execute(sql, params).fetchall()
 
 
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
     """Running: a daemonized server's zombie waits for PID 1 to reap it."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (FileNotFoundError, ProcessLookupError):
         return False
+
+
+def terminate(pid: int | None) -> None:
+    """SIGTERM the daemon `pid` (if any) and wait until it has stopped."""
+    if pid is None:
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    _wait_for(lambda: not running(pid), f"process {pid} to stop")
 
 
 def scratch_dir(prefix: str) -> Path:
