@@ -144,15 +144,22 @@ def running(pid: int) -> bool:
         return False
 
 
-def terminate(pid: int | None) -> None:
-    """SIGTERM the daemon `pid` (if any) and wait until it has stopped."""
+def terminate(pid: int | None, grace: float = 20) -> None:
+    """SIGTERM the daemon `pid` (if any) and wait until it has stopped; SIGKILL it if it has
+    not after `grace` seconds (a loaded machine)."""
     if pid is None:
         return
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    _wait_for(lambda: not running(pid), f"process {pid} to stop")
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            _wait_for(lambda: not running(pid), f"process {pid} to stop", timeout=grace)
+            return
+        except RuntimeError:
+            if sig == signal.SIGKILL:
+                raise
 
 
 def scratch_dir(prefix: str) -> Path:
