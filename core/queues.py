@@ -1,14 +1,22 @@
 """The one way to enqueue a task: by the task function itself, on a named queue that must
 exist, once the surrounding transaction commits (so the worker finds the rows it is sent
-ids of; outside a transaction that is at once)."""
+ids of; outside a transaction that is at once).
+
+A broker that cannot be reached (Redis restarting) does not fail the caller: the work's row
+is committed, so the periodic `sandboxes.resend_lost_work` sends its task once the broker is
+back. Celery itself retries the publish for about a second first."""
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
 
 from django.db import transaction
+from kombu.exceptions import OperationalError
+
+log = logging.getLogger(__name__)
 
 CONTROL_QUEUE = "control"
 HOST_QUEUE_RE = re.compile(r"^kvm\.[a-z0-9][a-z0-9-]{0,62}$")
@@ -38,14 +46,19 @@ def enqueue(
     check_queue(queue)
 
     def send() -> None:
-        task.app.send_task(  # type: ignore[attr-defined]
-            name,
-            args=list(args),
-            queue=queue,
-            countdown=countdown,
-            ignore_result=True,
-            result_cls=_NoResult,
-            **options,
-        )
+        try:
+            task.app.send_task(  # type: ignore[attr-defined]
+                name,
+                args=list(args),
+                queue=queue,
+                countdown=countdown,
+                ignore_result=True,
+                result_cls=_NoResult,
+                **options,
+            )
+        except (OperationalError, OSError) as exc:
+            log.warning(
+                "could not send %s%s to %s (%s): it will be sent again", name, args, queue, exc
+            )
 
     transaction.on_commit(send)

@@ -26,6 +26,7 @@ from typing import TypeVar
 import redis
 import redis.asyncio as aredis
 from django.conf import settings
+from django.db import DatabaseError, connections
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,17 @@ def publish(command_id, fields: dict, kind: str = "command") -> None:
 
 
 def wait(command_id, timeout: float, kind: str = "command") -> dict | None:
-    """The fields the worker wrote, or None after `timeout` seconds."""
-    # Redis takes fractional BLPOP timeouts since 6.0; 0 would mean "forever".
-    popped = _client().blpop([_key(command_id, kind)], timeout=max(0.01, timeout))
+    """The fields the worker wrote, or None after `timeout` seconds. While Redis cannot be
+    reached (restarting) it sleeps out the timeout instead and says None: the caller re-reads
+    its row, which stays the truth."""
+    started = time.monotonic()
+    try:
+        # Redis takes fractional BLPOP timeouts since 6.0; 0 would mean "forever".
+        popped = _client().blpop([_key(command_id, kind)], timeout=max(0.01, timeout))
+    except redis.exceptions.RedisError as exc:
+        log.warning("wake-ups unavailable (%s); re-reading rows instead", exc)
+        time.sleep(max(0.0, min(timeout, 1.0) - (time.monotonic() - started)))
+        return None
     return json.loads(popped[1]) if popped else None
 
 
@@ -87,13 +96,29 @@ def wait_until(
     timeout means."""
     deadline = time.monotonic() + timeout
     while True:
-        value = read()
+        value = read_through_restarts(read, deadline, recheck)
         if done(value):
             return value
         left = deadline - time.monotonic()
         if left <= 0:
             return value
         wait(key, min(recheck, left), kind=kind)
+
+
+def read_through_restarts(read: Callable[[], T], deadline: float, recheck: float = 1.0) -> T:
+    """`read()` the row, trying again every `recheck` seconds until `deadline` while the
+    database cannot answer (PostgreSQL restarting): a waiting request outlives the restart
+    instead of failing with a 500. Inside a transaction it cannot (the transaction is lost)."""
+    while True:
+        try:
+            return read()
+        except DatabaseError:
+            if connections["default"].in_atomic_block or time.monotonic() + recheck > deadline:
+                raise
+            log.warning("database unavailable while waiting; trying again", exc_info=True)
+            # The broken connection is not reopened by itself: close it, the next query connects.
+            connections.close_all()
+            time.sleep(recheck)
 
 
 class _Listener:

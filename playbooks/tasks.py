@@ -12,7 +12,7 @@ from celery import shared_task
 from sandboxes import services
 from sandboxes.choices import OperationKind, OperationStatus
 from sandboxes.models import Operation
-from sandboxes.tasks import TASK_OPTIONS, register_operation_task
+from sandboxes.tasks import TASK_OPTIONS, beating, register_operation_task, run_claimed
 
 from . import apply, build, diff_compute, verify
 
@@ -22,18 +22,14 @@ log = logging.getLogger(__name__)
 @shared_task(name="sandboxes.compute_diff", **TASK_OPTIONS)
 def compute_diff(self, op_id: str) -> None:
     """A diff operation: read both states from the sandbox's disk on this host, compare."""
-    op = services.claim_operation(op_id)
-    if op is not None:
-        diff_compute.run_operation(op)
+    run_claimed(op_id, diff_compute.run_operation)
 
 
 @shared_task(name="sandboxes.generate_playbook", **TASK_OPTIONS)
 def generate_playbook(self, op_id: str) -> None:
     """A generate_playbook operation: diff the two snapshots (if not yet), read the `to`
     state, write playbook version 1."""
-    op = services.claim_operation(op_id)
-    if op is not None:
-        build.run_operation(op)
+    run_claimed(op_id, build.run_operation)
 
 
 @shared_task(name="sandboxes.verify_playbook", **TASK_OPTIONS)
@@ -49,7 +45,11 @@ def verify_playbook(self, op_id: str) -> None:
         if op is None:
             return
     try:
-        verify.step(self, op)
+        # Steps are not held (each re-enqueues the next); their beats keep the operation from
+        # being taken as lost while the replica boots or the replay runs.
+        services.beat_operation(op_id, hold=False)
+        with beating(lambda: services.beat_operation(op_id, hold=False)):
+            verify.step(self, op)
     except Exception as exc:  # noqa: BLE001 - the operation must end with the reason
         log.exception("verify %s failed", op_id)
         verify.abandon(op, f"{type(exc).__name__}: {exc}")

@@ -239,7 +239,17 @@ class Operation(models.Model):
     result = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(
+        null=True, blank=True, help_text="Last sign of life: a claim, progress, a beat, a resend."
+    )
+    held_until = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="A worker runs its task now and beats until then: no second claim.",
+    )
+    resends = models.PositiveSmallIntegerField(
+        default=0, help_text="Times its task was sent again because it was lost."
+    )
     finished_at = models.DateTimeField(null=True, blank=True)
     deadline = models.DateTimeField(null=True, blank=True)
 
@@ -283,6 +293,16 @@ class Command(models.Model):
     error = models.TextField(blank=True)
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
     started_at = models.DateTimeField(default=timezone.now)
+    claimed_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a worker took it (it runs at most once)."
+    )
+    heartbeat_at = models.DateTimeField(
+        default=timezone.now,
+        help_text="Last sign of life: sent, resent, or its worker's beat while it runs.",
+    )
+    resends = models.PositiveSmallIntegerField(
+        default=0, help_text="Times its task was sent again because no worker took it."
+    )
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -646,21 +647,50 @@ def run_command(
             timeout_seconds=timeout,
         )
         enqueue(tasks.run_command, sandbox.host, str(cmd.id))
-    # The worker enforces the command timeout itself; the margin covers connecting.
-    fields = wakeups.wait(cmd.id, timeout + 60)
-    if fields:
-        # The worker wrote these very values to the row; reading them back would only
-        # cost a query on every command.
-        for name, value in fields.items():
-            setattr(cmd, name, value)
-    else:
-        cmd.refresh_from_db()
+    return wait_for_command(cmd, cmd.timeout_seconds + 60)
+
+
+def wait_for_command(cmd: Command, timeout: float) -> Command:
+    """The command once finished, or OperationTimeout after `timeout` seconds. The worker's
+    wake-up carries the very values it wrote to the row (no query on the usual path); the
+    row is re-read every COMMAND_RECHECK_SECONDS in case a wake-up was lost (Redis
+    restarted, or the command was failed by `resend_lost_work`)."""
+    deadline = time.monotonic() + timeout
+    while cmd.status == CommandStatus.RUNNING and (left := deadline - time.monotonic()) > 0:
+        fields = wakeups.wait(cmd.id, min(COMMAND_RECHECK_SECONDS, left))
+        if fields:
+            for name, value in fields.items():
+                setattr(cmd, name, value)
+        else:
+            wakeups.read_through_restarts(cmd.refresh_from_db, deadline, COMMAND_RECHECK_SECONDS)
     if cmd.status == CommandStatus.RUNNING:
         raise OperationTimeout(
-            f"The worker of host {sandbox.host.name} did not answer; command {cmd.id} may still run.",
+            f"The worker of host {cmd.sandbox.host.name} did not answer; command {cmd.id} may still run.",
             code="worker_timeout",
         )
     return cmd
+
+
+COMMAND_RECHECK_SECONDS = 5.0
+
+
+def claim_command(cmd_id) -> Command | None:
+    """Take the command for this worker: a compare-and-set, so it runs at most once
+    however many messages for it arrive; None when it was taken or finished already."""
+    now = timezone.now()
+    taken = Command.objects.filter(
+        pk=cmd_id, status=CommandStatus.RUNNING, claimed_at__isnull=True
+    ).update(claimed_at=now, heartbeat_at=now)
+    if not taken:
+        return None
+    return Command.objects.select_related("sandbox").get(pk=cmd_id)
+
+
+def beat_command(cmd_id) -> None:
+    """The worker running the command is alive."""
+    Command.objects.filter(pk=cmd_id, status=CommandStatus.RUNNING).update(
+        heartbeat_at=timezone.now()
+    )
 
 
 def finish_command(cmd_id, *, status: str, result=None, error: str = "") -> dict:
@@ -706,15 +736,28 @@ def _audit_command(cmd_id, fields: dict) -> None:
 # --- Operations (called by tasks) ----------------------------------------------------------
 
 
+# A claimed operation is held by its worker for HOLD_SECONDS, renewed every BEAT_SECONDS
+# while its task runs (tasks.holding): a second message for it (a resend, a redelivery) is
+# not claimed meanwhile.
+HOLD_SECONDS = 15
+BEAT_SECONDS = 5
+
+
 def claim_operation(op_id) -> Operation | None:
-    """Mark the operation running for this attempt; None when it is already finished."""
+    """Mark the operation running for this attempt and hold it; None when it is already
+    finished or another worker holds it now (a compare-and-set: one holder at a time)."""
     now = timezone.now()
-    updated = Operation.objects.filter(
-        pk=op_id, status__in=[OperationStatus.PENDING, OperationStatus.RUNNING]
-    ).update(
-        status=OperationStatus.RUNNING,
-        attempt=F("attempt") + 1,
-        heartbeat_at=now,
+    updated = (
+        Operation.objects.filter(
+            pk=op_id, status__in=[OperationStatus.PENDING, OperationStatus.RUNNING]
+        )
+        .filter(Q(held_until__isnull=True) | Q(held_until__lt=now))
+        .update(
+            status=OperationStatus.RUNNING,
+            attempt=F("attempt") + 1,
+            heartbeat_at=now,
+            held_until=now + timedelta(seconds=HOLD_SECONDS),
+        )
     )
     if not updated:
         return None
@@ -724,9 +767,28 @@ def claim_operation(op_id) -> Operation | None:
     ).get(pk=op_id)
 
 
-def report_progress(op_id, progress: int, message: str) -> None:
+def beat_operation(op_id, *, hold: bool) -> None:
+    """A running task's sign of life; with `hold`, it also renews its claim."""
+    now = timezone.now()
+    fields = {"heartbeat_at": now}
+    if hold:
+        fields["held_until"] = now + timedelta(seconds=HOLD_SECONDS)
+    Operation.objects.filter(pk=op_id, status=OperationStatus.RUNNING).update(**fields)
+
+
+def release_operation(op_id) -> None:
+    """The claiming task has returned (done, or its next step is queued): another message
+    for the operation may claim it."""
+    Operation.objects.filter(pk=op_id).update(held_until=None)
+
+
+def report_progress(op_id, progress: int, message: str, *, quiet_for: float = 0) -> None:
+    """Progress, and a heartbeat; `quiet_for`: the next step is queued to run that many
+    seconds from now (a retry's backoff), so the operation is not taken as lost before."""
     Operation.objects.filter(pk=op_id, status=OperationStatus.RUNNING).update(
-        progress=progress, message=message[:300], heartbeat_at=timezone.now()
+        progress=progress,
+        message=message[:300],
+        heartbeat_at=timezone.now() + timedelta(seconds=quiet_for),
     )
 
 
@@ -766,10 +828,7 @@ def finish_operation(
                 data={"status": status, "error": error[:500], "message": fields["message"]},
             )
     if closed:
-        try:
-            wakeups.publish(op_id, {"status": status}, kind="operation")
-        except Exception:  # noqa: BLE001 - a waiter falls back to re-reading the row
-            log.warning("could not publish the end of operation %s", op_id)
+        _wake_quietly(op_id, {"status": status}, kind="operation")
     return closed
 
 
@@ -794,12 +853,31 @@ def orphaned_work(host: Host) -> tuple[list[Operation], int]:
             error="The worker restarted while this command ran; it may or may not have completed.",
         )
         transaction.on_commit(lambda cmd_id=cmd_id, fields=fields: wakeups.publish(cmd_id, fields))
-    ops = list(
-        Operation.objects.filter(
-            host=host, status__in=[OperationStatus.PENDING, OperationStatus.RUNNING]
-        ).order_by("created_at")
+    open_ops = Operation.objects.filter(
+        host=host, status__in=[OperationStatus.PENDING, OperationStatus.RUNNING]
     )
-    return ops, len(running)
+    # Their holds died with the previous process: the resumed tasks may claim them at once.
+    open_ops.update(held_until=None)
+    return list(open_ops.order_by("created_at")), len(running)
+
+
+def _give_up(op: Operation, reason: str) -> bool:
+    """Close an open operation as errored with `reason` and, for a lifecycle operation, put
+    its sandbox in error if it is mid-transition. False if it was closed meanwhile."""
+    if not finish_operation(op.pk, OperationStatus.ERRORED, error=reason):
+        return False
+    if op.sandbox_id and op.kind in LIFECYCLE_KINDS:
+        lifecycle.transition(
+            op.sandbox_id,
+            SandboxState.ERROR,
+            expected=[
+                s
+                for s in lifecycle.sources_for(SandboxState.ERROR)
+                if s not in (SandboxState.READY, SandboxState.STOPPED)
+            ],
+            error=reason,
+        )
+    return True
 
 
 def fail_stuck_operations() -> int:
@@ -815,20 +893,93 @@ def fail_stuck_operations() -> int:
             f"{op.kind} did not finish before its deadline ({op.message}); "
             f"is the worker for host {op.host.name} running?"
         )
-        if finish_operation(op.pk, OperationStatus.ERRORED, error=reason):
-            count += 1
-            if op.sandbox_id and op.kind in LIFECYCLE_KINDS:
-                lifecycle.transition(
-                    op.sandbox_id,
-                    SandboxState.ERROR,
-                    expected=[
-                        s
-                        for s in lifecycle.sources_for(SandboxState.ERROR)
-                        if s not in (SandboxState.READY, SandboxState.STOPPED)
-                    ],
-                    error=reason,
-                )
+        count += _give_up(op, reason)
     return count
+
+
+def _lost_since(resends: int) -> timedelta:
+    """How long work must show no sign of life to be taken as lost: OPERATION_STALE_SECONDS,
+    doubled with each resend (a long queue behind a busy worker is not flooded)."""
+    return timedelta(seconds=vsb("OPERATION_STALE_SECONDS") * 2 ** min(resends, 5))
+
+
+def resend_lost_work() -> dict[str, int]:
+    """The periodic sweep for work whose task message was lost (a broker restart lost it, or
+    it could not be sent; a database restart failed the task mid-step): an open operation
+    nobody holds and with no sign of life for OPERATION_STALE_SECONDS has its task sent
+    again (tasks are idempotent, claims a compare-and-set), at most OPERATION_MAX_RESENDS
+    times, then it fails saying so; a command no worker took is sent again the same way;
+    a command whose worker stopped beating is failed (it may have run: never twice). Only
+    for hosts whose worker is alive: a dead worker's work is resumed when it starts
+    (worker.recover). Returns the counts."""
+    now = timezone.now()
+    counts = {"resent": 0, "failed": 0, "commands_resent": 0, "commands_failed": 0}
+    stale = now - timedelta(seconds=vsb("OPERATION_STALE_SECONDS"))
+    alive = [h for h in Host.objects.filter(enabled=True) if h.is_alive()]
+    ops = (
+        Operation.objects.filter(
+            host__in=alive,
+            status__in=[OperationStatus.PENDING, OperationStatus.RUNNING],
+            kind__in=list(tasks.TASK_FOR_KIND),
+        )
+        .filter(Q(held_until__isnull=True) | Q(held_until__lt=now))
+        .filter(Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True, created_at__lt=stale))
+        .select_related("host", "sandbox")
+    )
+    for op in ops:
+        if (op.heartbeat_at or op.created_at) > now - _lost_since(op.resends):
+            continue
+        if op.resends >= vsb("OPERATION_MAX_RESENDS"):
+            reason = (
+                f"{op.kind} was lost {op.resends + 1} times (its task vanished: a broker, "
+                f"database or worker restart?) at: {op.message}"
+            )
+            counts["failed"] += _give_up(op, reason)
+            continue
+        # A compare-and-set on the sign of life: two sweeps at once resend once.
+        if Operation.objects.filter(
+            pk=op.pk, heartbeat_at=op.heartbeat_at, resends=op.resends
+        ).update(heartbeat_at=now, resends=F("resends") + 1):
+            log.warning(
+                "operation %s (%s) lost at %r: sending its task again", op.pk, op.kind, op.message
+            )
+            enqueue(tasks.TASK_FOR_KIND[op.kind], op.host, str(op.pk))
+            counts["resent"] += 1
+    commands = Command.objects.filter(
+        sandbox__host__in=alive, status=CommandStatus.RUNNING, heartbeat_at__lt=stale
+    ).select_related("sandbox__host")
+    for cmd in commands:
+        if cmd.claimed_at is not None:
+            # Its worker beats every few seconds while it runs: three missed periods mean
+            # the worker is gone (a database restart alone delays a beat by less).
+            if cmd.heartbeat_at > now - 3 * timedelta(seconds=vsb("OPERATION_STALE_SECONDS")):
+                continue
+            error = (
+                "The worker running this command stopped (it restarted or crashed); "
+                "the command may or may not have completed."
+            )
+        elif cmd.heartbeat_at > now - _lost_since(cmd.resends):
+            continue
+        elif cmd.resends < vsb("OPERATION_MAX_RESENDS"):
+            if Command.objects.filter(
+                pk=cmd.pk, claimed_at__isnull=True, resends=cmd.resends
+            ).update(heartbeat_at=now, resends=F("resends") + 1):
+                enqueue(tasks.run_command, cmd.sandbox.host, str(cmd.pk))
+                counts["commands_resent"] += 1
+            continue
+        else:
+            error = f"No worker took this command (sent {cmd.resends + 1} times); it did not run."
+        fields = finish_command(cmd.pk, status=CommandStatus.FAILED, error=error)
+        transaction.on_commit(lambda cmd_id=cmd.pk, fields=fields: _wake_quietly(cmd_id, fields))
+        counts["commands_failed"] += 1
+    return counts
+
+
+def _wake_quietly(key, fields: dict, kind: str = "command") -> None:
+    try:
+        wakeups.publish(key, fields, kind=kind)
+    except Exception:  # noqa: BLE001 - a waiter falls back to re-reading the row
+        log.warning("could not publish the end of %s %s", kind, key)
 
 
 def expired_sandboxes():

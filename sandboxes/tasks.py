@@ -6,10 +6,15 @@ sweeps, which run on `control` and only enqueue work for the hosts."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
 
 from celery import shared_task
+from django.db import DatabaseError, close_old_connections, connection
 from django.utils import timezone
 
 from core import queues, wakeups
@@ -44,9 +49,62 @@ def _retry_or_fail(task, op: Operation, exc: Exception, on_fail) -> None:
     """Transient errors are retried with exponential backoff, a bounded number of times;
     anything else (or the last attempt) fails the operation with the error's message."""
     if _is_transient(exc) and op.attempt < vsb("TASK_MAX_ATTEMPTS"):
-        services.report_progress(op.pk, op.progress, f"retrying after: {exc}")
-        raise task.retry(exc=exc, countdown=min(2**op.attempt, 30), max_retries=None)
+        countdown = min(2**op.attempt, 30)
+        services.report_progress(op.pk, op.progress, f"retrying after: {exc}", quiet_for=countdown)
+        raise task.retry(exc=exc, countdown=countdown, max_retries=None)
     on_fail(f"{exc}")
+
+
+@contextlib.contextmanager
+def beating(beat: Callable[[], None], every: float | None = None) -> Iterator[None]:
+    """Call `beat` (a service writing a sign of life) every `every` seconds from a thread
+    while the block runs, so long steps (a clone, a diff, a one-hour command) are not taken
+    as lost by `services.resend_lost_work`. A failed beat (the database restarting) is tried
+    again a second later. Inside a transaction (unit tests) there is no thread: it could not
+    see the rows, and would wait on their locks."""
+    if connection.in_atomic_block:
+        yield
+        return
+    stop = threading.Event()
+    every = every or services.BEAT_SECONDS
+
+    def loop() -> None:
+        wait = every
+        while not stop.wait(wait):
+            try:
+                close_old_connections()
+                beat()
+                wait = every
+            except Exception:  # noqa: BLE001 - a missed beat must not end the loop
+                log.warning("heartbeat failed; trying again", exc_info=True)
+                connection.close()
+                wait = 1.0
+        connection.close()
+
+    thread = threading.Thread(target=loop, name="vsb-op-beat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def run_claimed(op_id: str, body: Callable[[Operation], None]) -> None:
+    """Claim the operation (`services.claim_operation`), run `body` with it while holding
+    the claim, and let go when it returns: not at all when the operation is done or another
+    worker holds it."""
+    op = services.claim_operation(op_id)
+    if op is None:
+        return
+    try:
+        with beating(lambda: services.beat_operation(op_id, hold=True)):
+            body(op)
+    finally:
+        try:
+            services.release_operation(op_id)
+        except Exception:  # noqa: BLE001 - the hold expires by itself
+            log.warning("could not release operation %s", op_id, exc_info=True)
 
 
 def _fail_create(op: Operation, reason: str) -> None:
@@ -101,9 +159,7 @@ def operation_task(name: str):
         @shared_task(name=name, **TASK_OPTIONS)
         @functools.wraps(body, assigned=("__module__", "__name__", "__qualname__", "__doc__"))
         def task(self, op_id: str) -> None:
-            op = services.claim_operation(op_id)
-            if op is not None:
-                body(self, op)
+            run_claimed(op_id, lambda op: body(self, op))
 
         return task
 
@@ -354,27 +410,48 @@ def destroy_sandbox(self, op: Operation) -> None:
 @shared_task(name="sandboxes.run_command", bind=True, acks_late=False, ignore_result=True)
 def run_command(self, command_id: str) -> dict:
     """Run one command. Not acks_late: a command must never run twice because a worker died."""
+    cmd = services.claim_command(command_id)
+    if cmd is None:
+        return {}  # taken or finished already (a duplicate delivery, a resend)
     try:
-        fields = _run_command(command_id)
+        with beating(lambda: services.beat_command(command_id)):
+            fields = _run_command(cmd)
     except Exception as exc:  # noqa: BLE001 - the waiting request must get an answer
         log.exception("command %s failed unexpectedly", command_id)
-        fields = services.finish_command(
+        fields = _finish_command(
             command_id, status=CommandStatus.FAILED, error=f"internal error: {exc}"
         )
-    if fields is not None:
+    try:
         wakeups.publish(command_id, fields)
-    return fields or {}
+    except Exception:  # noqa: BLE001 - Redis is away: the waiter re-reads the row
+        log.warning("could not publish the end of command %s", command_id)
+    return fields
 
 
-def _run_command(command_id: str) -> dict | None:
+def _finish_command(cmd_id, **outcome) -> dict:
+    """Record the command's outcome even across a database restart during its run (its
+    connection, idle for the whole command, may be gone): the output is not lost, and the
+    command is not failed as abandoned. Tried for up to a minute."""
+    for attempt in range(60):
+        try:
+            if connection.connection is not None and not connection.is_usable():
+                connection.close()
+            return services.finish_command(cmd_id, **outcome)
+        except DatabaseError:
+            if attempt == 59:
+                raise
+            log.warning("database unavailable recording command %s; trying again", cmd_id)
+            connection.close()
+            time.sleep(1)
+    raise AssertionError("unreachable")
+
+
+def _run_command(cmd: Command) -> dict:
     from .remote import ssh
 
-    cmd = Command.objects.select_related("sandbox").filter(pk=command_id).first()
-    if cmd is None or cmd.status != CommandStatus.RUNNING:
-        return None  # already finished (a duplicate delivery): the waiter has its answer
     sandbox = cmd.sandbox
     if sandbox.state != SandboxState.READY:
-        return services.finish_command(
+        return _finish_command(
             cmd.pk, status=CommandStatus.FAILED, error=f"sandbox is {sandbox.state}"
         )
     for attempt in (1, 2):
@@ -394,15 +471,15 @@ def _run_command(command_id: str) -> dict | None:
             # Only a failure to connect is retried: the command has not started then.
             if attempt == 1 and isinstance(exc, ssh.ConnectError):
                 continue
-            return services.finish_command(cmd.pk, status=CommandStatus.FAILED, error=f"SSH: {exc}")
+            return _finish_command(cmd.pk, status=CommandStatus.FAILED, error=f"SSH: {exc}")
         except Exception as exc:  # noqa: BLE001
             provisioning.get_ssh_pool().discard(str(sandbox.id))
             log.exception("command %s failed", cmd.pk)
-            return services.finish_command(
+            return _finish_command(
                 cmd.pk, status=CommandStatus.FAILED, error=f"{type(exc).__name__}: {exc}"
             )
     status = CommandStatus.TIMED_OUT if result.timed_out else CommandStatus.FINISHED
-    return services.finish_command(cmd.pk, status=status, result=result)
+    return _finish_command(cmd.pk, status=status, result=result)
 
 
 # --- Snapshots -----------------------------------------------------------------------------
@@ -504,6 +581,11 @@ def reap_expired_sandboxes() -> int:
 @shared_task(name="sandboxes.fail_stuck_operations", ignore_result=True)
 def fail_stuck_operations() -> int:
     return services.fail_stuck_operations()
+
+
+@shared_task(name="sandboxes.resend_lost_work", ignore_result=True)
+def resend_lost_work() -> dict[str, int]:
+    return services.resend_lost_work()
 
 
 @shared_task(name="sandboxes.check_host_heartbeats", ignore_result=True)

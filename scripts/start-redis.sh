@@ -14,6 +14,10 @@
 #     connected before keep their connection; new ones need the password (restart an older
 #     run.sh's daphne and worker: scripts/run.sh does);
 #   - it wants another password: stop and say what to do.
+# Persistence: an append-only file (appendonly yes, fsync every second) in its directory, so
+# a Redis restart keeps the queued tasks (at most the last second's writes are lost; what is
+# lost anyway is sent again by the resend-lost-work sweep, docs/operations.md). A running
+# Redis without it gets it with CONFIG SET (and CONFIG REWRITE when it has a config file).
 # Port and directories are variables so a test can run its own instance:
 #   VSB_REDIS_PORT (6379), VSB_REDIS_DIR (/var/lib/redis: working dir and pid file),
 #   VSB_REDIS_LOG (/var/log/redis/redis-server.log), VSB_SECRETS_DIR ($VSB_DATA_DIR/secrets).
@@ -59,7 +63,8 @@ pidfile $DIR/redis-server-$PORT.pid
 logfile $LOG
 dir $DIR
 save ""
-appendonly no
+appendonly yes
+appendfsync everysec
 EOF
     )
     redis-server "$CONF" >/dev/null
@@ -69,3 +74,9 @@ esac
 [ "$(ask ping)" = PONG ] || die "redis on 127.0.0.1:$PORT does not accept the password in $PASSWORD_FILE. \
 If it is another install's Redis, stop it or point this one elsewhere (VSB_REDIS_PORT, or REDIS_URL with its password)."
 [ "$(ask_anonymous ping)" != PONG ] || die "redis on 127.0.0.1:$PORT still answers without a password"
+if [ "$(ask CONFIG GET appendonly | tail -n 1)" != yes ]; then
+  say "redis on 127.0.0.1:$PORT: turning on its append-only file (queued tasks survive a restart)"
+  ask CONFIG SET appendfsync everysec | expect_ok appendfsync
+  ask CONFIG SET appendonly yes | expect_ok appendonly
+  ask CONFIG REWRITE >/dev/null
+fi

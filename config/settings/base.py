@@ -208,6 +208,16 @@ CELERY_TASK_TIME_LIMIT = 3900
 CELERY_TASK_SOFT_TIME_LIMIT = 3800
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A Redis restart: the worker reconnects however long it takes (Celery's default gives up
+# after 100 tries and exits), and the tasks it is running go on (they need the database and
+# the hypervisor, not the broker; their late acks may then fail, and a message redelivered
+# after the visibility timeout finds its work done). Work whose message was lost is sent
+# again by the resend-lost-work sweep (sandboxes.services.resend_lost_work).
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    # kombu's Redis transport, repaired so a worker outlives a Redis restart (config/broker.py).
+    CELERY_BROKER_TRANSPORT = "config.broker:Transport"
 
 
 def control_beat(task: str, every: float, expires: int) -> dict:
@@ -230,6 +240,9 @@ CELERY_BEAT_SCHEDULE = {
     # One reconcile of libvirt domains against sandbox rows per live host, on its own queue.
     "reconcile-hosts": control_beat(
         "sandboxes.reconcile_hosts", reconcile_interval, max(1, int(reconcile_interval) - 5)
+    ),
+    "resend-lost-work": control_beat(
+        "sandboxes.resend_lost_work", env.float("VSB_RESEND_INTERVAL_SECONDS", default=10.0), 9
     ),
 }
 
@@ -327,8 +340,13 @@ VSB = {
         COMMAND_TIMEOUT_SECONDS=600,
         MAX_COMMAND_TIMEOUT_SECONDS=3600,
         COMMAND_OUTPUT_LIMIT=1024 * 1024,
-        # An operation whose worker stopped reporting for this long is taken as dead.
-        OPERATION_STALE_SECONDS=600,
+        # Work (an operation, a command) that nobody holds and that showed no sign of life
+        # for this long is taken as lost (its message vanished in a Redis restart, or a
+        # database restart failed its task): its task is sent again, up to
+        # OPERATION_MAX_RESENDS times (the wait doubling each time), then it fails saying so.
+        # Running tasks beat every 5 s; longer than a step's longest gap between beats.
+        OPERATION_STALE_SECONDS=20,
+        OPERATION_MAX_RESENDS=5,
         TASK_MAX_ATTEMPTS=5,
     ),
     # Path patterns left out of diffs on top of the built-in volatile list (docs/diff.md).

@@ -3,14 +3,13 @@ the test's own on a free loopback port with its own data directory (never the ma
 shared one): loopback only, a password generated once into the secrets directory, refused
 without it, the same password for every client through the settings; and a Redis an older
 version of the scripts started without a password is given one in place, without a
-restart, keeping what it holds."""
+restart, keeping what it holds. Either way it keeps an append-only file, so queued tasks
+survive a restart."""
 
 from __future__ import annotations
 
 import ipaddress
 import json
-import os
-import signal
 import socket
 import stat
 import subprocess
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.support.own_services import terminate
 from tests.support.stack import ROOT, free_port, settingless_env
 
 pytestmark = pytest.mark.integration
@@ -77,22 +77,7 @@ class Setup:
         return None
 
     def stop(self) -> None:
-        pid = self.pid()
-        if pid is None:
-            return
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        wait_until(lambda: not alive(pid))
-
-
-def alive(pid: int) -> bool:
-    """Running: a daemonized redis-server's zombie waits for PID 1 to reap it."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
+        terminate(self.pid())
 
 
 def wait_until(predicate, timeout: float = 10) -> None:
@@ -220,6 +205,8 @@ def test_a_passwordless_redis_of_an_older_install_gets_the_password_in_place(set
     assert setup.pid() == pid
     assert listening_addresses(setup.port) <= {"127.0.0.1", "::1"}
     assert authenticated.config_get("protected-mode") == {"protected-mode": "yes"}
+    assert authenticated.config_get("appendonly") == {"appendonly": "yes"}
+    assert "append-only file" in result.stderr
     assert setup.password not in result.stdout + result.stderr
 
     assert setup.run_script().returncode == 0, "the second run finds it done"
@@ -232,3 +219,20 @@ def test_it_stops_at_a_redis_that_wants_another_password(setup):
     assert "does not accept the password" in result.stderr
     assert setup.password not in result.stdout + result.stderr
     assert setup.client("someone-elses").ping(), "left as it was"
+
+
+def test_queued_tasks_survive_a_restart_of_the_redis_it_starts(setup):
+    assert setup.run_script().returncode == 0
+    client = setup.client(setup.password)
+    assert client.config_get("appendonly") == {"appendonly": "yes"}
+    assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
+    client.rpush("kvm.somehost", "a queued task")
+    client.hset("unacked", "tag", "a task being run")
+    wait_until(lambda: client.info("persistence")["aof_last_write_status"] == "ok")
+    time.sleep(1.2)  # appendfsync everysec: at most the last second is at risk
+
+    setup.stop()
+    assert setup.run_script().returncode == 0
+    client = setup.client(setup.password)
+    assert client.lrange("kvm.somehost", 0, -1) == [b"a queued task"]
+    assert client.hgetall("unacked") == {b"tag": b"a task being run"}

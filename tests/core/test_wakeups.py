@@ -111,3 +111,29 @@ def test_many_waiters_share_one_subscription_and_each_gets_its_own_wake_up():
     listeners, values = asyncio.run(scenario())
     assert len(listeners) == 1 and values == list(range(50))
     assert not wakeups._listener.waiters
+
+
+def test_a_waiter_sleeps_out_its_timeout_while_redis_is_away_and_the_caller_re_reads(
+    monkeypatch,
+):
+    """Redis restarting: `wait` answers None after the timeout instead of raising, and
+    `wait_until` keeps re-reading the truth until it is done."""
+    import redis
+
+    from tests.support.stack import free_port
+
+    away = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)
+    monkeypatch.setattr(wakeups, "_client", lambda: away)
+    started = time.monotonic()
+    assert wakeups.wait("k-away", 0.3) is None
+    # (redis-py itself retries the connection for a few seconds first.)
+    assert 0.25 <= time.monotonic() - started < 10
+
+    values = iter(["running", "running", "finished"])
+    assert (
+        wakeups.wait_until(
+            lambda: next(values), lambda v: v == "finished", key="k-away", kind="t", timeout=10,
+            recheck=0.1,
+        )
+        == "finished"
+    )  # fmt: skip
