@@ -126,18 +126,25 @@ def api_crash_guard(app):
 
         try:
             await app(scope, receive, tracking_send)
-        except Exception:
+        except Exception as exc:
+            from core.api import errors
+
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if started:
                 raise
-            body = json.dumps(error_response_body(500, scope.get("method", ""))).encode()
+            status, error, headers = 500, error_response_body(500, scope.get("method", "")), []
+            if errors.is_database_unavailable(exc):
+                status, error = 503, errors.database_unavailable_body()
+                headers = [(b"retry-after", str(errors.DATABASE_RETRY_AFTER_SECONDS).encode())]
+            body = json.dumps(error).encode()
             await send(
                 {
                     "type": "http.response.start",
-                    "status": 500,
+                    "status": status,
                     "headers": [
                         (b"content-type", b"application/json"),
                         (b"content-length", str(len(body)).encode()),
+                        *headers,
                     ],
                 }
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from django.core.exceptions import PermissionDenied
+from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -47,7 +48,31 @@ def validation_error_body(detail) -> dict:
     return error_body("invalid", message, fields)
 
 
+# While the database restarts (or its connections are cut), a request is told to come back,
+# not shown a 500: nothing was done, and trying again in a few seconds works.
+DATABASE_RETRY_AFTER_SECONDS = 5
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    return isinstance(exc, OperationalError | InterfaceError)
+
+
+def database_unavailable_body() -> dict:
+    return error_body(
+        "database_unavailable",
+        "The database is not answering (restarting?); nothing was done. "
+        f"Try again in {DATABASE_RETRY_AFTER_SECONDS} s.",
+    )
+
+
 def exception_handler(exc, context):
+    if is_database_unavailable(exc):
+        log.error("the database did not answer: %s", exc, exc_info=exc)
+        return Response(
+            database_unavailable_body(),
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+        )
     if isinstance(exc, ServiceError):
         return Response(error_body(exc.code, exc.message, exc.fields), status=http_status(exc))
     if isinstance(exc, Http404):

@@ -71,6 +71,22 @@ def test_a_crash_inside_a_view_is_a_json_500_without_its_detail(client, monkeypa
     assert response["X-Request-ID"], "the request id still reaches the caller"
 
 
+def test_a_database_that_does_not_answer_is_a_503_to_try_again_without_its_detail(
+    client, monkeypatch
+):
+    from django.db import OperationalError
+
+    def unreachable(self, request):
+        raise OperationalError(f"connection to {CRASH_DETAIL} refused")
+
+    monkeypatch.setattr(HealthView, "get", unreachable)
+    response = client.get("/v1/health")
+    body = assert_json_error(response, 503, "database_unavailable")
+    assert "Try again in 5 s" in body["error"]["message"]
+    assert response["Retry-After"] == "5"
+    assert "hunter2" not in response.content.decode()
+
+
 def test_a_bad_host_on_an_api_path_is_a_json_400(client):
     assert_json_error(client.get("/v1/health", HTTP_HOST="evil.example"), 400, "bad_request")
 
@@ -119,15 +135,15 @@ def test_a_production_server_answers_api_errors_as_json(production_server):
     for path in ("/v1/no-such-route", "/api/no-such-route"):
         status, body = anonymous.get(path)
         assert (status, body["error"]["code"]) == (404, "not_found")
-    # The API key lookup hits the missing database inside the view: an unhandled exception.
-    status, body = agent.get("/v1/sandboxes")
-    assert (status, body) == (
-        500,
-        {"error": {"code": "server_error", "message": "Internal server error.", "fields": {}}},
-    )
-    # The blocking ask is a bare ASGI app ahead of Django: the same answer.
-    status, body = agent.post("/api/v1/human/ask", {"prompt": "may I?"})
-    assert (status, body["error"]["code"]) == (500, "server_error")
+    # The API key lookup hits the missing database inside the view: come back later, and
+    # nothing about where the database is.
+    for status, body in (
+        agent.get("/v1/sandboxes"),
+        # The blocking ask is a bare ASGI app ahead of Django: the same answer.
+        agent.post("/api/v1/human/ask", {"prompt": "may I?"}),
+    ):
+        assert (status, body["error"]["code"]) == (503, "database_unavailable"), body
+        assert "vsb_gone_db" not in str(body)
     # Health tells anyone the database is down, not where it is.
     status, body = anonymous.get("/v1/health")
     assert (status, body["database"]) == (503, "error")

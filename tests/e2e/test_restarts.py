@@ -321,6 +321,17 @@ def test_a_restart_mid_create_ends_the_create_within_a_minute(restarts, ready, s
     restarts.assert_settled()
 
 
+def test_a_request_while_postgresql_is_down_is_told_to_try_again_then_answers(restarts):
+    restarts.pg.stop()
+    try:
+        status, body = restarts.api.get("/v1/sandboxes", timeout=30)
+        assert status == 503, body
+        assert body["error"]["code"] == "database_unavailable", body
+    finally:
+        restarts.pg.start()
+    assert "results" in restarts.poll("/v1/sandboxes", lambda body: True, 30)
+
+
 @pytest.mark.parametrize("service", RESTART)
 def test_a_command_running_through_a_restart_still_answers_with_its_output(
     restarts, ready, service
