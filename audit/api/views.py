@@ -8,6 +8,8 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import viewsets
 from rest_framework.decorators import action
 
+from core.api import paths
+
 from .. import queries
 from ..models import AuditEvent
 from .filters import AuditEventFilter
@@ -31,6 +33,7 @@ class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = AuditEventSerializer
     filterset_class = AuditEventFilter
     lookup_field = "seq"
+    lookup_value_regex = paths.SEQ
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # the schema generator has no user

@@ -12,7 +12,8 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.api.serializers import ErrorSerializer
+from core.api import paths
+from core.api.schema import errors
 from core.conf import vsb
 from core.errors import OperationFailed
 
@@ -38,7 +39,10 @@ from .serializers import (
 
 log = logging.getLogger(__name__)
 
-ERRORS = {400: ErrorSerializer, 401: ErrorSerializer, 404: ErrorSerializer, 409: ErrorSerializer}
+# 400/401/403/404 are implied (core.api.schema.AutoSchema); a sandbox may be in the wrong state.
+ERRORS = errors(409)
+# A verb that may wait for the host: the step failed (502) or took too long (504).
+WAITED = errors(409, 502, 504)
 
 
 def _input(serializer_class, data) -> dict:
@@ -56,15 +60,15 @@ def _waited(op: Operation, timeout: float) -> Operation:
 
 
 # A slow verb's answers: 202 with its operation, or 200 once it succeeded when asked to wait.
-OPERATION_ANSWERS = {200: SandboxOperationSerializer, 202: SandboxOperationSerializer, **ERRORS}
+OPERATION_ANSWERS = {200: SandboxOperationSerializer, 202: SandboxOperationSerializer, **WAITED}
 # The request and answers of the verbs that also have the original's path (an alias).
 RUN_COMMAND = {
     "request": RunCommandSerializer,
-    "responses": {200: CommandResultSerializer, **ERRORS},
+    "responses": {200: CommandResultSerializer, **WAITED},
 }
 TAKE_SNAPSHOT = {
     "request": CreateSnapshotSerializer,
-    "responses": {201: SnapshotOperationSerializer, 202: SnapshotOperationSerializer, **ERRORS},
+    "responses": {201: SnapshotOperationSerializer, 202: SnapshotOperationSerializer, **WAITED},
 }
 
 
@@ -118,7 +122,7 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 
     serializer_class = SandboxSerializer
     filterset_class = SandboxFilter
-    lookup_value_regex = "[^/]+"
+    lookup_value_regex = paths.UUID
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
@@ -139,7 +143,12 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             "with `wait_for_ip: true` it answers 201 once the sandbox is ready (SSH answers)."
         ),
         request=CreateSandboxSerializer,
-        responses={201: SandboxOperationSerializer, 202: SandboxOperationSerializer, **ERRORS},
+        responses={
+            201: SandboxOperationSerializer,
+            202: SandboxOperationSerializer,
+            **WAITED,
+            **errors(503),  # no live worker with room
+        },
     )
     def create(self, request):
         data = _input(CreateSandboxSerializer, request.data)
@@ -221,7 +230,9 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         ),
         **TAKE_SNAPSHOT,
     )
-    @action(detail=True, methods=["post"], url_path="snapshots")
+    # The snapshot list (GET, list_snapshots) answers every snapshot, unpaginated, and its
+    # schema says so.
+    @action(detail=True, methods=["post"], url_path="snapshots", pagination_class=None)
     def snapshots(self, request, pk=None):
         data = _input(CreateSnapshotSerializer, request.data)
         wait = data.pop("wait")
@@ -293,6 +304,7 @@ class OperationViewSet(viewsets.ReadOnlyModelViewSet):
     """Slow steps (create, start, stop, destroy) done by a host's worker."""
 
     serializer_class = OperationSerializer
+    lookup_value_regex = paths.UUID
     filterset_fields = ["status", "kind", "sandbox"]
 
     def get_queryset(self):
