@@ -8,6 +8,13 @@ from django.conf import settings
 from django.db import models
 
 
+def limit_field(what: str) -> models.PositiveIntegerField:
+    """A key's own limit; empty (NULL): the settings default."""
+    return models.PositiveIntegerField(
+        null=True, blank=True, help_text=f"{what} Empty: the default."
+    )
+
+
 class ApiKey(models.Model):
     """An agent's API key. Only a SHA-256 of the secret is stored: keys are 256-bit random,
     so a slow password hash would buy nothing and cost every request."""
@@ -21,6 +28,13 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # The agent's quotas when it calls with this key (sandboxes/quotas.py); empty: the
+    # settings default (VSB_QUOTA_*). Usage is counted over the key's user: all its keys.
+    max_sandboxes = limit_field("Live (not destroyed) sandboxes.")
+    max_memory_mb = limit_field("MiB of memory of all live sandboxes together.")
+    max_snapshots_per_sandbox = limit_field("Snapshots of one sandbox.")
+    max_concurrent_commands = limit_field("Commands running at once.")
+    default_ttl_seconds = limit_field("TTL of a sandbox created without one; 0: none.")
 
     class Meta:
         # The table keeps the name it had in the sandboxes app (accounts/migrations/0001).

@@ -7,25 +7,37 @@ import secrets
 from datetime import timedelta
 
 from django.contrib.auth import get_user_model
+from django.db import transaction
 from django.utils import timezone
 
 from audit import services as audit
 
 from .models import ApiKey
 
+# A key's own limits (sandboxes/quotas.py); None: the settings default.
+LIMIT_FIELDS = (
+    "max_sandboxes",
+    "max_memory_mb",
+    "max_snapshots_per_sandbox",
+    "max_concurrent_commands",
+    "default_ttl_seconds",
+)
 
-def create_api_key(user, name: str = "") -> tuple[ApiKey, str]:
-    """A new key for `user`. The secret is returned once and never stored."""
+
+def create_api_key(user, name: str = "", limits: dict | None = None) -> tuple[ApiKey, str]:
+    """A new key for `user`, with `limits` (LIMIT_FIELDS; omitted: the defaults). The secret
+    is returned once and never stored."""
+    limits = {f: v for f, v in (limits or {}).items() if v is not None}
     prefix = secrets.token_hex(4)
     secret = f"vsb_{prefix}_{secrets.token_urlsafe(32)}"
     key = ApiKey.objects.create(
-        user=user, name=name, prefix=prefix, key_hash=ApiKey.hash_secret(secret)
+        user=user, name=name, prefix=prefix, key_hash=ApiKey.hash_secret(secret), **limits
     )
     audit.record(
         "apikey.issued",
         actor=audit.actor_of(user),
         target=key,
-        data={"name": name, "prefix": prefix},
+        data={"name": name, "prefix": prefix, **limits},
     )
     return key, secret
 
@@ -78,13 +90,37 @@ def revoke_keys(keys, by=None) -> int:
     return count
 
 
-def rename_api_key(key: ApiKey, name: str) -> None:
-    key.name = name
-    key.save(update_fields=["name"])
+def update_api_key(key: ApiKey, *, name: str, limits: dict, by=None) -> None:
+    """An operator's edit of a key (the admin): its name and its limits (LIMIT_FIELDS, None:
+    the default). A change of limits is audited with the values before and after; it applies
+    from the key's next request."""
+    with transaction.atomic():
+        before = ApiKey.objects.select_for_update().values(*LIMIT_FIELDS).get(pk=key.pk)
+        key.name = name
+        for field in LIMIT_FIELDS:
+            setattr(key, field, limits.get(field))
+        key.save(update_fields=["name", *LIMIT_FIELDS])
+        changed = {
+            f: [before[f], getattr(key, f)] for f in LIMIT_FIELDS if before[f] != getattr(key, f)
+        }
+        if changed:
+            audit.record(
+                "apikey.limits_changed",
+                user=by,
+                target=key,
+                data={"user": key.user.get_username(), "prefix": key.prefix, "changed": changed},
+            )
 
 
 def authenticate_api_key(secret: str):
     """The user owning this key, or None for a malformed, unknown or revoked key."""
+    key = api_key_for(secret)
+    return key.user if key is not None else None
+
+
+def api_key_for(secret: str) -> ApiKey | None:
+    """The live key (its user loaded) this secret opens, or None for a malformed, unknown or
+    revoked key, or one whose user is inactive."""
     parts = secret.split("_", 2)
     if len(parts) != 3 or parts[0] != "vsb":
         return None
@@ -101,4 +137,4 @@ def authenticate_api_key(secret: str):
     # Touch at most once a minute: a write per request would cost every command call.
     if key.last_used_at is None or key.last_used_at < now - timedelta(minutes=1):
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
-    return key.user
+    return key

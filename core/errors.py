@@ -77,6 +77,22 @@ class Conflict(ServiceError):
     code = "conflict"
 
 
+class QuotaExceeded(Conflict):
+    """The caller's quota does not allow this: a count of things it holds (README "Limits").
+    It must free one first (destroy a sandbox, delete a snapshot); the message names the
+    quota, its limit and the current usage."""
+
+    code = "quota_exceeded"
+
+
+class TooManyRequests(ServiceError):
+    """Not now for this caller: a concurrency limit that clears by itself, so waiting helps
+    (nothing was done). (Request rates are DRF's throttle: accounts/api/throttling.py.)"""
+
+    code = "too_many_requests"
+    transient = True
+
+
 class TooLarge(ServiceError):
     code = "too_large"  # a body or file over its configured limit
 
@@ -114,6 +130,7 @@ HTTP_STATUS: dict[type[ServiceError], int] = {
     NotFound: 404,
     Conflict: 409,
     TooLarge: 413,
+    TooManyRequests: 429,
     Unprocessable: 422,
     OperationFailed: 502,
     Unavailable: 503,

@@ -1,6 +1,7 @@
 """The sandbox lifecycle: which state may follow which, and one race-free way to move.
 
     requested → provisioning → booting → waiting_for_ip → ready ⇄ (stopping →) stopped
+    ready → stopped (the reconcile found the domain shut off: a host reboot)
     ready | stopped | error → restoring → waiting_for_ip (memory snapshot) | stopped
     any → destroying → destroyed;  transitional → error
 
@@ -25,7 +26,8 @@ ALLOWED: dict[str, set[str]] = {
     S.PROVISIONING: {S.BOOTING, S.STOPPED, S.DESTROYING, S.ERROR},
     S.BOOTING: {S.WAITING_FOR_IP, S.STOPPING, S.DESTROYING, S.ERROR},
     S.WAITING_FOR_IP: {S.READY, S.STOPPING, S.DESTROYING, S.ERROR},
-    S.READY: {S.STOPPING, S.BOOTING, S.RESTORING, S.DESTROYING, S.ERROR},
+    # ready → stopped directly: the reconcile found the domain shut off (host reboot).
+    S.READY: {S.STOPPING, S.STOPPED, S.BOOTING, S.RESTORING, S.DESTROYING, S.ERROR},
     S.RESTORING: {S.WAITING_FOR_IP, S.STOPPED, S.DESTROYING, S.ERROR},
     S.STOPPING: {S.STOPPED, S.DESTROYING, S.ERROR},
     S.STOPPED: {S.BOOTING, S.RESTORING, S.DESTROYING, S.ERROR},

@@ -14,10 +14,10 @@ from egress import services as egress
 
 from . import lifecycle, services
 from .choices import NetworkMode, SandboxState, SourceKind
-from .drivers.base import CloneSpec, LibvirtNetwork, PortForward
+from .drivers.base import RUNNING, CloneSpec, LibvirtNetwork, PermanentDriverError, PortForward
 from .drivers.domain_xml import OVERLAY_NAME
 from .models import Sandbox
-from .runtime import get_ca, get_driver, get_ssh_pool
+from .runtime import deployment_name, get_ca, get_driver, get_ssh_pool
 
 log = logging.getLogger(__name__)
 HOSTKEY_RE = re.compile(r"^vsb-hostkey: (ssh-[a-z0-9-]+ [A-Za-z0-9+/=]+)$", re.MULTILINE)
@@ -110,9 +110,20 @@ def clone_spec(sandbox: Sandbox) -> CloneSpec:
         cmdline=cmdline,
         network=network,
         mac=sandbox.mac_address or None,
-        tags={"sandbox": str(sandbox.id)},
+        tags=domain_tags(sandbox),
         from_snapshot=fork_origin_disk(sandbox),
     )
+
+
+def domain_tags(sandbox: Sandbox) -> dict[str, str]:
+    """What a sandbox's domain carries in its <metadata>: the sandbox id (a retried create
+    recognises its own domain), and the host and deployment it belongs to (the reconcile
+    touches only domains of its own host and installation)."""
+    return {
+        "sandbox": str(sandbox.id),
+        "host": sandbox.host.name,
+        "deployment": deployment_name(),
+    }
 
 
 def fork_origin_disk(sandbox: Sandbox) -> tuple[str, str] | None:
@@ -134,6 +145,21 @@ def ensure_free_port(sandbox: Sandbox) -> None:
     port = services.allocate_port(sandbox.host, bindable=True)
     services.set_sandbox_fields(sandbox.pk, ssh_port=port)
     sandbox.ssh_port = port
+
+
+def check_port_before_start(sandbox: Sandbox) -> None:
+    """A stopped domain keeps its forwarded port in its definition; after a host reboot
+    another process may hold it, and QEMU would then fail to start with a terse message."""
+    if sandbox.network_mode != NetworkMode.PORT_FORWARD or not sandbox.ssh_port:
+        return
+    if driver_for(sandbox).state(sandbox.name) == RUNNING:
+        return  # our own QEMU holds it
+    if not services.port_is_free(sandbox.ssh_port, sandbox.ssh_host or "127.0.0.1"):
+        raise PermanentDriverError(
+            f"port {sandbox.ssh_port} on {sandbox.ssh_host or '127.0.0.1'}, where this "
+            f"sandbox's SSH is forwarded, is held by another process on host "
+            f"{sandbox.host.name}: free it and start again, or destroy the sandbox"
+        )
 
 
 def ssh_target(sandbox: Sandbox, pinned: str | None):

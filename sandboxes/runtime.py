@@ -8,6 +8,8 @@ import logging
 import threading
 from functools import lru_cache
 
+from django.db import connection
+
 from core.conf import vsb
 
 from .drivers.base import HypervisorDriver
@@ -41,6 +43,14 @@ def get_driver(libvirt_uri: str | None = None) -> HypervisorDriver:
                 )
             _drivers[key] = driver
         return driver
+
+
+def deployment_name() -> str:
+    """This installation's name in its domains' metadata (with the host name): VSB_DEPLOYMENT,
+    else the name of the database that holds the rows. A domain is ours exactly when its row
+    would be in this database, so the test suite and a dev server sharing a libvirtd (or two
+    installs) never take each other's domains for strays."""
+    return vsb("DEPLOYMENT") or str(connection.settings_dict["NAME"])
 
 
 def reset_drivers() -> None:

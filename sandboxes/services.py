@@ -19,7 +19,7 @@ from pathlib import Path
 
 from celery import current_app
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, F, Q
+from django.db.models import Count, Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from audit import services as audit
@@ -29,7 +29,7 @@ from core.conf import vsb
 from core.errors import Conflict, InvalidInput, NotFound, OperationTimeout, Unavailable
 from egress import services as egress
 
-from . import lifecycle, tasks
+from . import lifecycle, quotas, tasks
 from .choices import (
     LIFECYCLE_KINDS,
     CommandStatus,
@@ -283,7 +283,8 @@ def port_is_free(port: int, address: str = "127.0.0.1") -> bool:
 
 
 def validate_sizes(vcpus: int | None, memory_mb: int | None, ttl_seconds: int | None) -> dict:
-    """The sandbox's `vcpus`, `memory_mb` and `ttl_seconds`, defaults filled in, or InvalidInput."""
+    """The sandbox's `vcpus`, `memory_mb` and `ttl_seconds`, defaults filled in (the TTL's is
+    the caller's: quotas.default_ttl_seconds), or InvalidInput."""
     vcpus = vsb("DEFAULT_VCPUS") if vcpus is None else vcpus
     memory_mb = vsb("DEFAULT_MEMORY_MB") if memory_mb is None else memory_mb
     if not 1 <= vcpus <= vsb("MAX_VCPUS"):
@@ -292,8 +293,6 @@ def validate_sizes(vcpus: int | None, memory_mb: int | None, ttl_seconds: int | 
         raise InvalidInput.field(
             "memory_mb", f"must be between {vsb('MIN_MEMORY_MB')} and {vsb('MAX_MEMORY_MB')} MiB."
         )
-    if ttl_seconds is None and vsb("DEFAULT_TTL_SECONDS"):
-        ttl_seconds = vsb("DEFAULT_TTL_SECONDS")
     if ttl_seconds is not None and not 0 < ttl_seconds <= vsb("MAX_TTL_SECONDS"):
         raise InvalidInput.field(
             "ttl_seconds", f"must be between 1 and {vsb('MAX_TTL_SECONDS')} seconds (or omitted)."
@@ -313,11 +312,14 @@ def create_sandbox(
     ttl_seconds: int | None = None,
     auto_start: bool = True,
     egress_allow=(),
+    api_key=None,
 ) -> Operation:
     """Register a sandbox and enqueue its creation on the chosen host. Returns the create
     Operation; its sandbox is in `requested` until the worker picks it up. With
     `from_sandbox` + `from_snapshot` the sandbox is a fork: its disk starts from that
-    snapshot, on the origin's host, and it boots with its own host key and machine-id."""
+    snapshot, on the origin's host, and it boots with its own host key and machine-id.
+    `api_key`: the key the request came with, whose quotas and default TTL apply
+    (sandboxes/quotas.py)."""
     forked_from = None
     if from_sandbox or from_snapshot:
         if not (from_sandbox and from_snapshot):
@@ -335,8 +337,9 @@ def create_sandbox(
             "source_vm_name",
             f"unknown source VM {source_vm_name!r}; known: {known or 'none (run manage.py build_guest_image)'}.",
         )
+    if ttl_seconds is None:
+        ttl_seconds = quotas.default_ttl_seconds(api_key)
     sizes = validate_sizes(vcpus, memory_mb, ttl_seconds)
-    ttl_seconds = sizes["ttl_seconds"]
     egress_rules = egress.create_rules(owner, egress_allow)
     host = choose_host(source, only=forked_from.sandbox.host if forked_from else None)
     mode = vsb("NETWORK_MODE")
@@ -344,6 +347,7 @@ def create_sandbox(
         sandbox_id = uuid.uuid4()
         try:
             with transaction.atomic():
+                quotas.check_sandbox(owner, api_key, sizes["memory_mb"])
                 sandbox = Sandbox.objects.create(
                     id=sandbox_id,
                     name=f"sbx-{sandbox_id.hex[:8]}",
@@ -390,12 +394,17 @@ LIFECYCLE_VERBS = {
 
 
 def _lifecycle_op(
-    sandbox: Sandbox, user, kind: str, snapshot: Snapshot | None = None, **input
+    sandbox: Sandbox,
+    user,
+    kind: str,
+    snapshot: Snapshot | None = None,
+    expected: list[str] | None = None,
+    **input,
 ) -> Operation:
     target, timeout_setting, margin = LIFECYCLE_VERBS[kind]
     task, deadline = tasks.TASK_FOR_KIND[kind], vsb(timeout_setting) + margin
     with transaction.atomic():
-        if not lifecycle.transition(sandbox.pk, target):
+        if not lifecycle.transition(sandbox.pk, target, expected=expected):
             sandbox.refresh_from_db(fields=["state"])
             raise Conflict(
                 f"Sandbox {sandbox.name} is {sandbox.state}; cannot {kind} it now.",
@@ -482,9 +491,16 @@ def get_snapshot(sandbox: Sandbox, name: str) -> Snapshot:
 
 
 def create_snapshot(
-    sandbox: Sandbox, user, *, name: str, description: str = "", disk_only: bool = False
+    sandbox: Sandbox,
+    user,
+    *,
+    name: str,
+    description: str = "",
+    disk_only: bool = False,
+    api_key=None,
 ) -> Operation:
-    """Queue a snapshot. The sandbox keeps running (QEMU pauses it for a fraction of a second)."""
+    """Queue a snapshot. The sandbox keeps running (QEMU pauses it for a fraction of a second).
+    `api_key`: the request's, whose snapshot quota applies."""
     _validate_snapshot_name(name)
     if sandbox.state not in (SandboxState.READY, SandboxState.STOPPED):
         raise Conflict(
@@ -499,6 +515,7 @@ def create_snapshot(
         )
     try:
         with transaction.atomic():
+            quotas.check_snapshot(user, api_key, sandbox)
             snap = Snapshot.objects.create(sandbox=sandbox, name=name, description=description)
             op = _snapshot_op(OperationKind.SNAPSHOT, tasks.snapshot_sandbox, sandbox, snap, user)
     except IntegrityError:
@@ -606,25 +623,29 @@ def run_command(
     timeout_seconds: int | None = None,
     env: dict[str, str] | None = None,
     cwd: str = "",
+    api_key=None,
 ) -> Command:
     """Run `command` in the sandbox on its host's worker and wait for the result. The
     Command row is written before the run and completed by the worker, so the history keeps
-    it even if the caller goes away."""
+    it even if the caller goes away. `api_key`: the request's, whose concurrent-commands
+    quota applies."""
     timeout = validate_command_input(command, timeout_seconds, env, cwd)
     if sandbox.state != SandboxState.READY:
         raise Conflict(
             f"Sandbox {sandbox.name} is {sandbox.state}; commands need it ready.",
             code="invalid_state",
         )
-    cmd = Command.objects.create(
-        sandbox=sandbox,
-        requested_by=user,
-        command=command,
-        env=env or {},
-        cwd=cwd,
-        timeout_seconds=timeout,
-    )
-    enqueue(tasks.run_command, sandbox.host, str(cmd.id))
+    with transaction.atomic():
+        quotas.check_command(user, api_key)
+        cmd = Command.objects.create(
+            sandbox=sandbox,
+            requested_by=user,
+            command=command,
+            env=env or {},
+            cwd=cwd,
+            timeout_seconds=timeout,
+        )
+        enqueue(tasks.run_command, sandbox.host, str(cmd.id))
     # The worker enforces the command timeout itself; the margin covers connecting.
     fields = wakeups.wait(cmd.id, timeout + 60)
     if fields:
@@ -815,4 +836,95 @@ def expired_sandboxes():
         Sandbox.objects.filter(expires_at__lt=timezone.now())
         .exclude(state__in=[SandboxState.DESTROYING, SandboxState.DESTROYED])
         .select_related("host")
+    )
+
+
+# --- Reconcile (called by sandboxes/reconcile.py on the host's own worker) -----------------
+
+DOMAIN_VANISHED = "domain vanished"
+OPEN_STATUSES = (OperationStatus.PENDING, OperationStatus.RUNNING)
+
+
+def live_hosts() -> list[Host]:
+    """Hosts whose worker beat recently: the ones a reconcile can run on."""
+    return [h for h in Host.objects.all() if h.is_alive()]
+
+
+def _open_operations(sandbox_ref):
+    return Operation.objects.filter(sandbox=sandbox_ref, status__in=OPEN_STATUSES)
+
+
+def settled_sandboxes(host: Host) -> list[Sandbox]:
+    """The host's ready and stopped sandboxes that no operation is moving (none pending or
+    running): the only rows the reconcile may correct."""
+    return list(
+        Sandbox.objects.filter(host=host, state__in=[SandboxState.READY, SandboxState.STOPPED])
+        .exclude(Exists(_open_operations(OuterRef("pk"))))
+        .select_related("host")
+    )
+
+
+def live_sandbox_ids(ids) -> set[str]:
+    """Which of these sandbox ids have a row that is not destroyed (on any host)."""
+    return {
+        str(pk)
+        for pk in Sandbox.objects.filter(pk__in=list(ids))
+        .exclude(state=SandboxState.DESTROYED)
+        .values_list("pk", flat=True)
+    }
+
+
+def reconcile_sandbox(sandbox: Sandbox, target: str, reason: str, *, domain: dict) -> bool:
+    """Move a settled sandbox to `target` because its domain says otherwise (`domain`: what
+    libvirt showed), audited as `sandbox.reconciled` with the reason. Only from the state the
+    reconcile saw, and only while no operation is open: False when anything moved first."""
+    with transaction.atomic():
+        if _open_operations(sandbox.pk).exists():
+            return False
+        error = reason if target == SandboxState.ERROR else ""
+        if not lifecycle.transition(sandbox.pk, target, expected=[sandbox.state], error=error):
+            return False
+        audit.record(
+            "sandbox.reconciled",
+            target=sandbox,
+            data={"from": sandbox.state, "to": target, "reason": reason, "domain": domain},
+        )
+    log.warning(
+        "reconcile: sandbox %s %s -> %s: %s",
+        sandbox.name,
+        sandbox.state,
+        target,
+        reason,
+        extra={"sandbox_id": str(sandbox.pk), "host": sandbox.host.name},
+    )
+    return True
+
+
+def adopt_running_sandbox(sandbox: Sandbox, reason: str) -> Operation | None:
+    """A stopped sandbox whose domain runs (started behind our back): a start operation by
+    the system takes it through the usual readiness check (pinned host key, SSH) to ready.
+    None when the sandbox moved or an operation opened first."""
+    try:
+        with transaction.atomic():
+            if _open_operations(sandbox.pk).exists():
+                return None
+            return _lifecycle_op(
+                sandbox, None, OperationKind.START, expected=[SandboxState.STOPPED], reason=reason
+            )
+    except Conflict:
+        return None
+
+
+def record_stray_destroyed(host: Host, domain: dict, workdir: str | None, reason: str) -> None:
+    """The audit event of a stray domain (our metadata, this host, no live row) destroyed."""
+    try:
+        sandbox_id = uuid.UUID(domain.get("tags", {}).get("sandbox", ""))
+    except ValueError:
+        sandbox_id = None
+    audit.record(
+        "domain.stray_destroyed",
+        target_type="domain",
+        target_id=domain["name"],
+        sandbox_id=sandbox_id,
+        data={"host": host.name, "domain": domain, "workdir": workdir, "reason": reason},
     )

@@ -185,6 +185,7 @@ def start_sandbox(self, op: Operation) -> None:
         return
     try:
         services.report_progress(op.pk, 20, "starting VM")
+        provisioning.check_port_before_start(sandbox)
         provisioning.driver_for(sandbox).start(sandbox.name)
         services.report_progress(op.pk, 40, "booting: waiting for SSH")
     except Exception as exc:  # noqa: BLE001
@@ -250,11 +251,14 @@ def wait_ready(self, op_id: str) -> None:
         sandbox.ip_address = sandbox.ssh_host = address
 
     console_key = provisioning.console_host_key(sandbox)
-    # Only a first boot must print its key before we connect; once a key is pinned (a
-    # restart, or a restored memory snapshot that never re-runs the boot scripts and whose
-    # console log QEMU may have started afresh) the SSH handshake itself is checked against it.
+    # The project's image prints its host key on the console right before sshd starts, on
+    # every boot, and the console log starts afresh with each start of the domain. A first
+    # boot must print it before we connect (it is what we pin). A restart waits for it too:
+    # probes sent earlier leave half-open slirp connections that all reach sshd the moment
+    # it listens, a storm of pre-auth children a TCG guest under load may never work off.
+    # A restored memory snapshot does not boot: its handshake is checked against the pin.
     expects_console_key = (
-        not sandbox.host_key
+        op.kind != OperationKind.RESTORE
         and sandbox.source.kind == SourceKind.IMAGE
         and bool(sandbox.source.kernel)
     )
@@ -510,6 +514,40 @@ def check_host_heartbeats() -> list[str]:
     if silent:
         log.warning("hosts without a live worker: %s", ", ".join(silent))
     return silent
+
+
+@shared_task(name="sandboxes.reconcile_hosts", ignore_result=True)
+def reconcile_hosts() -> list[str]:
+    """The beat's entry (control): one reconcile per host with a live worker, on that host's
+    own queue, since it needs the host's libvirt."""
+    hosts = services.live_hosts()
+    for host in hosts:
+        services.enqueue(reconcile_host, host, host.pk)
+    return [h.name for h in hosts]
+
+
+@shared_task(name="sandboxes.reconcile_host", ignore_result=True)
+def reconcile_host(host_id: int, report_key: str = "") -> dict | None:
+    """One reconcile pass over this worker's host (sandboxes/reconcile.py). Not acks_late:
+    a pass lost with its worker is simply the next beat's. With `report_key`, the pass's
+    report is published as a wake-up under that key (tests wait on it)."""
+    from . import reconcile
+    from .models import Host
+
+    host = Host.objects.filter(pk=host_id).first()
+    if host is None:
+        return None
+    if host.name != vsb("HOST_NAME"):
+        log.error("reconcile of host %s sent to the worker of %s: ignored", host, vsb("HOST_NAME"))
+        return None
+    try:
+        report = reconcile.reconcile_host(host).as_dict()
+    except DriverError as exc:
+        log.warning("reconcile of host %s skipped: %s", host.name, exc)
+        report = {"host": host.name, "error": str(exc)}
+    if report_key:
+        wakeups.publish(report_key, report, kind="reconcile")
+    return report
 
 
 # The task carrying each kind of operation: a restarted worker re-enqueues what it left open

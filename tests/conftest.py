@@ -89,6 +89,14 @@ def olivia(db, django_user_model):
 
 
 @pytest.fixture
+def operator_client(client, django_user_model):
+    """oscar, a superuser, logged in to the admin (a browser session)."""
+    user = django_user_model.objects.create_superuser("oscar", "oscar@example.com", "pw")
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
 def anonymous():
     return APIClient()
 

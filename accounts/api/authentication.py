@@ -5,7 +5,8 @@ from .. import services
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):
-    """`Authorization: Bearer vsb_...` (or `X-API-Key: vsb_...`): an agent's API key."""
+    """`Authorization: Bearer vsb_...` (or `X-API-Key: vsb_...`): an agent's API key;
+    `request.auth` is the ApiKey row."""
 
     keyword = "Bearer"
 
@@ -23,10 +24,11 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             secret = request.META.get("HTTP_X_API_KEY", "")
         if not secret:
             return None
-        user = services.authenticate_api_key(secret)
-        if user is None:
+        key = services.api_key_for(secret)
+        if key is None:
             raise exceptions.AuthenticationFailed("Invalid, revoked or unknown API key.")
-        return (user, None)
+        # request.auth is the key: its quotas and its throttle bucket.
+        return (key.user, key)
 
     def authenticate_header(self, request) -> str:
         return self.keyword

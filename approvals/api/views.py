@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.api import paths
-from core.api.pagination import LimitOffsetPagination
+from core.api.pagination import CursorPagination
 from core.api.schema import errors
 from core.errors import Forbidden, ServiceError
 
@@ -57,16 +57,18 @@ class ApprovalViewSet(viewsets.ViewSet):
     see all. Deciding needs the decide permission and is never open to the requester."""
 
     lookup_value_regex = paths.UUID
-    pagination_class = LimitOffsetPagination  # the list's (and its schema's) pagination
+    # A queue: oldest first, so an operator paging forward sees every request, also those
+    # that arrive while paging (they come after the position reached).
+    pagination_class = CursorPagination.ordered_by("created_at", "id")
 
     @extend_schema(
         summary="List approval requests",
-        parameters=[
-            OpenApiParameter("status", str, enum=ApprovalStatus.values),
-            OpenApiParameter("limit", int),
-            OpenApiParameter("offset", int),
-        ],
-        responses=ApprovalSerializer(many=True),
+        description=(
+            "Oldest first (a queue), paginated by `cursor`: follow `next`; a request that "
+            "existed when paging began is on exactly one page."
+        ),
+        parameters=[OpenApiParameter("status", str, enum=ApprovalStatus.values)],
+        responses={200: ApprovalSerializer(many=True), **errors(400)},
     )
     def list(self, request):
         qs = services.visible_requests(request.user)

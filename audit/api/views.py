@@ -9,6 +9,8 @@ from rest_framework import viewsets
 from rest_framework.decorators import action
 
 from core.api import paths
+from core.api.pagination import CursorPagination
+from core.api.schema import errors
 
 from .. import queries
 from ..models import AuditEvent
@@ -34,6 +36,8 @@ class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
     filterset_class = AuditEventFilter
     lookup_field = "seq"
     lookup_value_regex = paths.SEQ
+    # The chain's own order: seq is unique and given out in commit order.
+    pagination_class = CursorPagination.ordered_by("seq")
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # the schema generator has no user
@@ -42,8 +46,9 @@ class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
 
     @extend_schema(
         summary="List audit events",
+        description="Oldest first (by seq), paginated by `cursor` (follow `next`).",
         parameters=FILTER_PARAMS,
-        responses=AuditEventSerializer(many=True),
+        responses={200: AuditEventSerializer(many=True), **errors(400)},
     )
     def list(self, request, *args, **kwargs):
         return super().list(request, *args, **kwargs)

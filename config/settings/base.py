@@ -217,6 +217,7 @@ def control_beat(task: str, every: float, expires: int) -> dict:
 
 
 reaper_interval = env.float("VSB_REAPER_INTERVAL_SECONDS", default=30.0)
+reconcile_interval = env.float("VSB_RECONCILE_INTERVAL_SECONDS", default=60.0)
 CELERY_BEAT_SCHEDULE = {
     "reap-expired-sandboxes": control_beat("sandboxes.reap_expired_sandboxes", reaper_interval, 25),
     "fail-stuck-operations": control_beat("sandboxes.fail_stuck_operations", reaper_interval, 25),
@@ -226,6 +227,10 @@ CELERY_BEAT_SCHEDULE = {
         5,
     ),
     "host-heartbeat-check": control_beat("sandboxes.check_host_heartbeats", 60.0, 55),
+    # One reconcile of libvirt domains against sandbox rows per live host, on its own queue.
+    "reconcile-hosts": control_beat(
+        "sandboxes.reconcile_hosts", reconcile_interval, max(1, int(reconcile_interval) - 5)
+    ),
 }
 
 CHANNEL_LAYERS = {
@@ -248,8 +253,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PAGINATION_CLASS": "core.api.pagination.LimitOffsetPagination",
-    "PAGE_SIZE": 50,
+    "DEFAULT_PAGINATION_CLASS": "core.api.pagination.CursorPagination",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "core.api.schema.AutoSchema",
     "EXCEPTION_HANDLER": "core.api.errors.exception_handler",
@@ -317,7 +321,9 @@ VSB = {
         MIN_MEMORY_MB=128,
         MAX_MEMORY_MB=16384,
         MAX_TTL_SECONDS=7 * 24 * 3600,
-        DEFAULT_TTL_SECONDS=0,
+        # A sandbox created without ttl_seconds lives this long; 0: until destroyed. An API
+        # key may set its own (accounts.ApiKey.default_ttl_seconds).
+        DEFAULT_TTL_SECONDS=24 * 3600,
         READY_TIMEOUT_SECONDS=180,
     ),
     "READY_POLL_SECONDS": env.float("VSB_READY_POLL_SECONDS", default=0.25),
@@ -345,6 +351,47 @@ VSB = {
     ),
     # Which hypervisor driver to build: "libvirt" or "fake" (unit tests only).
     "DRIVER": env.str("VSB_DRIVER", default="libvirt"),
+    # Written into every domain's metadata with the host name, so the reconcile touches only
+    # this installation's domains on a libvirtd it shares; empty: the database's name.
+    "DEPLOYMENT": env.str("VSB_DEPLOYMENT", default=""),
+    # The reconcile (sandboxes/reconcile.py) destroys a domain carrying our metadata but no
+    # live row only once it has been seen as such for this long.
+    **vsb_ints(RECONCILE_STRAY_GRACE_SECONDS=300),
+}
+
+# --- Limits (README "Limits") --------------------------------------------------------------
+# Each agent's quotas, unless its API key sets its own (the admin's API key page); usage is
+# counted over the agent (the key's user). Operators (staff) have none.
+VSB.update(
+    vsb_ints(
+        QUOTA_MAX_SANDBOXES=10,
+        QUOTA_MAX_MEMORY_MB=16384,
+        QUOTA_MAX_SNAPSHOTS_PER_SANDBOX=20,
+        QUOTA_MAX_CONCURRENT_COMMANDS=4,
+    )
+)
+
+
+def throttle_rate(name: str, default: str) -> str | None:
+    """A DRF rate ("600/min") from VSB_THROTTLE_<name>; "off" (or empty) for none."""
+    rate = env.str(f"VSB_THROTTLE_{name}", default=default).strip()
+    return None if rate.lower() in ("", "off", "none", "0") else rate
+
+
+# Requests per API key (per user for a browser session), all endpoints together: a 429 with
+# Retry-After past it (accounts/api/throttling.py). Counted in Redis, shared by all web
+# processes.
+REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = ["accounts.api.throttling.ApiKeyRateThrottle"]
+REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {"agent": throttle_rate("AGENT", "600/min")}
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "throttle": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "vsb-throttle",
+        # A Redis that hangs must not hang every request: the throttle then lets it pass.
+        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+    },
 }
 
 # Encrypts inventory credentials at rest (playbooks/secrets.py). Separate from

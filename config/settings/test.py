@@ -2,7 +2,17 @@
 database, its own port range and sandbox directory, so a running service is not disturbed."""
 
 from .base import *  # noqa: F401,F403
-from .base import CHANNEL_LAYERS, SECRET_KEY, VSB, VSB_CREDENTIALS_KEY, env, local_redis_url
+from .base import (
+    CACHES,
+    CHANNEL_LAYERS,
+    REST_FRAMEWORK,
+    SECRET_KEY,
+    VSB,
+    VSB_CREDENTIALS_KEY,
+    env,
+    local_redis_url,
+    throttle_rate,
+)
 
 # Fixed test keys: every process of a test run (pytest, its daphne, its worker) agrees.
 SECRET_KEY = SECRET_KEY or "test-only-secret-key"
@@ -20,6 +30,21 @@ REDIS_URL = env.str("TEST_REDIS_URL", default="") or local_redis_url(15)
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = REDIS_URL
 CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [{"address": REDIS_URL, "socket_timeout": None}]
+CACHES["throttle"]["LOCATION"] = REDIS_URL
+
+# Limits no test meets by accident: the tests of limits set them lower (per key, or these
+# settings), the rest of the suite (parallel commands, many sandboxes per agent) runs free.
+REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {"agent": throttle_rate("AGENT", "100000/min")}
+VSB.update(
+    {
+        "QUOTA_MAX_SANDBOXES": env.int("VSB_QUOTA_MAX_SANDBOXES", default=1000),
+        "QUOTA_MAX_MEMORY_MB": env.int("VSB_QUOTA_MAX_MEMORY_MB", default=1_000_000),
+        "QUOTA_MAX_SNAPSHOTS_PER_SANDBOX": env.int(
+            "VSB_QUOTA_MAX_SNAPSHOTS_PER_SANDBOX", default=1000
+        ),
+        "QUOTA_MAX_CONCURRENT_COMMANDS": env.int("VSB_QUOTA_MAX_CONCURRENT_COMMANDS", default=1000),
+    }
+)
 
 # The port of the tests' loopback HTTP server that guests reach through the egress proxy: the
 # last of the test host's port range (sandbox SSH forwards take the others first).
@@ -42,6 +67,9 @@ VSB.update(
         "PORT_RANGE": tuple(
             int(p) for p in env.str("VSB_PORT_RANGE", default="43000-43999").split("-")
         ),
+        # Nothing runs the reconcile in the tests but the tests themselves: a short grace
+        # lets them watch a stray go within seconds.
+        "RECONCILE_STRAY_GRACE_SECONDS": env.int("VSB_RECONCILE_STRAY_GRACE_SECONDS", default=2),
         "EGRESS_DIR": env.str(
             "VSB_EGRESS_DIR",
             default=f"/var/lib/virsh-sandbox/egress-{env.str('VSB_HOST_NAME', default='testhost')}",

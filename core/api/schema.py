@@ -7,7 +7,8 @@ that any route of its kind can give, as `ErrorSerializer`:
 - 415 when it takes a body: a content type it does not parse;
 - 401 and 403 unless it is open to anonymous callers (no key; a session without CSRF token);
 - 404 when its path names something (an id that names nothing of yours, or no id at all);
-- 429 when the view throttles (its throttle classes, from the settings or its own).
+- 429 when the view throttles its callers (its throttle classes, from the settings or its
+  own, with a rate).
 
 An action documents the errors of its own (409 a wrong state, 503 no room, 502/504 a failed
 or late host step...) with `errors()`: `responses={200: X, **errors(409, 503)}`. An answer an
@@ -84,8 +85,9 @@ class AutoSchema(openapi.AutoSchema):
         permissions = self.view.get_permissions()
         if not all(isinstance(p, AllowAny) for p in permissions):
             found |= {401, 403}
+            # Throttles count callers who are someone; a rate of None (off) counts no one.
+            if any(getattr(t, "rate", "set") for t in self.view.get_throttles()):
+                found.add(429)
         if "{" in self.path:
             found.add(404)
-        if self.view.get_throttles():
-            found.add(429)
         return found

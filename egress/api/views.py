@@ -10,6 +10,7 @@ from rest_framework.response import Response
 
 from core import hooks
 from core.api import paths
+from core.api.pagination import CursorPagination
 from core.api.schema import errors
 
 from .. import services
@@ -80,15 +81,19 @@ class SandboxEgressViewSet(viewsets.GenericViewSet):
 
     @extend_schema(
         summary="The sandbox's connections through the egress proxy",
-        description="Newest first; `allowed=false` lists the denials only.",
-        parameters=[
-            OpenApiParameter("allowed", bool),
-            OpenApiParameter("limit", int),
-            OpenApiParameter("offset", int),
-        ],
+        description=(
+            "Newest first (a log viewer's order), paginated by `cursor`: follow `next` for "
+            "older connections; `allowed=false` lists the denials only."
+        ),
+        parameters=[OpenApiParameter("allowed", bool)],
         responses={200: EgressConnectionSerializer(many=True), **ERRORS},
     )
-    @action(detail=True, methods=["get"], url_path="egress/log")
+    @action(
+        detail=True,
+        methods=["get"],
+        url_path="egress/log",
+        pagination_class=CursorPagination.ordered_by("-started_at", "-id"),
+    )
     def egress_log(self, request, pk=None):
         sandbox = self.get_object()
         allowed = {"true": True, "1": True, "false": False, "0": False}.get(

@@ -13,6 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.api import paths
+from core.api.pagination import CursorPagination
 from core.api.schema import errors
 from core.conf import vsb
 from core.errors import OperationFailed
@@ -39,10 +40,17 @@ from .serializers import (
 
 log = logging.getLogger(__name__)
 
-# 400/401/403/404 are implied (core.api.schema.AutoSchema); a sandbox may be in the wrong state.
+# 400/401/403/404 are implied, and 429 past the key's request rate (core.api.schema.AutoSchema);
+# a sandbox may be in the wrong state, and 409 `quota_exceeded` on a create or a snapshot over
+# a quota (README "Limits").
 ERRORS = errors(409)
 # A verb that may wait for the host: the step failed (502) or took too long (504).
 WAITED = errors(409, 502, 504)
+# The orders of the lists (docs/architecture.md, "Lists"): what was made last first for
+# sandboxes and operations, a history oldest first for commands and snapshots.
+NEWEST_FIRST = CursorPagination.ordered_by("-created_at", "-id")
+COMMANDS_IN_ORDER = CursorPagination.ordered_by("started_at", "id")
+SNAPSHOTS_IN_ORDER = CursorPagination.ordered_by("created_at", "id")
 
 
 def _input(serializer_class, data) -> dict:
@@ -64,7 +72,8 @@ OPERATION_ANSWERS = {200: SandboxOperationSerializer, 202: SandboxOperationSeria
 # The request and answers of the verbs that also have the original's path (an alias).
 RUN_COMMAND = {
     "request": RunCommandSerializer,
-    "responses": {200: CommandResultSerializer, **WAITED},
+    # 429: as many commands of yours run as your quota allows.
+    "responses": {200: CommandResultSerializer, **WAITED, **errors(429)},
 }
 TAKE_SNAPSHOT = {
     "request": CreateSnapshotSerializer,
@@ -105,7 +114,9 @@ class SandboxFilter(django_filters.FilterSet):
 
 @extend_schema_view(
     list=extend_schema(
-        summary="List your sandboxes", responses={200: SandboxSerializer(many=True)}
+        summary="List your sandboxes",
+        description="Newest first, paginated by `cursor` (follow `next`).",
+        responses={200: SandboxSerializer(many=True), **errors(400)},
     ),
     retrieve=extend_schema(
         summary="Get a sandbox",
@@ -123,6 +134,7 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     serializer_class = SandboxSerializer
     filterset_class = SandboxFilter
     lookup_value_regex = paths.UUID
+    pagination_class = NEWEST_FIRST
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
@@ -140,7 +152,10 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         summary="Create a sandbox",
         description=(
             "Clones the source VM on a KVM host's worker. Answers 202 with the create operation; "
-            "with `wait_for_ip: true` it answers 201 once the sandbox is ready (SSH answers)."
+            "with `wait_for_ip: true` it answers 201 once the sandbox is ready (SSH answers). "
+            "Without `ttl_seconds` the sandbox gets the default TTL (your key's, else the "
+            "server's; none if that is 0). Past a quota of yours (live sandboxes, their total "
+            "memory) it answers 409 `quota_exceeded`, naming the quota and the usage."
         ),
         request=CreateSandboxSerializer,
         responses={
@@ -153,7 +168,7 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     def create(self, request):
         data = _input(CreateSandboxSerializer, request.data)
         wait = data.pop("wait_for_ip")
-        op = services.create_sandbox(request.user, **data)
+        op = services.create_sandbox(request.user, api_key=request.auth, **data)
         code = status.HTTP_202_ACCEPTED
         if wait and data.get("auto_start", True):
             op = _waited(op, vsb("READY_TIMEOUT_SECONDS") + 30)
@@ -200,14 +215,15 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         summary="Run a command in the sandbox",
         description=(
             "Runs `command` with /bin/sh over SSH as root and waits for it. A non-zero exit code is "
-            "still 200; `timed_out` and the `*_truncated` flags tell when output is partial."
+            "still 200; `timed_out` and the `*_truncated` flags tell when output is partial. "
+            "While as many commands of yours run as your quota allows, 429 `quota_exceeded`."
         ),
         **RUN_COMMAND,
     )
     @action(detail=True, methods=["post"])
     def command(self, request, pk=None):
         params = _input(RunCommandSerializer, request.data)
-        cmd = services.run_command(self.get_object(), request.user, **params)
+        cmd = services.run_command(self.get_object(), request.user, api_key=request.auth, **params)
         return Response(CommandResultSerializer({"command": cmd}).data)
 
     @extend_schema(summary="Run a command (the original's path)", **RUN_COMMAND)
@@ -226,17 +242,22 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         summary="Take a snapshot",
         description=(
             "Internal snapshot: with the guest's memory while the sandbox runs, of the disk "
-            "while it is stopped. 202 with the operation; `wait: true` answers 201 when taken."
+            "while it is stopped. 202 with the operation; `wait: true` answers 201 when taken. "
+            "Past your quota of snapshots per sandbox, 409 `quota_exceeded`."
         ),
         **TAKE_SNAPSHOT,
     )
-    # The snapshot list (GET, list_snapshots) answers every snapshot, unpaginated, and its
-    # schema says so.
-    @action(detail=True, methods=["post"], url_path="snapshots", pagination_class=None)
+    @action(
+        detail=True,
+        methods=["post"],
+        url_path="snapshots",
+        pagination_class=SNAPSHOTS_IN_ORDER,
+        filter_backends=[],  # the sandbox filters are the list's, not its snapshots'
+    )
     def snapshots(self, request, pk=None):
         data = _input(CreateSnapshotSerializer, request.data)
         wait = data.pop("wait")
-        op = services.create_snapshot(self.get_object(), request.user, **data)
+        op = services.create_snapshot(self.get_object(), request.user, api_key=request.auth, **data)
         if wait:
             return self._snapshot_op(
                 _waited(op, services.SNAPSHOT_DEADLINE), status.HTTP_201_CREATED
@@ -244,12 +265,13 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         return self._snapshot_op(op, status.HTTP_202_ACCEPTED)
 
     @extend_schema(
-        summary="List snapshots", responses={200: SnapshotSerializer(many=True), **ERRORS}
+        summary="List snapshots",
+        description="Oldest first, paginated by `cursor` (follow `next`).",
+        responses={200: SnapshotSerializer(many=True), **ERRORS},
     )
     @snapshots.mapping.get
     def list_snapshots(self, request, pk=None):
-        sandbox = self.get_object()
-        return Response(SnapshotSerializer(sandbox.snapshots.all(), many=True).data)
+        return self._page(self.get_object().snapshots.all(), SnapshotSerializer)
 
     @extend_schema(summary="Take a snapshot (the original's path)", **TAKE_SNAPSHOT)
     @action(detail=True, methods=["post"], url_path="snapshot")
@@ -282,18 +304,24 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     )
 
     @extend_schema(
-        summary="Command history", responses={200: CommandSerializer(many=True), **ERRORS}
+        summary="Command history",
+        description="Oldest first, paginated by `cursor` (follow `next`).",
+        responses={200: CommandSerializer(many=True), **ERRORS},
     )
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], pagination_class=COMMANDS_IN_ORDER, filter_backends=[])
     def commands(self, request, pk=None):
-        sandbox = self.get_object()
-        page = self.paginate_queryset(sandbox.commands.all())
-        return self.get_paginated_response(CommandSerializer(page, many=True).data)
+        return self._page(self.get_object().commands.all(), CommandSerializer)
+
+    def _page(self, queryset, serializer_class) -> Response:
+        page = self.paginate_queryset(queryset)
+        return self.get_paginated_response(serializer_class(page, many=True).data)
 
 
 @extend_schema_view(
     list=extend_schema(
-        summary="List your operations", responses={200: OperationSerializer(many=True)}
+        summary="List your operations",
+        description="Newest first, paginated by `cursor` (follow `next`).",
+        responses={200: OperationSerializer(many=True), **errors(400)},
     ),
     retrieve=extend_schema(
         summary="Get an operation (poll this for slow verbs)",
@@ -306,6 +334,7 @@ class OperationViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = OperationSerializer
     lookup_value_regex = paths.UUID
     filterset_fields = ["status", "kind", "sandbox"]
+    pagination_class = NEWEST_FIRST
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):

@@ -39,6 +39,7 @@ from .models import (
     SandboxList,
     SandboxResponse,
     Snapshot,
+    SnapshotList,
     SnapshotResponse,
     VMList,
     WriteResult,
@@ -88,6 +89,34 @@ def _shares(template: Callable[..., Any]) -> Callable[[Callable[..., Any]], Call
         return checked
 
     return apply
+
+
+def every_row(list_method: Callable[..., Any], rows: str, name: str) -> Callable[..., Any]:
+    """The ``iter_*`` twin of a list method: every row of every page, following ``next`` by
+    its cursor until the last page, with the list method's own filters (``limit`` is the
+    page size; ``cursor`` a place to start). Rows added while it pages neither shift nor
+    repeat the others: the server pages by keyset."""
+    fn = list_method.__wrapped__  # the generator under @operation
+    params = inspect.signature(list_method).parameters
+    signature = inspect.Signature([p for n, p in params.items() if n != "offset"])
+
+    def iterate(self, *args: Any, **kwargs: Any):
+        signature.bind(self, *args, **kwargs)  # the TypeError a written-out signature raises
+        while True:
+            listing = yield from fn(self, *args, **kwargs)
+            for row in getattr(listing, rows):
+                yield Emit(row)
+            kwargs["cursor"] = listing.next_cursor
+            if not kwargs["cursor"]:
+                return
+
+    iterate.__name__ = iterate.__qualname__ = name
+    iterate.__doc__ = (
+        f"Every row of ``{list_method.__name__}``, page after page, following ``next``; "
+        "``limit`` is the page size. Rows added meanwhile neither shift nor repeat others."
+    )
+    iterate.__signature__ = signature  # type: ignore[attr-defined]
+    return streaming(iterate)
 
 
 class _SubClient:
@@ -190,17 +219,22 @@ class OperationsAPI(_SubClient):
         sandbox: str | None = None,
         limit: int | None = None,
         offset: int | None = None,
+        cursor: str | None = None,
     ) -> OperationList:
+        """One page, newest first; ``cursor=page.next_cursor`` for the next one."""
         params = {
             "status": status,
             "kind": kind,
             "sandbox": sandbox,
             "limit": limit,
             "offset": offset,
+            "cursor": cursor,
         }
         return page(
             OperationList, "operations", (yield Call("GET", "/v1/operations", params=params))
         )
+
+    iter_operations = every_row(list_operations, "operations", "iter_operations")
 
     @operation
     def wait(
@@ -292,7 +326,10 @@ class SandboxAPI(_SubClient):
         host: str | None = None,
         limit: int | None = None,
         offset: int | None = None,
+        cursor: str | None = None,
     ) -> SandboxList:
+        """One page, newest first; ``cursor=page.next_cursor`` for the next one. ``offset``
+        is the original's: the server takes only 0 (offsets skip rows while a list grows)."""
         params = {
             "state": state,
             "agent_id": agent_id,
@@ -300,8 +337,11 @@ class SandboxAPI(_SubClient):
             "host": host,
             "limit": limit,
             "offset": offset,
+            "cursor": cursor,
         }
         return page(SandboxList, "sandboxes", (yield Call("GET", "/v1/sandboxes", params=params)))
+
+    iter_sandboxes = every_row(list_sandboxes, "sandboxes", "iter_sandboxes")
 
     @operation
     def get_sandbox(
@@ -403,8 +443,14 @@ class SandboxAPI(_SubClient):
 
     @operation
     def list_sandbox_commands(
-        self, sandbox_id: str, *, limit: int | None = None, offset: int | None = None
+        self,
+        sandbox_id: str,
+        *,
+        limit: int | None = None,
+        offset: int | None = None,
+        cursor: str | None = None,
     ) -> CommandList:
+        """One page of the history, oldest first; ``cursor=page.next_cursor`` for the next."""
         return page(
             CommandList,
             "commands",
@@ -413,10 +459,12 @@ class SandboxAPI(_SubClient):
                     "GET",
                     "/v1/sandboxes/{sandbox_id}/commands",
                     {"sandbox_id": sandbox_id},
-                    params={"limit": limit, "offset": offset},
+                    params={"limit": limit, "offset": offset, "cursor": cursor},
                 )
             ),
         )
+
+    iter_sandbox_commands = every_row(list_sandbox_commands, "commands", "iter_sandbox_commands")
 
     @streaming
     def stream_command(
@@ -547,9 +595,21 @@ class SandboxAPI(_SubClient):
 
     @operation
     def list_snapshots(self, sandbox_id: str) -> list[Snapshot]:
-        body = yield Call("GET", "/v1/sandboxes/{sandbox_id}/snapshots", {"sandbox_id": sandbox_id})
-        items = body.get("results", []) if isinstance(body, dict) else body or []
-        return [Snapshot.from_dict(item) for item in items]
+        """Every snapshot, oldest first (all pages: a sandbox has few)."""
+        found: list[Snapshot] = []
+        cursor = None
+        while True:
+            body = yield Call(
+                "GET",
+                "/v1/sandboxes/{sandbox_id}/snapshots",
+                {"sandbox_id": sandbox_id},
+                params={"cursor": cursor},
+            )
+            listing = page(SnapshotList, "snapshots", body)
+            found += listing.snapshots
+            cursor = listing.next_cursor
+            if not cursor:
+                return found
 
     @operation
     def get_snapshot(self, sandbox_id: str, name: str) -> Snapshot:
@@ -683,15 +743,18 @@ class SandboxAPI(_SubClient):
         allowed: bool | None = None,
         limit: int | None = None,
         offset: int | None = None,
+        cursor: str | None = None,
     ) -> EgressConnectionList:
-        """The guest's connections through the egress proxy, newest first;
-        ``allowed=False`` lists the denials only."""
-        params = {"allowed": allowed, "limit": limit, "offset": offset}
+        """The guest's connections through the egress proxy, newest first (one page;
+        ``cursor=page.next_cursor`` for older ones); ``allowed=False`` lists the denials only."""
+        params = {"allowed": allowed, "limit": limit, "offset": offset, "cursor": cursor}
         return page(
             EgressConnectionList,
             "connections",
             (yield Call("GET", EGRESS_ROUTE + "/log", {"sandbox_id": sandbox_id}, params=params)),
         )
+
+    iter_egress_log = every_row(list_egress_log, "connections", "iter_egress_log")
 
 
 # -- read-only listings ------------------------------------------------------------------------
@@ -1019,12 +1082,18 @@ class ApprovalsAPI(_SubClient):
 
     @operation
     def list_approvals(
-        self, *, status: str | None = None, limit: int | None = None, offset: int | None = None
+        self,
+        *,
+        status: str | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+        cursor: str | None = None,
     ) -> ApprovalList:
-        body = yield Call(
-            "GET", "/v1/approvals", params={"status": status, "limit": limit, "offset": offset}
-        )
-        return page(ApprovalList, "approvals", body)
+        """One page, oldest first (a queue); ``cursor=page.next_cursor`` for the next one."""
+        params = {"status": status, "limit": limit, "offset": offset, "cursor": cursor}
+        return page(ApprovalList, "approvals", (yield Call("GET", "/v1/approvals", params=params)))
+
+    iter_approvals = every_row(list_approvals, "approvals", "iter_approvals")
 
     @operation
     def get_approval(self, approval_id: str) -> ApprovalRequest:
@@ -1104,10 +1173,18 @@ class AuditAPI(_SubClient):
     @operation
     @_shares(_audit_filters)
     def list_events(
-        self, *, limit: int | None = None, offset: int | None = None, **filters: Any
+        self,
+        *,
+        limit: int | None = None,
+        offset: int | None = None,
+        cursor: str | None = None,
+        **filters: Any,
     ) -> AuditEventList:
-        params = {**filters, "limit": limit, "offset": offset}
+        """One page, oldest first (by seq); ``cursor=page.next_cursor`` for the next one."""
+        params = {**filters, "limit": limit, "offset": offset, "cursor": cursor}
         return page(AuditEventList, "events", (yield Call("GET", "/v1/audit", params=params)))
+
+    iter_events = every_row(list_events, "events", "iter_events")
 
     @operation
     def get_event(self, seq: int) -> AuditEvent:

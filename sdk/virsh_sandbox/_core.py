@@ -46,6 +46,10 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 # idempotency key) are retried on them.
 RETRY_ALWAYS = frozenset({503})
 RETRY_IF_IDEMPOTENT = frozenset({502, 504})
+# A 429 with this code is the key's request rate: refused before anything was done, so it
+# is retried for every method (after Retry-After). A 429 `quota_exceeded` (commands in
+# flight) is not: they may run for an hour.
+RETRY_CODES_429 = frozenset({"throttled"})
 # A 502 or 504 in the server's own error shape with one of these codes is a final outcome
 # (a slow step failed, a command may still run): never retried.
 FINAL_CODES = frozenset({"operation_failed", "timeout", "worker_timeout"})
@@ -128,6 +132,10 @@ class RetryPolicy:
             return False
         if status in RETRY_ALWAYS:
             return True
+        if status == 429:
+            return (
+                errors.is_server_error_shape(body) and body["error"].get("code") in RETRY_CODES_429
+            )
         return status in RETRY_IF_IDEMPOTENT and _idempotent(call)
 
     def should_retry_exception(self, call: Call, exc: Exception) -> bool:

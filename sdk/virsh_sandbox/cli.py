@@ -146,10 +146,13 @@ def table(rows: list[list[str]], headers: list[str]) -> str:
     )
 
 
-def note_more(shown: int, total: int) -> None:
-    """On stderr, when a page shows only part of a list."""
-    if total > shown:
-        print(f"({shown} of {total}; use --limit/--offset)", file=sys.stderr)
+def note_more(result: Any, shown: int) -> None:
+    """On stderr, when a page shows only part of a list: how to get the next page."""
+    if result.next_cursor:
+        print(
+            f"({shown} of {result.total}; next page: --cursor {result.next_cursor})",
+            file=sys.stderr,
+        )
 
 
 def describe_sandbox(sb: Any) -> str:
@@ -221,7 +224,7 @@ def wait_operation(
 
 def cmd_list(client: VirshSandbox, args) -> int:
     result = client.sandbox.list_sandboxes(
-        state=args.state, agent_id=args.agent_id, limit=args.limit, offset=args.offset
+        state=args.state, agent_id=args.agent_id, limit=args.limit, cursor=args.cursor
     )
     if args.json:
         emit_json({"sandboxes": result.sandboxes, "total": result.total})
@@ -231,7 +234,7 @@ def cmd_list(client: VirshSandbox, args) -> int:
         for sb in result.sandboxes
     ]
     print(table(rows, ["ID", "NAME", "STATE", "AGENT", "SOURCE", "CREATED"]))
-    note_more(len(result.sandboxes), result.total)
+    note_more(result, len(result.sandboxes))
     return 0
 
 
@@ -450,7 +453,7 @@ def cmd_network_policy(client: VirshSandbox, args) -> int:
 
 def cmd_network_log(client: VirshSandbox, args) -> int:
     result = client.sandbox.list_egress_log(
-        args.id, allowed=False if args.denied else None, limit=args.limit, offset=args.offset
+        args.id, allowed=False if args.denied else None, limit=args.limit, cursor=args.cursor
     )
     rows = [
         [
@@ -467,7 +470,7 @@ def cmd_network_log(client: VirshSandbox, args) -> int:
     headers = ["STARTED", "TARGET", "VERDICT", "RULE", "UP/DOWN", "TIME", "ERROR"]
     print_result(args, result, lambda r: table(rows, headers))
     if not args.json:
-        note_more(len(result.connections), result.total)
+        note_more(result, len(result.connections))
     return 0
 
 
@@ -551,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state")
     p.add_argument("--agent-id")
     p.add_argument("--limit", type=int)
-    p.add_argument("--offset", type=int)
+    p.add_argument("--cursor", help="where a page starts: the one the previous page printed")
 
     p = add("get", cmd_get, "show one sandbox")
     p.add_argument("id")
@@ -642,7 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.add_argument("--denied", action="store_true", help="only the denied ones")
     p.add_argument("--limit", type=int)
-    p.add_argument("--offset", type=int)
+    p.add_argument("--cursor", help="where a page starts: the one the previous page printed")
 
     add("vms", cmd_vms, "list source VMs")
     add("health", cmd_health, "server health")

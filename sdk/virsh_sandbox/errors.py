@@ -56,6 +56,13 @@ class Conflict(VirshSandboxError):
     """409: the object is in the wrong state for this (e.g. a command on a stopped sandbox)."""
 
 
+class RateLimited(VirshSandboxError):
+    """429: not now, nothing was done. ``code`` ``throttled``: the key's request rate (the
+    client retries it, after the server's Retry-After); ``quota_exceeded``: as many commands of
+    this agent run as its quota allows. A 409 ``quota_exceeded`` (a ``Conflict``) is a count
+    quota: free something first. The message names the quota, its limit and the usage."""
+
+
 class ServerError(VirshSandboxError):
     """5xx: the server (or a slow step it waited for) failed; see ``code``."""
 
@@ -85,6 +92,8 @@ def error_for_status(status: int) -> type[VirshSandboxError]:
         return NotFound
     if status == 409:
         return Conflict
+    if status == 429:
+        return RateLimited
     if status >= 500:
         return ServerError
     return VirshSandboxError

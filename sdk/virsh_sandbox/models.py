@@ -12,6 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+from urllib.parse import parse_qs, urlsplit
 
 TERMINAL_OPERATION_STATUSES = frozenset({"succeeded", "failed", "errored"})
 
@@ -114,12 +115,31 @@ class Record(Model):
 
 @dataclass(repr=False)
 class Page(Model):
-    """A page of a list answer: ``total`` rows in all, ``next``/``previous`` page URLs; each
-    list model adds the field that holds its rows (see ``page``)."""
+    """A page of a list answer: ``total`` rows in all (matching the filters when the page
+    was read), ``next``/``previous`` page URLs; each list model adds the field that holds
+    its rows (see ``page``). Pass ``next_cursor`` as ``cursor=`` to the same list method for
+    the next page, or use its ``iter_*`` twin, which follows every page."""
 
     total: int = 0
     next: str | None = None
     previous: str | None = None
+
+    @property
+    def next_cursor(self) -> str | None:
+        """The ``cursor`` of the next page; None on the last one."""
+        return cursor_in(self.next)
+
+    @property
+    def previous_cursor(self) -> str | None:
+        return cursor_in(self.previous)
+
+
+def cursor_in(url: str | None) -> str | None:
+    """The ``cursor`` query parameter of a page URL (None without one, as an old server's
+    offset links)."""
+    if not url:
+        return None
+    return parse_qs(urlsplit(url).query).get("cursor", [None])[0]
 
 
 @dataclass(repr=False)
@@ -295,6 +315,11 @@ class CommandResponse(Model):
 @dataclass(repr=False)
 class CommandList(Page):
     commands: list[Command] = field(default_factory=list)
+
+
+@dataclass(repr=False)
+class SnapshotList(Page):
+    snapshots: list[Snapshot] = field(default_factory=list)
 
 
 @dataclass(repr=False)

@@ -44,6 +44,7 @@ PARSES: dict[type, tuple[str, ...]] = {
 PAGES: dict[type, tuple[str, str]] = {
     models.SandboxList: ("PaginatedSandboxList", "sandboxes"),
     models.CommandList: ("PaginatedCommandList", "commands"),
+    models.SnapshotList: ("PaginatedSnapshotList", "snapshots"),
     models.OperationList: ("PaginatedOperationList", "operations"),
     models.ApprovalList: ("PaginatedApprovalList", "approvals"),
     models.EgressConnectionList: ("PaginatedEgressConnectionList", "connections"),

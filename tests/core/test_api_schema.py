@@ -12,7 +12,7 @@ from rest_framework.throttling import AnonRateThrottle
 from core.api.errors import exception_handler
 from core.api.schema import ERROR_STATUSES, errors
 from core.api.serializers import ErrorSerializer
-from sandboxes.api.views import HealthView
+from sandboxes.api.views import VMListView
 
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
 
@@ -29,8 +29,8 @@ def statuses(paths, route: str, method: str) -> set[int]:
 def test_it_documents_what_any_route_of_a_kind_can_answer(paths):
     # Takes a body, needs a key, names a sandbox in its path: 400 415 401 403 404.
     assert {400, 401, 403, 404, 415} <= statuses(paths, "/v1/sandboxes/{id}/start/", "post")
-    # No input, no path id: no 400, no 404.
-    assert statuses(paths, "/v1/vms", "get") == {200, 401, 403}
+    # No input, no path id: no 400, no 404 (429: the key's request rate, the settings').
+    assert statuses(paths, "/v1/vms", "get") == {200, 401, 403, 429}
     # Open to anyone: no 401/403.
     assert statuses(paths, "/v1/health", "get") == {200, 503}
 
@@ -43,10 +43,19 @@ def test_an_action_documents_its_own_errors_in_the_one_shape(paths):
     assert capacity["description"] == ERROR_STATUSES[503]
 
 
+class OncePerMinute(AnonRateThrottle):
+    rate = "1/min"
+
+
 def test_a_throttled_view_documents_429(monkeypatch):
-    monkeypatch.setattr(HealthView, "throttle_classes", [AnonRateThrottle])
-    paths = SchemaGenerator().get_schema(request=None, public=True)["paths"]
-    assert 429 in statuses(paths, "/v1/health", "get")
+    def vms_statuses() -> set[int]:
+        paths = SchemaGenerator().get_schema(request=None, public=True)["paths"]
+        return statuses(paths, "/v1/vms", "get")
+
+    monkeypatch.setattr(VMListView, "throttle_classes", [])
+    assert 429 not in vms_statuses()
+    monkeypatch.setattr(VMListView, "throttle_classes", [OncePerMinute])
+    assert 429 in vms_statuses()
 
 
 def test_errors_knows_only_described_statuses():

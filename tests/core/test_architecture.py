@@ -95,6 +95,7 @@ NOT_A_MODEL = {
     ("core/api/errors.py", "fields"): "dict.update of the error body's field messages",
     ("audit/models.py", "super()"): "AuditEvent.save: the append-only guard, then Model.save",
     ("sandboxes/models.py", "super()"): "Host.save setting its queue name, then Model.save",
+    ("sandboxes/reconcile.py", "_redis()"): "Redis DEL of the strays' first-seen keys",
 }
 
 

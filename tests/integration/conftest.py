@@ -3,6 +3,9 @@ driver inside the worker), driven through the service layer of this process."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 
 from tests.support import stack
@@ -10,10 +13,12 @@ from tests.support import stack
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def fake_worker(django_db_setup, django_db_blocker):
+@contextmanager
+def host_worker(django_db_blocker, **env: str) -> Iterator[stack.Proc]:
+    """A worker process on this host's queue (fake hypervisor driver, `env` on top), up
+    once its heartbeat is in; stopped afterwards, pass or fail."""
     stack.flush_test_redis()
-    proc = stack.worker(VSB_DRIVER="fake")
+    proc = stack.worker(VSB_DRIVER="fake", **env)
     proc.start()
     try:
         with django_db_blocker.unblock():
@@ -21,3 +26,9 @@ def fake_worker(django_db_setup, django_db_blocker):
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="module")
+def fake_worker(django_db_setup, django_db_blocker):
+    with host_worker(django_db_blocker) as proc:
+        yield proc

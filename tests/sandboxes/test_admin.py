@@ -12,13 +12,6 @@ from sandboxes.models import Sandbox
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def operator_client(client, django_user_model):
-    user = django_user_model.objects.create_superuser("oscar", "oscar@example.com", "pw")
-    client.force_login(user)
-    return client
-
-
 def test_it_destroys_selected_sandboxes_through_the_service(
     operator_client, host, source, sent_tasks, django_user_model
 ):

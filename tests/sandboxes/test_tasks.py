@@ -53,7 +53,12 @@ def test_it_creates_a_stopped_sandbox_when_not_auto_started(driver, create_op):
     assert op.status == OperationStatus.SUCCEEDED and op.progress == 100
     assert sandbox.state == SandboxState.STOPPED
     domain = driver.get_domain(sandbox.name)
-    assert domain.state == SHUTOFF and domain.tags == {"sandbox": str(sandbox.pk)}
+    assert domain.state == SHUTOFF
+    assert domain.tags == {
+        "sandbox": str(sandbox.pk),
+        "host": sandbox.host.name,
+        "deployment": settings.DATABASES["default"]["NAME"],
+    }
 
 
 def test_it_boots_and_hands_over_to_the_readiness_poll(driver, create_op, waits):
@@ -129,6 +134,33 @@ def test_it_polls_again_until_the_guest_prints_its_host_key(driver, create_op, w
     op.sandbox.refresh_from_db()
     assert op.sandbox.state == SandboxState.WAITING_FOR_IP
     assert len(waits) == 1
+
+
+def test_a_restart_waits_for_this_boots_host_key_line_before_probing_ssh(
+    driver, create_op, waits, monkeypatch, settings, tmp_path
+):
+    """Probes sent before sshd listens pile up as half-open connections that all reach it
+    at once; the console line comes right before sshd starts, on every boot."""
+    from sandboxes.remote import ssh
+
+    settings.VSB = {**settings.VSB, "SANDBOX_DIR": str(tmp_path)}
+    probes = []
+    monkeypatch.setattr(ssh, "probe_ssh_banner", lambda *a, **kw: probes.append(a) or False)
+    op = create_op(auto_start=False)
+    tasks.provision_sandbox.run(str(op.pk))
+    services.set_sandbox_fields(op.sandbox.pk, host_key="ssh-ed25519 AAAApinned")
+    start = services.start_sandbox(op.sandbox, op.requested_by)
+    tasks.start_sandbox.run(str(start.pk))
+    waits.clear()
+
+    tasks.wait_ready.run(str(start.pk))  # the console log of this boot is still empty
+    assert probes == [] and len(waits) == 1
+
+    console = provisioning.console_log_path(op.sandbox)
+    console.parent.mkdir(parents=True, exist_ok=True)
+    console.write_text("vsb-hostkey: ssh-ed25519 AAAApinned\n")
+    tasks.wait_ready.run(str(start.pk))
+    assert len(probes) == 1 and len(waits) == 2
 
 
 def test_it_fails_the_boot_when_the_guest_stops(driver, create_op, waits):

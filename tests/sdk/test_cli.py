@@ -286,7 +286,12 @@ def test_network_log_lists_connections_and_filters_the_denied(serve, capsys):
     rec = serve(
         {
             ("GET", EGRESS + "/log"): httpx.Response(
-                200, json={"count": 2, "results": [egress_connection_json(error="not in policy")]}
+                200,
+                json={
+                    "count": 2,
+                    "next": f"http://x{EGRESS}/log?allowed=false&limit=1&cursor=c2",
+                    "results": [egress_connection_json(error="not in policy")],
+                },
             )
         }
     )
@@ -303,8 +308,12 @@ def test_network_log_lists_connections_and_filters_the_denied(serve, capsys):
         "3ms",
         "not in policy",
     ]
-    assert "(1 of 2; use --limit/--offset)" in captured.err
+    assert "(1 of 2; next page: --cursor c2)" in captured.err
     assert dict(rec.requests[0].url.params) == {"allowed": "false", "limit": "1"}
+    argv = ["--url", "http://x", "network", "log", SB, "--denied", "--limit", "1"]
+    assert cli.main([*argv, "--cursor", "c2"]) == 0
+    capsys.readouterr()
+    assert dict(rec.requests[1].url.params) == {"allowed": "false", "limit": "1", "cursor": "c2"}
 
     assert cli.main(["--url", "http://x", "network", "log", SB, "--json"]) == 0
     body = json.loads(capsys.readouterr().out)

@@ -212,26 +212,51 @@ def test_it_retries_a_get_on_502_503_and_504_with_bounded_attempts():
     assert len(rec.requests) == 3  # one try and two retries, then the error
 
 
-def test_it_retries_a_post_on_503_but_not_on_a_gateways_502():
-    # 503: the server refused before doing anything (no worker with room): safe to repeat.
-    answers = [error(503, "capacity", "no room")]
-    rec = Recorder(
+def creates_after(refusal: httpx.Response) -> Recorder:
+    """POST /v1/sandboxes answers `refusal` once, then creates."""
+    answers = [refusal]
+    created = {"sandbox": sandbox_json(), "operation": operation_json("pending")}
+    return Recorder(
         {
             ("POST", "/v1/sandboxes"): lambda r: (
-                answers.pop(0)
-                if answers
-                else httpx.Response(
-                    202, json={"sandbox": sandbox_json(), "operation": operation_json("pending")}
-                )
+                answers.pop(0) if answers else httpx.Response(202, json=created)
             )
         }
     )
+
+
+def test_it_retries_a_post_on_503_but_not_on_a_gateways_502():
+    # 503: the server refused before doing anything (no worker with room): safe to repeat.
+    rec = creates_after(error(503, "capacity", "no room"))
     assert client_for(rec).sandbox.create_sandbox(source_vm_name="debian-base").sandbox.id == SB
     assert len(rec.requests) == 2
     # A 502 may come after the work started; a repeated create would make a second VM.
     rec = Recorder({("POST", "/v1/sandboxes"): httpx.Response(502, text="bad gateway")})
     with pytest.raises(virsh_sandbox.ServerError):
         client_for(rec).sandbox.create_sandbox(source_vm_name="debian-base")
+    assert len(rec.requests) == 1
+
+
+def test_it_retries_a_throttled_post_but_not_a_command_quota():
+    # 429 `throttled`: the key's request rate; the server did nothing, so any method repeats.
+    throttled = httpx.Response(
+        429,
+        headers={"Retry-After": "0"},
+        json={"error": {"code": "throttled", "message": "requests: 600 of 600", "fields": {}}},
+    )
+    rec = creates_after(throttled)
+    assert client_for(rec).sandbox.create_sandbox(source_vm_name="debian-base").sandbox.id == SB
+    assert len(rec.requests) == 2
+    # 429 `quota_exceeded`: commands of this agent still run; waiting is the caller's choice.
+    message = "concurrent commands: 4 of 4 running (quota max_concurrent_commands = 4, ...)"
+    rec = Recorder({("POST", "/command"): error(429, "quota_exceeded", message)})
+    with pytest.raises(virsh_sandbox.RateLimited) as info:
+        client_for(rec).sandbox.run_sandbox_command(SB, "true")
+    assert (info.value.status, info.value.code, info.value.message) == (
+        429,
+        "quota_exceeded",
+        message,
+    )
     assert len(rec.requests) == 1
 
 

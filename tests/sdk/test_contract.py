@@ -80,6 +80,11 @@ CALLS: dict[str, Any] = {
     "SandboxAPI.list_sandboxes": lambda c: c.sandbox.list_sandboxes(
         state="ready", agent_id="a", source_vm_name="debian-base", host="h", limit=1, offset=0
     ),
+    "SandboxAPI.iter_sandboxes": lambda c: list(
+        c.sandbox.iter_sandboxes(
+            state="ready", agent_id="a", source_vm_name="debian-base", host="h", limit=1, cursor="c"
+        )
+    ),
     "SandboxAPI.get_sandbox": lambda c: c.sandbox.get_sandbox(SB, include_commands=True),
     "SandboxAPI.start_sandbox": lambda c: c.sandbox.start_sandbox(SB, wait_for_ip=True, wait=True),
     "SandboxAPI.stop_sandbox": lambda c: c.sandbox.stop_sandbox(SB, wait=True),
@@ -89,6 +94,9 @@ CALLS: dict[str, Any] = {
     ),
     "SandboxAPI.list_sandbox_commands": lambda c: c.sandbox.list_sandbox_commands(
         SB, limit=5, offset=0
+    ),
+    "SandboxAPI.iter_sandbox_commands": lambda c: list(
+        c.sandbox.iter_sandbox_commands(SB, limit=5, cursor="c")
     ),
     "SandboxAPI.stream_command": lambda c: list(
         c.sandbox.stream_command(
@@ -110,9 +118,15 @@ CALLS: dict[str, Any] = {
     "SandboxAPI.list_egress_log": lambda c: c.sandbox.list_egress_log(
         SB, allowed=False, limit=5, offset=0
     ),
+    "SandboxAPI.iter_egress_log": lambda c: list(
+        c.sandbox.iter_egress_log(SB, allowed=False, limit=5, cursor="c")
+    ),
     "OperationsAPI.get_operation": lambda c: c.operations.get_operation(OP),
     "OperationsAPI.list_operations": lambda c: c.operations.list_operations(
         status="running", kind="create", sandbox=SB, limit=1, offset=0
+    ),
+    "OperationsAPI.iter_operations": lambda c: list(
+        c.operations.iter_operations(status="running", kind="create", sandbox=SB, cursor="c")
     ),
     "OperationsAPI.wait": lambda c: c.operations.wait(OP, 5),
     "VMsAPI.list_vms": lambda c: c.vms.list_vms(),
@@ -140,6 +154,9 @@ CALLS: dict[str, Any] = {
     "ApprovalsAPI.list_approvals": lambda c: c.approvals.list_approvals(
         status="pending", limit=5, offset=0
     ),
+    "ApprovalsAPI.iter_approvals": lambda c: list(
+        c.approvals.iter_approvals(status="pending", limit=5, cursor="c")
+    ),
     "ApprovalsAPI.get_approval": lambda c: c.approvals.get_approval(OP),
     "ApprovalsAPI.create_approval": lambda c: c.approvals.create_approval(
         "ok?", timeout_seconds=5, idempotency_key="k3", **{**ASK, "urgency": "low"}
@@ -150,6 +167,9 @@ CALLS: dict[str, Any] = {
     "ApprovalsAPI.cancel": lambda c: c.approvals.cancel(OP, reason="moot"),
     "ApprovalsAPI.bulk_decide": lambda c: c.approvals.bulk_decide([OP], "approve", reason="ok"),
     "AuditAPI.list_events": lambda c: c.audit.list_events(limit=5, offset=0, **AUDIT_FILTERS),
+    "AuditAPI.iter_events": lambda c: list(
+        c.audit.iter_events(limit=5, cursor="c", **AUDIT_FILTERS)
+    ),
     "AuditAPI.get_event": lambda c: c.audit.get_event(1),
     "AuditAPI.export": lambda c: c.audit.export(**AUDIT_FILTERS),
     "PlaybooksAPI.get_playbook": lambda c: c.playbooks.get_playbook(SB, "a", "b"),
@@ -456,10 +476,17 @@ def test_list_answers_are_paginated_as_the_sdk_reads_them(schema):
     for route, component in (
         ("/v1/sandboxes", "PaginatedSandboxList"),
         ("/v1/sandboxes/{}/commands", "PaginatedCommandList"),
+        ("/v1/sandboxes/{}/snapshots", "PaginatedSnapshotList"),
         ("/v1/operations", "PaginatedOperationList"),
+        ("/v1/approvals", "PaginatedApprovalList"),
+        ("/v1/audit", "PaginatedAuditEventList"),
         ("/v1/sandboxes/{}/egress/log", "PaginatedEgressConnectionList"),
     ):
         _, op = routes[("GET", route)]
         ref = op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
         assert ref.endswith("/" + component)
-        assert {"count", "results"} <= set(schema["components"]["schemas"][component]["properties"])
+        props = schema["components"]["schemas"][component]["properties"]
+        assert {"count", "next", "previous", "results"} <= set(props)
+        # The SDK follows `next` by its `cursor`, and the list documents both.
+        assert {"cursor", "limit"} <= {p["name"] for p in op["parameters"]}
+        assert props["next"]["format"] == "uri" and props["next"]["nullable"] is True

@@ -38,6 +38,25 @@ class LoopbackSshd:
     def target(self, **kwargs) -> SSHTarget:
         return SSHTarget(self.host, self.port, **kwargs)
 
+    def ready_sandbox(self, sandbox_id, name: str, owner, host, source):
+        """A ready Sandbox row of `owner` whose guest is this sshd (it must trust the
+        sandbox's principal, `sandbox-<id hex>`)."""
+        from sandboxes.choices import SandboxState
+        from sandboxes.models import Sandbox
+
+        return Sandbox.objects.create(
+            id=sandbox_id,
+            name=name,
+            agent_id=owner.get_username(),
+            owner=owner,
+            host=host,
+            source=source,
+            state=SandboxState.READY,
+            ssh_host=self.host,
+            ssh_port=self.port,
+            host_key=self.host_key_line,
+        )
+
     def stop(self) -> None:
         self.proc.terminate()
         try:

@@ -118,21 +118,7 @@ def term_host(django_db_setup, django_db_blocker, tmp_path_factory):
 @pytest.fixture
 def ready_sandbox(term_host, alice, host, source):
     """alice's ready sandbox whose guest is the loopback sshd of `term_host`."""
-    from sandboxes.choices import SandboxState
-    from sandboxes.models import Sandbox
-
-    sshd = term_host["sshd"]
-    guest = {"ssh_host": sshd.host, "ssh_port": sshd.port, "host_key": sshd.host_key_line}
-    sandbox = Sandbox.objects.create(
-        id=SANDBOX_ID,
-        name="sbx-term01",
-        agent_id="alice",
-        owner=alice.user,
-        host=host,
-        source=source,
-        state=SandboxState.READY,
-        **guest,
-    )
+    sandbox = term_host["sshd"].ready_sandbox(SANDBOX_ID, "sbx-term01", alice.user, host, source)
     yield sandbox
     term_host["tmux"].kill_server()
 

@@ -38,7 +38,10 @@ def test_it_takes_lists_and_gets_a_snapshot(alice, ready_sandbox):
     assert response.json()["snapshot"]["status"] == "creating"
     assert run_last("snapshot").status == "succeeded"
     listed = alice.get(f"/v1/sandboxes/{ready_sandbox.pk}/snapshots").json()
-    assert [(s["name"], s["status"], s["has_memory"]) for s in listed] == [("base", "ready", True)]
+    assert (listed["count"], listed["next"]) == (1, None)
+    assert [(s["name"], s["status"], s["has_memory"]) for s in listed["results"]] == [
+        ("base", "ready", True)
+    ]
     one = alice.get(f"/v1/sandboxes/{ready_sandbox.pk}/snapshots/base").json()
     assert one["description"] == "clean"
 
@@ -143,5 +146,5 @@ def test_it_deletes_a_snapshot(alice, ready_sandbox, driver):
     run_last("snapshot")
     assert alice.delete(f"/v1/sandboxes/{ready_sandbox.pk}/snapshots/tmp").status_code == 202
     assert run_last("delete_snapshot").status == "succeeded"
-    assert alice.get(f"/v1/sandboxes/{ready_sandbox.pk}/snapshots").json() == []
+    assert alice.get(f"/v1/sandboxes/{ready_sandbox.pk}/snapshots").json()["results"] == []
     assert driver.snapshot_list(ready_sandbox.name) == []
