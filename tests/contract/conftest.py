@@ -19,8 +19,6 @@ from django.conf import settings
 
 from tests.support import stack
 
-pytestmark = pytest.mark.integration
-
 # Short enough that a wait on the fake driver's never-ready guests fails fast.
 STACK_ENV = {
     "VSB_DRIVER": "fake",
