@@ -19,7 +19,7 @@ human_urlpatterns = [
     path("human/ask-async", ask_async, name="human-ask-async"),
     path("human/pending", views.HumanPendingView.as_view(), name="human-pending"),
     path(
-        "human/pending/<uuid:request_id>",
+        "human/pending/<vsb_uuid:request_id>",
         views.HumanPendingDetailView.as_view(),
         name="human-pending-detail",
     ),

@@ -9,8 +9,9 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.api import paths
 from core.api.pagination import CursorPagination
-from core.api.serializers import ErrorSerializer
+from core.api.schema import errors
 from core.errors import Forbidden, ServiceError
 
 from .. import services
@@ -26,6 +27,10 @@ from .serializers import (
     PendingSerializer,
     RespondSerializer,
 )
+
+# A decision on a request no longer pending (decided, cancelled, expired) is a 409; on
+# one that is not there (or not yours to see) a 404, also when the body names it.
+DECIDED = {200: ApprovalSerializer, **errors(404, 409)}
 
 
 def ask_fields(request) -> dict:
@@ -51,7 +56,7 @@ class ApprovalViewSet(viewsets.ViewSet):
     """Approval requests. Agents see their own; operators (the view or decide permission)
     see all. Deciding needs the decide permission and is never open to the requester."""
 
-    lookup_value_regex = "[0-9a-fA-F-]{32,36}"
+    lookup_value_regex = paths.UUID
     # A queue: oldest first, so an operator paging forward sees every request, also those
     # that arrive while paging (they come after the position reached).
     pagination_class = CursorPagination.ordered_by("created_at", "id")
@@ -63,7 +68,7 @@ class ApprovalViewSet(viewsets.ViewSet):
             "existed when paging began is on exactly one page."
         ),
         parameters=[OpenApiParameter("status", str, enum=ApprovalStatus.values)],
-        responses={200: ApprovalSerializer(many=True), 400: ErrorSerializer},
+        responses={200: ApprovalSerializer(many=True), **errors(400)},
     )
     def list(self, request):
         qs = services.visible_requests(request.user)
@@ -92,12 +97,12 @@ class ApprovalViewSet(viewsets.ViewSet):
     def create(self, request):
         return _create(request)
 
-    @extend_schema(summary="Approve", request=DecisionSerializer, responses=ApprovalSerializer)
+    @extend_schema(summary="Approve", request=DecisionSerializer, responses=DECIDED)
     @action(detail=True, methods=["post"])
     def approve(self, request, pk=None):
         return self._decide(request, pk, approve=True)
 
-    @extend_schema(summary="Deny", request=DecisionSerializer, responses=ApprovalSerializer)
+    @extend_schema(summary="Deny", request=DecisionSerializer, responses=DECIDED)
     @action(detail=True, methods=["post"])
     def deny(self, request, pk=None):
         return self._decide(request, pk, approve=False)
@@ -105,7 +110,7 @@ class ApprovalViewSet(viewsets.ViewSet):
     @extend_schema(
         summary="Cancel (the requester or an operator)",
         request=DecisionSerializer,
-        responses=ApprovalSerializer,
+        responses=DECIDED,
     )
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
@@ -159,12 +164,12 @@ class HumanAskView(APIView):
     """POST /api/v1/human/ask: blocks until the request is decided, cancelled or expired.
 
     Under daphne this path is served by approvals.ask_endpoint (no thread held while
-    waiting); this view documents it and serves it under WSGI."""
+    waiting); this view documents it and serves it under WSGI. Both take JSON only."""
 
     @extend_schema(
         summary="Ask a human and wait for the answer",
         request=AskSerializer,
-        responses=ApprovalSerializer,
+        responses={200: ApprovalSerializer, **errors(413)},
     )
     def post(self, request):
         return Response(async_to_sync(ask)(request.user, ask_fields(request)))
@@ -173,6 +178,7 @@ class HumanAskView(APIView):
 class HumanPendingView(APIView):
     @extend_schema(
         summary="Pending requests (original's shape)",
+        operation_id="api_v1_human_pending_list",
         responses=PendingSerializer,
     )
     def get(self, request):
@@ -185,7 +191,9 @@ class HumanPendingDetailView(APIView):
     def get(self, request, request_id):
         return Response(ApprovalSerializer(services.get_request(request.user, request_id)).data)
 
-    @extend_schema(summary="Cancel a pending request", responses={200: CancelledSerializer})
+    @extend_schema(
+        summary="Cancel a pending request", responses={200: CancelledSerializer, **errors(409)}
+    )
     def delete(self, request, request_id):
         return Response(CancelledSerializer(services.cancel(request.user, request_id)).data)
 
@@ -194,7 +202,7 @@ class HumanRespondView(APIView):
     @extend_schema(
         summary="Decide (original's respond; the decider is the caller)",
         request=RespondSerializer,
-        responses=ApprovalSerializer,
+        responses=DECIDED,
     )
     def post(self, request):
         serializer = RespondSerializer(data=request.data)

@@ -8,8 +8,9 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import viewsets
 from rest_framework.decorators import action
 
+from core.api import paths
 from core.api.pagination import CursorPagination
-from core.api.serializers import ErrorSerializer
+from core.api.schema import errors
 
 from .. import queries
 from ..models import AuditEvent
@@ -34,6 +35,7 @@ class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = AuditEventSerializer
     filterset_class = AuditEventFilter
     lookup_field = "seq"
+    lookup_value_regex = paths.SEQ
     # The chain's own order: seq is unique and given out in commit order.
     pagination_class = CursorPagination.ordered_by("seq")
 
@@ -46,7 +48,7 @@ class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
         summary="List audit events",
         description="Oldest first (by seq), paginated by `cursor` (follow `next`).",
         parameters=FILTER_PARAMS,
-        responses={200: AuditEventSerializer(many=True), 400: ErrorSerializer},
+        responses={200: AuditEventSerializer(many=True), **errors(400)},
     )
     def list(self, request, *args, **kwargs):
         return super().list(request, *args, **kwargs)

@@ -9,8 +9,9 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from core import hooks
+from core.api import paths
 from core.api.pagination import CursorPagination
-from core.api.serializers import ErrorSerializer
+from core.api.schema import errors
 
 from .. import services
 from ..models import EgressRule
@@ -21,13 +22,14 @@ from .serializers import (
     EgressRequestSerializer,
 )
 
-ERRORS = {400: ErrorSerializer, 401: ErrorSerializer, 403: ErrorSerializer, 404: ErrorSerializer}
+# 400/401/403/404 are implied (core.api.schema.AutoSchema).
+ERRORS = errors(409)
 
 
 class SandboxEgressViewSet(viewsets.GenericViewSet):
     """Routes under /v1/sandboxes/{id}/egress served by the egress app."""
 
-    lookup_value_regex = "[^/]+"
+    lookup_value_regex = paths.UUID
     serializer_class = EgressPolicySerializer
 
     def get_queryset(self):

@@ -13,8 +13,9 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from approvals import services as approvals
+from core.api import paths
 from core.api.errors import error_body
-from core.api.serializers import ErrorSerializer
+from core.api.schema import errors
 from core.errors import NotFound
 from sandboxes import services as sandbox_services
 from sandboxes.models import Operation, Sandbox
@@ -38,7 +39,11 @@ from .serializers import (
     WaitQuerySerializer,
 )
 
-ERRORS = {400: ErrorSerializer, 401: ErrorSerializer, 404: ErrorSerializer, 409: ErrorSerializer}
+# 400/401/403/404 are implied (core.api.schema.AutoSchema); a sandbox or run may be in the
+# wrong state, and a step on the host may fail (502) or take too long (504).
+ERRORS = errors(409, 502, 504)
+# Inventory routes are 404 to anyone without an inventory permission, paths or not.
+NOT_AN_OPERATOR = errors(404)
 RUN_WAIT_SECONDS = 3600
 VERSION = OpenApiParameter("version", int)
 
@@ -103,7 +108,7 @@ OPERATION_ANSWERS = {202: OperationBodySerializer, 200: OperationBodySerializer,
 class PlaybookViewSet(viewsets.ViewSet):
     """Playbooks by id: versions, raw YAML, a tar.gz with files/, and operators' edits."""
 
-    lookup_value_regex = "[0-9a-fA-F-]{32,36}"
+    lookup_value_regex = paths.UUID
 
     @extend_schema(
         summary="A playbook (latest version, or ?version=N)",
@@ -161,9 +166,13 @@ class InventoryViewSet(viewsets.ViewSet):
     add_inventory or run_inventory); anyone else gets 404. Credentials are write-only: never
     in a response."""
 
-    lookup_value_regex = "[0-9a-fA-F-]{32,36}"
+    lookup_value_regex = paths.UUID
 
-    @extend_schema(summary="Inventories (operators)", responses={200: InventoryListSerializer})
+    @extend_schema(
+        summary="Inventories (operators)",
+        operation_id="v1_inventories_list",
+        responses={200: InventoryListSerializer, **NOT_AN_OPERATOR},
+    )
     def list(self, request):
         runs.require(request.user)
         inventories = runs.visible_inventories(request.user).order_by("name")[:500]
@@ -179,7 +188,7 @@ class InventoryViewSet(viewsets.ViewSet):
     @extend_schema(
         summary="Register an inventory (add_inventory)",
         request=NewInventorySerializer,
-        responses={201: InventoryBodySerializer, **ERRORS},
+        responses={201: InventoryBodySerializer, **ERRORS, **NOT_AN_OPERATOR},
     )
     def create(self, request):
         runs.require(request.user, runs.ADD_PERMISSION)
@@ -232,7 +241,7 @@ class PlaybookRunViewSet(viewsets.ViewSet):
     """Dry runs and applies: status, per-host results, events (`?after=seq`), cancel. For
     operators only (an inventory permission; cancelling needs run_inventory); else 404."""
 
-    lookup_value_regex = "[0-9a-fA-F-]{32,36}"
+    lookup_value_regex = paths.UUID
 
     @extend_schema(summary="One run", responses={200: RunBodySerializer, **ERRORS})
     def retrieve(self, request, pk=None):
@@ -274,7 +283,7 @@ class SandboxChangeViewSet(viewsets.GenericViewSet):
     a playbook are operations on the sandbox's host: a kept result answers at once, else
     the request waits for the operation (or, with `wait=false`, answers 202 with it)."""
 
-    lookup_value_regex = "[^/]+"
+    lookup_value_regex = paths.UUID
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):

@@ -12,8 +12,9 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.api import paths
 from core.api.pagination import CursorPagination
-from core.api.serializers import ErrorSerializer
+from core.api.schema import errors
 from core.conf import vsb
 from core.errors import OperationFailed
 
@@ -39,15 +40,12 @@ from .serializers import (
 
 log = logging.getLogger(__name__)
 
-# 429: past the key's request rate (every action), or, on a command, its concurrent-commands
-# quota; 409 `quota_exceeded` on a create or a snapshot over a quota (README "Limits").
-ERRORS = {
-    400: ErrorSerializer,
-    401: ErrorSerializer,
-    404: ErrorSerializer,
-    409: ErrorSerializer,
-    429: ErrorSerializer,
-}
+# 400/401/403/404 are implied, and 429 past the key's request rate (core.api.schema.AutoSchema);
+# a sandbox may be in the wrong state, and 409 `quota_exceeded` on a create or a snapshot over
+# a quota (README "Limits").
+ERRORS = errors(409)
+# A verb that may wait for the host: the step failed (502) or took too long (504).
+WAITED = errors(409, 502, 504)
 # The orders of the lists (docs/architecture.md, "Lists"): what was made last first for
 # sandboxes and operations, a history oldest first for commands and snapshots.
 NEWEST_FIRST = CursorPagination.ordered_by("-created_at", "-id")
@@ -70,15 +68,16 @@ def _waited(op: Operation, timeout: float) -> Operation:
 
 
 # A slow verb's answers: 202 with its operation, or 200 once it succeeded when asked to wait.
-OPERATION_ANSWERS = {200: SandboxOperationSerializer, 202: SandboxOperationSerializer, **ERRORS}
+OPERATION_ANSWERS = {200: SandboxOperationSerializer, 202: SandboxOperationSerializer, **WAITED}
 # The request and answers of the verbs that also have the original's path (an alias).
 RUN_COMMAND = {
     "request": RunCommandSerializer,
-    "responses": {200: CommandResultSerializer, **ERRORS},
+    # 429: as many commands of yours run as your quota allows.
+    "responses": {200: CommandResultSerializer, **WAITED, **errors(429)},
 }
 TAKE_SNAPSHOT = {
     "request": CreateSnapshotSerializer,
-    "responses": {201: SnapshotOperationSerializer, 202: SnapshotOperationSerializer, **ERRORS},
+    "responses": {201: SnapshotOperationSerializer, 202: SnapshotOperationSerializer, **WAITED},
 }
 
 
@@ -117,7 +116,7 @@ class SandboxFilter(django_filters.FilterSet):
     list=extend_schema(
         summary="List your sandboxes",
         description="Newest first, paginated by `cursor` (follow `next`).",
-        responses={200: SandboxSerializer(many=True), 400: ErrorSerializer},
+        responses={200: SandboxSerializer(many=True), **errors(400)},
     ),
     retrieve=extend_schema(
         summary="Get a sandbox",
@@ -134,7 +133,7 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 
     serializer_class = SandboxSerializer
     filterset_class = SandboxFilter
-    lookup_value_regex = "[^/]+"
+    lookup_value_regex = paths.UUID
     pagination_class = NEWEST_FIRST
 
     def get_queryset(self):
@@ -159,7 +158,12 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             "memory) it answers 409 `quota_exceeded`, naming the quota and the usage."
         ),
         request=CreateSandboxSerializer,
-        responses={201: SandboxOperationSerializer, 202: SandboxOperationSerializer, **ERRORS},
+        responses={
+            201: SandboxOperationSerializer,
+            202: SandboxOperationSerializer,
+            **WAITED,
+            **errors(503),  # no live worker with room
+        },
     )
     def create(self, request):
         data = _input(CreateSandboxSerializer, request.data)
@@ -317,7 +321,7 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     list=extend_schema(
         summary="List your operations",
         description="Newest first, paginated by `cursor` (follow `next`).",
-        responses={200: OperationSerializer(many=True), 400: ErrorSerializer},
+        responses={200: OperationSerializer(many=True), **errors(400)},
     ),
     retrieve=extend_schema(
         summary="Get an operation (poll this for slow verbs)",
@@ -328,6 +332,7 @@ class OperationViewSet(viewsets.ReadOnlyModelViewSet):
     """Slow steps (create, start, stop, destroy) done by a host's worker."""
 
     serializer_class = OperationSerializer
+    lookup_value_regex = paths.UUID
     filterset_fields = ["status", "kind", "sandbox"]
     pagination_class = NEWEST_FIRST
 

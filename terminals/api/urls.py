@@ -7,7 +7,7 @@ from django.urls import path, re_path
 from .. import views as pages
 from .views import FILE_VERBS, PANE_VERBS, ROUTES
 
-SB = "v1/sandboxes/<str:sandbox_id>"
+SB = "v1/sandboxes/<vsb_uuid:sandbox_id>"
 TERM = f"{SB}/terminals"
 TMUX = "api/v1/tmux"
 

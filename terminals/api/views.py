@@ -20,7 +20,7 @@ from rest_framework.parsers import BaseParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.api.serializers import ErrorSerializer
+from core.api.schema import errors
 from core.conf import vsb
 from core.errors import InvalidInput, TooLarge
 
@@ -308,8 +308,10 @@ def attachment(name: str) -> str:
 # --- the routes, each with its view and its OpenAPI description -----------------------------------
 
 # Every route reaches a host's worker: a failed tmux or SSH step is a 502, no answer a 504.
-ERRORS = {code: ErrorSerializer for code in (400, 401, 403, 404, 409, 502, 504)}
-FILE_ERRORS = {**ERRORS, 413: ErrorSerializer, 422: ErrorSerializer}
+# (400/401/403 are implied: core.api.schema.AutoSchema.) 404 on every route: a body or query
+# (`sandbox_id`, a pane, a session) may name what is not there, whatever the path.
+ERRORS = errors(404, 409, 502, 504)
+FILE_ERRORS = {**ERRORS, **errors(413, 422)}
 TERMINALS, TMUX, FILES = ["terminals"], ["tmux (original paths)"], ["files"]
 SANDBOX_QUERY = OpenApiParameter("sandbox_id", str)
 SESSION_QUERY = OpenApiParameter("session", str)
