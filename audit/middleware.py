@@ -5,12 +5,15 @@ approval ask) hold a thread for as long as it waits."""
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 
 from .context import RequestContext, current
+
+log = logging.getLogger(__name__)
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS", "TRACE"}
 AUDITED_PREFIXES = ("/v1/", "/api/v1/")
@@ -31,6 +34,24 @@ def _should_audit(request) -> bool:
 
 
 def _record_call(request, response) -> None:
+    from django.db import InterfaceError, OperationalError
+
+    try:
+        _record(request, response)
+    except (OperationalError, InterfaceError):
+        if response.status_code < 400:
+            raise  # it did something, and its record cannot be written: not a quiet success
+        # Refused (a 503 while the database restarts, a 401...): nothing was done, and the
+        # refusal itself stays the caller's answer instead of turning into a 500.
+        log.error(
+            "api.call %s %s (%s) not recorded: the database is not answering",
+            request.method,
+            request.path,
+            response.status_code,
+        )
+
+
+def _record(request, response) -> None:
     from . import services
 
     user = getattr(request, "user", None)

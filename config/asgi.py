@@ -12,11 +12,13 @@ from django.urls import re_path  # noqa: E402
 from accounts.ws_auth import ApiKeyAuthMiddleware  # noqa: E402
 from approvals.ask_endpoint import blocking_ask_app  # noqa: E402
 from approvals.routing import websocket_urlpatterns as approval_sockets  # noqa: E402
+from config.http_server import stop_form_parsing_in_daphne  # noqa: E402
 from config.middleware import api_crash_guard  # noqa: E402
 from config.ws_origin import OriginValidator  # noqa: E402
 from playbooks.routing import websocket_urlpatterns as playbook_sockets  # noqa: E402
 from terminals.routing import websocket_urlpatterns as terminal_sockets  # noqa: E402
 
+stop_form_parsing_in_daphne()
 websocket_urlpatterns = [*approval_sockets, *terminal_sockets, *playbook_sockets]
 
 application = ProtocolTypeRouter(

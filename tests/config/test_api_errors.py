@@ -5,7 +5,9 @@ Checked through Django's test client, then against a real daphne with run.sh's s
 
 from __future__ import annotations
 
+import json
 import shutil
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -148,6 +150,23 @@ def test_a_production_server_answers_api_errors_as_json(production_server):
     status, body = anonymous.get("/v1/health")
     assert (status, body["database"]) == (503, "error")
     assert "vsb_gone_db" not in str(body)
+
+
+@pytest.mark.integration
+def test_a_malformed_multipart_body_reaches_the_api_and_gets_its_json_answer(production_server):
+    # twisted (under daphne) used to refuse a multipart body it cannot split with an empty
+    # 400 before the API saw it (config/http_server.py).
+    request = urllib.request.Request(
+        f"{production_server}/v1/sandboxes",
+        data=b"--x\r\nnot a part at all",
+        method="POST",
+        headers={"Content-Type": "multipart/form-data; boundary=x"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(request, timeout=30)
+    assert answer.value.code == 401  # no key: the API's answer, in its shape
+    body = json.loads(answer.value.read())
+    assert body["error"]["code"] == "not_authenticated", body
 
 
 @pytest.mark.integration
