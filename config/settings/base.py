@@ -340,6 +340,15 @@ VSB = {
     ),
     # Which hypervisor driver to build: "libvirt" or "fake" (unit tests only).
     "DRIVER": env.str("VSB_DRIVER", default="libvirt"),
+    # Threads of each worker pool of a host (`manage.py worker <pool>`, core/queues.py).
+    # Lifecycle steps are short; a command holds its thread (and nothing else: no database
+    # connection) for as long as it runs, so the commands pool is the host's ceiling on
+    # commands, diffs and playbook runs at once; terminal operations are short.
+    **vsb_ints(
+        WORKER_LIFECYCLE_THREADS=8,
+        WORKER_COMMANDS_THREADS=32,
+        WORKER_TERMINALS_THREADS=8,
+    ),
 }
 
 # Encrypts inventory credentials at rest (playbooks/secrets.py). Separate from

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from core import wakeups
+from core.queues import Work
 from sandboxes import provisioning, services, tasks, worker
 from sandboxes.choices import CommandStatus, OperationStatus, SandboxState
 from sandboxes.drivers.base import SHUTOFF, PermanentDriverError, TransientDriverError
@@ -222,6 +223,34 @@ def test_a_restarted_worker_resumes_operations_and_fails_interrupted_commands(
     assert cmd.status == CommandStatus.FAILED and "restarted" in cmd.error
 
 
+def test_a_restarted_lifecycle_pool_resumes_its_operations_and_leaves_commands_running(
+    driver, create_op, sent_tasks, django_capture_on_commit_callbacks
+):
+    op = create_op()
+    Operation.objects.filter(pk=op.pk).update(status=OperationStatus.RUNNING, attempt=1)
+    cmd = Command.objects.create(sandbox=op.sandbox, command="sleep 100", timeout_seconds=200)
+    sent_tasks.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert worker.recover(op.host, {Work.LIFECYCLE}) == 1
+    assert [name for name, _, _ in sent_tasks] == ["sandboxes.provision_sandbox"]
+    cmd.refresh_from_db()
+    assert cmd.status == CommandStatus.RUNNING, "the commands pool still runs it"
+
+
+def test_a_restarted_commands_pool_fails_its_commands_and_leaves_lifecycle_operations_alone(
+    driver, create_op, sent_tasks, django_capture_on_commit_callbacks
+):
+    op = create_op()
+    Operation.objects.filter(pk=op.pk).update(status=OperationStatus.RUNNING, attempt=1)
+    cmd = Command.objects.create(sandbox=op.sandbox, command="sleep 100", timeout_seconds=200)
+    sent_tasks.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert worker.recover(op.host, {Work.COMMANDS}) == 0
+    assert sent_tasks == [], "the lifecycle pool still runs the create: not sent twice"
+    cmd.refresh_from_db()
+    assert cmd.status == CommandStatus.FAILED and "restarted" in cmd.error
+
+
 def test_a_restarted_worker_answers_the_requests_waiting_on_interrupted_commands_at_once(
     driver, create_op, django_capture_on_commit_callbacks
 ):
@@ -239,8 +268,8 @@ def test_a_restarted_worker_answers_the_requests_waiting_on_interrupted_commands
 
 
 def test_it_refuses_to_enqueue_on_a_queue_that_is_not_a_hosts(host):
-    host.queue_name = "kvm.typo host"
-    with pytest.raises(ValueError, match="unknown queue"):
+    host.name = "typo host"
+    with pytest.raises(ValueError, match="unknown queue 'kvm.typo host'"):
         services.enqueue(tasks.destroy_sandbox, host, "x")
 
 

@@ -125,30 +125,40 @@ def flush_test_redis() -> None:
     redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
 
 
-def worker(**env: str) -> Proc:
-    queue = f"kvm.{settings.VSB['HOST_NAME']}"
+POOLS = ("lifecycle", "commands", "terminals")
+
+
+def worker(pool: str = "all", **env: str) -> Proc:
+    """A worker of the test host (`manage.py worker <pool>`, as scripts/run.sh starts them):
+    one pool, or `all` of them in one process (cheaper, for the rings that do not test the
+    pools themselves)."""
     return Proc(
-        "worker",
+        f"worker-{pool}",
         [
-            str(BIN / "celery"),
-            "-A",
-            "config",
+            sys.executable,
+            "manage.py",
             "worker",
-            "-Q",
-            f"{queue},control",
-            "-P",
-            "threads",
-            "-c",
-            "8",
+            pool,
+            "--",
             "--without-gossip",
             "--without-mingle",
-            "-l",
-            "INFO",
-            "--hostname",
-            f"test-{os.getpid()}@%h",
         ],
         stack_env(**env),
     )
+
+
+def wait_for_ready(proc: Proc, timeout: float = 60) -> None:
+    """Until the Celery worker `proc` says it is ready (after its worker_ready handlers:
+    recovery done, relay started), as its log shows since its latest start."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited early:\n{proc.log_tail()}")
+        text = proc.log_path.read_text(errors="replace")
+        if " ready." in text[text.rfind("\n==== start ") :]:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{proc.name} did not become ready:\n{proc.log_tail()}")
 
 
 def egress_proxy(**env: str) -> Proc:
