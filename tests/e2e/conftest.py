@@ -86,10 +86,11 @@ def egress_socket() -> str:
 
 
 @pytest.fixture(scope="module")
-def e2e_stack(django_db_setup, django_db_blocker):
+def e2e_stack(request, django_db_setup, django_db_blocker):
     """The host's three worker pools (libvirt driver, as scripts/run.sh starts them), a
-    daphne server and the egress proxy on the test database, plus agent keys.
-    Module-scoped: VMs are expensive, so a module shares them."""
+    daphne server and the egress proxy on the test database, plus agent keys; a module may
+    add settings for its processes in `STACK_ENV`. Module-scoped: VMs are expensive, so a
+    module shares them."""
     sweep_test_domains()
     shutil.rmtree(settings.VSB["SANDBOX_DIR"], ignore_errors=True)
     stack.flush_test_redis()
@@ -98,6 +99,7 @@ def e2e_stack(django_db_setup, django_db_blocker):
         "VSB_DRIVER": "libvirt",
         "VSB_COMMAND_OUTPUT_LIMIT": "65536",
         "VSB_READY_TIMEOUT_SECONDS": "120",
+        **getattr(request.module, "STACK_ENV", {}),
     }
     workers = {pool: stack.worker(pool, **env) for pool in stack.POOLS}
     for proc in workers.values():
