@@ -382,8 +382,10 @@ def _run_command(command_id: str) -> dict | None:
             cmd.pk, status=CommandStatus.FAILED, error=f"sandbox is {sandbox.state}"
         )
     # The command may hold this thread for an hour: not a database connection as well (the
-    # commands pool has many threads; PostgreSQL allows 100 connections by default).
-    connection.close()
+    # commands pool has many threads; PostgreSQL allows 100 connections by default). Inside
+    # a transaction (a caller's, the unit tests') it is not ours to close.
+    if not connection.in_atomic_block:
+        connection.close()
     for attempt in (1, 2):
         try:
             client = provisioning.pooled_client(sandbox)
@@ -410,16 +412,25 @@ def _run_command(command_id: str) -> dict | None:
             return services.finish_command(
                 cmd.pk, status=CommandStatus.FAILED, error=f"{type(exc).__name__}: {exc}"
             )
+    if result.exit_code is None and not result.timed_out:
+        # No exit status: killed by a signal, or its guest went away under it (the channel
+        # can close a moment before the transport says it died).
+        reason = _cut_off_reason(sandbox, "")
+        if reason:
+            return services.finish_command(
+                cmd.pk, status=CommandStatus.FAILED, result=result, error=reason
+            )
     status = CommandStatus.TIMED_OUT if result.timed_out else CommandStatus.FINISHED
     return services.finish_command(cmd.pk, status=status, result=result)
 
 
 def _cut_off_reason(sandbox, error: str) -> str:
     """Why a command's connection broke: the sandbox was stopped or destroyed under it (the
-    lifecycle pool does that while the command runs here), or else the SSH error itself."""
+    lifecycle pool does that while the command runs here), or else `error` itself."""
     sandbox.refresh_from_db(fields=["state"])
     if sandbox.state != SandboxState.READY:
-        return f"The sandbox became {sandbox.state} while the command ran ({error})."
+        cause = f" ({error})" if error else ""
+        return f"The sandbox became {sandbox.state} while the command ran{cause}."
     return error
 
 

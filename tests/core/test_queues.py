@@ -28,22 +28,28 @@ def test_terminal_work_needs_a_host():
         queues.queue_for(Work.TERMINALS)
 
 
-@pytest.mark.parametrize(
-    "task, work",
-    [
-        (sandbox_tasks.provision_sandbox, Work.LIFECYCLE),
-        (sandbox_tasks.wait_ready, Work.LIFECYCLE),
-        (sandbox_tasks.destroy_sandbox, Work.LIFECYCLE),
-        (sandbox_tasks.snapshot_sandbox, Work.LIFECYCLE),
-        (sandbox_tasks.reap_expired_sandboxes, Work.LIFECYCLE),
-        (approval_tasks.send_webhook, Work.LIFECYCLE),
-        (sandbox_tasks.run_command, Work.COMMANDS),
-        (playbook_tasks.run_playbook, Work.COMMANDS),
-        (playbook_tasks.compute_diff, Work.COMMANDS),
-        (playbook_tasks.generate_playbook, Work.COMMANDS),
-        (playbook_tasks.verify_playbook, Work.COMMANDS),
-        (terminal_tasks.host_op, Work.TERMINALS),
+TASKS_BY_WORK = {
+    Work.LIFECYCLE: [
+        sandbox_tasks.provision_sandbox,
+        sandbox_tasks.wait_ready,
+        sandbox_tasks.destroy_sandbox,
+        sandbox_tasks.snapshot_sandbox,
+        sandbox_tasks.reap_expired_sandboxes,
+        approval_tasks.send_webhook,
     ],
+    Work.COMMANDS: [
+        sandbox_tasks.run_command,
+        playbook_tasks.run_playbook,
+        playbook_tasks.compute_diff,
+        playbook_tasks.generate_playbook,
+        playbook_tasks.verify_playbook,
+    ],
+    Work.TERMINALS: [terminal_tasks.host_op],
+}
+
+
+@pytest.mark.parametrize(
+    "task, work", [(task, work) for work, tasks in TASKS_BY_WORK.items() for task in tasks]
 )
 def test_each_task_says_which_work_it_is(task, work):
     assert queues.work_of(task) == work

@@ -112,6 +112,11 @@ class Proc:
     def stop(self) -> None:
         self.kill(signal.SIGTERM)
 
+    def log_since_start(self) -> str:
+        """What the current process (not an earlier one of the same name) has logged."""
+        text = self.log_path.read_text(errors="replace")
+        return text[text.rfind("\n==== start ") :]
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -154,8 +159,7 @@ def wait_for_ready(proc: Proc, timeout: float = 60) -> None:
     while time.monotonic() < deadline:
         if proc.popen.poll() is not None:
             raise RuntimeError(f"{proc.name} exited early:\n{proc.log_tail()}")
-        text = proc.log_path.read_text(errors="replace")
-        if " ready." in text[text.rfind("\n==== start ") :]:
+        if " ready." in proc.log_since_start():
             return
         time.sleep(0.2)
     raise RuntimeError(f"{proc.name} did not become ready:\n{proc.log_tail()}")
