@@ -101,13 +101,7 @@ def e2e_stack(request, django_db_setup, django_db_blocker):
         "VSB_READY_TIMEOUT_SECONDS": "120",
         **getattr(request.module, "STACK_ENV", {}),
     }
-    workers = {pool: stack.worker(pool, **env) for pool in stack.POOLS}
-    for proc in workers.values():
-        proc.start()
-    port = stack.free_port()
-    web = stack.daphne(port, **env)
-    web.start()
-    url = f"http://127.0.0.1:{port}"
+    workers, web, url = stack.start_servers(**env)
     egress = stack.egress_proxy(**env)
     egress.start()
     handle = E2EStack(
@@ -121,9 +115,7 @@ def e2e_stack(request, django_db_setup, django_db_blocker):
         env=env,
     )
     try:
-        stack.wait_for_servers(django_db_blocker, workers["lifecycle"], web, url)
-        for pool in ("commands", "terminals"):
-            stack.wait_for_ready(workers[pool])
+        stack.wait_for_servers(django_db_blocker, workers, web, url)
         stack.wait_for_socket(egress, egress_socket())
         yield handle
     finally:

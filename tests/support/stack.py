@@ -1,5 +1,6 @@
-"""Real processes for the integration and end-to-end rings: a Celery worker consuming the
-test host's queue and a daphne server, both on the test database and the test Redis db.
+"""Real processes for the integration and end-to-end rings: the test host's Celery workers
+(its three pools, or all of them in one process) and a daphne server, on the test database
+and the test Redis db.
 Every process started here is killed on teardown, also when the test failed."""
 
 from __future__ import annotations
@@ -225,22 +226,27 @@ def wait_for_socket(proc: Proc, path: str, timeout: float = 30) -> None:
     raise RuntimeError(f"{proc.name} did not listen on {path}:\n{proc.log_tail()}")
 
 
-def start_servers(**env: str) -> tuple[Proc, Proc, str]:
-    """Start a worker and a daphne server with `env`; returns (worker, web, base URL). The
-    caller stops both (in a `finally` that also covers `wait_for_servers`)."""
-    worker_proc = worker(**env)
-    worker_proc.start()
+def start_servers(**env: str) -> tuple[dict[str, Proc], Proc, str]:
+    """Start the host's three worker pools (separate processes, as scripts/run.sh starts
+    them) and a daphne server with `env`; returns ({pool: worker}, web, base URL). The caller
+    stops them all (in a `finally` that also covers `wait_for_servers`)."""
+    workers = {pool: worker(pool, **env) for pool in POOLS}
+    for proc in workers.values():
+        proc.start()
     port = free_port()
     web = daphne(port, **env)
     web.start()
-    return worker_proc, web, f"http://127.0.0.1:{port}"
+    return workers, web, f"http://127.0.0.1:{port}"
 
 
-def wait_for_servers(blocker, worker_proc: Proc, web: Proc, url: str) -> None:
-    """Until the worker has registered its host (through `blocker`, pytest-django's db
-    blocker) and the server answers /v1/health."""
+def wait_for_servers(blocker, workers: dict[str, Proc], web: Proc, url: str) -> None:
+    """Until the lifecycle pool has registered its host (through `blocker`, pytest-django's
+    db blocker), the other pools are ready and the server answers /v1/health."""
     with blocker.unblock():
-        wait_for_heartbeat(worker_proc)
+        wait_for_heartbeat(workers["lifecycle"])
+    for pool, proc in workers.items():
+        if pool != "lifecycle":
+            wait_for_ready(proc)
     wait_for_http(f"{url}/v1/health", web)
 
 
