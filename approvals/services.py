@@ -15,7 +15,7 @@ from django.utils import timezone
 from audit import services as audit
 from core import hooks
 from core.errors import Conflict, Forbidden, InvalidInput, NotFound
-from core.queues import CONTROL_QUEUE, enqueue
+from core.queues import enqueue
 
 from . import events, tasks
 from .api.serializers import ApprovalSerializer
@@ -193,7 +193,7 @@ def _insert(
         )
         events.publish_on_commit("created", as_dict(req), event.seq)
         if settings.APPROVALS["WEBHOOK_URL"]:
-            enqueue(tasks.send_webhook, str(req.id), queue=CONTROL_QUEUE)
+            enqueue(tasks.send_webhook, str(req.id))
     return req
 
 

@@ -31,6 +31,8 @@ from django.db import DatabaseError, connections
 log = logging.getLogger(__name__)
 
 KEY_TTL_SECONDS = 600
+# Threads of one process waiting at once (Redis itself takes 10,000 clients by default).
+MAX_WAITERS = 2000
 T = TypeVar("T")
 
 
@@ -38,7 +40,14 @@ T = TypeVar("T")
 def _client() -> redis.Redis:
     # socket_timeout None: BLPOP waits as long as asked; redis-py 8's default of 5 s would
     # abort any wait longer than that with "Timeout reading".
-    return redis.Redis.from_url(settings.REDIS_URL, health_check_interval=30, socket_timeout=None)
+    # max_connections: every waiting request holds one connection for its whole wait (a
+    # command may run an hour); redis-py's default pool of 100 would fail the 101st.
+    return redis.Redis.from_url(
+        settings.REDIS_URL,
+        health_check_interval=30,
+        socket_timeout=None,
+        max_connections=MAX_WAITERS,
+    )
 
 
 def _key(command_id, kind: str) -> str:

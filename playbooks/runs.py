@@ -180,16 +180,14 @@ def get_inventory(user, inventory_id) -> Inventory:
         raise NotFound(f"No inventory {inventory_id}.") from None
 
 
-def queue_for(inventory: Inventory) -> str:
-    """Sandbox targets are reached through their host's 127.0.0.1 port forward: run there.
-    Other targets run on the control queue."""
+def host_for(inventory: Inventory) -> str | None:
+    """The KVM host to run on: sandbox targets are reached through their host's 127.0.0.1
+    port forward, so there; other targets anywhere (None: `control.commands`, which every
+    host's commands pool consumes)."""
     hosts = {h.sandbox.host_id for h in inventory.hosts.select_related("sandbox") if h.sandbox_id}
     if len(hosts) > 1:
         raise InvalidInput.field("inventory", "sandbox targets must all live on one KVM host.")
-    if hosts:
-        queue = Host.objects.get(pk=hosts.pop()).queue_name
-        return queues.check_queue(queue)
-    return queues.CONTROL_QUEUE
+    return Host.objects.get(pk=hosts.pop()).name if hosts else None
 
 
 # --- runs ---------------------------------------------------------------------------------
@@ -216,12 +214,13 @@ def _start_run(
     user, kind: str, version: PlaybookVersion, inventory: Inventory, approval=None
 ) -> PlaybookRun:
     """A new run, its audit event (`playbook.check` or `playbook.apply`) and its task, on the
-    queue of the host its sandbox targets live on; inside the caller's transaction."""
+    commands queue of the host its sandbox targets live on; inside the caller's transaction."""
+    host = host_for(inventory)
     run = PlaybookRun.objects.create(
         version=version,
         inventory=inventory,
         kind=kind,
-        queue=queue_for(inventory),
+        queue=queues.queue_for(queues.work_of(tasks.run_playbook), host),
         requested_by=user,
         approval=approval,
     )
@@ -229,7 +228,7 @@ def _start_run(
     if approval is not None:
         data["approval"] = str(approval.id)
     audit.record(f"playbook.{kind}", user=user, target=run, data=data)
-    queues.enqueue(tasks.run_playbook, str(run.pk), queue=run.queue)
+    queues.enqueue(tasks.run_playbook, str(run.pk), host=host)
     return run
 
 

@@ -1,7 +1,11 @@
 """Celery tasks of the playbooks app: thin wrappers that take ids and hand them to the
 module doing the work. The names keep the `sandboxes.` prefix they had before the app moved
 out of sandboxes (a message queued before an upgrade finds its task; one of compute_diff or
-generate_playbook from before they were operations names no operation and is dropped)."""
+generate_playbook from before they were operations names no operation and is dropped).
+
+All of them are long (a diff reads a whole disk, a verification boots a replica and runs
+Ansible twice, a run may take an hour): they run in the host's commands pool
+(`kvm.<host>.commands`, core/queues.py), never holding the lifecycle pool's threads."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import logging
 
 from celery import shared_task
 
+from core.queues import Work
 from sandboxes import services
 from sandboxes.choices import OperationKind, OperationStatus
 from sandboxes.models import Operation
@@ -19,20 +24,20 @@ from . import apply, build, diff_compute, verify
 log = logging.getLogger(__name__)
 
 
-@shared_task(name="sandboxes.compute_diff", **TASK_OPTIONS)
+@shared_task(name="sandboxes.compute_diff", work=Work.COMMANDS, **TASK_OPTIONS)
 def compute_diff(self, op_id: str) -> None:
     """A diff operation: read both states from the sandbox's disk on this host, compare."""
     run_claimed(op_id, diff_compute.run_operation)
 
 
-@shared_task(name="sandboxes.generate_playbook", **TASK_OPTIONS)
+@shared_task(name="sandboxes.generate_playbook", work=Work.COMMANDS, **TASK_OPTIONS)
 def generate_playbook(self, op_id: str) -> None:
     """A generate_playbook operation: diff the two snapshots (if not yet), read the `to`
     state, write playbook version 1."""
     run_claimed(op_id, build.run_operation)
 
 
-@shared_task(name="sandboxes.verify_playbook", **TASK_OPTIONS)
+@shared_task(name="sandboxes.verify_playbook", work=Work.COMMANDS, **TASK_OPTIONS)
 def verify_playbook(self, op_id: str) -> None:
     """One step of a replay verification (playbooks/verify.py); safe to run twice."""
     op = (
@@ -55,7 +60,9 @@ def verify_playbook(self, op_id: str) -> None:
         verify.abandon(op, f"{type(exc).__name__}: {exc}")
 
 
-@shared_task(name="sandboxes.run_playbook", bind=True, acks_late=True, ignore_result=True)
+@shared_task(
+    name="sandboxes.run_playbook", bind=True, acks_late=True, ignore_result=True, work=Work.COMMANDS
+)
 def run_playbook(self, run_id: str) -> None:
     """A dry run or an approved apply (playbooks/apply.py). Never applied twice: a
     redelivered message finds the run already claimed and records that it was lost."""

@@ -154,7 +154,7 @@ def _destroy(replica: Sandbox, op: Operation) -> None:
 
 
 def _again(task, op: Operation) -> None:
-    queues.enqueue(task, str(op.pk), queue=op.queue, countdown=POLL_SECONDS)
+    queues.enqueue(task, str(op.pk), host=op.host.name, countdown=POLL_SECONDS)
 
 
 def _finish(op: Operation, status: str, *, error: str = "", result: dict | None = None) -> None:

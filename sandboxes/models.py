@@ -15,6 +15,9 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from core import queues
+from core.queues import Work
+
 from . import choices
 from .choices import OperationStatus, SandboxState
 
@@ -34,7 +37,8 @@ TRANSITIONAL_STATES = (
 
 
 class Host(models.Model):
-    """A KVM host. Its worker consumes only `queue_name` and refreshes `last_heartbeat`."""
+    """A KVM host. Its lifecycle pool consumes `queue_name` and refreshes `last_heartbeat`;
+    its commands and terminals pools consume their own queues (`core.queues`)."""
 
     name = models.CharField(max_length=63, unique=True, validators=[host_name_validator])
     libvirt_uri = models.CharField(max_length=255, default="qemu:///system")
@@ -60,8 +64,9 @@ class Host(models.Model):
         super().save(*args, **kwargs)
 
     @staticmethod
-    def queue_for(name: str) -> str:
-        return f"kvm.{name}"
+    def queue_for(name: str, work: Work = Work.LIFECYCLE) -> str:
+        """The queue of `work` on the host named `name` (`core.queues.queue_for`)."""
+        return queues.queue_for(work, name)
 
     def is_alive(self, within_seconds: int = 90) -> bool:
         return bool(

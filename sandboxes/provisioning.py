@@ -185,9 +185,14 @@ def credential_factory(sandbox: Sandbox):
 
 
 def pooled_client(sandbox: Sandbox):
-    """A live SSH connection to the sandbox, reused across commands on this worker."""
+    """A live SSH connection to the sandbox, reused across commands on this worker process
+    while the guest stays up: each time it becomes ready (booted, started, restored, maybe
+    by the lifecycle pool, another process) `ready_at` moves and a new connection is made."""
     return get_ssh_pool().get(
-        str(sandbox.id), ssh_target(sandbox, sandbox.host_key or None), credential_factory(sandbox)
+        str(sandbox.id),
+        ssh_target(sandbox, sandbox.host_key or None),
+        credential_factory(sandbox),
+        generation=sandbox.ready_at,
     )
 
 

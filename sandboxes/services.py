@@ -85,8 +85,9 @@ def choose_host(source: SourceVM, only: Host | None = None) -> Host:
     alive = [h for h in hosts if h.is_alive()]
     if not alive:
         raise Unavailable(
-            f"No worker is running for host {hosts[0].name} (no heartbeat in the last 90 s). "
-            f"Start it with: celery -A config worker -Q {hosts[0].queue_name}",
+            f"No worker serves {hosts[0].queue_name}, the lifecycle queue of host "
+            f"{hosts[0].name} (no heartbeat in the last 90 s). Start the host's worker pools "
+            "with scripts/run.sh (or one by one: python manage.py worker lifecycle).",
             code="no_worker",
         )
     roomy = [h for h in alive if h.live < h.capacity]
@@ -110,11 +111,9 @@ def delete_hosts(hosts) -> None:
 
 
 def enqueue(task, host: Host, *args, countdown: float | None = None) -> None:
-    """Send `task` (the task function) to the host's own queue once the current transaction
-    commits. A queue that is not a host's fails here, loudly."""
-    if host.queue_name != Host.queue_for(host.name):
-        raise ValueError(f"refusing to enqueue {task.name} on unknown queue {host.queue_name!r}")
-    queues.enqueue(task, *args, queue=host.queue_name, countdown=countdown)
+    """Send `task` (the task function) to the host's queue for its kind of work once the
+    current transaction commits (`core.queues`)."""
+    queues.enqueue(task, *args, host=host.name, countdown=countdown)
 
 
 # --- Source VMs ----------------------------------------------------------------------------
@@ -248,7 +247,7 @@ def new_operation(
         sandbox=sandbox,
         snapshot=snapshot,
         host=sandbox.host,
-        queue=sandbox.host.queue_name,
+        queue=queues.queue_for(tasks.work_for_kind(kind), sandbox.host.name),
         requested_by=user,
         input=input,
         deadline=timezone.now() + timedelta(seconds=deadline_seconds),
@@ -836,16 +835,19 @@ def set_sandbox_fields(sandbox_id, **fields) -> None:
     Sandbox.objects.filter(pk=sandbox_id).update(updated_at=timezone.now(), **fields)
 
 
-def orphaned_work(host: Host) -> tuple[list[Operation], int]:
-    """Called when the host's (only) worker starts: every operation it had running died
-    with the previous process. Commands that were running are marked failed, since running
-    them again could repeat side effects, and their waiting requests are told at once (a
-    command still queued then is not run: its task finds it finished)."""
-    running = list(
-        Command.objects.filter(sandbox__host=host, status=CommandStatus.RUNNING).values_list(
-            "pk", flat=True
+def orphaned_work(host: Host, *, kinds: list[str], commands: bool) -> tuple[list[Operation], int]:
+    """Called when a worker pool of the host starts: every open operation of `kinds` (the
+    ones that pool runs) died with its previous process. With `commands` (the commands pool)
+    the commands that were running are marked failed, since running them again could repeat
+    side effects, and their waiting requests are told at once (a command still queued then
+    is not run: its task finds it finished)."""
+    running = []
+    if commands:
+        running = list(
+            Command.objects.filter(sandbox__host=host, status=CommandStatus.RUNNING).values_list(
+                "pk", flat=True
+            )
         )
-    )
     for cmd_id in running:
         fields = finish_command(
             cmd_id,
@@ -854,7 +856,9 @@ def orphaned_work(host: Host) -> tuple[list[Operation], int]:
         )
         transaction.on_commit(lambda cmd_id=cmd_id, fields=fields: wakeups.publish(cmd_id, fields))
     open_ops = Operation.objects.filter(
-        host=host, status__in=[OperationStatus.PENDING, OperationStatus.RUNNING]
+        host=host,
+        kind__in=kinds,
+        status__in=[OperationStatus.PENDING, OperationStatus.RUNNING],
     )
     # Their holds died with the previous process: the resumed tasks may claim them at once.
     open_ops.update(held_until=None)

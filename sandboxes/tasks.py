@@ -1,8 +1,9 @@
 """Celery tasks: thin wrappers that take ids, reload, check that the work is still wanted,
 call the driver through `provisioning`, and record the outcome through `services`.
 
-Every task here runs on the sandbox host's own queue (`kvm.<host>`), except the periodic
-sweeps, which run on `control` and only enqueue work for the hosts."""
+Every task here runs on the sandbox host's lifecycle queue (`kvm.<host>`), except commands
+(`kvm.<host>.commands`, a pool of their own: core/queues.py) and the periodic sweeps, which
+run on `control` and only enqueue work for the hosts."""
 
 from __future__ import annotations
 
@@ -167,7 +168,7 @@ def operation_task(name: str):
 
 
 def _enqueue_wait(op: Operation, countdown: float) -> None:
-    queues.enqueue(wait_ready, str(op.pk), queue=op.queue, countdown=countdown)
+    queues.enqueue(wait_ready, str(op.pk), host=op.host.name, countdown=countdown)
 
 
 @operation_task("sandboxes.provision_sandbox")
@@ -407,7 +408,13 @@ def destroy_sandbox(self, op: Operation) -> None:
     services.finish_operation(op.pk, OperationStatus.SUCCEEDED, message="destroyed")
 
 
-@shared_task(name="sandboxes.run_command", bind=True, acks_late=False, ignore_result=True)
+@shared_task(
+    name="sandboxes.run_command",
+    bind=True,
+    acks_late=False,
+    ignore_result=True,
+    work=queues.Work.COMMANDS,
+)
 def run_command(self, command_id: str) -> dict:
     """Run one command. Not acks_late: a command must never run twice because a worker died."""
     cmd = services.claim_command(command_id)
@@ -454,6 +461,11 @@ def _run_command(cmd: Command) -> dict:
         return _finish_command(
             cmd.pk, status=CommandStatus.FAILED, error=f"sandbox is {sandbox.state}"
         )
+    # The command may hold this thread for an hour: not a database connection as well (the
+    # commands pool has many threads; PostgreSQL allows 100 connections by default). Inside
+    # a transaction (a caller's, the unit tests') it is not ours to close.
+    if not connection.in_atomic_block:
+        connection.close()
     for attempt in (1, 2):
         try:
             client = provisioning.pooled_client(sandbox)
@@ -471,15 +483,33 @@ def _run_command(cmd: Command) -> dict:
             # Only a failure to connect is retried: the command has not started then.
             if attempt == 1 and isinstance(exc, ssh.ConnectError):
                 continue
-            return _finish_command(cmd.pk, status=CommandStatus.FAILED, error=f"SSH: {exc}")
+            return _finish_command(
+                cmd.pk, status=CommandStatus.FAILED, error=_cut_off_reason(sandbox, f"SSH: {exc}")
+            )
         except Exception as exc:  # noqa: BLE001
             provisioning.get_ssh_pool().discard(str(sandbox.id))
             log.exception("command %s failed", cmd.pk)
             return _finish_command(
                 cmd.pk, status=CommandStatus.FAILED, error=f"{type(exc).__name__}: {exc}"
             )
+    if result.exit_code is None and not result.timed_out:
+        # No exit status: killed by a signal, or its guest went away under it (the channel
+        # can close a moment before the transport says it died).
+        reason = _cut_off_reason(sandbox, "")
+        if reason:
+            return _finish_command(cmd.pk, status=CommandStatus.FAILED, result=result, error=reason)
     status = CommandStatus.TIMED_OUT if result.timed_out else CommandStatus.FINISHED
     return _finish_command(cmd.pk, status=status, result=result)
+
+
+def _cut_off_reason(sandbox, error: str) -> str:
+    """Why a command's connection broke: the sandbox was stopped or destroyed under it (the
+    lifecycle pool does that while the command runs here), or else `error` itself."""
+    sandbox.refresh_from_db(fields=["state"])
+    if sandbox.state != SandboxState.READY:
+        cause = f" ({error})" if error else ""
+        return f"The sandbox became {sandbox.state} while the command ran{cause}."
+    return error
 
 
 # --- Snapshots -----------------------------------------------------------------------------
@@ -647,3 +677,9 @@ TASK_FOR_KIND = {
 
 def register_operation_task(kind: str, task) -> None:
     TASK_FOR_KIND[kind] = task
+
+
+def work_for_kind(kind: str) -> queues.Work:
+    """The kind of work (hence the queue and pool) an operation of `kind` runs as."""
+    task = TASK_FOR_KIND.get(kind)
+    return queues.work_of(task) if task is not None else queues.Work.LIFECYCLE

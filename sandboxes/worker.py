@@ -1,6 +1,10 @@
-"""Start-up and liveness of a host's worker: register the Host row, report the domain type
-found by the KVM probe, beat every few seconds, and pick up the work the previous worker
-process of this host left unfinished (it was killed, or the machine rebooted)."""
+"""Start-up and liveness of a host's worker pools (core/queues.py): each pool, when it
+starts, picks up the work of its own queues that the previous process of that pool left
+unfinished (it was killed, or the machine rebooted), and nothing else: a restart of the
+commands pool fails the commands that were running, a restart of the lifecycle pool resumes
+the lifecycle operations, and neither touches the other's work. The lifecycle pool also
+registers the Host row, reports the domain type found by the KVM probe and beats every few
+seconds."""
 
 from __future__ import annotations
 
@@ -11,22 +15,16 @@ from celery.signals import worker_ready, worker_shutdown
 from django.db import close_old_connections, connection
 
 from core.conf import vsb
+from core.queues import Work, served_work
 
 from . import services
 from .models import Host
 from .runtime import get_driver
-from .tasks import TASK_FOR_KIND
+from .tasks import TASK_FOR_KIND, work_for_kind
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 15
 _stop = threading.Event()
-
-
-def _consumed_queues(sender) -> set[str]:
-    try:
-        return {q.name for q in sender.app.amqp.queues.consume_from.values()}
-    except Exception:  # noqa: BLE001
-        return set()
 
 
 def _heartbeat_loop(host_id: int, domain_type: str) -> None:
@@ -41,17 +39,22 @@ def _heartbeat_loop(host_id: int, domain_type: str) -> None:
             connection.close()
 
 
-def recover(host: Host) -> int:
-    """Re-enqueue every operation this host's previous worker left open. The tasks are
-    idempotent, so one that had in fact finished its step just checks and moves on."""
-    ops, failed_commands = services.orphaned_work(host)
+def recover(host: Host, works: set[Work] | frozenset[Work] = frozenset(Work)) -> int:
+    """Pick up what the previous process serving `works` on this host left open: re-enqueue
+    its operations (the tasks are idempotent, so one that had in fact finished its step just
+    checks and moves on) and, for the commands pool, fail the commands that were running."""
+    kinds = [kind for kind in TASK_FOR_KIND if work_for_kind(kind) in works]
+    ops, failed_commands = services.orphaned_work(
+        host, kinds=kinds, commands=Work.COMMANDS in works
+    )
     for op in ops:
         services.report_progress(op.pk, op.progress, "resumed after a worker restart")
         services.enqueue(TASK_FOR_KIND[op.kind], host, str(op.pk))
     if ops or failed_commands:
         log.warning(
-            "host %s: resumed %d operation(s), marked %d interrupted command(s) failed",
+            "host %s (%s): resumed %d operation(s), marked %d interrupted command(s) failed",
             host.name,
+            ", ".join(sorted(works)),
             len(ops),
             failed_commands,
         )
@@ -71,21 +74,22 @@ def _domain_type(driver) -> str:
 @worker_ready.connect
 def on_worker_ready(sender=None, **_kwargs) -> None:
     host_name = vsb("HOST_NAME")
-    queue = Host.queue_for(host_name)
-    if queue not in _consumed_queues(sender):
-        return  # a control-only worker: no host to look after
+    works = served_work(sender, host_name) & {Work.LIFECYCLE, Work.COMMANDS}
+    if not works:
+        return  # a control-only or terminals-only worker: no operations to look after
     host = services.ensure_host(host_name)
-    domain_type = _domain_type(get_driver(host.libvirt_uri))
-    services.record_heartbeat(host, domain_type)
-    log.info(
-        "worker for host %s consuming %s (domain type %s)", host.name, queue, domain_type or "?"
-    )
-    recover(host)
+    log.info("worker for host %s serving %s", host.name, ", ".join(sorted(works)))
+    if Work.LIFECYCLE in works:
+        domain_type = _domain_type(get_driver(host.libvirt_uri))
+        services.record_heartbeat(host, domain_type)
+        log.info("host %s: domain type %s", host.name, domain_type or "?")
+    recover(host, works)
     connection.close()
-    _stop.clear()
-    threading.Thread(
-        target=_heartbeat_loop, args=(host.pk, domain_type), name="vsb-heartbeat", daemon=True
-    ).start()
+    if Work.LIFECYCLE in works:
+        _stop.clear()
+        threading.Thread(
+            target=_heartbeat_loop, args=(host.pk, domain_type), name="vsb-heartbeat", daemon=True
+        ).start()
 
 
 @worker_shutdown.connect

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # README command 1: set up everything on a fresh Debian 12 machine and start the service
-# (daphne on :8080 and the Celery worker of this KVM host), then print the URL and an agent
-# API key. Run it again to restart. Stop with scripts/stop.sh.
+# (daphne on :8080, the three worker pools of this KVM host and its egress proxy), then print
+# the URL and an agent API key. Run it again to restart. Stop with scripts/stop.sh.
 # Production settings (config/settings/production.py): DEBUG off; SECRET_KEY and the
 # inventory credentials key from the environment or generated once into $VSB_SECRETS_DIR,
 # Redis's password likewise (scripts/start-redis.sh).
-#   --foreground   keep both processes attached to this terminal (Ctrl-C stops them)
+#   --foreground   keep the processes attached to this terminal (Ctrl-C stops them)
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
@@ -37,21 +37,32 @@ KEY=$("$PY" manage.py create_agent demo-agent --key-name quickstart --revoke-oth
 
 "$ROOT/scripts/stop.sh" >/dev/null 2>&1 || true
 DAPHNE=("$VENV/bin/daphne" -b "$VSB_BIND" -p "$VSB_PORT" config.asgi:application)
-WORKER=("$VENV/bin/celery" -A config worker -Q "kvm.$HOST_NAME,control" -B -P threads -c 8
-        --hostname "kvm-$HOST_NAME@%h" --schedule "$VSB_DATA_DIR/celerybeat-schedule" -l INFO)
+# One worker process per pool (docs/architecture.md "Queues and pools"), each with its own
+# threads (VSB_WORKER_<POOL>_THREADS), so hour-long commands never hold up a destroy:
+#   lifecycle  kvm.<host> + control: sandbox operations, the periodic sweeps (beat), heartbeat
+#   commands   kvm.<host>.commands + control.commands: commands, playbook runs, diffs
+#   terminals  kvm.<host>.terminals: terminal and file operations, the terminal relay
+POOLS=(lifecycle commands terminals)
+worker_argv() {  # sets WORKER to the command line of pool $1; only the lifecycle pool runs beat
+  WORKER=("$PY" manage.py worker "$1")
+  if [ "$1" = lifecycle ]; then WORKER+=(--beat); fi
+}
 # The guests' one way out, on the policy's terms (docs/egress.md): one per KVM host.
 EGRESS=("$PY" manage.py egress_proxy)
 
 if [ "${1:-}" = "--foreground" ]; then
   trap 'kill 0' EXIT
-  "${WORKER[@]}" &
+  for pool in "${POOLS[@]}"; do worker_argv "$pool"; "${WORKER[@]}" & done
   "${DAPHNE[@]}" &
   "${EGRESS[@]}" &
   wait
   exit
 fi
 nohup "${DAPHNE[@]}" >"$LOG/daphne.log" 2>&1 & echo $! > "$VSB_DATA_DIR/daphne.pid"
-nohup "${WORKER[@]}" >"$LOG/worker.log" 2>&1 & echo $! > "$VSB_DATA_DIR/worker.pid"
+for pool in "${POOLS[@]}"; do
+  worker_argv "$pool"
+  nohup "${WORKER[@]}" >"$LOG/worker-$pool.log" 2>&1 & echo $! > "$VSB_DATA_DIR/worker-$pool.pid"
+done
 nohup "${EGRESS[@]}" >"$LOG/egress.log" 2>&1 & echo $! > "$VSB_DATA_DIR/egress.pid"
 
 URL="http://$VSB_BIND:$VSB_PORT"
@@ -59,13 +70,14 @@ for _ in $(seq 1 100); do
   curl -fsS "$URL/v1/health" 2>/dev/null | grep -q '"alive":true' && break
   sleep 0.3
 done
-curl -fsS "$URL/v1/health" | grep -q '"alive":true' || die "service did not become healthy; see $LOG/daphne.log and $LOG/worker.log"
+curl -fsS "$URL/v1/health" | grep -q '"alive":true' || die "service did not become healthy; see $LOG/daphne.log and $LOG/worker-lifecycle.log"
 cat <<MSG
 
   virsh-sandbox is running.
     API        $URL/v1/   (docs: $URL/api/docs/)
     admin      $URL/admin/  user admin, password in $VSB_DATA_DIR/admin-password
-    logs       $LOG/daphne.log  $LOG/worker.log  $LOG/egress.log
+    logs       $LOG/daphne.log  $LOG/egress.log
+               $LOG/worker-lifecycle.log  $LOG/worker-commands.log  $LOG/worker-terminals.log
     stop       scripts/stop.sh
 
   Agent API key (demo-agent):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Stops the daphne server, the worker and the egress proxy started by scripts/run.sh.
+# Stops the daphne server, the worker pools and the egress proxy started by scripts/run.sh
+# (and the single worker of an install from before the pools, if its pid file is left).
 source "$(dirname "$0")/lib.sh"
-for name in daphne worker egress; do
+for name in daphne worker-lifecycle worker-commands worker-terminals worker egress; do
   pidfile="$VSB_DATA_DIR/$name.pid"
   [ -f "$pidfile" ] || continue
   pid=$(cat "$pidfile")

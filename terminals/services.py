@@ -2,7 +2,7 @@
 and the authorisation helpers the REST views and the websocket consumer share.
 
 Everything that touches tmux or a guest runs on the worker of the sandbox's host
-(`terminals.host_op` on `kvm.<host>`): this module sends the operation and waits for its
+(`terminals.host_op` on `kvm.<host>.terminals`): this module sends the operation and waits for its
 answer (a Redis wake-up, as commands do), so the web server may run on any machine."""
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def call_host(host: Host, op: str, params: dict, timeout: float | None = None) -
     """Run `op` on the worker of `host` and return its answer, or raise its error. Not inside
     a transaction: the task is sent when it commits, and this waits for the answer."""
     request_id = uuid.uuid4().hex
-    queues.enqueue(tasks.host_op, request_id, op, params, queue=host.queue_name)
+    queues.enqueue(tasks.host_op, request_id, op, params, host=host.name)
     answer = wakeups.wait(request_id, timeout or vsb("TERMINAL_OP_TIMEOUT_SECONDS"), kind="term")
     if answer is None:
         raise OperationTimeout(

@@ -1,5 +1,5 @@
 """The one Celery task of the terminals app: a terminal or file operation run by the worker
-of the sandbox's host (`kvm.<host>`), the only process that reaches its tmux server and its
+of the sandbox's host (its terminals pool, `kvm.<host>.terminals`), the only process that reaches its tmux server and its
 guests. The caller waits for the answer through `core.wakeups` (kind "term"); an error
 travels as its `http_status` and code and is read back with `core.errors.from_http_status`."""
 
@@ -11,13 +11,16 @@ from celery import shared_task
 
 from core import wakeups
 from core.errors import Error, ServiceError, http_status
+from core.queues import Work
 
 from . import hostside
 
 log = logging.getLogger(__name__)
 
 
-@shared_task(name="terminals.host_op", bind=True, acks_late=False, ignore_result=True)
+@shared_task(
+    name="terminals.host_op", bind=True, acks_late=False, ignore_result=True, work=Work.TERMINALS
+)
 def host_op(self, request_id: str, op: str, params: dict) -> None:
     """Not acks_late: typing into a terminal must never happen twice because a worker died."""
     try:

@@ -1,7 +1,8 @@
-"""Starts the terminal relay inside the KVM host's worker (see relay.py): the worker is
-already the one long-running process per host, restarted by whoever runs it, so the relay
-lives and dies with it. tmux itself is a separate server: sessions survive a worker restart
-and the new relay attaches to them again."""
+"""Starts the terminal relay inside the KVM host's terminals pool (see relay.py and
+core/queues.py): the process that runs the terminal operations, so an operation that opens a
+session pokes the relay of its own process. The pool is a long-running process per host,
+restarted by whoever runs it, so the relay lives and dies with it. tmux itself is a separate
+server: sessions survive a worker restart and the new relay attaches to them again."""
 
 from __future__ import annotations
 
@@ -10,25 +11,18 @@ import logging
 from celery.signals import worker_ready, worker_shutdown
 
 from core.conf import vsb
-from sandboxes.models import Host
+from core.queues import Work, served_work
 
 from . import hostside, relay
 
 log = logging.getLogger(__name__)
 
 
-def _consumed_queues(sender) -> set[str]:
-    try:
-        return {q.name for q in sender.app.amqp.queues.consume_from.values()}
-    except Exception:  # noqa: BLE001
-        return set()
-
-
 @worker_ready.connect
 def start_relay(sender=None, **_kwargs) -> None:
     host_name = vsb("HOST_NAME")
-    if Host.queue_for(host_name) not in _consumed_queues(sender):
-        return  # a control-only worker has no tmux to relay
+    if Work.TERMINALS not in served_work(sender, host_name):
+        return  # only the terminals pool reaches the host's tmux
     from . import services
 
     relay.start(

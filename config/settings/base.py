@@ -375,6 +375,15 @@ VSB = {
     # The reconcile (sandboxes/reconcile.py) destroys a domain carrying our metadata but no
     # live row only once it has been seen as such for this long.
     **vsb_ints(RECONCILE_STRAY_GRACE_SECONDS=300),
+    # Threads of each worker pool of a host (`manage.py worker <pool>`, core/queues.py).
+    # Lifecycle steps are short; a command holds its thread (and nothing else: no database
+    # connection) for as long as it runs, so the commands pool is the host's ceiling on
+    # commands, diffs and playbook runs at once; terminal operations are short.
+    **vsb_ints(
+        WORKER_LIFECYCLE_THREADS=8,
+        WORKER_COMMANDS_THREADS=32,
+        WORKER_TERMINALS_THREADS=8,
+    ),
 }
 
 # --- Limits (README "Limits") --------------------------------------------------------------

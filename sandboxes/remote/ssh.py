@@ -483,6 +483,7 @@ class _Slot:
         self.lock = threading.Lock()
         self.client: paramiko.SSHClient | None = None
         self.target: SSHTarget | None = None
+        self.generation: object = None
         self.last_used = 0.0
         self.leases = 0
 
@@ -518,17 +519,29 @@ class ConnectionPool:
         self._slots: dict[str, _Slot] = {}
 
     def get(
-        self, key: str, target: SSHTarget, credential_factory: Callable[[], _Credential]
+        self,
+        key: str,
+        target: SSHTarget,
+        credential_factory: Callable[[], _Credential],
+        generation: object = None,
     ) -> paramiko.SSHClient:
-        """A live client for `key`, reconnecting when the cached one is dead, idle too long or
-        points at another target (address or pinned host key changed)."""
+        """A live client for `key`, reconnecting when the cached one is dead, idle too long,
+        points at another target (address or pinned host key changed) or belongs to another
+        `generation` of the guest (it was restored or restarted since, maybe by another
+        process, which could not `discard` this process's connection: a connection the
+        guest's reverted TCP state no longer knows may look alive and hang)."""
         self.close_idle()
         with self._lock:
             slot = self._slots.setdefault(key, _Slot())
         # Per-key lock: a slow connect to one guest does not hold up the others.
         with slot.lock:
             now = time.monotonic()
-            if slot.client is not None and _alive(slot.client) and slot.target == target:
+            if (
+                slot.client is not None
+                and _alive(slot.client)
+                and slot.target == target
+                and slot.generation == generation
+            ):
                 slot.last_used = now
                 return slot.client
             stale, slot.client = slot.client, None
@@ -536,6 +549,7 @@ class ConnectionPool:
                 stale.close()
             client = self._connector(target, credential_factory(), self.connect_timeout)
             slot.client, slot.target, slot.last_used = client, target, time.monotonic()
+            slot.generation = generation
             with self._lock:
                 if self._slots.get(key) is not slot:
                     # discard() ran while we connected; keep the connection tracked anyway.

@@ -1,5 +1,6 @@
-"""End-to-end ring: real libvirtd + QEMU (TCG here) guests from the project's own image, a
-real Celery worker, a real daphne server, and HTTP between them."""
+"""End-to-end ring: real libvirtd + QEMU (TCG here) guests from the project's own image, the
+real Celery worker pools of the host (lifecycle, commands, terminals), a real daphne server, and HTTP
+between them."""
 
 from __future__ import annotations
 
@@ -85,9 +86,11 @@ def egress_socket() -> str:
 
 
 @pytest.fixture(scope="module")
-def e2e_stack(django_db_setup, django_db_blocker):
-    """A worker (libvirt driver) and a daphne server on the test database, plus an agent
-    key. Module-scoped: VMs are expensive, so a module shares them."""
+def e2e_stack(request, django_db_setup, django_db_blocker):
+    """The host's three worker pools (libvirt driver, as scripts/run.sh starts them), a
+    daphne server and the egress proxy on the test database, plus agent keys; a module may
+    add settings for its processes in `STACK_ENV`. Module-scoped: VMs are expensive, so a
+    module shares them."""
     sweep_test_domains()
     shutil.rmtree(settings.VSB["SANDBOX_DIR"], ignore_errors=True)
     stack.flush_test_redis()
@@ -96,30 +99,31 @@ def e2e_stack(django_db_setup, django_db_blocker):
         "VSB_DRIVER": "libvirt",
         "VSB_COMMAND_OUTPUT_LIMIT": "65536",
         "VSB_READY_TIMEOUT_SECONDS": "120",
+        **getattr(request.module, "STACK_ENV", {}),
     }
-    worker, web, url = stack.start_servers(**env)
+    workers, web, url = stack.start_servers(**env)
     egress = stack.egress_proxy(**env)
     egress.start()
-    handle = None
+    handle = E2EStack(
+        workers=workers,
+        web=web,
+        egress=egress,
+        alice=stack.Api(url, users["e2e-alice"]),
+        bob=stack.Api(url, users["e2e-bob"]),
+        anonymous=stack.Api(url, None),
+        blocker=django_db_blocker,
+        env=env,
+    )
     try:
-        stack.wait_for_servers(django_db_blocker, worker, web, url)
+        stack.wait_for_servers(django_db_blocker, workers, web, url)
         stack.wait_for_socket(egress, egress_socket())
-        handle = E2EStack(
-            worker=worker,
-            web=web,
-            egress=egress,
-            alice=stack.Api(url, users["e2e-alice"]),
-            bob=stack.Api(url, users["e2e-bob"]),
-            anonymous=stack.Api(url, None),
-            blocker=django_db_blocker,
-            env=env,
-        )
         yield handle
     finally:
         web.stop()
         egress.stop()
-        # A test may have replaced the worker (restart after SIGKILL): stop the current one.
-        (handle.worker if handle else worker).stop()
+        # A test may have replaced a worker (restart after SIGKILL): stop the current ones.
+        for proc in handle.workers.values():
+            proc.stop()
         leftovers = sweep_test_domains()
         with django_db_blocker.unblock():
             # The module's rows were committed for the servers to see: flush them so the
@@ -141,11 +145,21 @@ class E2EStack:
     def __init__(self, **kw):
         self.__dict__.update(kw)
 
-    def restart_worker(self) -> None:
-        self.worker = stack.worker(**self.env)
-        self.worker.start()
-        with self.blocker.unblock():
-            stack.wait_for_heartbeat(self.worker)
+    @property
+    def worker(self) -> stack.Proc:
+        """The lifecycle pool: operations, readiness polls, the host's heartbeat."""
+        return self.workers["lifecycle"]
+
+    def restart_worker(self, pool: str = "lifecycle") -> None:
+        """Start a new process for `pool` (a test killed the old one) and wait until it has
+        recovered what the old one left."""
+        self.workers[pool] = stack.worker(pool, **self.env)
+        self.workers[pool].start()
+        if pool == "lifecycle":
+            with self.blocker.unblock():
+                stack.wait_for_heartbeat(self.workers[pool])
+        else:
+            stack.wait_for_ready(self.workers[pool])
 
 
 def api_user(e2e_stack, username: str, codenames: list[str]) -> stack.Api:

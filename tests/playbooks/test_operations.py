@@ -9,6 +9,7 @@ import pytest
 from django.utils import timezone
 
 from core import wakeups
+from core.queues import Work
 from playbooks import build, diff_compute, generator, runs, runtime
 from playbooks import tasks as playbook_tasks
 from playbooks.choices import ResultStatus, RunStatus
@@ -235,17 +236,27 @@ def test_verifying_waits_for_the_generation_then_queues_the_verify_operation(
     assert worker_inline == [response.json()["operation"]["id"]]
 
 
-def test_a_restarted_worker_resumes_diff_and_generation_operations(
+def test_a_restarted_commands_pool_resumes_diff_and_generation_operations_on_its_queue(
     alice, sandbox, host, sent_tasks, django_capture_on_commit_callbacks
 ):
     alice.get(f"/v1/sandboxes/{sandbox.pk}/diff?from=a&to=b&wait=false")
     alice.get(f"/v1/sandboxes/{sandbox.pk}/playbook?from=a&to=b&wait=false")
+    queue = f"kvm.{host.name}.commands"
+    made = Operation.objects.filter(
+        kind__in=[OperationKind.DIFF, OperationKind.GENERATE_PLAYBOOK]
+    ).values_list("queue", flat=True)
+    assert set(made) == {queue}
     sent_tasks.clear()
     with django_capture_on_commit_callbacks(execute=True):
-        worker.recover(host)
-    assert {name for name, _, _ in sent_tasks} >= {
-        "sandboxes.compute_diff",
-        "sandboxes.generate_playbook",
+        worker.recover(host, {Work.LIFECYCLE})
+    names = {name for name, _, _ in sent_tasks}
+    assert not names & {"sandboxes.compute_diff", "sandboxes.generate_playbook"}
+    sent_tasks.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        worker.recover(host, {Work.COMMANDS})
+    assert {(name, queue) for name, _, queue in sent_tasks} >= {
+        ("sandboxes.compute_diff", queue),
+        ("sandboxes.generate_playbook", queue),
     }
 
 

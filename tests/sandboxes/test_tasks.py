@@ -10,10 +10,14 @@ from django.conf import settings
 from django.utils import timezone
 
 from core import wakeups
+from core.queues import Work
 from sandboxes import provisioning, services, tasks, worker
 from sandboxes.choices import CommandStatus, OperationStatus, SandboxState
 from sandboxes.drivers.base import SHUTOFF, PermanentDriverError, TransientDriverError
 from sandboxes.models import Command, Operation, Sandbox
+from sandboxes.remote import ssh
+from sandboxes.remote.errors import SessionLost
+from sandboxes.remote.ssh import CommandResult
 
 pytestmark = pytest.mark.django_db
 
@@ -238,18 +242,47 @@ def test_it_errors_operations_stuck_past_their_deadline(driver, create_op):
     assert sandbox.state == SandboxState.ERROR and "worker" in sandbox.error
 
 
-def test_a_restarted_worker_resumes_operations_and_fails_interrupted_commands(
-    driver, create_op, sent_tasks, django_capture_on_commit_callbacks
-):
+@pytest.fixture
+def interrupted(driver, create_op, sent_tasks):
+    """A create and a command that were running when their workers died: (op, command)."""
     op = create_op()
     Operation.objects.filter(pk=op.pk).update(status=OperationStatus.RUNNING, attempt=1)
     cmd = Command.objects.create(sandbox=op.sandbox, command="sleep 100", timeout_seconds=200)
     sent_tasks.clear()
+    return op, cmd
+
+
+def test_a_restarted_worker_resumes_operations_and_fails_interrupted_commands(
+    interrupted, sent_tasks, django_capture_on_commit_callbacks
+):
+    op, cmd = interrupted
     with django_capture_on_commit_callbacks(execute=True):
         assert worker.recover(op.host) == 1
     assert sent_tasks == [
         ("sandboxes.provision_sandbox", [str(op.pk)], f"kvm.{settings.VSB['HOST_NAME']}")
     ]
+    cmd.refresh_from_db()
+    assert cmd.status == CommandStatus.FAILED and "restarted" in cmd.error
+
+
+def test_a_restarted_lifecycle_pool_resumes_its_operations_and_leaves_commands_running(
+    interrupted, sent_tasks, django_capture_on_commit_callbacks
+):
+    op, cmd = interrupted
+    with django_capture_on_commit_callbacks(execute=True):
+        assert worker.recover(op.host, {Work.LIFECYCLE}) == 1
+    assert [name for name, _, _ in sent_tasks] == ["sandboxes.provision_sandbox"]
+    cmd.refresh_from_db()
+    assert cmd.status == CommandStatus.RUNNING, "the commands pool still runs it"
+
+
+def test_a_restarted_commands_pool_fails_its_commands_and_leaves_lifecycle_operations_alone(
+    interrupted, sent_tasks, django_capture_on_commit_callbacks
+):
+    op, cmd = interrupted
+    with django_capture_on_commit_callbacks(execute=True):
+        assert worker.recover(op.host, {Work.COMMANDS}) == 0
+    assert sent_tasks == [], "the lifecycle pool still runs the create: not sent twice"
     cmd.refresh_from_db()
     assert cmd.status == CommandStatus.FAILED and "restarted" in cmd.error
 
@@ -270,9 +303,36 @@ def test_a_restarted_worker_answers_the_requests_waiting_on_interrupted_commands
     assert tasks.run_command.run(str(cmd.pk)) == {}
 
 
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        pytest.param(SessionLost("ssh connection dropped", started=True), id="connection-lost"),
+        pytest.param(CommandResult(None, b"", b"", False, False, False, 1500), id="no-exit-status"),
+    ],
+)
+def test_a_command_cut_off_by_a_destroy_fails_saying_so(driver, create_op, monkeypatch, outcome):
+    """The lifecycle pool destroys the sandbox while the commands pool runs a command in it:
+    the command fails with that reason, not as finished or as a bare SSH error."""
+    sandbox = create_op().sandbox
+    Sandbox.objects.filter(pk=sandbox.pk).update(state=SandboxState.READY)
+    cmd = Command.objects.create(sandbox=sandbox, command="sleep 600", timeout_seconds=900)
+
+    def destroyed_meanwhile(*args, **kwargs):
+        Sandbox.objects.filter(pk=sandbox.pk).update(state=SandboxState.DESTROYING)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(provisioning, "pooled_client", lambda sandbox: object())
+    monkeypatch.setattr(ssh, "run", destroyed_meanwhile)
+    fields = tasks.run_command.run(str(cmd.pk))
+    assert fields["status"] == CommandStatus.FAILED
+    assert fields["error"].startswith("The sandbox became destroying while the command ran")
+
+
 def test_it_refuses_to_enqueue_on_a_queue_that_is_not_a_hosts(host):
-    host.queue_name = "kvm.typo host"
-    with pytest.raises(ValueError, match="unknown queue"):
+    host.name = "typo host"
+    with pytest.raises(ValueError, match="unknown queue 'kvm.typo host'"):
         services.enqueue(tasks.destroy_sandbox, host, "x")
 
 

@@ -1,5 +1,6 @@
-"""Real processes for the integration and end-to-end rings: a Celery worker consuming the
-test host's queue and a daphne server, both on the test database and the test Redis db.
+"""Real processes for the integration and end-to-end rings: the test host's Celery workers
+(its three pools, or all of them in one process) and a daphne server, on the test database
+and the test Redis db.
 Every process started here is killed on teardown, also when the test failed."""
 
 from __future__ import annotations
@@ -112,6 +113,11 @@ class Proc:
     def stop(self) -> None:
         self.kill(signal.SIGTERM)
 
+    def log_since_start(self) -> str:
+        """What the current process (not an earlier one of the same name) has logged."""
+        text = self.log_path.read_text(errors="replace")
+        return text[text.rfind("\n==== start ") :]
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -125,30 +131,39 @@ def flush_test_redis() -> None:
     redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
 
 
-def worker(**env: str) -> Proc:
-    queue = f"kvm.{settings.VSB['HOST_NAME']}"
+POOLS = ("lifecycle", "commands", "terminals")
+
+
+def worker(pool: str = "all", **env: str) -> Proc:
+    """A worker of the test host (`manage.py worker <pool>`, as scripts/run.sh starts them):
+    one pool, or `all` of them in one process (cheaper, for the rings that do not test the
+    pools themselves)."""
     return Proc(
-        "worker",
+        f"worker-{pool}",
         [
-            str(BIN / "celery"),
-            "-A",
-            "config",
+            sys.executable,
+            "manage.py",
             "worker",
-            "-Q",
-            f"{queue},control",
-            "-P",
-            "threads",
-            "-c",
-            "8",
+            pool,
+            "--",
             "--without-gossip",
             "--without-mingle",
-            "-l",
-            "INFO",
-            "--hostname",
-            f"test-{os.getpid()}@%h",
         ],
         stack_env(**env),
     )
+
+
+def wait_for_ready(proc: Proc, timeout: float = 60) -> None:
+    """Until the Celery worker `proc` says it is ready (after its worker_ready handlers:
+    recovery done, relay started), as its log shows since its latest start."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited early:\n{proc.log_tail()}")
+        if " ready." in proc.log_since_start():
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{proc.name} did not become ready:\n{proc.log_tail()}")
 
 
 def egress_proxy(**env: str) -> Proc:
@@ -211,22 +226,27 @@ def wait_for_socket(proc: Proc, path: str, timeout: float = 30) -> None:
     raise RuntimeError(f"{proc.name} did not listen on {path}:\n{proc.log_tail()}")
 
 
-def start_servers(**env: str) -> tuple[Proc, Proc, str]:
-    """Start a worker and a daphne server with `env`; returns (worker, web, base URL). The
-    caller stops both (in a `finally` that also covers `wait_for_servers`)."""
-    worker_proc = worker(**env)
-    worker_proc.start()
+def start_servers(**env: str) -> tuple[dict[str, Proc], Proc, str]:
+    """Start the host's three worker pools (separate processes, as scripts/run.sh starts
+    them) and a daphne server with `env`; returns ({pool: worker}, web, base URL). The caller
+    stops them all (in a `finally` that also covers `wait_for_servers`)."""
+    workers = {pool: worker(pool, **env) for pool in POOLS}
+    for proc in workers.values():
+        proc.start()
     port = free_port()
     web = daphne(port, **env)
     web.start()
-    return worker_proc, web, f"http://127.0.0.1:{port}"
+    return workers, web, f"http://127.0.0.1:{port}"
 
 
-def wait_for_servers(blocker, worker_proc: Proc, web: Proc, url: str) -> None:
-    """Until the worker has registered its host (through `blocker`, pytest-django's db
-    blocker) and the server answers /v1/health."""
+def wait_for_servers(blocker, workers: dict[str, Proc], web: Proc, url: str) -> None:
+    """Until the lifecycle pool has registered its host (through `blocker`, pytest-django's
+    db blocker), the other pools are ready and the server answers /v1/health."""
     with blocker.unblock():
-        wait_for_heartbeat(worker_proc)
+        wait_for_heartbeat(workers["lifecycle"])
+    for pool, proc in workers.items():
+        if pool != "lifecycle":
+            wait_for_ready(proc)
     wait_for_http(f"{url}/v1/health", web)
 
 

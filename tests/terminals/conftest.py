@@ -130,8 +130,8 @@ FILE_ROOT = "/srv/agent"
 
 @pytest.fixture(scope="module")
 def term_stack(django_db_setup, django_db_blocker, tmp_path_factory):
-    """Like tests/e2e's e2e_stack (a worker with the libvirt driver and a daphne server on
-    the test database), plus what terminals need: a private tmux socket, a credentials
+    """Like tests/e2e's e2e_stack (the host's worker pools with the libvirt driver and a
+    daphne server on the test database), plus what terminals need: a private tmux socket, a credentials
     directory, collected static files for the page, and a file policy confined to
     /srv/agent. Agents e2e-alice and e2e-bob, operator e2e-olivia (staff, with a password)."""
     import shutil
@@ -173,11 +173,11 @@ def term_stack(django_db_setup, django_db_blocker, tmp_path_factory):
     with django_db_blocker.unblock():
         olivia = User.objects.create_user("e2e-olivia", password="olivia-pass-1", is_staff=True)
         olivia.user_permissions.add(Permission.objects.get(codename="view_sandbox"))
-    worker, web, url = stack.start_servers(**env)
+    workers, web, url = stack.start_servers(**env)
     try:
-        stack.wait_for_servers(django_db_blocker, worker, web, url)
+        stack.wait_for_servers(django_db_blocker, workers, web, url)
         yield E2EStack(
-            worker=worker,
+            workers=workers,
             web=web,
             url=url,
             alice=stack.Api(url, keys["e2e-alice"]),
@@ -190,7 +190,8 @@ def term_stack(django_db_setup, django_db_blocker, tmp_path_factory):
         )
     finally:
         web.stop()
-        worker.stop()
+        for proc in workers.values():
+            proc.stop()
         TmuxDriver(socket).kill_server()
         settings.VSB.update(saved)
         leftovers = sweep_test_domains()

@@ -1,5 +1,5 @@
-"""Terminals and files end to end: a real guest (libvirt + QEMU), a real worker with its
-relay and tmux, daphne for HTTP, and the real ASGI app for websockets (Channels'
+"""Terminals and files end to end: a real guest (libvirt + QEMU), the host's real worker
+pools (the relay and tmux in the terminals pool), daphne for HTTP, and the real ASGI app for websockets (Channels'
 WebsocketCommunicator against config.asgi.application, on the same Redis channel layer as
 the worker's relay). One sandbox for the whole module."""
 

@@ -85,6 +85,19 @@ def test_it_retries_a_command_once_when_the_cached_connection_died_before_sendin
     assert factory.calls == 2
 
 
+def test_it_reconnects_when_the_guest_became_ready_again_elsewhere(guest, pool):
+    """Another process (the lifecycle pool) restored or restarted the guest and could not
+    discard this process's connection: the new `ready_at` generation replaces it."""
+    factory = CountingFactory(guest.ca)
+    booted = datetime(2026, 1, 1, tzinfo=UTC)
+    first = pool.get("sbx-1", guest.target(), factory, generation=booted)
+    assert pool.get("sbx-1", guest.target(), factory, generation=booted) is first
+    second = pool.get("sbx-1", guest.target(), factory, generation=booted + timedelta(1))
+    assert second is not first
+    assert is_closed(first)
+    assert factory.calls == 2
+
+
 def test_it_reconnects_when_the_target_changes(guest, pool):
     factory = CountingFactory(guest.ca)
     first = pool.get("sbx-1", guest.target(), factory)
