@@ -662,6 +662,10 @@ def wait_for_command(cmd: Command, timeout: float) -> Command:
                 setattr(cmd, name, value)
         else:
             wakeups.read_through_restarts(cmd.refresh_from_db, deadline, COMMAND_RECHECK_SECONDS)
+            if not connection.in_atomic_block:
+                # A long command: its waiting request holds no database connection between
+                # re-reads (many agents' commands wait at once; PostgreSQL allows 100).
+                connection.close()
     if cmd.status == CommandStatus.RUNNING:
         raise OperationTimeout(
             f"The worker of host {cmd.sandbox.host.name} did not answer; command {cmd.id} may still run.",

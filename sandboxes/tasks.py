@@ -78,9 +78,10 @@ def beating(beat: Callable[[], None], every: float | None = None) -> Iterator[No
                 wait = every
             except Exception:  # noqa: BLE001 - a missed beat must not end the loop
                 log.warning("heartbeat failed; trying again", exc_info=True)
-                connection.close()
                 wait = 1.0
-        connection.close()
+            # Not a database connection held between beats: a host's commands pool beats
+            # for up to VSB_WORKER_COMMANDS_THREADS commands at once, for an hour each.
+            connection.close()
 
     thread = threading.Thread(target=loop, name="vsb-op-beat", daemon=True)
     thread.start()

@@ -40,7 +40,7 @@ class ContractStack:
     url: str
     keys: dict[str, str]  # persona: API key
     seeds: dict[str, str]  # path parameter values of real rows (see seed())
-    worker: stack.Proc
+    workers: dict[str, stack.Proc]  # pool: its worker process
     web: stack.Proc
 
     def api(self, persona: str) -> stack.Api:
@@ -124,12 +124,13 @@ def contract_stack(django_db_setup, django_db_blocker, tmp_path_factory):
     stack.flush_test_redis()
     keys = make_personas(django_db_blocker)
     register_fake_source(django_db_blocker, tmp_path_factory.mktemp("fake-source"))
-    worker, web, url = stack.start_servers(**STACK_ENV)
+    workers, web, url = stack.start_servers(**STACK_ENV)
     try:
-        stack.wait_for_servers(django_db_blocker, worker, web, url)
+        stack.wait_for_servers(django_db_blocker, workers, web, url)
         seeds = seed(stack.Api(url, keys["agent"]), stack.Api(url, keys["operator"]))
-        yield ContractStack(url=url, keys=keys, seeds=seeds, worker=worker, web=web)
+        yield ContractStack(url=url, keys=keys, seeds=seeds, workers=workers, web=web)
     finally:
         web.stop()
-        worker.stop()
+        for worker in workers.values():
+            worker.stop()
         assert settings.VSB["DRIVER"] == "fake"

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
-from core import wakeups
+from core import queues, wakeups
 from sandboxes import services, tasks
 from sandboxes.choices import CommandStatus, OperationStatus, SandboxState
 from sandboxes.models import Command, Operation, Sandbox
@@ -22,7 +22,8 @@ from sandboxes.models import Command, Operation, Sandbox
 pytestmark = pytest.mark.django_db
 
 STALE = settings.VSB["OPERATION_STALE_SECONDS"]
-QUEUE = f"kvm.{settings.VSB['HOST_NAME']}"
+QUEUE = queues.queue_for(queues.Work.LIFECYCLE, settings.VSB["HOST_NAME"])
+COMMANDS_QUEUE = queues.queue_for(queues.Work.COMMANDS, settings.VSB["HOST_NAME"])
 
 
 @pytest.fixture
@@ -147,7 +148,7 @@ def test_a_command_no_worker_took_is_sent_again_then_failed_unrun(
 ):
     cmd = ready_command(create_op, heartbeat_at=timezone.now() - timedelta(seconds=STALE + 1))
     assert sweep()["commands_resent"] == 1
-    assert sent_tasks == [("sandboxes.run_command", [str(cmd.pk)], QUEUE)]
+    assert sent_tasks == [("sandboxes.run_command", [str(cmd.pk)], COMMANDS_QUEUE)]
     Command.objects.filter(pk=cmd.pk).update(
         resends=settings.VSB["OPERATION_MAX_RESENDS"],
         heartbeat_at=timezone.now() - timedelta(seconds=STALE * 2**5 + 1),
