@@ -38,7 +38,7 @@ while True:
         print("error", err)
     if not until_ok or time.time() > deadline:
         break
-    time.sleep(0.2)
+    time.sleep(0.05)  # the grant is measured from the decision to the next try
 """
 
 # Runs in the guest: a direct TCP connection (no proxy) to HOST:PORT; prints the outcome.
@@ -126,7 +126,11 @@ def test_an_approved_request_opens_the_name_within_a_second_until_its_ttl(
     )
     loop.start()
     try:
-        assert len(log_rows(alice, sandbox["id"], "&allowed=false")) >= 1
+        # The guest is being refused (its first tries are logged) before anyone decides.
+        deadline = time.monotonic() + 20
+        while not log_rows(alice, sandbox["id"], "&allowed=false"):
+            assert time.monotonic() < deadline, "no refused try was logged"
+            time.sleep(0.1)
         status, decided = decider.post(f"/v1/approvals/{approval['id']}/approve", {})
         assert status == 200, decided
     finally:

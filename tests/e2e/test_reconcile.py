@@ -39,7 +39,7 @@ def beat_reconcile(capture) -> None:
     """What the beat does every VSB_RECONCILE_INTERVAL_SECONDS: the control task, which
     sends one reconcile to each live host's queue."""
     with capture(execute=True):
-        queues.enqueue(tasks.reconcile_hosts, queue=queues.CONTROL_QUEUE)
+        queues.enqueue(tasks.reconcile_hosts)
 
 
 def host_reconcile(e2e_stack, capture, timeout: float = 60) -> dict:
