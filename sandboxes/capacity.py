@@ -92,10 +92,11 @@ def guest_figures(stats: Iterable[DomainStats], names: Iterable[str]) -> dict[st
 def host_figures(sandbox_dir: str, meminfo: str = "/proc/meminfo") -> dict[str, int]:
     """This machine's memory, CPUs and the free disk of `sandbox_dir` (the worker's part of
     the report, without the guests)."""
-    figures = parse_meminfo(Path(meminfo).read_text())
-    figures["cpus"] = os.cpu_count() or 1
-    figures.update(disk_figures(sandbox_dir))
-    return figures
+    return {
+        **parse_meminfo(Path(meminfo).read_text()),
+        "cpus": os.cpu_count() or 1,
+        **disk_figures(sandbox_dir),
+    }
 
 
 # --- room and placement ------------------------------------------------------------------

@@ -33,11 +33,11 @@ def measure(host: Host, driver: HypervisorDriver, sandbox_dir: str) -> dict:
     shape in sandboxes/capacity.py): /proc/meminfo, the CPU count, the free disk of
     `sandbox_dir` and one libvirt call for the domains. A part that cannot be read is left
     out (and logged): the beat itself still says the worker is alive."""
-    figures: dict = {}
     try:
-        figures.update(capacity.host_figures(sandbox_dir))
+        figures: dict = capacity.host_figures(sandbox_dir)
     except (OSError, ValueError):
         log.warning("heartbeat: could not read this host's memory or disk", exc_info=True)
+        figures = {}
     try:
         names = services.host_sandbox_names(host)
         figures["guests"] = capacity.guest_figures(driver.domain_stats(), names)
