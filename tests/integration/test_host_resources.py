@@ -68,3 +68,32 @@ def test_the_workers_heartbeat_figures_land_on_the_host_and_in_get_hosts(
             destroy.refresh_from_db()
         assert destroy.status == OperationStatus.SUCCEEDED, destroy.error
         beat_until(host, lambda r: r.get("guests", {}).get("running") == 0)
+
+
+def test_many_creates_at_once_never_overshoot_any_hosts_memory(
+    alice, host, source, sent_tasks, settings
+):
+    from django.utils import timezone
+
+    from sandboxes.models import Sandbox
+    from tests.integration.test_quotas import client_of, in_threads
+
+    # Bridged networking: no SSH port is allocated, whose unique index would otherwise
+    # serialise the creates by itself and hide a race.
+    settings.VSB = {**settings.VSB, "NETWORK_MODE": "network", "MEMORY_OVERCOMMIT": 1.0}
+    Host.objects.filter(pk=host.pk).update(resources={"memory_total_mb": 1024})
+    other = Host.objects.create(
+        name="kvm-other", last_heartbeat=timezone.now(), resources={"memory_total_mb": 768}
+    )
+    clients = [client_of(alice) for _ in range(8)]
+    body = {"source_vm_name": "debian-base", "memory_mb": 256}
+    responses = in_threads(8, lambda i: clients[i].post("/v1/sandboxes", body, format="json"))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [202] * 7 + [503], [r.content for r in responses]
+    refused = next(r for r in responses if r.status_code == 503).json()["error"]
+    assert refused["code"] == "capacity"
+    placed = {
+        h.name: Sandbox.objects.filter(host=h).count()
+        for h in (Host.objects.get(pk=host.pk), other)
+    }
+    assert placed == {host.name: 4, "kvm-other": 3}
