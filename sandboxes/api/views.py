@@ -359,7 +359,8 @@ class HostViewSet(viewsets.ViewSet):
     @extend_schema(
         summary="Hosts (operators)",
         operation_id="v1_hosts_list",
-        responses={200: HostListSerializer},
+        # 404: the caller is no operator (the route names nothing to it).
+        responses={200: HostListSerializer, **errors(404)},
     )
     def list(self, request):
         services.require_host_operator(request.user)
