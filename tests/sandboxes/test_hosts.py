@@ -236,3 +236,28 @@ def test_it_gives_each_live_sandbox_its_own_port_per_host(source, owner, sent_ta
     live_host("kvm-a", memory_mb=100_000)
     ports = {create(owner).sandbox.ssh_port for _ in range(5)}
     assert len(ports) == 5
+
+
+def test_a_restore_that_runs_the_sandbox_again_needs_room_a_disk_only_one_does_not(
+    source, owner, place, sent_tasks
+):
+    from sandboxes.models import Snapshot
+
+    home = live_host("home", memory_mb=1024)
+    stopped = place(home, SandboxState.STOPPED, memory_mb=512)
+    place(home, SandboxState.READY, memory_mb=768)
+    Snapshot.objects.create(sandbox=stopped, name="mem", status="ready", has_memory=True)
+    Snapshot.objects.create(sandbox=stopped, name="disk", status="ready", has_memory=False)
+    with pytest.raises(Unavailable, match="cannot start now: home is full"):
+        services.restore_snapshot(stopped, owner, "mem")
+    assert services.restore_snapshot(stopped, owner, "disk").kind == "restore"
+
+
+def test_the_reconcile_adopts_a_sandbox_found_running_whatever_the_room(
+    source, owner, place, sent_tasks
+):
+    home = live_host("home", memory_mb=1024)
+    place(home, SandboxState.READY, memory_mb=1024)
+    started_behind_our_back = place(home, SandboxState.STOPPED)
+    op = services.adopt_running_sandbox(started_behind_our_back, "its domain runs")
+    assert op is not None and op.kind == "start"
