@@ -154,10 +154,11 @@ def choose_host(
     open_hosts = [h for h in hosts if not h.draining]
     if not open_hosts:
         names = ", ".join(h.name for h in hosts)
+        which = f"Hosts {names} are" if len(hosts) > 1 else f"Host {names} is"
         why = "a fork lives on its origin's host" if only is not None else "no host is open"
         raise Unavailable(
-            f"Host(s) {names} are draining: they take no new sandboxes ({why}). An operator "
-            "ends that with POST /v1/hosts/{name}/undrain.",
+            f"{which} draining: no new sandboxes go there ({why}). An operator ends that "
+            "with POST /v1/hosts/{name}/undrain.",
             code="draining",
         )
     alive = [h for h in open_hosts if h.is_alive()]

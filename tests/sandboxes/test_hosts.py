@@ -204,7 +204,7 @@ def test_when_every_host_drains_a_create_is_refused_saying_so(source, owner, sen
     with pytest.raises(Unavailable) as refused:
         create(owner)
     assert refused.value.code == "draining"
-    assert "kvm-a, kvm-b are draining" in refused.value.message
+    assert "Hosts kvm-a, kvm-b are draining" in refused.value.message
 
 
 def test_a_fork_stays_on_its_origins_host_and_is_refused_while_it_drains(
@@ -219,7 +219,9 @@ def test_a_fork_stays_on_its_origins_host_and_is_refused_while_it_drains(
     fork = dict(from_sandbox=origin.pk, from_snapshot="s1")
     assert services.create_sandbox(owner, **fork).sandbox.host == home
     services.set_draining(home, owner, True)
-    with pytest.raises(Unavailable, match="home are draining: .*a fork lives on its origin's host"):
+    with pytest.raises(
+        Unavailable, match="Host home is draining: .*a fork lives on its origin's host"
+    ):
         services.create_sandbox(owner, **fork)
 
 
