@@ -24,10 +24,43 @@ class WrittenByServicesAdmin(admin.ModelAdmin):
 
 @admin.register(Host)
 class HostAdmin(WrittenByServicesAdmin):
-    list_display = ["name", "queue_name", "enabled", "capacity", "domain_type", "last_heartbeat"]
-    readonly_fields = ["queue_name", "last_heartbeat", "domain_type"]
+    list_display = [
+        "name",
+        "enabled",
+        "draining",
+        "memory",
+        "capacity",
+        "memory_overcommit",
+        "domain_type",
+        "last_heartbeat",
+    ]
+    readonly_fields = ["queue_name", "draining", "last_heartbeat", "domain_type", "resources"]
     save_service = staticmethod(services.save_host)
     delete_service = staticmethod(services.delete_hosts)
+    actions = ["drain_selected", "undrain_selected"]
+
+    @admin.display(description="memory committed / limit (MiB)")
+    def memory(self, obj):
+        room = services.rooms([obj])[obj.pk]
+        limit = "?" if room.limit_mb is None else room.limit_mb
+        return f"{room.committed_mb} / {limit}"
+
+    def _drain(self, request, queryset, draining: bool) -> None:
+        for host in queryset:
+            services.set_draining(host, request.user, draining)
+        verb = "Draining" if draining else "Open again"
+        self.message_user(request, f"{verb}: {', '.join(h.name for h in queryset)}.")
+
+    @admin.action(description="Drain selected hosts (no new sandboxes)", permissions=["drain"])
+    def drain_selected(self, request, queryset):
+        self._drain(request, queryset, True)
+
+    @admin.action(description="End draining of selected hosts", permissions=["drain"])
+    def undrain_selected(self, request, queryset):
+        self._drain(request, queryset, False)
+
+    def has_drain_permission(self, request) -> bool:
+        return request.user.has_perm(services.DRAIN_PERMISSION)
 
 
 @admin.register(SourceVM)

@@ -10,7 +10,7 @@ import uuid
 from datetime import timedelta
 
 from django.conf import settings
-from django.core.validators import RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -44,17 +44,38 @@ class Host(models.Model):
     libvirt_uri = models.CharField(max_length=255, default="qemu:///system")
     queue_name = models.CharField(max_length=80, unique=True, editable=False)
     capacity = models.PositiveIntegerField(
-        default=8, help_text="Most sandboxes (not destroyed) this host accepts."
+        null=True,
+        blank=True,
+        help_text="Most sandboxes holding memory (not stopped, destroyed or in error) this "
+        "host accepts; blank: no count cap, its memory decides (sandboxes/capacity.py).",
+    )
+    memory_overcommit = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.1), MaxValueValidator(10.0)],
+        help_text="Committed guest memory may reach this × the host's memory; blank: "
+        "VSB_MEMORY_OVERCOMMIT.",
     )
     enabled = models.BooleanField(default=True)
+    draining = models.BooleanField(
+        default=False,
+        help_text="Takes no new sandboxes (nor forks); the ones it holds keep working.",
+    )
     last_heartbeat = models.DateTimeField(null=True, blank=True)
     domain_type = models.CharField(
         max_length=8, blank=True, help_text="kvm or qemu (TCG), as the worker found it."
+    )
+    resources = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Memory, CPUs, disk and guests, as the worker's last heartbeat reported "
+        "them (the shape: sandboxes/capacity.py).",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["name"]
+        permissions = [("drain_host", "Can drain and undrain a host")]
 
     def __str__(self) -> str:
         return self.name

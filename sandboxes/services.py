@@ -20,17 +20,24 @@ from pathlib import Path
 
 from celery import current_app
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, Exists, F, OuterRef, Q
+from django.db.models import Count, Exists, F, OuterRef, Q, Sum
 from django.utils import timezone
 
 from audit import services as audit
 from audit.chain import sha256_text
 from core import queues, wakeups
 from core.conf import vsb
-from core.errors import Conflict, InvalidInput, NotFound, OperationTimeout, Unavailable
+from core.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    OperationTimeout,
+    Unavailable,
+)
 from egress import services as egress
 
-from . import lifecycle, quotas, tasks
+from . import capacity, lifecycle, quotas, tasks
 from .choices import (
     LIFECYCLE_KINDS,
     CommandStatus,
@@ -61,46 +68,212 @@ def ensure_host(name: str | None = None, libvirt_uri: str | None = None) -> Host
     return host
 
 
-def record_heartbeat(host: Host, domain_type: str = "") -> None:
+def record_heartbeat(host: Host, domain_type: str = "", resources: dict | None = None) -> None:
+    """The worker's beat: it is alive, and (when given) its domain type and the figures it
+    measured (`Host.resources`, the shape in sandboxes/capacity.py)."""
     fields = {"last_heartbeat": timezone.now()}
     if domain_type:
         fields["domain_type"] = domain_type
+    if resources is not None:
+        fields["resources"] = resources
     Host.objects.filter(pk=host.pk).update(**fields)
 
 
-def choose_host(source: SourceVM, only: Host | None = None) -> Host:
-    """The least loaded enabled host with a live worker and room, or Unavailable. `only`
-    pins the choice (a fork must live where its origin's disk is)."""
+def host_sandbox_names(host: Host) -> list[str]:
+    """The domain names of the host's sandboxes that are not destroyed (the heartbeat counts
+    only these among the domains of a libvirtd other hosts may share)."""
+    return list(
+        Sandbox.objects.filter(host=host)
+        .exclude(state=SandboxState.DESTROYED)
+        .values_list("name", flat=True)
+    )
+
+
+def overcommit_ratio(host: Host) -> float:
+    """The host's own overcommit ratio, else VSB_MEMORY_OVERCOMMIT."""
+    if host.memory_overcommit is not None:
+        return host.memory_overcommit
+    return vsb("MEMORY_OVERCOMMIT")
+
+
+def _memory_holders(hosts):
+    return Sandbox.objects.filter(host__in=hosts).exclude(state__in=capacity.MEMORY_FREE_STATES)
+
+
+def rooms(hosts: list[Host]) -> dict[int, capacity.HostRoom]:
+    """Each host's committed memory and count against its limits (one query)."""
+    used = {
+        row["host"]: row
+        for row in _memory_holders(hosts)
+        .values("host")
+        .annotate(committed=Sum("memory_mb"), holding=Count("pk"))
+    }
+    return {
+        h.pk: capacity.room_of(
+            h.name,
+            h.resources,
+            ratio=overcommit_ratio(h),
+            committed_mb=used.get(h.pk, {}).get("committed") or 0,
+            holding=used.get(h.pk, {}).get("holding") or 0,
+            cap=h.capacity,
+        )
+        for h in hosts
+    }
+
+
+def _lock_hosts(hosts: list[Host]) -> list[Host]:
+    """The hosts' rows again, locked until the transaction ends (in one order: no deadlock),
+    so that two placements at once count each other's sandbox."""
+    return list(
+        Host.objects.select_for_update().filter(pk__in=[h.pk for h in hosts]).order_by("pk")
+    )
+
+
+def choose_host(
+    source: SourceVM,
+    only: Host | None = None,
+    *,
+    memory_mb: int | None = None,
+    lock: bool = False,
+) -> Host:
+    """The host for a new sandbox of `memory_mb` (default VSB_DEFAULT_MEMORY_MB): among the
+    enabled, non-draining hosts with a live worker and room (sandboxes/capacity.py), the one
+    with the most free memory, ties by name; else Unavailable naming the hosts and their
+    numbers. `only` pins the choice (a fork must live where its origin's disk is), as does a
+    source bound to a host. With `lock` (inside a transaction) the candidates' rows stay
+    locked until it ends: the caller writes the sandbox before another placement counts."""
+    memory_mb = vsb("DEFAULT_MEMORY_MB") if memory_mb is None else memory_mb
     candidates = Host.objects.filter(enabled=True)
     if only is not None:
         candidates = candidates.filter(pk=only.pk)
     elif source.host_id:
         candidates = candidates.filter(pk=source.host_id)
-    candidates = candidates.annotate(
-        live=Count("sandboxes", filter=~Q(sandboxes__state=SandboxState.DESTROYED))
-    ).order_by("live", "name")
-    hosts = list(candidates)
+    hosts = list(candidates.order_by("name"))
     if not hosts:
         raise Unavailable("No enabled KVM host can hold this source VM.", code="no_host")
-    alive = [h for h in hosts if h.is_alive()]
+    open_hosts = [h for h in hosts if not h.draining]
+    if not open_hosts:
+        names = ", ".join(h.name for h in hosts)
+        which = f"Hosts {names} are" if len(hosts) > 1 else f"Host {names} is"
+        why = "a fork lives on its origin's host" if only is not None else "no host is open"
+        raise Unavailable(
+            f"{which} draining: no new sandboxes go there ({why}). An operator ends that "
+            "with POST /v1/hosts/{name}/undrain.",
+            code="draining",
+        )
+    alive = [h for h in open_hosts if h.is_alive()]
     if not alive:
         raise Unavailable(
-            f"No worker serves {hosts[0].queue_name}, the lifecycle queue of host "
-            f"{hosts[0].name} (no heartbeat in the last 90 s). Start the host's worker pools "
+            f"No worker serves {open_hosts[0].queue_name}, the lifecycle queue of host "
+            f"{open_hosts[0].name} (no heartbeat in the last 90 s). Start the host's worker pools "
             "with scripts/run.sh (or one by one: python manage.py worker lifecycle).",
             code="no_worker",
         )
-    roomy = [h for h in alive if h.live < h.capacity]
-    if not roomy:
+    if lock:
+        alive = _lock_hosts(alive)
+    host_rooms = list(rooms(alive).values())
+    ranked = capacity.rank(host_rooms, memory_mb)
+    if not ranked:
+        refusals = "; ".join(r.refusal(memory_mb) for r in host_rooms)
         raise Unavailable(
-            f"Host {alive[0].name} is full ({alive[0].live}/{alive[0].capacity} sandboxes).",
+            f"No host has room for a sandbox of {memory_mb} MiB: {refusals}. Destroy or stop "
+            "sandboxes, or ask an operator for room.",
             code="capacity",
         )
-    return roomy[0]
+    return next(h for h in alive if h.name == ranked[0].name)
+
+
+def check_room(sandbox: Sandbox) -> None:
+    """Inside a transaction: the sandbox's host has room for it to hold memory again (a start
+    or restore of a stopped sandbox), else Unavailable with the numbers. Locks the host's row
+    until the transaction ends, as a placement does. Draining does not matter: the sandbox
+    already lives there."""
+    host = _lock_hosts([sandbox.host])[0]
+    room = rooms([host])[host.pk]
+    if not room.fits(sandbox.memory_mb):
+        raise Unavailable(
+            f"Sandbox {sandbox.name} cannot start now: {room.refusal(sandbox.memory_mb)}. "
+            "Stop or destroy another sandbox on that host first.",
+            code="capacity",
+        )
+
+
+def host_overviews(hosts=None) -> list[dict]:
+    """Each host (default: all) as operators see it (GET /v1/hosts): the row, its limits,
+    committed and free memory and its sandboxes counted by state (destroyed left out)."""
+    hosts = list(Host.objects.order_by("name") if hosts is None else hosts)
+    by_state: dict[int, dict[str, int]] = {h.pk: {} for h in hosts}
+    for row in (
+        Sandbox.objects.filter(host__in=hosts)
+        .exclude(state=SandboxState.DESTROYED)
+        .values("host", "state")
+        .annotate(n=Count("pk"))
+    ):
+        by_state[row["host"]][row["state"]] = row["n"]
+    host_rooms = rooms(hosts)
+    default_mb = vsb("DEFAULT_MEMORY_MB")
+    return [
+        {
+            "host": h,
+            "room": host_rooms[h.pk],
+            "sandboxes": by_state[h.pk],
+            "accepting": h.enabled
+            and not h.draining
+            and h.is_alive()
+            and host_rooms[h.pk].fits(default_mb),
+        }
+        for h in hosts
+    ]
+
+
+# Operators' view of the fleet (GET /v1/hosts) and their drain switch. Anyone holding
+# neither permission is told the routes name nothing (404), as for inventories.
+VIEW_HOSTS_PERMISSION = "sandboxes.view_host"
+DRAIN_PERMISSION = "sandboxes.drain_host"
+
+
+def require_host_operator(user, permission: str | None = None, *, what: str = "Not found.") -> None:
+    """A 404 for whoever may neither view nor drain hosts (agents); a 403 naming
+    `permission` for an operator who lacks that one."""
+    if not (
+        user
+        and user.is_authenticated
+        and (user.has_perm(VIEW_HOSTS_PERMISSION) or user.has_perm(DRAIN_PERMISSION))
+    ):
+        raise NotFound(what)
+    if permission and not user.has_perm(permission):
+        raise Forbidden(f"This needs the {permission} permission.")
+
+
+def get_host(name: str) -> Host:
+    host = Host.objects.filter(name=name).first()
+    if host is None:
+        known = ", ".join(Host.objects.values_list("name", flat=True)) or "none"
+        raise NotFound(f"No host {name!r} (known: {known}).")
+    return host
+
+
+def set_draining(host: Host, user, draining: bool) -> Host:
+    """Drain a host (no new placements; its sandboxes keep working) or end that; audited as
+    `host.drain` / `host.undrain`, also when it changed nothing."""
+    with transaction.atomic():
+        changed = (
+            Host.objects.filter(pk=host.pk).exclude(draining=draining).update(draining=draining)
+        )
+        audit.record(
+            "host.drain" if draining else "host.undrain",
+            user=user,
+            target=host,
+            data={"host": host.name, "changed": bool(changed)},
+        )
+    host.refresh_from_db()
+    log.info("host %s %s", host.name, "draining" if draining else "open", extra={"host": host.name})
+    return host
 
 
 def save_host(host: Host) -> Host:
-    """An operator's edit of a host (the admin): enabled, capacity, libvirt URI."""
+    """An operator's edit of a host (the admin): enabled, draining, count cap, overcommit
+    ratio, libvirt URI."""
     host.save()
     return host
 
@@ -341,13 +514,19 @@ def create_sandbox(
         ttl_seconds = quotas.default_ttl_seconds(api_key)
     sizes = validate_sizes(vcpus, memory_mb, ttl_seconds)
     egress_rules = egress.create_rules(owner, egress_allow)
-    host = choose_host(source, only=forked_from.sandbox.host if forked_from else None)
     mode = vsb("NETWORK_MODE")
     for _ in range(5):
         sandbox_id = uuid.uuid4()
         try:
             with transaction.atomic():
                 quotas.check_sandbox(owner, api_key, sizes["memory_mb"])
+                # Chosen with the candidates locked: creates at once count each other.
+                host = choose_host(
+                    source,
+                    only=forked_from.sandbox.host if forked_from else None,
+                    memory_mb=sizes["memory_mb"],
+                    lock=True,
+                )
                 sandbox = Sandbox.objects.create(
                     id=sandbox_id,
                     name=f"sbx-{sandbox_id.hex[:8]}",
@@ -399,11 +578,20 @@ def _lifecycle_op(
     kind: str,
     snapshot: Snapshot | None = None,
     expected: list[str] | None = None,
+    room: bool = True,
     **input,
 ) -> Operation:
+    """Move the sandbox to the verb's state and queue its operation. A start, or a restore
+    to a running snapshot, of a sandbox that holds no memory (stopped, in error) first needs
+    room on its host (`room=False`: its domain already runs)."""
     target, timeout_setting, margin = LIFECYCLE_VERBS[kind]
     task, deadline = tasks.TASK_FOR_KIND[kind], vsb(timeout_setting) + margin
+    runs_again = kind == OperationKind.START or (
+        kind == OperationKind.RESTORE and snapshot is not None and snapshot.has_memory
+    )
     with transaction.atomic():
+        if room and runs_again and not capacity.holds_memory(sandbox.state):
+            check_room(sandbox)
         if not lifecycle.transition(sandbox.pk, target, expected=expected):
             sandbox.refresh_from_db(fields=["state"])
             raise Conflict(
@@ -1068,7 +1256,12 @@ def adopt_running_sandbox(sandbox: Sandbox, reason: str) -> Operation | None:
             if _open_operations(sandbox.pk).exists():
                 return None
             return _lifecycle_op(
-                sandbox, None, OperationKind.START, expected=[SandboxState.STOPPED], reason=reason
+                sandbox,
+                None,
+                OperationKind.START,
+                expected=[SandboxState.STOPPED],
+                room=False,  # it runs already: its memory is in use whatever we count
+                reason=reason,
             )
     except Conflict:
         return None

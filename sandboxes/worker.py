@@ -3,8 +3,9 @@ starts, picks up the work of its own queues that the previous process of that po
 unfinished (it was killed, or the machine rebooted), and nothing else: a restart of the
 commands pool fails the commands that were running, a restart of the lifecycle pool resumes
 the lifecycle operations, and neither touches the other's work. The lifecycle pool also
-registers the Host row, reports the domain type found by the KVM probe and beats every few
-seconds."""
+registers the Host row, reports the domain type found by the KVM probe and beats every
+VSB_HEARTBEAT_SECONDS with the host's memory, CPUs, free disk and its guests' use (`measure`),
+which placement reads (sandboxes/capacity.py)."""
 
 from __future__ import annotations
 
@@ -17,22 +18,45 @@ from django.db import close_old_connections, connection
 from core.conf import vsb
 from core.queues import Work, served_work
 
-from . import services
+from . import capacity, services
+from .drivers.base import DriverError, HypervisorDriver
 from .models import Host
 from .runtime import get_driver
 from .tasks import TASK_FOR_KIND, work_for_kind
 
 log = logging.getLogger(__name__)
-HEARTBEAT_SECONDS = 15
 _stop = threading.Event()
 
 
+def measure(host: Host, driver: HypervisorDriver, sandbox_dir: str) -> dict:
+    """What this host has and what its guests use, for its heartbeat (`Host.resources`, the
+    shape in sandboxes/capacity.py): /proc/meminfo, the CPU count, the free disk of
+    `sandbox_dir` and one libvirt call for the domains. A part that cannot be read is left
+    out (and logged): the beat itself still says the worker is alive."""
+    try:
+        figures: dict = capacity.host_figures(sandbox_dir)
+    except (OSError, ValueError):
+        log.warning("heartbeat: could not read this host's memory or disk", exc_info=True)
+        figures = {}
+    try:
+        names = services.host_sandbox_names(host)
+        figures["guests"] = capacity.guest_figures(driver.domain_stats(), names)
+    except DriverError:
+        log.warning("heartbeat: could not read the domains' stats", exc_info=True)
+    return figures
+
+
+def beat(host: Host, domain_type: str = "") -> None:
+    """One heartbeat of the host's lifecycle pool, with its measured figures."""
+    resources = measure(host, get_driver(host.libvirt_uri), vsb("SANDBOX_DIR"))
+    services.record_heartbeat(host, domain_type, resources)
+
+
 def _heartbeat_loop(host_id: int, domain_type: str) -> None:
-    while not _stop.wait(HEARTBEAT_SECONDS):
+    while not _stop.wait(vsb("HEARTBEAT_SECONDS")):
         try:
             close_old_connections()
-            host = Host.objects.get(pk=host_id)
-            services.record_heartbeat(host, domain_type)
+            beat(Host.objects.get(pk=host_id), domain_type)
         except Exception:  # noqa: BLE001 - a missed beat must not kill the thread
             log.exception("heartbeat failed")
         finally:
@@ -81,7 +105,7 @@ def on_worker_ready(sender=None, **_kwargs) -> None:
     log.info("worker for host %s serving %s", host.name, ", ".join(sorted(works)))
     if Work.LIFECYCLE in works:
         domain_type = _domain_type(get_driver(host.libvirt_uri))
-        services.record_heartbeat(host, domain_type)
+        beat(host, domain_type)
         log.info("host %s: domain type %s", host.name, domain_type or "?")
     recover(host, works)
     connection.close()

@@ -384,6 +384,16 @@ VSB = {
         WORKER_COMMANDS_THREADS=32,
         WORKER_TERMINALS_THREADS=8,
     ),
+    # A host accepts a sandbox while the memory of its sandboxes that hold memory (not
+    # stopped, destroyed or in error), the new one's included, stays at most this × its
+    # memory (sandboxes/capacity.py); a host's own `memory_overcommit` overrides it. 1.0 on a
+    # 24 GiB host: about 90 guests of 256 MiB. Each guest's QEMU costs ~50 MiB on top of its
+    # memory (307 MiB for a 256 MiB guest), which idle guests' untouched memory makes up
+    # for; lower it for guests that use all their memory, raise it for idle fleets.
+    "MEMORY_OVERCOMMIT": env.float("VSB_MEMORY_OVERCOMMIT", default=1.0),
+    # Each host's lifecycle pool beats this often (a host is live while it beat in the last
+    # 90 s) with its measured memory, CPUs, disk and guests (sandboxes/worker.py).
+    **vsb_ints(HEARTBEAT_SECONDS=15),
 }
 
 # --- Limits (README "Limits") --------------------------------------------------------------

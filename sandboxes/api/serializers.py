@@ -230,6 +230,74 @@ class HostSerializer(AnswerSerializer):
         ]
 
 
+class HostGuestsSerializer(serializers.Serializer):
+    running = serializers.IntegerField(allow_null=True, help_text="Its domains running or paused.")
+    memory_mb = serializers.IntegerField(
+        allow_null=True, help_text="The sum of their configured memory."
+    )
+    rss_mb = serializers.IntegerField(
+        allow_null=True, help_text="The sum of their QEMU processes' resident memory."
+    )
+
+
+class HostResourcesSerializer(serializers.Serializer):
+    memory_total_mb = serializers.IntegerField(allow_null=True)
+    memory_available_mb = serializers.IntegerField(allow_null=True)
+    cpus = serializers.IntegerField(allow_null=True)
+    disk_total_mb = serializers.IntegerField(
+        allow_null=True, help_text="The filesystem of the host's sandbox directory."
+    )
+    disk_free_mb = serializers.IntegerField(allow_null=True)
+    guests = HostGuestsSerializer(allow_null=True)
+
+
+class HostStatusSerializer(serializers.Serializer):
+    name = serializers.CharField(source="host.name")
+    queue_name = serializers.CharField(source="host.queue_name")
+    enabled = serializers.BooleanField(source="host.enabled")
+    draining = serializers.BooleanField(source="host.draining")
+    alive = serializers.BooleanField(source="host.is_alive")
+    last_heartbeat = serializers.DateTimeField(source="host.last_heartbeat", allow_null=True)
+    domain_type = serializers.CharField(source="host.domain_type")
+    capacity = serializers.IntegerField(
+        source="host.capacity", allow_null=True, help_text="Count cap; null: none."
+    )
+    memory_overcommit = serializers.FloatField(
+        source="host.memory_overcommit",
+        allow_null=True,
+        help_text="The host's own overcommit ratio; null: the setting's.",
+    )
+    overcommit_ratio = serializers.FloatField(source="room.ratio", help_text="The ratio in force.")
+    resources = HostResourcesSerializer(
+        source="host.resources", help_text="As the worker's last heartbeat reported them."
+    )
+    memory_limit_mb = serializers.IntegerField(
+        source="room.limit_mb",
+        allow_null=True,
+        help_text="overcommit_ratio × memory; null until the worker reports its memory.",
+    )
+    committed_memory_mb = serializers.IntegerField(
+        source="room.committed_mb", help_text="Memory of its sandboxes that hold memory."
+    )
+    free_memory_mb = serializers.IntegerField(
+        source="room.free_mb", allow_null=True, help_text="memory_limit_mb − committed_memory_mb."
+    )
+    holding_memory = serializers.IntegerField(
+        source="room.holding", help_text="Its sandboxes that hold memory (the cap counts these)."
+    )
+    accepting = serializers.BooleanField(
+        help_text="A sandbox of the default size would be placed here now (enabled, not "
+        "draining, alive, with room)."
+    )
+    sandboxes = serializers.DictField(
+        child=serializers.IntegerField(), help_text="Its sandboxes by state, destroyed left out."
+    )
+
+
+class HostListSerializer(serializers.Serializer):
+    hosts = HostStatusSerializer(many=True)
+
+
 class VMListSerializer(serializers.Serializer):
     vms = SourceVMSerializer(many=True)
     hosts = HostSerializer(many=True)

@@ -8,6 +8,7 @@ router = SimpleRouter()
 router.trailing_slash = "/?"
 router.register("sandboxes", views.SandboxViewSet, basename="sandbox")
 router.register("operations", views.OperationViewSet, basename="operation")
+router.register("hosts", views.HostViewSet, basename="host")
 
 urlpatterns = [
     path("health", views.HealthView.as_view(), name="health"),

@@ -27,6 +27,8 @@ from .serializers import (
     CreateSandboxSerializer,
     CreateSnapshotSerializer,
     HealthSerializer,
+    HostListSerializer,
+    HostStatusSerializer,
     OperationSerializer,
     RunCommandSerializer,
     SandboxDetailSerializer,
@@ -340,6 +342,58 @@ class OperationViewSet(viewsets.ReadOnlyModelViewSet):
         if getattr(self, "swagger_fake_view", False):
             return Operation.objects.none()
         return services.visible_operations(self.request.user)
+
+
+HOST_NAME = r"[a-z0-9][a-z0-9-]{0,62}"
+
+
+class HostViewSet(viewsets.ViewSet):
+    """The KVM hosts, for operators (the sandboxes.view_host or sandboxes.drain_host
+    permission; anyone else gets 404): what each worker's heartbeat reported, committed and
+    free memory, sandboxes by state, and draining (no new placements; the sandboxes there
+    keep working)."""
+
+    lookup_field = "name"
+    lookup_value_regex = HOST_NAME
+
+    @extend_schema(
+        summary="Hosts (operators)",
+        operation_id="v1_hosts_list",
+        # 404: the caller is no operator (the route names nothing to it).
+        responses={200: HostListSerializer, **errors(404)},
+    )
+    def list(self, request):
+        services.require_host_operator(request.user)
+        return Response(HostListSerializer({"hosts": services.host_overviews()}).data)
+
+    @extend_schema(summary="One host (operators)", responses={200: HostStatusSerializer})
+    def retrieve(self, request, name=None):
+        return Response(self._status(request, name))
+
+    def _status(self, request, name: str, permission: str | None = None) -> dict:
+        services.require_host_operator(request.user, permission, what=f"No host {name!r}.")
+        host = services.get_host(name)
+        if permission:
+            host = services.set_draining(host, request.user, self.action == "drain")
+        return HostStatusSerializer(services.host_overviews([host])[0]).data
+
+    @extend_schema(
+        summary="Drain a host: no new sandboxes (sandboxes.drain_host)",
+        request=None,
+        responses={200: HostStatusSerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def drain(self, request, name=None):
+        return Response(self._status(request, name, services.DRAIN_PERMISSION))
+
+    @extend_schema(
+        summary="End a host's draining (sandboxes.drain_host)",
+        request=None,
+        responses={200: HostStatusSerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def undrain(self, request, name=None):
+        return Response(self._status(request, name, services.DRAIN_PERMISSION))
 
 
 class VMListView(APIView):

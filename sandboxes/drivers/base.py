@@ -122,12 +122,26 @@ class DomainInfo:
     tags: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class DomainStats:
+    """One domain's use of its host, from libvirt's domain stats (the heartbeat's figures)."""
+
+    name: str
+    running: bool  # running or paused: a QEMU process exists
+    memory_kib: int  # configured (maximum) memory
+    rss_kib: int  # resident memory of its QEMU process; 0 when not running
+
+
 class HypervisorDriver(Protocol):
     """What the service layer needs from a hypervisor. Every method is safe to call twice."""
 
     def list_domains(self) -> list[DomainInfo]: ...
 
     def get_domain(self, name: str) -> DomainInfo | None: ...
+
+    def domain_stats(self) -> list[DomainStats]:
+        """Every domain's state, memory and QEMU resident memory, in one call."""
+        ...
 
     def source_disk(self, domain_name: str) -> str:
         """Path of the first disk of a (shut off) golden domain; SourceNotUsable if running."""

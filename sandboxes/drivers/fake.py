@@ -18,6 +18,8 @@ from . import base
 from .base import PAUSED, RUNNING, SHUTOFF, CloneSpec, DomainInfo, SnapshotInfo
 from .domain_xml import build_domain_xml, overlay_path
 
+FAKE_QEMU_OVERHEAD_KIB = 50 * 1024
+
 _ADDRESS_SOURCES = ("lease", "agent", "arp")
 
 
@@ -108,6 +110,18 @@ class FakeDriver:
         with self._lock:
             self._enter("list_domains")
             return [d.info for d in self.domains.values()]
+
+    def domain_stats(self) -> list[base.DomainStats]:
+        """Its QEMU "process" holds the guest's memory plus FAKE_QEMU_OVERHEAD_KIB."""
+        with self._lock:
+            self._enter("domain_stats")
+            stats = []
+            for dom in self.domains.values():
+                running = dom.info.state in (RUNNING, PAUSED)
+                memory_kib = dom.spec.memory_mb * 1024 if dom.spec else 0
+                rss = memory_kib + FAKE_QEMU_OVERHEAD_KIB if running else 0
+                stats.append(base.DomainStats(dom.info.name, running, memory_kib, rss))
+            return stats
 
     def get_domain(self, name: str) -> DomainInfo | None:
         with self._lock:

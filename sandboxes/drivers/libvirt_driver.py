@@ -25,6 +25,7 @@ from .base import (
     CloneSpec,
     DomainInfo,
     DomainNotFound,
+    DomainStats,
     DriverError,
     PermanentDriverError,
     SnapshotInfo,
@@ -48,6 +49,10 @@ _STATES = {
     libvirt.VIR_DOMAIN_PAUSED: PAUSED,
     libvirt.VIR_DOMAIN_SHUTOFF: SHUTOFF,
     libvirt.VIR_DOMAIN_CRASHED: CRASHED,
+}
+# The states in which a domain's QEMU process exists and holds memory.
+_HAS_PROCESS = frozenset(state for state, word in _STATES.items() if word in (RUNNING, PAUSED)) | {
+    libvirt.VIR_DOMAIN_PMSUSPENDED
 }
 
 _ADDRESS_SOURCES = {
@@ -264,6 +269,26 @@ class LibvirtDriver:
             return infos
 
         return self._call("listing domains", run)
+
+    def domain_stats(self) -> list[DomainStats]:
+        """Every domain's state, configured memory and its QEMU process's resident memory:
+        one libvirt call (`virConnectGetAllDomainStats`), no guest is asked anything."""
+
+        def run(conn: libvirt.virConnect) -> list[DomainStats]:
+            records = conn.getAllDomainStats(
+                libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_BALLOON, 0
+            )
+            return [
+                DomainStats(
+                    name=dom.name(),
+                    running=stats.get("state.state") in _HAS_PROCESS,
+                    memory_kib=int(stats.get("balloon.maximum", 0)),
+                    rss_kib=int(stats.get("balloon.rss", 0)),
+                )
+                for dom, stats in records
+            ]
+
+        return self._call("reading domain stats", run)
 
     def get_domain(self, name: str) -> DomainInfo | None:
         try:

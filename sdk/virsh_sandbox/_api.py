@@ -32,6 +32,8 @@ from .models import (
     EgressRequest,
     FileContent,
     Health,
+    HostList,
+    HostStatus,
     Operation,
     OperationList,
     Playbook,
@@ -768,6 +770,32 @@ class VMsAPI(_SubClient):
         return VMList.from_dict((yield Call("GET", "/v1/vms")))
 
     list_virtual_machines = list_vms
+
+
+class HostsAPI(_SubClient):
+    """The KVM hosts, for operators (``sandboxes.view_host``; draining needs
+    ``sandboxes.drain_host``). To an agent's key the routes answer 404 (``NotFound``)."""
+
+    @operation
+    def list_hosts(self) -> HostList:
+        """Every host: resources, committed and free memory, sandboxes by state, draining."""
+        return HostList.from_dict((yield Call("GET", "/v1/hosts")))
+
+    @operation
+    def get_host(self, name: str) -> HostStatus:
+        return HostStatus.from_dict((yield Call("GET", "/v1/hosts/{name}", {"name": name})))
+
+    @operation
+    def drain_host(self, name: str) -> HostStatus:
+        """No new sandboxes (nor forks) go to the host; the ones it holds keep working."""
+        return HostStatus.from_dict((yield Call("POST", "/v1/hosts/{name}/drain", {"name": name})))
+
+    @operation
+    def undrain_host(self, name: str) -> HostStatus:
+        """The host takes new sandboxes again."""
+        return HostStatus.from_dict(
+            (yield Call("POST", "/v1/hosts/{name}/undrain", {"name": name}))
+        )
 
 
 class HealthAPI(_SubClient):

@@ -12,6 +12,7 @@ from ._api import (
     AuditAPI,
     FilesAPI,
     HealthAPI,
+    HostsAPI,
     HumanAPI,
     OperationsAPI,
     PlaybooksAPI,
@@ -45,6 +46,7 @@ class _Client:
         self.sandboxes = self.sandbox
         self.vms = VMsAPI(self)
         self.health = HealthAPI(self)
+        self.hosts = HostsAPI(self)
         self.operations = OperationsAPI(self)
         self.files = FilesAPI(self)
         self.human = HumanAPI(self)
@@ -102,8 +104,8 @@ class VirshSandbox(_Client):
     accepted for the original SDK's signature and ignored: terminals live on the same server.
 
     Sub-clients: ``sandbox`` (lifecycle, commands, snapshots, diff), ``operations``,
-    ``vms``, ``health``, ``files``, ``human`` (approval requests), ``approvals``, ``audit``,
-    ``playbooks``, ``tmux``.
+    ``vms``, ``health``, ``hosts`` (operators), ``files``, ``human`` (approval requests),
+    ``approvals``, ``audit``, ``playbooks``, ``tmux``.
 
     Options: ``timeout`` (seconds per ordinary request), ``wait_timeout`` (for calls the
     server holds open while it waits), ``retries``/``backoff``/``max_backoff`` (transient

@@ -154,6 +154,36 @@ class Host(Model):
 
 
 @dataclass(repr=False)
+class HostStatus(Model):
+    """A KVM host as operators see it (``GET /v1/hosts``): its worker's last report
+    (``resources``: memory, CPUs, disk, guests), its limits, committed and free memory, its
+    sandboxes by state, and whether it drains."""
+
+    name: str | None = None
+    queue_name: str | None = None
+    enabled: bool | None = None
+    draining: bool | None = None
+    alive: bool | None = None
+    last_heartbeat: str | None = None
+    domain_type: str | None = None
+    capacity: int | None = None
+    memory_overcommit: float | None = None
+    overcommit_ratio: float | None = None
+    resources: dict[str, Any] | None = None
+    memory_limit_mb: int | None = None
+    committed_memory_mb: int | None = None
+    free_memory_mb: int | None = None
+    holding_memory: int | None = None
+    accepting: bool | None = None
+    sandboxes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(repr=False)
+class HostList(Model):
+    hosts: list[HostStatus] = field(default_factory=list)
+
+
+@dataclass(repr=False)
 class SourceVM(Model):
     name: str | None = None
     kind: str | None = None

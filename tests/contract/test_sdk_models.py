@@ -17,6 +17,8 @@ from virsh_sandbox import models
 # SDK model: the response components it parses (several when it parses more than one answer).
 PARSES: dict[type, tuple[str, ...]] = {
     models.Host: ("Host",),
+    models.HostStatus: ("HostStatus",),
+    models.HostList: ("HostList",),
     models.SourceVM: ("SourceVM",),
     models.VMList: ("VMList",),
     models.Health: ("Health",),

@@ -74,3 +74,45 @@ def test_it_saves_an_operators_host_edit_through_the_service_and_audits_it(opera
     assert (host.enabled, host.capacity) == (False, 3)
     assert host.queue_name == f"kvm.{host.name}"
     assert AuditEvent.objects.filter(verb="admin.change", target_id=str(host.pk)).exists()
+
+
+def test_an_operator_sets_a_hosts_overcommit_and_clears_its_count_cap(operator_client, host):
+    host.capacity = 8
+    services.save_host(host)
+    response = operator_client.post(
+        f"/admin/sandboxes/host/{host.pk}/change/",
+        {
+            "name": host.name,
+            "libvirt_uri": host.libvirt_uri,
+            "enabled": "on",
+            "capacity": "",
+            "memory_overcommit": "1.25",
+        },
+        follow=True,
+    )
+    assert response.status_code == 200
+    host.refresh_from_db()
+    assert (host.capacity, host.memory_overcommit) == (None, 1.25)
+    assert services.overcommit_ratio(host) == 1.25
+    listing = operator_client.get("/admin/sandboxes/host/")
+    assert b"Memory committed / limit (MiB)" in listing.content
+
+
+def test_the_drain_action_drains_selected_hosts_through_the_service(operator_client, host):
+    from audit.models import AuditEvent
+
+    response = operator_client.post(
+        "/admin/sandboxes/host/",
+        {"action": "drain_selected", "_selected_action": [str(host.pk)]},
+        follow=True,
+    )
+    assert response.status_code == 200
+    host.refresh_from_db()
+    assert host.draining
+    assert AuditEvent.objects.filter(verb="host.drain", actor="user:oscar").exists()
+    operator_client.post(
+        "/admin/sandboxes/host/",
+        {"action": "undrain_selected", "_selected_action": [str(host.pk)]},
+    )
+    host.refresh_from_db()
+    assert not host.draining

@@ -747,3 +747,33 @@ def test_the_async_stream_yields_the_same_events(tmp_path):
     events = asyncio.run(collect())
     assert [(e.kind, e.data) for e in events[:-1]] == [("stdout", "a\n"), ("stderr", "b\n")]
     assert events[-1].exit_code == 7
+
+
+def test_an_operator_lists_hosts_and_drains_one():
+    host = {
+        "name": "kvm-a",
+        "draining": False,
+        "alive": True,
+        "resources": {"memory_total_mb": 24000, "guests": {"running": 3}},
+        "committed_memory_mb": 768,
+        "free_memory_mb": 23232,
+        "sandboxes": {"ready": 3},
+    }
+    rec = Recorder(
+        {
+            ("GET", "/v1/hosts"): httpx.Response(200, json={"hosts": [host]}),
+            ("POST", "/v1/hosts/kvm-a/drain"): httpx.Response(200, json={**host, "draining": True}),
+        }
+    )
+    client = client_for(rec)
+    (listed,) = client.hosts.list_hosts().hosts
+    assert (listed.name, listed.free_memory_mb, listed.sandboxes) == ("kvm-a", 23232, {"ready": 3})
+    assert listed.resources["guests"]["running"] == 3
+    assert client.hosts.drain_host("kvm-a").draining is True
+    assert rec.calls() == ["GET /v1/hosts", "POST /v1/hosts/kvm-a/drain"]
+
+
+def test_an_agents_key_finds_no_hosts():
+    rec = Recorder({("GET", "/v1/hosts"): error(404, "not_found", "Not found.")})
+    with pytest.raises(virsh_sandbox.errors.NotFound):
+        client_for(rec).hosts.list_hosts()

@@ -131,6 +131,10 @@ CALLS: dict[str, Any] = {
     "OperationsAPI.wait": lambda c: c.operations.wait(OP, 5),
     "VMsAPI.list_vms": lambda c: c.vms.list_vms(),
     "HealthAPI.get_health": lambda c: c.health.get_health(),
+    "HostsAPI.list_hosts": lambda c: c.hosts.list_hosts(),
+    "HostsAPI.get_host": lambda c: c.hosts.get_host("kvm-a"),
+    "HostsAPI.drain_host": lambda c: c.hosts.drain_host("kvm-a"),
+    "HostsAPI.undrain_host": lambda c: c.hosts.undrain_host("kvm-a"),
     "FilesAPI.read_file": lambda c: c.files.read_file(SB, "/etc/hostname"),
     "FilesAPI.write_file": lambda c: c.files.write_file(
         SB, "/etc/x", "x", mode="0644", create_dirs=True
@@ -310,6 +314,7 @@ def operation_methods() -> set[str]:
         "OperationsAPI",
         "VMsAPI",
         "HealthAPI",
+        "HostsAPI",
         "FilesAPI",
         "HumanAPI",
         "ApprovalsAPI",

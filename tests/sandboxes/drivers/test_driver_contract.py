@@ -218,3 +218,14 @@ def test_it_refuses_to_revert_to_an_unknown_snapshot(driver, make_spec):
     driver.clone(spec)
     with pytest.raises(SnapshotNotFound):
         driver.snapshot_revert(spec.name, "nope")
+
+
+def test_its_domain_stats_say_which_domains_run_in_one_call(driver, make_spec):
+    # (libvirt's test:/// driver has no balloon stats: the memory figures are the fake's and
+    # a real QEMU's; test_heartbeat.py and the integration ring check those.)
+    spec = make_spec()
+    driver.clone(spec)
+    stats = {s.name: s for s in driver.domain_stats()}
+    assert stats[spec.name].running is False and stats[spec.name].rss_kib == 0
+    driver.start(spec.name)
+    assert {s.name: s for s in driver.domain_stats()}[spec.name].running is True
