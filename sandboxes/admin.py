@@ -25,7 +25,14 @@ class WrittenByServicesAdmin(admin.ModelAdmin):
 @admin.register(Host)
 class HostAdmin(WrittenByServicesAdmin):
     list_display = ["name", "queue_name", "enabled", "capacity", "domain_type", "last_heartbeat"]
-    readonly_fields = ["queue_name", "last_heartbeat", "domain_type"]
+    readonly_fields = [
+        "queue_name",
+        "last_heartbeat",
+        "domain_type",
+        "sandbox_dir",
+        "port_range_start",
+        "port_range_end",
+    ]
     save_service = staticmethod(services.save_host)
     delete_service = staticmethod(services.delete_hosts)
 

@@ -3,8 +3,9 @@ starts, picks up the work of its own queues that the previous process of that po
 unfinished (it was killed, or the machine rebooted), and nothing else: a restart of the
 commands pool fails the commands that were running, a restart of the lifecycle pool resumes
 the lifecycle operations, and neither touches the other's work. The lifecycle pool also
-registers the Host row, reports the domain type found by the KVM probe and beats every few
-seconds."""
+registers the Host row, reports the domain type found by the KVM probe, beats every
+VSB_HEARTBEAT_SECONDS and has the host reconciled at once (libvirt may have changed while no
+worker watched it)."""
 
 from __future__ import annotations
 
@@ -17,18 +18,17 @@ from django.db import close_old_connections, connection
 from core.conf import vsb
 from core.queues import Work, served_work
 
-from . import services
+from . import services, tasks
 from .models import Host
 from .runtime import get_driver
 from .tasks import TASK_FOR_KIND, work_for_kind
 
 log = logging.getLogger(__name__)
-HEARTBEAT_SECONDS = 15
 _stop = threading.Event()
 
 
 def _heartbeat_loop(host_id: int, domain_type: str) -> None:
-    while not _stop.wait(HEARTBEAT_SECONDS):
+    while not _stop.wait(vsb("HEARTBEAT_SECONDS")):
         try:
             close_old_connections()
             host = Host.objects.get(pk=host_id)
@@ -80,10 +80,17 @@ def on_worker_ready(sender=None, **_kwargs) -> None:
     host = services.ensure_host(host_name)
     log.info("worker for host %s serving %s", host.name, ", ".join(sorted(works)))
     if Work.LIFECYCLE in works:
+        services.record_host_setup(
+            host, sandbox_dir=vsb("SANDBOX_DIR"), port_range=vsb("PORT_RANGE")
+        )
         domain_type = _domain_type(get_driver(host.libvirt_uri))
         services.record_heartbeat(host, domain_type)
         log.info("host %s: domain type %s", host.name, domain_type or "?")
     recover(host, works)
+    if Work.LIFECYCLE in works:
+        # The host may have changed while no worker watched it (a reboot shut its guests
+        # off, an operator ran virsh): its rows match libvirt again now, not a beat later.
+        services.enqueue(tasks.reconcile_host, host, host.pk)
     connection.close()
     if Work.LIFECYCLE in works:
         _stop.clear()
