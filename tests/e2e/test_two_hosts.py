@@ -21,6 +21,14 @@ from tests.e2e.conftest import test_domains as domains_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
 
+# Boots under TCG on a shared 2-core machine at load 10-12 took 80-130 s to SSH (measured
+# while other suites ran), and the readiness poll's banner probes (one every ~0.8 s, each
+# given up after 0.5 s) piled up in the guest as half-open connections (24 in CLOSE-WAIT,
+# sshd "Exceeded MaxStartups") until no probe got an answer: three creates in a row failed.
+# Slower probes and a longer wait let a slow guest through; the fix belongs to the readiness
+# poll (sandboxes.tasks.wait_ready), not to this module.
+STACK_ENV = {"VSB_READY_TIMEOUT_SECONDS": "240", "VSB_READY_POLL_SECONDS": "3"}
+
 
 def virsh(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["virsh", "-c", "qemu:///system", *args], capture_output=True, text=True)
@@ -131,6 +139,7 @@ def test_a_host_whose_worker_dies_is_reported_unavailable_and_reconciled_when_it
     assert created["sandbox"]["host"] == kept["host"]
 
     # Calls that need the dead host's worker are refused at once, naming the host.
+    slowest = 0.0
     for method, path, body in [
         ("POST", f"/v1/sandboxes/{lost['id']}/command", {"command": "true"}),
         ("GET", f"/v1/sandboxes/{lost['id']}/files/stat?path=/", None),
@@ -142,7 +151,8 @@ def test_a_host_whose_worker_dies_is_reported_unavailable_and_reconciled_when_it
         assert status == 503, (path, answer)
         assert answer["error"]["code"] == "host_unavailable", answer
         assert f"host {dead} has no live worker" in answer["error"]["message"]
-        assert time.monotonic() - asked < 3, f"{path} took {time.monotonic() - asked:.1f} s"
+        slowest = max(slowest, time.monotonic() - asked)
+        assert slowest < 3, f"{path} took {slowest:.1f} s"
     assert api.run(kept["id"], "echo unaffected")["stdout"] == "unaffected\n"
     assert api.wait_operation(created["operation"]["id"])["status"] == "succeeded"
     api.destroy_sandbox(created["sandbox"]["id"])
@@ -153,8 +163,9 @@ def test_a_host_whose_worker_dies_is_reported_unavailable_and_reconciled_when_it
     back = time.monotonic()
     reconciled = wait_for_sandbox(api, lost["id"], lambda s: s["state"] == "stopped", 60)
     print(
-        f"\nreported unavailable {detected:.1f} s after the kill; "
-        f"reconciled {time.monotonic() - back:.1f} s after the worker was back"
+        f"\nreported unavailable {detected:.1f} s after the kill; refused in "
+        f"{slowest:.2f} s at most; reconciled {time.monotonic() - back:.1f} s after the "
+        "worker was back"
     )
     assert reconciled["available"] is True and reconciled["unavailable_reason"] == ""
     with e2e_stack.blocker.unblock():
