@@ -3,9 +3,9 @@ starts, picks up the work of its own queues that the previous process of that po
 unfinished (it was killed, or the machine rebooted), and nothing else: a restart of the
 commands pool fails the commands that were running, a restart of the lifecycle pool resumes
 the lifecycle operations, and neither touches the other's work. The lifecycle pool also
-registers the Host row, reports the domain type found by the KVM probe, beats every
-VSB_HEARTBEAT_SECONDS and has the host reconciled at once (libvirt may have changed while no
-worker watched it)."""
+registers the Host row, reports the domain type found by the KVM probe, reconciles the host
+(libvirt may have changed while no worker watched it) and then beats every
+VSB_HEARTBEAT_SECONDS."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from django.db import close_old_connections, connection
 from core.conf import vsb
 from core.queues import Work, served_work
 
-from . import services, tasks
+from . import services
 from .models import Host
 from .runtime import get_driver
 from .tasks import TASK_FOR_KIND, work_for_kind
@@ -71,6 +71,19 @@ def _domain_type(driver) -> str:
     return verdict.domain_type
 
 
+def reconcile_at_start(host: Host) -> None:
+    """One reconcile pass (sandboxes/reconcile.py) before the lifecycle pool takes work: the
+    host may have changed while no worker watched it (a reboot shut its guests off, an
+    operator ran virsh), and its rows match libvirt again now, not a beat later. Operations
+    `recover` resumed are left to their tasks. A failure is logged: the beat's pass retries."""
+    from . import reconcile
+
+    try:
+        reconcile.reconcile_host(host)
+    except Exception:  # noqa: BLE001 - the worker must start anyway
+        log.exception("reconcile of host %s at the worker's start failed", host.name)
+
+
 @worker_ready.connect
 def on_worker_ready(sender=None, **_kwargs) -> None:
     host_name = vsb("HOST_NAME")
@@ -84,13 +97,13 @@ def on_worker_ready(sender=None, **_kwargs) -> None:
             host, sandbox_dir=vsb("SANDBOX_DIR"), port_range=vsb("PORT_RANGE")
         )
         domain_type = _domain_type(get_driver(host.libvirt_uri))
-        services.record_heartbeat(host, domain_type)
         log.info("host %s: domain type %s", host.name, domain_type or "?")
     recover(host, works)
     if Work.LIFECYCLE in works:
-        # The host may have changed while no worker watched it (a reboot shut its guests
-        # off, an operator ran virsh): its rows match libvirt again now, not a beat later.
-        services.enqueue(tasks.reconcile_host, host, host.pk)
+        reconcile_at_start(host)
+        # The first beat after the reconcile: a host is offered for new sandboxes once its
+        # rows match libvirt.
+        services.record_heartbeat(host, domain_type)
     connection.close()
     if Work.LIFECYCLE in works:
         _stop.clear()
