@@ -37,7 +37,8 @@ OPEN = (OperationStatus.PENDING, OperationStatus.RUNNING)
 
 def _queue(kind: str, task, sandbox: Sandbox, user, deadline: int, **input) -> Operation:
     """A new operation of `kind` on the sandbox's host, its task sent when the caller's
-    transaction commits."""
+    transaction commits; a 503 at once while the host has no live worker."""
+    sandbox_services.require_live_host(sandbox.host, sandbox)
     op = sandbox_services.new_operation(kind, sandbox, user, deadline_seconds=deadline, **input)
     sandbox_services.enqueue(task, sandbox.host, str(op.pk))
     return op

@@ -34,7 +34,16 @@ class HostAdmin(WrittenByServicesAdmin):
         "domain_type",
         "last_heartbeat",
     ]
-    readonly_fields = ["queue_name", "draining", "last_heartbeat", "domain_type", "resources"]
+    readonly_fields = [
+        "queue_name",
+        "draining",
+        "last_heartbeat",
+        "domain_type",
+        "resources",
+        "sandbox_dir",
+        "port_range_start",
+        "port_range_end",
+    ]
     save_service = staticmethod(services.save_host)
     delete_service = staticmethod(services.delete_hosts)
     actions = ["drain_selected", "undrain_selected"]

@@ -16,6 +16,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from core import queues
+from core.conf import vsb
 from core.queues import Work
 
 from . import choices
@@ -71,6 +72,14 @@ class Host(models.Model):
         help_text="Memory, CPUs, disk and guests, as the worker's last heartbeat reported "
         "them (the shape: sandboxes/capacity.py).",
     )
+    # The host's own VSB_SANDBOX_DIR and VSB_PORT_RANGE, as its worker reported them when it
+    # started: a create on the control plane gives the sandbox its workdir and SSH port from
+    # these, not from its own settings (docs/fleet.md). Empty: the control plane's.
+    sandbox_dir = models.CharField(
+        max_length=500, blank=True, help_text="Where its worker keeps sandbox disks."
+    )
+    port_range_start = models.PositiveIntegerField(null=True, blank=True)
+    port_range_end = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -89,10 +98,37 @@ class Host(models.Model):
         """The queue of `work` on the host named `name` (`core.queues.queue_for`)."""
         return queues.queue_for(work, name)
 
-    def is_alive(self, within_seconds: int = 90) -> bool:
+    def port_range(self) -> tuple[int, int]:
+        """The ports its guests' SSH forwards are taken from (inclusive)."""
+        if self.port_range_start and self.port_range_end:
+            return (self.port_range_start, self.port_range_end)
+        return vsb("PORT_RANGE")
+
+    def workdir_for(self, sandbox_name: str) -> str:
+        """The directory of a sandbox's disk and console log on this host."""
+        return f"{(self.sandbox_dir or vsb('SANDBOX_DIR')).rstrip('/')}/{sandbox_name}"
+
+    def is_alive(self, within_seconds: float | None = None) -> bool:
+        """Whether its lifecycle pool beat in the last `within_seconds` (by default
+        VSB_HOST_DEAD_SECONDS): a worker serves its queues."""
+        if within_seconds is None:
+            within_seconds = vsb("HOST_DEAD_SECONDS")
         return bool(
             self.last_heartbeat
             and self.last_heartbeat > timezone.now() - timedelta(seconds=within_seconds)
+        )
+
+    def unavailable_reason(self) -> str:
+        """Why the host's sandboxes cannot be reached now, for people: empty while its
+        worker is alive."""
+        if self.is_alive():
+            return ""
+        if self.last_heartbeat is None:
+            return f"host {self.name} has no live worker (it never sent a heartbeat)"
+        silent = (timezone.now() - self.last_heartbeat).total_seconds()
+        return (
+            f"host {self.name} has no live worker (last heartbeat "
+            f"{self.last_heartbeat.isoformat(timespec='seconds')}, {silent:.0f} s ago)"
         )
 
 

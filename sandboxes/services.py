@@ -68,6 +68,16 @@ def ensure_host(name: str | None = None, libvirt_uri: str | None = None) -> Host
     return host
 
 
+def record_host_setup(host: Host, *, sandbox_dir: str, port_range: tuple[int, int]) -> None:
+    """What the host's worker found in its own settings at its start (`Host.sandbox_dir`,
+    `Host.port_range`): creates placed on it take their workdir and port from these."""
+    Host.objects.filter(pk=host.pk).update(
+        sandbox_dir=sandbox_dir, port_range_start=port_range[0], port_range_end=port_range[1]
+    )
+    host.sandbox_dir = sandbox_dir
+    host.port_range_start, host.port_range_end = port_range
+
+
 def record_heartbeat(host: Host, domain_type: str = "", resources: dict | None = None) -> None:
     """The worker's beat: it is alive, and (when given) its domain type and the figures it
     measured (`Host.resources`, the shape in sandboxes/capacity.py)."""
@@ -77,6 +87,21 @@ def record_heartbeat(host: Host, domain_type: str = "", resources: dict | None =
     if resources is not None:
         fields["resources"] = resources
     Host.objects.filter(pk=host.pk).update(**fields)
+
+
+def require_live_host(host: Host, sandbox: Sandbox | None = None) -> None:
+    """Refuse (503 `host_unavailable`, naming the host) new work for `host` (for `sandbox`
+    on it) while it has no live worker: the work would wait in the host's queue until the
+    worker is back, and the caller with it. Work already sent waits for the worker, which
+    resumes it when it starts (`worker.recover`)."""
+    reason = host.unavailable_reason()
+    if reason:
+        what = f"Sandbox {sandbox.name}" if sandbox is not None else f"Host {host.name}"
+        raise Unavailable(
+            f"{what} is unavailable: {reason}. Try again once its worker is back; "
+            "meanwhile a destroy is accepted and new sandboxes go to other hosts.",
+            code="host_unavailable",
+        )
 
 
 def host_sandbox_names(host: Host) -> list[str]:
@@ -165,7 +190,8 @@ def choose_host(
     if not alive:
         raise Unavailable(
             f"No worker serves {open_hosts[0].queue_name}, the lifecycle queue of host "
-            f"{open_hosts[0].name} (no heartbeat in the last 90 s). Start the host's worker pools "
+            f"{open_hosts[0].name} (no heartbeat in the last {vsb('HOST_DEAD_SECONDS'):.0f} s). "
+            "Start the host's worker pools "
             "with scripts/run.sh (or one by one: python manage.py worker lifecycle).",
             code="no_worker",
         )
@@ -429,9 +455,10 @@ def new_operation(
 
 
 def allocate_port(host: Host, *, bindable: bool = False) -> int:
-    """The lowest port of VSB_PORT_RANGE no live sandbox on `host` holds. With `bindable`
-    (on the host itself, i.e. in its worker) also one nothing else on the machine listens on."""
-    low, high = vsb("PORT_RANGE")
+    """The lowest port of the host's range (`Host.port_range`) no live sandbox on `host`
+    holds. With `bindable` (on the host itself, i.e. in its worker) also one nothing else on
+    the machine listens on."""
+    low, high = host.port_range()
     used = set(
         Sandbox.objects.filter(host=host, ssh_port__isnull=False)
         .exclude(state=SandboxState.DESTROYED)
@@ -541,7 +568,7 @@ def create_sandbox(
                     network_mode=mode,
                     ssh_host="127.0.0.1" if mode == NetworkMode.PORT_FORWARD else "",
                     ssh_port=allocate_port(host) if mode == NetworkMode.PORT_FORWARD else None,
-                    workdir=f"{vsb('SANDBOX_DIR').rstrip('/')}/sbx-{sandbox_id.hex[:8]}",
+                    workdir=host.workdir_for(f"sbx-{sandbox_id.hex[:8]}"),
                     forked_from=forked_from,
                 )
                 egress.save_create_rules(sandbox, egress_rules, owner)
@@ -609,14 +636,18 @@ def _lifecycle_op(
 def start_sandbox(sandbox: Sandbox, user) -> Operation:
     if sandbox.state == SandboxState.READY:
         raise Conflict(f"Sandbox {sandbox.name} is already running.", code="invalid_state")
+    require_live_host(sandbox.host, sandbox)
     return _lifecycle_op(sandbox, user, OperationKind.START)
 
 
 def stop_sandbox(sandbox: Sandbox, user) -> Operation:
+    require_live_host(sandbox.host, sandbox)
     return _lifecycle_op(sandbox, user, OperationKind.STOP)
 
 
 def destroy_sandbox(sandbox: Sandbox, user) -> Operation:
+    """Accepted also while the host has no live worker (the agent gives the sandbox up; the
+    worker destroys it when it is back, or the deadline errors the operation)."""
     if sandbox.state == SandboxState.DESTROYING:
         existing = sandbox.operations.filter(kind=OperationKind.DESTROY).first()
         if existing:
@@ -690,6 +721,7 @@ def create_snapshot(
     """Queue a snapshot. The sandbox keeps running (QEMU pauses it for a fraction of a second).
     `api_key`: the request's, whose snapshot quota applies."""
     _validate_snapshot_name(name)
+    require_live_host(sandbox.host, sandbox)
     if sandbox.state not in (SandboxState.READY, SandboxState.STOPPED):
         raise Conflict(
             f"Sandbox {sandbox.name} is {sandbox.state}; snapshots need it ready or stopped.",
@@ -718,6 +750,7 @@ def restore_snapshot(sandbox: Sandbox, user, name: str) -> Operation:
     snap = get_snapshot(sandbox, name)
     if snap.status != SnapshotStatus.READY:
         raise Conflict(f"Snapshot {name!r} is {snap.status}, not ready.", code="invalid_state")
+    require_live_host(sandbox.host, sandbox)
     return _lifecycle_op(sandbox, user, OperationKind.RESTORE, snapshot=snap, name=name)
 
 
@@ -725,6 +758,7 @@ def delete_snapshot(sandbox: Sandbox, user, name: str) -> Operation:
     snap = get_snapshot(sandbox, name)
     if sandbox.state in (SandboxState.DESTROYING, SandboxState.DESTROYED):
         raise Conflict(f"Sandbox {sandbox.name} is {sandbox.state}.", code="invalid_state")
+    require_live_host(sandbox.host, sandbox)
     with transaction.atomic():
         updated = Snapshot.objects.filter(
             pk=snap.pk, status__in=[SnapshotStatus.READY, SnapshotStatus.FAILED]
@@ -823,6 +857,7 @@ def run_command(
             f"Sandbox {sandbox.name} is {sandbox.state}; commands need it ready.",
             code="invalid_state",
         )
+    require_live_host(sandbox.host, sandbox)
     with transaction.atomic():
         quotas.check_command(user, api_key)
         cmd = Command.objects.create(

@@ -3,7 +3,8 @@ starts, picks up the work of its own queues that the previous process of that po
 unfinished (it was killed, or the machine rebooted), and nothing else: a restart of the
 commands pool fails the commands that were running, a restart of the lifecycle pool resumes
 the lifecycle operations, and neither touches the other's work. The lifecycle pool also
-registers the Host row, reports the domain type found by the KVM probe and beats every
+registers the Host row, reports the domain type found by the KVM probe, reconciles the host
+(libvirt may have changed while no worker watched it) and then beats every
 VSB_HEARTBEAT_SECONDS with the host's memory, CPUs, free disk and its guests' use (`measure`),
 which placement reads (sandboxes/capacity.py)."""
 
@@ -95,6 +96,19 @@ def _domain_type(driver) -> str:
     return verdict.domain_type
 
 
+def reconcile_at_start(host: Host) -> None:
+    """One reconcile pass (sandboxes/reconcile.py) before the lifecycle pool takes work: the
+    host may have changed while no worker watched it (a reboot shut its guests off, an
+    operator ran virsh), and its rows match libvirt again now, not a beat later. Operations
+    `recover` resumed are left to their tasks. A failure is logged: the beat's pass retries."""
+    from . import reconcile
+
+    try:
+        reconcile.reconcile_host(host)
+    except Exception:  # noqa: BLE001 - the worker must start anyway
+        log.exception("reconcile of host %s at the worker's start failed", host.name)
+
+
 @worker_ready.connect
 def on_worker_ready(sender=None, **_kwargs) -> None:
     host_name = vsb("HOST_NAME")
@@ -104,10 +118,17 @@ def on_worker_ready(sender=None, **_kwargs) -> None:
     host = services.ensure_host(host_name)
     log.info("worker for host %s serving %s", host.name, ", ".join(sorted(works)))
     if Work.LIFECYCLE in works:
+        services.record_host_setup(
+            host, sandbox_dir=vsb("SANDBOX_DIR"), port_range=vsb("PORT_RANGE")
+        )
         domain_type = _domain_type(get_driver(host.libvirt_uri))
-        beat(host, domain_type)
         log.info("host %s: domain type %s", host.name, domain_type or "?")
     recover(host, works)
+    if Work.LIFECYCLE in works:
+        reconcile_at_start(host)
+        # The first beat after the reconcile: a host is offered for new sandboxes once its
+        # rows match libvirt.
+        beat(host, domain_type)
     connection.close()
     if Work.LIFECYCLE in works:
         _stop.clear()

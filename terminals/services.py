@@ -26,6 +26,7 @@ from core.errors import (
     TooLarge,
     from_http_status,
 )
+from sandboxes import services as sandbox_services
 from sandboxes.choices import SandboxState
 from sandboxes.models import Host, Sandbox
 
@@ -79,7 +80,9 @@ def _identity(user, sandbox: Sandbox) -> str:
 
 def call_host(host: Host, op: str, params: dict, timeout: float | None = None) -> dict:
     """Run `op` on the worker of `host` and return its answer, or raise its error. Not inside
-    a transaction: the task is sent when it commits, and this waits for the answer."""
+    a transaction: the task is sent when it commits, and this waits for the answer. A host
+    with no live worker is a 503 `host_unavailable` at once, not a wait until the timeout."""
+    sandbox_services.require_live_host(host)
     request_id = uuid.uuid4().hex
     queues.enqueue(tasks.host_op, request_id, op, params, host=host.name)
     answer = wakeups.wait(request_id, timeout or vsb("TERMINAL_OP_TIMEOUT_SECONDS"), kind="term")
@@ -98,7 +101,7 @@ def call_host(host: Host, op: str, params: dict, timeout: float | None = None) -
 
 def _scopes(user, sandbox: Sandbox | None) -> list[tuple[Host, dict]]:
     """(host, params) pairs to look for a pane in: one sandbox, or all the caller's live
-    sandboxes grouped by host."""
+    sandboxes grouped by host (of the hosts with a live worker)."""
     if sandbox is not None:
         sandboxes = [sandbox]
     else:
@@ -125,7 +128,9 @@ def _scopes(user, sandbox: Sandbox | None) -> list[tuple[Host, dict]]:
         params["allowed_ids"][sb.id.hex] = str(sb.id)
     for _, params in by_host.values():
         params["blocked"] = [n for n in blocked if n.split("-")[1] in params["allowed"]]
-    return list(by_host.values())
+    # Looking through all the caller's sandboxes: a host with no live worker cannot answer,
+    # and the others' panes are still found (one named sandbox's dead host is a 503).
+    return [(h, p) for h, p in by_host.values() if sandbox is not None or h.is_alive()]
 
 
 # --- names that reach tmux -----------------------------------------------------------------

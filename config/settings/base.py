@@ -375,6 +375,12 @@ VSB = {
     # The reconcile (sandboxes/reconcile.py) destroys a domain carrying our metadata but no
     # live row only once it has been seen as such for this long.
     **vsb_ints(RECONCILE_STRAY_GRACE_SECONDS=300),
+    # A host's lifecycle pool writes Host.last_heartbeat every HEARTBEAT_SECONDS; a host
+    # with no heartbeat for HOST_DEAD_SECONDS has no live worker: no new sandboxes go there,
+    # its sandboxes answer `available: false` and the calls that need its worker a 503
+    # `host_unavailable` (docs/fleet.md). Floats: the tests beat every second or two.
+    "HEARTBEAT_SECONDS": env.float("VSB_HEARTBEAT_SECONDS", default=15.0),
+    "HOST_DEAD_SECONDS": env.float("VSB_HOST_DEAD_SECONDS", default=90.0),
     # Threads of each worker pool of a host (`manage.py worker <pool>`, core/queues.py).
     # Lifecycle steps are short; a command holds its thread (and nothing else: no database
     # connection) for as long as it runs, so the commands pool is the host's ceiling on

@@ -67,6 +67,11 @@ VSB.update(
         "PORT_RANGE": tuple(
             int(p) for p in env.str("VSB_PORT_RANGE", default="43000-43999").split("-")
         ),
+        # A host whose worker was killed is taken as dead within seconds (tests/e2e/
+        # test_two_hosts.py), not the production 90 s; five missed beats, so a loaded
+        # machine that delays one beat does not take a live host for dead.
+        "HEARTBEAT_SECONDS": env.float("VSB_HEARTBEAT_SECONDS", default=2.0),
+        "HOST_DEAD_SECONDS": env.float("VSB_HOST_DEAD_SECONDS", default=10.0),
         # Nothing runs the reconcile in the tests but the tests themselves: a short grace
         # lets them watch a stray go within seconds.
         "RECONCILE_STRAY_GRACE_SECONDS": env.int("VSB_RECONCILE_STRAY_GRACE_SECONDS", default=2),

@@ -21,6 +21,20 @@ class SandboxSerializer(AnswerSerializer):
     # The original's names, kept so its clients keep working.
     sandbox_name = serializers.CharField(source="name", read_only=True)
     base_image = serializers.CharField(source="source.name", read_only=True)
+    # Computed from the host's heartbeat (the row's `state` is kept as it was): false while
+    # the sandbox's host has no live worker, when new work for it is a 503 host_unavailable.
+    available = serializers.BooleanField(
+        source="host.is_alive",
+        read_only=True,
+        help_text="Whether the sandbox's host has a live worker. While false, `state` is the "
+        "last state the host reported, and commands, lifecycle verbs (except destroy), "
+        "snapshots, files and terminals answer 503 `host_unavailable`.",
+    )
+    unavailable_reason = serializers.CharField(
+        source="host.unavailable_reason",
+        read_only=True,
+        help_text="Why `available` is false (the host and its last heartbeat); empty when true.",
+    )
 
     class Meta:
         model = Sandbox
@@ -30,6 +44,8 @@ class SandboxSerializer(AnswerSerializer):
             "sandbox_name",
             "agent_id",
             "state",
+            "available",
+            "unavailable_reason",
             "state_changed_at",
             "error",
             "host",

@@ -218,7 +218,9 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         description=(
             "Runs `command` with /bin/sh over SSH as root and waits for it. A non-zero exit code is "
             "still 200; `timed_out` and the `*_truncated` flags tell when output is partial. "
-            "While as many commands of yours run as your quota allows, 429 `quota_exceeded`."
+            "While as many commands of yours run as your quota allows, 429 `quota_exceeded`. "
+            "While the sandbox's host has no live worker (`available: false`), 503 "
+            "`host_unavailable` at once, naming the host."
         ),
         **RUN_COMMAND,
     )

@@ -220,6 +220,10 @@ class Sandbox(Model):
     sandbox_name: str | None = None
     agent_id: str | None = None
     state: str | None = None
+    # False while the sandbox's host has no live worker (`state` is then the last one it
+    # reported): calls that need the host answer 503 `host_unavailable` until it is back.
+    available: bool | None = None
+    unavailable_reason: str | None = None
     state_changed_at: str | None = None
     error: str | None = None
     host: str | None = None

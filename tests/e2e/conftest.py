@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -33,8 +34,10 @@ def image_dir() -> Path:
     return Path(found)
 
 
-def test_domains() -> list[str]:
-    """Domains whose disks live in the test sandbox directory: ours to clean."""
+def test_domains(sandbox_dir: str = "") -> list[str]:
+    """Domains whose disks live in the test sandbox directory (or `sandbox_dir`, another
+    test host's): ours to clean."""
+    sandbox_dir = sandbox_dir or settings.VSB["SANDBOX_DIR"]
     names = subprocess.run(
         ["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
         check=True,
@@ -46,13 +49,13 @@ def test_domains() -> list[str]:
         xml = subprocess.run(
             ["virsh", "-c", "qemu:///system", "dumpxml", name], stdout=subprocess.PIPE, text=True
         ).stdout
-        if settings.VSB["SANDBOX_DIR"] in xml:
+        if sandbox_dir in xml:
             ours.append(name)
     return ours
 
 
-def sweep_test_domains() -> list[str]:
-    leftovers = test_domains()
+def sweep_test_domains(sandbox_dir: str = "") -> list[str]:
+    leftovers = test_domains(sandbox_dir)
     for name in leftovers:
         subprocess.run(["virsh", "-c", "qemu:///system", "destroy", name], capture_output=True)
         subprocess.run(
@@ -179,3 +182,64 @@ def api_user(e2e_stack, username: str, codenames: list[str]) -> stack.Api:
 def decider(e2e_stack):
     """An operator who decides approvals (nobody decides a request they asked)."""
     return api_user(e2e_stack, "e2e-dora", ["decide_approvalrequest"])
+
+
+class SecondHost:
+    """A second KVM host on this machine (`stack.second_host()`: its own name, queues, port
+    range, sandbox directory, tmux server, terminal and egress directories; the same
+    libvirtd, database, Redis and web server): its three worker pools and its egress proxy,
+    with the e2e stack's settings."""
+
+    def __init__(self, e2e_stack, resources: stack.HostResources):
+        self.resources = resources
+        self.name = resources.name
+        self.blocker = e2e_stack.blocker
+        self.env = {**e2e_stack.env, **resources.env()}
+        self.workers: dict[str, stack.Proc] = {}
+        self.egress = stack.egress_proxy(**self.env)
+
+    def start(self) -> None:
+        self.egress.start()
+        self.start_workers()
+        stack.wait_for_socket(
+            self.egress, str(Path(self.resources.egress_dir, f"{self.name}.sock"))
+        )
+
+    def start_workers(self) -> None:
+        """Start the host's pools and wait until they are up (the lifecycle pool's start also
+        recovers its host's work and has the host reconciled)."""
+        self.workers = stack.start_pools(**self.env)
+        stack.wait_for_pools(self.blocker, self.workers, host_name=self.name)
+
+    def ensure_workers(self) -> None:
+        """Its pools again, if a test left any of them dead."""
+        if any(proc.popen.poll() is not None for proc in self.workers.values()):
+            for proc in self.workers.values():
+                proc.stop()
+            self.start_workers()
+
+    def kill_workers(self) -> None:
+        """SIGKILL every worker pool of the host, as when its machine dies: no heartbeat from
+        now on, nothing consumes its queues. Its guests (libvirtd's children) keep running."""
+        for proc in self.workers.values():
+            proc.kill(signal.SIGKILL)
+
+    def stop(self) -> None:
+        for proc in [*self.workers.values(), self.egress]:
+            proc.stop()
+
+
+@pytest.fixture(scope="module")
+def second_host(e2e_stack):
+    """A second KVM host beside the e2e stack's (SecondHost), for the module; its domains
+    are destroyed after it, and a test that left any fails."""
+    host = SecondHost(e2e_stack, stack.second_host())
+    sweep_test_domains(host.resources.sandbox_dir)
+    shutil.rmtree(host.resources.sandbox_dir, ignore_errors=True)
+    try:
+        host.start()
+        yield host
+    finally:
+        host.stop()
+        leftovers = sweep_test_domains(host.resources.sandbox_dir)
+        assert not leftovers, f"test left domains behind on {host.name}: {leftovers}"

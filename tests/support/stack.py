@@ -65,6 +65,55 @@ def settingless_env(**settings_env: str) -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class HostResources:
+    """What a KVM host's worker needs to itself on this machine, so that two hosts can run
+    side by side on one libvirtd (tests/e2e/test_two_hosts.py): its name (hence its queues),
+    a port range for its guests' SSH forwards, a sandbox directory, a tmux server, terminal
+    and egress directories."""
+
+    name: str
+    port_range: tuple[int, int]
+    sandbox_dir: str
+    terminal_dir: str
+    egress_dir: str
+
+    def env(self) -> dict[str, str]:
+        """The settings of this host's processes (on top of `stack_env`)."""
+        return {
+            "VSB_HOST_NAME": self.name,
+            "VSB_PORT_RANGE": f"{self.port_range[0]}-{self.port_range[1]}",
+            "VSB_SANDBOX_DIR": self.sandbox_dir,
+            "VSB_TMUX_SOCKET": f"vsb-{self.name}",
+            "VSB_TERMINAL_DIR": self.terminal_dir,
+            "VSB_EGRESS_DIR": self.egress_dir,
+        }
+
+
+def second_host() -> HostResources:
+    """The test run's second KVM host on this machine, beside the test host (settings.VSB).
+    Its name is VSB_TEST_HOST_B (default: the test host's name + "-b"); its port range
+    VSB_TEST_HOST_B_PORT_RANGE (default: the range right after the test host's, as large);
+    its sandbox directory VSB_TEST_HOST_B_SANDBOX_DIR (default: beside the test host's, named
+    after it); its terminal and egress directories beside the test host's, named after it."""
+    vsb = settings.VSB
+    name = os.environ.get("VSB_TEST_HOST_B") or f"{vsb['HOST_NAME']}-b"
+    low, high = vsb["PORT_RANGE"]
+    ports = os.environ.get("VSB_TEST_HOST_B_PORT_RANGE") or f"{high + 1}-{2 * high + 1 - low}"
+
+    def beside(path: str, prefix: str) -> str:
+        return str(Path(path).parent / f"{prefix}-{name}")
+
+    return HostResources(
+        name=name,
+        port_range=tuple(int(p) for p in ports.split("-")),
+        sandbox_dir=os.environ.get("VSB_TEST_HOST_B_SANDBOX_DIR")
+        or beside(vsb["SANDBOX_DIR"], "sandboxes"),
+        terminal_dir=beside(vsb["TERMINAL_DIR"], "terminals"),
+        egress_dir=beside(vsb["EGRESS_DIR"], "egress"),
+    )
+
+
 STARTED: list[Proc] = []
 
 
@@ -134,12 +183,20 @@ def flush_test_redis() -> None:
 POOLS = ("lifecycle", "commands", "terminals")
 
 
+def _named(base: str, env: dict[str, str]) -> str:
+    """A process's name (and log file's): `base`, with the host's name when `env` names one
+    (a second host's workers log apart from the first's)."""
+    host = env.get("VSB_HOST_NAME")
+    return f"{base}-{host}" if host else base
+
+
 def worker(pool: str = "all", **env: str) -> Proc:
     """A worker of the test host (`manage.py worker <pool>`, as scripts/run.sh starts them):
     one pool, or `all` of them in one process (cheaper, for the rings that do not test the
-    pools themselves)."""
+    pools themselves). `env` with VSB_HOST_NAME and the rest of `HostResources.env()`: a
+    worker of another host on this machine."""
     return Proc(
-        f"worker-{pool}",
+        _named(f"worker-{pool}", env),
         [
             sys.executable,
             "manage.py",
@@ -169,11 +226,14 @@ def wait_for_ready(proc: Proc, timeout: float = 60) -> None:
 def egress_proxy(**env: str) -> Proc:
     """The test host's egress proxy (manage.py egress_proxy): guests of the e2e ring reach
     the network only through it, as in production."""
-    return Proc("egress", [sys.executable, "manage.py", "egress_proxy"], stack_env(**env))
+    return Proc(
+        _named("egress", env), [sys.executable, "manage.py", "egress_proxy"], stack_env(**env)
+    )
 
 
-def wait_for_heartbeat(proc: Proc, timeout: float = 60) -> None:
-    """Until the worker has registered its host (worker_ready ran)."""
+def wait_for_heartbeat(proc: Proc, timeout: float = 60, host_name: str = "") -> None:
+    """Until the worker has registered its host (worker_ready ran): the test host, or the
+    host named `host_name`."""
     from sandboxes.models import Host
 
     deadline = time.monotonic() + timeout
@@ -181,7 +241,7 @@ def wait_for_heartbeat(proc: Proc, timeout: float = 60) -> None:
     while time.monotonic() < deadline:
         if proc.popen.poll() is not None:
             raise RuntimeError(f"worker exited early:\n{proc.log_tail()}")
-        host = Host.objects.filter(name=settings.VSB["HOST_NAME"]).first()
+        host = Host.objects.filter(name=host_name or settings.VSB["HOST_NAME"]).first()
         if host and host.last_heartbeat and host.last_heartbeat.timestamp() >= started - 1:
             return
         time.sleep(0.2)
@@ -230,23 +290,35 @@ def start_servers(**env: str) -> tuple[dict[str, Proc], Proc, str]:
     """Start the host's three worker pools (separate processes, as scripts/run.sh starts
     them) and a daphne server with `env`; returns ({pool: worker}, web, base URL). The caller
     stops them all (in a `finally` that also covers `wait_for_servers`)."""
-    workers = {pool: worker(pool, **env) for pool in POOLS}
-    for proc in workers.values():
-        proc.start()
+    workers = start_pools(**env)
     port = free_port()
     web = daphne(port, **env)
     web.start()
     return workers, web, f"http://127.0.0.1:{port}"
 
 
-def wait_for_servers(blocker, workers: dict[str, Proc], web: Proc, url: str) -> None:
-    """Until the lifecycle pool has registered its host (through `blocker`, pytest-django's
-    db blocker), the other pools are ready and the server answers /v1/health."""
+def start_pools(**env: str) -> dict[str, Proc]:
+    """The host's three worker pools (separate processes, as scripts/run.sh starts them)
+    with `env`, started; the caller waits for them (`wait_for_pools`) and stops them."""
+    workers = {pool: worker(pool, **env) for pool in POOLS}
+    for proc in workers.values():
+        proc.start()
+    return workers
+
+
+def wait_for_pools(blocker, workers: dict[str, Proc], host_name: str = "") -> None:
+    """Until the lifecycle pool has registered its host (the test host, or `host_name`;
+    through `blocker`, pytest-django's db blocker) and the other pools are ready."""
     with blocker.unblock():
-        wait_for_heartbeat(workers["lifecycle"])
+        wait_for_heartbeat(workers["lifecycle"], host_name=host_name)
     for pool, proc in workers.items():
         if pool != "lifecycle":
             wait_for_ready(proc)
+
+
+def wait_for_servers(blocker, workers: dict[str, Proc], web: Proc, url: str) -> None:
+    """Until the host's pools are up (`wait_for_pools`) and the server answers /v1/health."""
+    wait_for_pools(blocker, workers)
     wait_for_http(f"{url}/v1/health", web)
 
 
