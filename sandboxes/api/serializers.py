@@ -47,6 +47,7 @@ class SandboxSerializer(AnswerSerializer):
             "host_key",
             "created_at",
             "ready_at",
+            "last_used_at",
             "destroyed_at",
         ]
 
