@@ -168,7 +168,10 @@ def decide(
 
 
 def _idle_since(sandbox: Sandbox) -> datetime:
-    return max(t for t in (sandbox.last_used_at, sandbox.ready_at, sandbox.state_changed_at) if t)
+    """Its last use, or when it last became ready (booted, started, restored), whichever is
+    later; not when it was paused: it hibernates HIBERNATE_SECONDS after its last use."""
+    used = [t for t in (sandbox.last_used_at, sandbox.ready_at) if t]
+    return max(used) if used else sandbox.state_changed_at
 
 
 def _running_commands(sandbox_ref):
@@ -323,16 +326,16 @@ def _set_clock(sandbox: Sandbox) -> None:
         log.warning("could not set the clock of %s after waking it: %s", sandbox.name, exc)
 
 
-def pause_now(sandbox: Sandbox) -> Sandbox:
-    """On the sandbox's host: pause a ready sandbox at once (an explicit POST /pause). A
-    paused or hibernated one stays as it is."""
-    from .provisioning import driver_for
+def pause_now(sandbox: Sandbox, *, hibernate: bool = False) -> Sandbox:
+    """On the sandbox's host: pause (or hibernate) a ready sandbox at once (an explicit POST
+    /pause). A hibernated one stays as it is, a paused one too unless `hibernate`."""
+    from .provisioning import driver_for, get_ssh_pool
 
     with transaction.atomic():
         row = _locked(sandbox.pk)
-        if row.state in IDLE:
+        if row.state == S.HIBERNATED or (row.state == S.PAUSED and not hibernate):
             return row
-        if row.state != S.READY:
+        if row.state not in (S.READY, S.PAUSED):
             raise Conflict(
                 f"Sandbox {row.name} is {row.state}; only a ready sandbox can be paused.",
                 code="invalid_state",
@@ -342,8 +345,13 @@ def pause_now(sandbox: Sandbox) -> Sandbox:
                 f"Sandbox {row.name} is running a command; pause it once that has finished.",
                 code="busy",
             )
-        driver_for(row).suspend(row.name)
-        lifecycle.transition(row.pk, S.PAUSED, expected=[S.READY])
+        if hibernate:
+            get_ssh_pool().discard(str(row.pk))
+            driver_for(row).managed_save(row.name)
+            lifecycle.transition(row.pk, S.HIBERNATED, expected=[row.state])
+        else:
+            driver_for(row).suspend(row.name)
+            lifecycle.transition(row.pk, S.PAUSED, expected=[S.READY])
         row.refresh_from_db()
     return row
 
@@ -353,9 +361,10 @@ def pause_now(sandbox: Sandbox) -> Sandbox:
 POWER_TIMEOUT_SECONDS = 120.0
 
 
-def pause_sandbox(sandbox: Sandbox, user) -> Sandbox:
-    """Pause the sandbox now (vCPUs stopped, memory kept); any later use resumes it."""
-    return _power(sandbox, user, "pause")
+def pause_sandbox(sandbox: Sandbox, user, *, hibernate: bool = False) -> Sandbox:
+    """Pause the sandbox now (vCPUs stopped, memory kept), or with `hibernate` save its
+    memory to disk; any later use wakes it."""
+    return _power(sandbox, user, "hibernate" if hibernate else "pause")
 
 
 def resume_sandbox(sandbox: Sandbox, user) -> Sandbox:
@@ -364,7 +373,7 @@ def resume_sandbox(sandbox: Sandbox, user) -> Sandbox:
 
 
 def _power(sandbox: Sandbox, user, action: str) -> Sandbox:
-    if action == "pause" and sandbox.state != S.READY and sandbox.state not in IDLE:
+    if action != "resume" and sandbox.state not in WAKEABLE:
         raise Conflict(
             f"Sandbox {sandbox.name} is {sandbox.state}; only a ready sandbox can be paused.",
             code="invalid_state",
@@ -399,8 +408,8 @@ def run_power(request_id: str, sandbox_id: str, action: str) -> None:
     try:
         if sandbox is None:
             raise Conflict("The sandbox is gone.", code="invalid_state")
-        if action == "pause":
-            pause_now(sandbox)
+        if action in ("pause", "hibernate"):
+            pause_now(sandbox, hibernate=action == "hibernate")
         else:
             ensure_awake(sandbox)
         answer: dict = {"ok": True}

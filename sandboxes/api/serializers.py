@@ -104,6 +104,15 @@ class WaitSerializer(StrictInputSerializer):
     wait = serializers.BooleanField(required=False, default=False)
 
 
+class PauseSerializer(StrictInputSerializer):
+    hibernate = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Save its memory to disk now (as the idle sweep does after "
+        "VSB_IDLE_HIBERNATE_SECONDS) instead of only stopping its vCPUs.",
+    )
+
+
 class OperationSerializer(AnswerSerializer):
     host = serializers.CharField(source="host.name", read_only=True)
     sandbox_id = serializers.UUIDField(read_only=True)

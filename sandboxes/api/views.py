@@ -28,6 +28,7 @@ from .serializers import (
     CreateSnapshotSerializer,
     HealthSerializer,
     OperationSerializer,
+    PauseSerializer,
     RunCommandSerializer,
     SandboxDetailSerializer,
     SandboxOperationSerializer,
@@ -216,16 +217,18 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         description=(
             "Stops the guest's vCPUs at once; its memory stays on the host. Any call that needs "
             "the guest (a command, a terminal, a file, a snapshot, a diff) resumes it first, "
-            "transparently. A paused or hibernated sandbox stays as it is. 409 while a command "
-            "runs in it, or when it is not ready."
+            "transparently. With `hibernate: true` its memory is saved to disk and freed "
+            "(waking then takes seconds). A paused sandbox stays as it is (or is hibernated), "
+            "a hibernated one too. 409 while a command runs in it, or when it is not ready."
         ),
-        request=None,
-        responses={200: SandboxSerializer, **WAITED},
+        request=PauseSerializer,
+        responses={200: SandboxDetailSerializer, **WAITED},
     )
     @action(detail=True, methods=["post"])
     def pause(self, request, pk=None):
-        sandbox = idle.pause_sandbox(self.get_object(), request.user)
-        return Response(SandboxSerializer(sandbox).data)
+        params = _input(PauseSerializer, request.data or {})
+        sandbox = idle.pause_sandbox(self.get_object(), request.user, **params)
+        return Response(SandboxDetailSerializer({"sandbox": sandbox}).data)
 
     @extend_schema(
         summary="Resume a paused or hibernated sandbox",
@@ -235,12 +238,12 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             "is. No call needs this first: every call that needs the guest resumes it."
         ),
         request=None,
-        responses={200: SandboxSerializer, **WAITED},
+        responses={200: SandboxDetailSerializer, **WAITED},
     )
     @action(detail=True, methods=["post"])
     def resume(self, request, pk=None):
         sandbox = idle.resume_sandbox(self.get_object(), request.user)
-        return Response(SandboxSerializer(sandbox).data)
+        return Response(SandboxDetailSerializer({"sandbox": sandbox}).data)
 
     @extend_schema(
         summary="Run a command in the sandbox",

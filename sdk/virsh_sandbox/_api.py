@@ -385,6 +385,31 @@ class SandboxAPI(_SubClient):
         return (yield from self._verb("stop", sandbox_id, wait, None))
 
     @operation
+    def pause_sandbox(self, sandbox_id: str, *, hibernate: bool = False) -> SandboxResponse:
+        """Stop the guest's vCPUs now (its memory stays), or with ``hibernate`` save its
+        memory to disk; any later call that needs the guest wakes it by itself."""
+        body = _body(hibernate=True) if hibernate else None
+        return (yield from self._power("pause", sandbox_id, body))
+
+    @operation
+    def resume_sandbox(self, sandbox_id: str) -> SandboxResponse:
+        """Resume a paused sandbox, or restore a hibernated one; returns once it is ready."""
+        return (yield from self._power("resume", sandbox_id, None))
+
+    def _power(self, verb: str, sandbox_id: str, body: dict | None):
+        return SandboxResponse.from_dict(
+            (
+                yield Call(
+                    "POST",
+                    "/v1/sandboxes/{sandbox_id}/" + verb,
+                    {"sandbox_id": sandbox_id},
+                    json=body,
+                    timeout=self._engine.wait_timeout,
+                )
+            )
+        )
+
+    @operation
     def destroy_sandbox(
         self, sandbox_id: str, *, wait: bool = True, timeout: float | None = None
     ) -> SandboxResponse:

@@ -353,6 +353,14 @@ def test_an_explicit_pause_and_resume_answer_the_waiting_request(driver, make_sa
     assert state_of(sandbox) == S.READY and driver.state(sandbox.name) == RUNNING
 
 
+def test_an_explicit_hibernation_saves_a_ready_or_paused_sandbox(driver, make_sandbox):
+    for sandbox in (make_sandbox(), make_sandbox(S.PAUSED, domain=PAUSED)):
+        idle.run_power(f"req-{sandbox.pk}", str(sandbox.pk), "hibernate")
+        assert wakeups.wait(f"req-{sandbox.pk}", 2, kind="power") == {"ok": True}
+        assert state_of(sandbox) == S.HIBERNATED
+        assert driver.get_domain(sandbox.name).managed_save
+
+
 def test_an_explicit_pause_is_refused_while_a_command_runs(driver, make_sandbox):
     sandbox = make_sandbox()
     Command.objects.create(sandbox=sandbox, command="sleep 60", timeout_seconds=90)
