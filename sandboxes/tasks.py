@@ -660,13 +660,9 @@ def reconcile_host(host_id: int, report_key: str = "") -> dict | None:
     a pass lost with its worker is simply the next beat's. With `report_key`, the pass's
     report is published as a wake-up under that key (tests wait on it)."""
     from . import reconcile
-    from .models import Host
 
-    host = Host.objects.filter(pk=host_id).first()
+    host = _own_host(host_id, "reconcile")
     if host is None:
-        return None
-    if host.name != vsb("HOST_NAME"):
-        log.error("reconcile of host %s sent to the worker of %s: ignored", host, vsb("HOST_NAME"))
         return None
     try:
         report = reconcile.reconcile_host(host).as_dict()
@@ -693,18 +689,24 @@ def sweep_idle_host(host_id: int, report_key: str = "") -> dict | None:
     """One idle sweep (sandboxes/idle.py) over this worker's host. Not acks_late: a pass
     lost with its worker is the next beat's. With `report_key`, the report is published as a
     wake-up under that key (tests wait on it)."""
-    from .models import Host
-
-    host = Host.objects.filter(pk=host_id).first()
+    host = _own_host(host_id, "idle sweep")
     if host is None:
-        return None
-    if host.name != vsb("HOST_NAME"):
-        log.error("idle sweep of host %s sent to the worker of %s: ignored", host, vsb("HOST_NAME"))
         return None
     report = idle.sweep_host(host).as_dict()
     if report_key:
         wakeups.publish(report_key, report, kind="idle")
     return report
+
+
+def _own_host(host_id: int, what: str):
+    """The Host row of a per-host pass, if it is this worker's host (else None, logged)."""
+    from .models import Host
+
+    host = Host.objects.filter(pk=host_id).first()
+    if host is not None and host.name != vsb("HOST_NAME"):
+        log.error("%s of host %s sent to the worker of %s: ignored", what, host, vsb("HOST_NAME"))
+        return None
+    return host
 
 
 @shared_task(

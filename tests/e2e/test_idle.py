@@ -9,15 +9,12 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-import uuid
 
 import pytest
-from django.conf import settings
 
 from audit.models import AuditEvent
-from core import wakeups
 from sandboxes import services, tasks
-from sandboxes.models import Host
+from tests.e2e.conftest import run_host_pass
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
 
@@ -41,13 +38,7 @@ def save_image(name: str) -> str:
 
 def sweep(e2e_stack, capture, timeout: float = 90) -> dict:
     """One idle sweep on this host's worker (what the beat's entry sends); its report."""
-    key = f"e2e-idle-{uuid.uuid4().hex}"
-    with e2e_stack.blocker.unblock():
-        host = Host.objects.get(name=settings.VSB["HOST_NAME"])
-        with capture(execute=True):
-            services.enqueue(tasks.sweep_idle_host, host, host.pk, key)
-    report = wakeups.wait(key, timeout, kind="idle")
-    assert report is not None, "the worker did not run the sweep"
+    report = run_host_pass(e2e_stack, capture, tasks.sweep_idle_host, "idle", timeout)
     assert report["errors"] == [], report
     return report
 
