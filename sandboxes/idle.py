@@ -277,7 +277,7 @@ def ensure_awake(sandbox: Sandbox) -> Sandbox:
     """On the sandbox's host (a worker): the sandbox ready, its guest running, woken first if
     it was paused or hibernated; marks it used. Conflict when it is in no state to wake
     (stopped, destroyed...). Returns the sandbox as it is now."""
-    from .provisioning import driver_for, get_ssh_pool
+    from .provisioning import check_port_before_start, driver_for, get_ssh_pool
 
     if sandbox.state not in WAKEABLE:
         raise Conflict(f"Sandbox {sandbox.name} is {sandbox.state}.", code="invalid_state")
@@ -297,6 +297,7 @@ def ensure_awake(sandbox: Sandbox) -> Sandbox:
                 # Restored from the managed save image: a new QEMU, every TCP connection to
                 # the old one is gone. A new ready_at makes every process's pool reconnect.
                 get_ssh_pool().discard(str(row.pk))
+                check_port_before_start(row)  # free while its QEMU was gone
                 driver.start(row.name)
                 fields["ready_at"] = timezone.now()
                 clock_behind = True
