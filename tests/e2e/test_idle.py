@@ -22,6 +22,9 @@ PAUSE_AFTER, HIBERNATE_AFTER = 2, 5
 STACK_ENV = {
     "VSB_IDLE_PAUSE_SECONDS": str(PAUSE_AFTER),
     "VSB_IDLE_HIBERNATE_SECONDS": str(HIBERNATE_AFTER),
+    # One boot serves the module; on a machine shared with other VM runs a TCG boot has
+    # taken over 120 s (load 12 on 2 cores).
+    "VSB_READY_TIMEOUT_SECONDS": "240",
 }
 URI = "qemu:///system"
 
