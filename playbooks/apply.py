@@ -10,6 +10,8 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import close_old_connections
 
+from sandboxes import idle
+
 from . import runner, runs, runtime, secrets
 from .choices import RunKind, RunStatus
 from .models import PlaybookRun
@@ -26,6 +28,10 @@ def _targets(run: PlaybookRun) -> list[runner.Target]:
     targets = []
     for host in run.inventory.hosts.select_related("sandbox", "sandbox__host").order_by("name"):
         if host.sandbox_id:
+            # Held while the run lasts, woken before it starts (sandboxes/idle.py).
+            idle.hold(host.sandbox_id, _hold_token(run), idle.WORK_HOLD_SECONDS)
+            if host.sandbox.state in idle.IDLE:
+                host.sandbox = idle.ensure_awake(host.sandbox)
             target = target_for(host.sandbox, name=host.name)
         else:
             target = runner.Target(
@@ -40,6 +46,17 @@ def _targets(run: PlaybookRun) -> list[runner.Target]:
         target.variables = {**run.inventory.variables, **host.variables}
         targets.append(target)
     return targets
+
+
+def _hold_token(run: PlaybookRun) -> str:
+    return f"playbook-run-{run.pk}"
+
+
+def _release_holds(run: PlaybookRun) -> None:
+    for sandbox_id in run.inventory.hosts.filter(sandbox__isnull=False).values_list(
+        "sandbox_id", flat=True
+    ):
+        idle.release(sandbox_id, _hold_token(run))
 
 
 def _trim(data: dict) -> dict:
@@ -157,6 +174,11 @@ def execute(run_id) -> None:
     except Exception as exc:  # noqa: BLE001 - the run must end with the reason
         log.exception("playbook run %s", run_id)
         error = f"{type(exc).__name__}: {exc}"
+    finally:
+        try:
+            _release_holds(run)
+        except Exception:  # noqa: BLE001 - the holds expire by themselves
+            log.warning("could not release the idle holds of run %s", run_id, exc_info=True)
     runs.finish_run(
         run, status, error=error, host_stats=stats, failed_tasks=failed, events=stream.seq
     )

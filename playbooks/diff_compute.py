@@ -18,7 +18,7 @@ from django.utils import timezone
 
 import diffing
 from core.conf import vsb
-from sandboxes import provisioning
+from sandboxes import idle, provisioning
 from sandboxes import services as sandbox_services
 from sandboxes.choices import SandboxState
 from sandboxes.drivers.domain_xml import OVERLAY_NAME
@@ -74,6 +74,9 @@ def compare_snapshots(sandbox, before_pick: str | None, after_pick: str | None) 
 
 def compute(diff: Diff) -> dict:
     sandbox = diff.sandbox
+    if sandbox.state in idle.IDLE and Diff.NOW in (diff.from_name, diff.to_name):
+        # "now" of a running guest is a snapshot flushed through its agent: woken first.
+        sandbox = idle.ensure_awake(sandbox)
     driver = provisioning.driver_for(sandbox)
     started = time.monotonic()
     temporary = None

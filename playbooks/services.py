@@ -18,7 +18,13 @@ from django.db import IntegrityError, transaction
 from audit import services as audit
 from core.errors import Conflict, Forbidden, InvalidInput, NotFound, OperationFailed
 from sandboxes import services as sandbox_services
-from sandboxes.choices import OperationKind, OperationStatus, SandboxState, SnapshotStatus
+from sandboxes.choices import (
+    WAKEABLE_STATES,
+    OperationKind,
+    OperationStatus,
+    SandboxState,
+    SnapshotStatus,
+)
 from sandboxes.models import Operation, Sandbox, Snapshot
 
 from . import runtime, tasks
@@ -88,7 +94,7 @@ def request_diff(
         if to_name == Diff.NOW
         else _ready_snapshot(sandbox, "to", to_name, why),
     }
-    if to_name == Diff.NOW and sandbox.state not in (SandboxState.READY, SandboxState.STOPPED):
+    if to_name == Diff.NOW and sandbox.state not in (*WAKEABLE_STATES, SandboxState.STOPPED):
         raise Conflict(
             f"Sandbox {sandbox.name} is {sandbox.state}; a diff to now needs it ready or stopped.",
             code="invalid_state",

@@ -12,7 +12,7 @@ from django.utils import timezone
 from core import queues
 from egress import services as egress
 from sandboxes import provisioning, services
-from sandboxes.choices import OperationStatus, SandboxState
+from sandboxes.choices import WAKEABLE_STATES, OperationStatus, SandboxState
 from sandboxes.models import Operation, Sandbox
 
 from . import reproduce, runner, runtime
@@ -91,7 +91,7 @@ def step(task, op: Operation) -> None:
             error=f"the replica {replica.name} is {replica.state}: {replica.error}",
         )
         return
-    if replica.state != SandboxState.READY:
+    if replica.state not in WAKEABLE_STATES:
         if op.deadline and timezone.now() > op.deadline:
             _destroy(replica, op)
             _finish(

@@ -7,12 +7,22 @@ class SandboxState(models.TextChoices):
     BOOTING = "booting"
     WAITING_FOR_IP = "waiting_for_ip"
     READY = "ready"
+    # Idle (docs/architecture.md, "Idle"): vCPUs stopped, memory kept; or memory saved to
+    # disk (libvirt's managed save). Any call that needs the guest wakes it first.
+    PAUSED = "paused"
+    HIBERNATED = "hibernated"
     RESTORING = "restoring"
     STOPPING = "stopping"
     STOPPED = "stopped"
     DESTROYING = "destroying"
     DESTROYED = "destroyed"
     ERROR = "error"
+
+
+# The states in which the guest exists and can be woken: wherever the API accepts `ready` it
+# accepts these too, and the worker wakes the sandbox before it uses the guest.
+WAKEABLE_STATES = (SandboxState.READY, SandboxState.PAUSED, SandboxState.HIBERNATED)
+IDLE_STATES = (SandboxState.PAUSED, SandboxState.HIBERNATED)
 
 
 class OperationKind(models.TextChoices):

@@ -2,6 +2,8 @@
 
     requested → provisioning → booting → waiting_for_ip → ready ⇄ (stopping →) stopped
     ready → stopped (the reconcile found the domain shut off: a host reboot)
+    ready ⇄ paused → hibernated → ready (idle: sandboxes/idle.py; woken by any use)
+    paused | hibernated → stopping | restoring | destroying (they work from there too)
     ready | stopped | error → restoring → waiting_for_ip (memory snapshot) | stopped
     any → destroying → destroyed;  transitional → error
 
@@ -27,7 +29,27 @@ ALLOWED: dict[str, set[str]] = {
     S.BOOTING: {S.WAITING_FOR_IP, S.STOPPING, S.DESTROYING, S.ERROR},
     S.WAITING_FOR_IP: {S.READY, S.STOPPING, S.DESTROYING, S.ERROR},
     # ready → stopped directly: the reconcile found the domain shut off (host reboot).
-    S.READY: {S.STOPPING, S.STOPPED, S.BOOTING, S.RESTORING, S.DESTROYING, S.ERROR},
+    S.READY: {
+        S.STOPPING,
+        S.STOPPED,
+        S.BOOTING,
+        S.RESTORING,
+        S.DESTROYING,
+        S.ERROR,
+        S.PAUSED,
+        S.HIBERNATED,
+    },
+    # paused → stopped / hibernated → stopped: the reconcile found the domain shut off.
+    S.PAUSED: {
+        S.READY,
+        S.HIBERNATED,
+        S.STOPPING,
+        S.STOPPED,
+        S.RESTORING,
+        S.DESTROYING,
+        S.ERROR,
+    },
+    S.HIBERNATED: {S.READY, S.STOPPING, S.STOPPED, S.RESTORING, S.DESTROYING, S.ERROR},
     S.RESTORING: {S.WAITING_FOR_IP, S.STOPPED, S.DESTROYING, S.ERROR},
     S.STOPPING: {S.STOPPED, S.DESTROYING, S.ERROR},
     S.STOPPED: {S.BOOTING, S.RESTORING, S.DESTROYING, S.ERROR},

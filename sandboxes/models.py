@@ -210,6 +210,9 @@ class Sandbox(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     ready_at = models.DateTimeField(null=True, blank=True)
+    # The last command, terminal or file operation (sandboxes/idle.py: written at most every
+    # few seconds); the idle sweep pauses, then hibernates, a sandbox unused for long.
+    last_used_at = models.DateTimeField(null=True, blank=True)
     destroyed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -14,7 +14,14 @@ from egress import services as egress
 
 from . import lifecycle, services
 from .choices import NetworkMode, SandboxState, SourceKind
-from .drivers.base import RUNNING, CloneSpec, LibvirtNetwork, PermanentDriverError, PortForward
+from .drivers.base import (
+    PAUSED,
+    RUNNING,
+    CloneSpec,
+    LibvirtNetwork,
+    PermanentDriverError,
+    PortForward,
+)
 from .drivers.domain_xml import OVERLAY_NAME
 from .models import Sandbox
 from .runtime import deployment_name, get_ca, get_driver, get_ssh_pool
@@ -204,6 +211,15 @@ def discover_address(sandbox: Sandbox) -> str | None:
         if addresses:
             return addresses[0]
     return None
+
+
+def leave_idle(sandbox: Sandbox) -> None:
+    """Before a shutdown: a hibernated domain forgets its saved memory (a later start must
+    boot, not restore), a paused one runs again so it can act on the power button."""
+    driver = driver_for(sandbox)
+    driver.managed_save_remove(sandbox.name)
+    if driver.state(sandbox.name) == PAUSED:
+        driver.resume(sandbox.name)
 
 
 def teardown(sandbox: Sandbox) -> None:

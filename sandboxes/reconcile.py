@@ -7,8 +7,10 @@ A domain is *ours* only when its metadata names this host **and** this deploymen
 libvirtd, and their domains are never touched. What it corrects (docs/architecture.md):
 
 * a ready or stopped row whose domain is gone → `error`, "domain vanished";
-* a ready row whose domain is shut off (the host rebooted, the guest powered itself off) →
-  `stopped`; `POST /start` boots it again;
+* a ready, paused or hibernated row whose domain is shut off (the host rebooted, the guest
+  powered itself off) → `stopped`; `POST /start` boots it again; shut off *with a managed save
+  image* → `hibernated` (the next use restores it);
+* a paused or hibernated row whose domain runs (`virsh resume`, `virsh start`) → `ready`;
 * a stopped row whose domain runs (someone ran `virsh start`) → a start operation by the
   system, which makes it ready once SSH answers with the pinned host key;
 * a domain of ours with no live row (a stray) → destroyed, with its workdir when that is a
@@ -31,6 +33,7 @@ from functools import lru_cache
 
 import redis
 from django.conf import settings
+from django.utils import timezone
 
 from core.conf import vsb
 
@@ -42,6 +45,8 @@ from .models import Host, Sandbox
 from .runtime import deployment_name, get_driver, get_ssh_pool
 
 log = logging.getLogger(__name__)
+S = SandboxState
+HIBERNATED_REASON = "its domain was found shut off with a managed save image"
 
 
 @dataclass
@@ -51,6 +56,8 @@ class Report:
     host: str
     vanished: list[str] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)
+    hibernated: list[str] = field(default_factory=list)
+    woken: list[str] = field(default_factory=list)
     adopted: list[str] = field(default_factory=list)
     strays_waiting: list[str] = field(default_factory=list)
     strays_destroyed: list[str] = field(default_factory=list)
@@ -194,17 +201,36 @@ def _settle(driver, sandbox: Sandbox, listed: DomainInfo | None, report: Report)
             ):
                 report.vanished.append(sandbox.name)
         return
-    if sandbox.state == SandboxState.READY and domain.state == SHUTOFF:
-        if not _still(driver, sandbox, SHUTOFF):
+    if sandbox.state in (S.READY, S.PAUSED, S.HIBERNATED) and domain.state == SHUTOFF:
+        domain = _still(driver, sandbox, SHUTOFF)
+        if domain is None:
             return
         get_ssh_pool().discard(str(sandbox.id))
+        if domain.managed_save:
+            # Saved to disk (`virsh managedsave`, or a hibernation whose worker died before
+            # it recorded it): it is hibernated, and wakes like one.
+            if sandbox.state != S.HIBERNATED and services.reconcile_sandbox(
+                sandbox, S.HIBERNATED, HIBERNATED_REASON, domain=describe(domain)
+            ):
+                report.hibernated.append(sandbox.name)
+            return
         reason = "its domain was found shut off (host reboot, or the guest powered off)"
-        if services.reconcile_sandbox(
-            sandbox, SandboxState.STOPPED, reason, domain=describe(domain)
-        ):
+        if services.reconcile_sandbox(sandbox, S.STOPPED, reason, domain=describe(domain)):
             report.stopped.append(sandbox.name)
-    elif sandbox.state == SandboxState.STOPPED and domain.state == RUNNING:
-        if not _still(driver, sandbox, RUNNING):
+    elif sandbox.state in (S.PAUSED, S.HIBERNATED) and domain.state == RUNNING:
+        domain = _still(driver, sandbox, RUNNING)
+        if domain is None:
+            return
+        # Resumed or restored behind our back (`virsh resume`, `virsh start`): ready; a
+        # restored one is a new QEMU, so SSH pools reconnect (a new ready_at).
+        fields = {"ready_at": timezone.now()} if sandbox.state == S.HIBERNATED else {}
+        if sandbox.state == S.HIBERNATED:
+            get_ssh_pool().discard(str(sandbox.id))
+        reason = f"its domain was found running while the sandbox was {sandbox.state}"
+        if services.reconcile_sandbox(sandbox, S.READY, reason, domain=describe(domain), **fields):
+            report.woken.append(sandbox.name)
+    elif sandbox.state == S.STOPPED and domain.state == RUNNING:
+        if _still(driver, sandbox, RUNNING) is None:
             return
         reason = "its domain was found running; checking that SSH answers"
         if services.adopt_running_sandbox(sandbox, reason) is not None:
@@ -213,10 +239,10 @@ def _settle(driver, sandbox: Sandbox, listed: DomainInfo | None, report: Report)
     # nothing the row can say about it; left to the operations and to people.
 
 
-def _still(driver, sandbox: Sandbox, state: str) -> bool:
-    """Whether the sandbox's domain is still in `state` (the listing is a moment old)."""
+def _still(driver, sandbox: Sandbox, state: str) -> DomainInfo | None:
+    """The sandbox's domain if it is still in `state` (the listing is a moment old)."""
     domain = _domain_of(sandbox, driver.get_domain(sandbox.name))
-    return domain is not None and domain.state == state
+    return domain if domain is not None and domain.state == state else None
 
 
 def _stray(driver, host: Host, info: DomainInfo, now: float, report: Report) -> None:

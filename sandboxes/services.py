@@ -39,7 +39,9 @@ from egress import services as egress
 
 from . import capacity, lifecycle, quotas, tasks
 from .choices import (
+    IDLE_STATES,
     LIFECYCLE_KINDS,
+    WAKEABLE_STATES,
     CommandStatus,
     NetworkMode,
     OperationKind,
@@ -722,12 +724,12 @@ def create_snapshot(
     `api_key`: the request's, whose snapshot quota applies."""
     _validate_snapshot_name(name)
     require_live_host(sandbox.host, sandbox)
-    if sandbox.state not in (SandboxState.READY, SandboxState.STOPPED):
+    if sandbox.state not in (*WAKEABLE_STATES, SandboxState.STOPPED):
         raise Conflict(
             f"Sandbox {sandbox.name} is {sandbox.state}; snapshots need it ready or stopped.",
             code="invalid_state",
         )
-    if disk_only and sandbox.state == SandboxState.READY:
+    if disk_only and sandbox.state in WAKEABLE_STATES:
         raise InvalidInput.field(
             "disk_only",
             "a disk-only snapshot needs a stopped sandbox (internal snapshots of a running "
@@ -852,7 +854,8 @@ def run_command(
     it even if the caller goes away. `api_key`: the request's, whose concurrent-commands
     quota applies."""
     timeout = validate_command_input(command, timeout_seconds, env, cwd)
-    if sandbox.state != SandboxState.READY:
+    # Paused or hibernated: the worker wakes it before it runs the command.
+    if sandbox.state not in WAKEABLE_STATES:
         raise Conflict(
             f"Sandbox {sandbox.name} is {sandbox.state}; commands need it ready.",
             code="invalid_state",
@@ -1104,7 +1107,7 @@ def _give_up(op: Operation, reason: str) -> bool:
             expected=[
                 s
                 for s in lifecycle.sources_for(SandboxState.ERROR)
-                if s not in (SandboxState.READY, SandboxState.STOPPED)
+                if s not in (SandboxState.READY, SandboxState.STOPPED, *IDLE_STATES)
             ],
             error=reason,
         )
@@ -1237,10 +1240,12 @@ def _open_operations(sandbox_ref):
 
 
 def settled_sandboxes(host: Host) -> list[Sandbox]:
-    """The host's ready and stopped sandboxes that no operation is moving (none pending or
-    running): the only rows the reconcile may correct."""
+    """The host's ready, idle and stopped sandboxes that no operation is moving (none pending
+    or running): the only rows the reconcile may correct."""
     return list(
-        Sandbox.objects.filter(host=host, state__in=[SandboxState.READY, SandboxState.STOPPED])
+        Sandbox.objects.filter(
+            host=host, state__in=[SandboxState.READY, SandboxState.STOPPED, *IDLE_STATES]
+        )
         .exclude(Exists(_open_operations(OuterRef("pk"))))
         .select_related("host")
     )
@@ -1256,7 +1261,9 @@ def live_sandbox_ids(ids) -> set[str]:
     }
 
 
-def reconcile_sandbox(sandbox: Sandbox, target: str, reason: str, *, domain: dict) -> bool:
+def reconcile_sandbox(
+    sandbox: Sandbox, target: str, reason: str, *, domain: dict, **fields
+) -> bool:
     """Move a settled sandbox to `target` because its domain says otherwise (`domain`: what
     libvirt showed), audited as `sandbox.reconciled` with the reason. Only from the state the
     reconcile saw, and only while no operation is open: False when anything moved first."""
@@ -1264,7 +1271,9 @@ def reconcile_sandbox(sandbox: Sandbox, target: str, reason: str, *, domain: dic
         if _open_operations(sandbox.pk).exists():
             return False
         error = reason if target == SandboxState.ERROR else ""
-        if not lifecycle.transition(sandbox.pk, target, expected=[sandbox.state], error=error):
+        if not lifecycle.transition(
+            sandbox.pk, target, expected=[sandbox.state], error=error, **fields
+        ):
             return False
         audit.record(
             "sandbox.reconciled",

@@ -21,7 +21,7 @@ from django.utils import timezone
 from core import queues, wakeups
 from core.conf import vsb
 
-from . import lifecycle, provisioning, services
+from . import idle, lifecycle, provisioning, services
 from .choices import (
     CommandStatus,
     OperationKind,
@@ -375,6 +375,7 @@ def stop_sandbox(self, op: Operation) -> None:
     sandbox = op.sandbox
     try:
         provisioning.get_ssh_pool().discard(str(sandbox.id))
+        provisioning.leave_idle(sandbox)
         services.report_progress(op.pk, 30, "shutting down (ACPI, then force off)")
         provisioning.driver_for(sandbox).shutdown(
             sandbox.name, timeout=vsb("SHUTDOWN_TIMEOUT_SECONDS")
@@ -458,9 +459,16 @@ def _run_command(cmd: Command) -> dict:
     from .remote import ssh
 
     sandbox = cmd.sandbox
-    if sandbox.state != SandboxState.READY:
+    try:
+        # A paused sandbox resumes here (milliseconds), a hibernated one is restored (seconds).
+        sandbox = idle.ensure_awake(sandbox)
+    except services.Conflict:
         return _finish_command(
             cmd.pk, status=CommandStatus.FAILED, error=f"sandbox is {sandbox.state}"
+        )
+    except DriverError as exc:
+        return _finish_command(
+            cmd.pk, status=CommandStatus.FAILED, error=f"waking the sandbox failed: {exc}"
         )
     # The command may hold this thread for an hour: not a database connection as well (the
     # commands pool has many threads; PostgreSQL allows 100 connections by default). Inside
@@ -528,6 +536,11 @@ def snapshot_sandbox(self, op: Operation) -> None:
         services.finish_operation(op.pk, OperationStatus.FAILED, error="snapshot row is gone")
         return
     try:
+        if sandbox.state in idle.IDLE:
+            # Snapshots of a running guest take its memory and flush its disks through the
+            # agent: a paused or hibernated sandbox is woken first.
+            services.report_progress(op.pk, 20, f"waking the {sandbox.state} sandbox")
+            sandbox = idle.ensure_awake(sandbox)
         services.report_progress(op.pk, 50, "flushing the guest's disks and taking the snapshot")
         info = provisioning.driver_for(sandbox).snapshot_create(
             sandbox.name, snap.name, snap.description
@@ -552,6 +565,8 @@ def restore_snapshot(self, op: Operation) -> None:
     driver = provisioning.driver_for(sandbox)
     try:
         provisioning.get_ssh_pool().discard(str(sandbox.id))  # its TCP state is about to vanish
+        # A hibernated sandbox's saved memory would outlive the revert: dropped first.
+        driver.managed_save_remove(sandbox.name)
         services.report_progress(op.pk, 30, f"reverting to {snap.name}")
         state = driver.snapshot_revert(sandbox.name, snap.name)
         if state == RUNNING:
@@ -645,13 +660,9 @@ def reconcile_host(host_id: int, report_key: str = "") -> dict | None:
     a pass lost with its worker is simply the next beat's. With `report_key`, the pass's
     report is published as a wake-up under that key (tests wait on it)."""
     from . import reconcile
-    from .models import Host
 
-    host = Host.objects.filter(pk=host_id).first()
+    host = _own_host(host_id, "reconcile")
     if host is None:
-        return None
-    if host.name != vsb("HOST_NAME"):
-        log.error("reconcile of host %s sent to the worker of %s: ignored", host, vsb("HOST_NAME"))
         return None
     try:
         report = reconcile.reconcile_host(host).as_dict()
@@ -661,6 +672,49 @@ def reconcile_host(host_id: int, report_key: str = "") -> dict | None:
     if report_key:
         wakeups.publish(report_key, report, kind="reconcile")
     return report
+
+
+@shared_task(name="sandboxes.sweep_idle_hosts", ignore_result=True)
+def sweep_idle_hosts() -> list[str]:
+    """The beat's entry (control): one idle sweep per host with a live worker, on that
+    host's own queue, since it needs the host's libvirt."""
+    hosts = services.live_hosts()
+    for host in hosts:
+        services.enqueue(sweep_idle_host, host, host.pk)
+    return [h.name for h in hosts]
+
+
+@shared_task(name="sandboxes.sweep_idle_host", ignore_result=True)
+def sweep_idle_host(host_id: int, report_key: str = "") -> dict | None:
+    """One idle sweep (sandboxes/idle.py) over this worker's host. Not acks_late: a pass
+    lost with its worker is the next beat's. With `report_key`, the report is published as a
+    wake-up under that key (tests wait on it)."""
+    host = _own_host(host_id, "idle sweep")
+    if host is None:
+        return None
+    report = idle.sweep_host(host).as_dict()
+    if report_key:
+        wakeups.publish(report_key, report, kind="idle")
+    return report
+
+
+def _own_host(host_id: int, what: str):
+    """The Host row of a per-host pass, if it is this worker's host (else None, logged)."""
+    from .models import Host
+
+    host = Host.objects.filter(pk=host_id).first()
+    if host is not None and host.name != vsb("HOST_NAME"):
+        log.error("%s of host %s sent to the worker of %s: ignored", what, host, vsb("HOST_NAME"))
+        return None
+    return host
+
+
+@shared_task(
+    name="sandboxes.set_power", acks_late=False, ignore_result=True, work=queues.Work.COMMANDS
+)
+def set_power(request_id: str, sandbox_id: str, action: str) -> None:
+    """An explicit pause or resume (POST /pause, /resume): the request waits for its answer."""
+    idle.run_power(request_id, sandbox_id, action)
 
 
 # The task carrying each kind of operation: a restarted worker re-enqueues what it left open

@@ -19,6 +19,16 @@ PY="$VENV/bin/python"
 export VSB_BIND="${VSB_BIND:-127.0.0.1}" VSB_PORT="${VSB_PORT:-8080}"
 HOST_NAME="$("$PY" -c 'import django; django.setup(); from django.conf import settings; print(settings.VSB["HOST_NAME"])')"
 LOG="$VSB_DATA_DIR/log"
+# The sandboxes' forwarded SSH ports must never be handed out as the ephemeral port of some
+# outgoing connection: a hibernated or stopped sandbox's port is free while its QEMU is gone,
+# and its restore would fail on it (docs/architecture.md "Idle"). Reserved, kept across boots.
+PORT_RANGE="$("$PY" -c 'import django; django.setup(); from django.conf import settings; print("%d-%d" % settings.VSB["PORT_RANGE"])')"
+reserved=/proc/sys/net/ipv4/ip_local_reserved_ports
+if [ -w "$reserved" ] && ! grep -q "$PORT_RANGE" "$reserved"; then
+  current="$(cat "$reserved")"
+  echo "${current:+$current,}$PORT_RANGE" > "$reserved"
+  echo "net.ipv4.ip_local_reserved_ports = $(cat "$reserved")" > /etc/sysctl.d/60-virsh-sandbox.conf
+fi
 
 "$PY" manage.py migrate --noinput -v0
 # The default SQLite database holds API key hashes, the audit trail and encrypted

@@ -37,6 +37,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from core.conf import vsb
 from core.errors import ServiceError
+from sandboxes import idle
 
 from . import services
 from .relay import relay_channel, term_group
@@ -65,6 +66,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         self.audit_task: asyncio.Task | None = None
         self.screen_task: asyncio.Task | None = None
         self.group = None
+        self.hold_task: asyncio.Task | None = None
         access = await database_sync_to_async(services.terminal_access)(self.user, self.sandbox_id)
         # Accept, then close with a code: a refused handshake would only say "403" and the
         # client could not tell "not yours" from any other failure.
@@ -79,6 +81,8 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         self.group = term_group(self.hex)
         self.relay = relay_channel(self.sandbox.host.name)
         await self.channel_layer.group_add(self.group, self.channel_name)
+        # While it watches, the sandbox is not paused (sandboxes/idle.py).
+        self.hold_task = asyncio.create_task(self._hold_while_watching())
         await self._send(
             {
                 "type": "hello",
@@ -115,8 +119,17 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             }
         )
 
+    async def _hold_while_watching(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await database_sync_to_async(services.viewer_watching)(
+                    self.sandbox, self.channel_name
+                )
+            await asyncio.sleep(idle.VIEWER_HOLD_SECONDS / 2)
+
     async def _start(self, session: str) -> None:
         try:
+            await database_sync_to_async(services.wake_for_viewer)(self.sandbox)
             await database_sync_to_async(services.ensure_session)(self.sandbox, self.user, session)
         except ServiceError as exc:
             await self._send({"type": "error", "code": exc.code, "message": exc.message})
@@ -156,9 +169,11 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         if self.group is None:
             return
         await self.channel_layer.group_discard(self.group, self.channel_name)
-        for task in (self.screen_task, self.audit_task):
+        for task in (self.screen_task, self.audit_task, self.hold_task):
             if task is not None and not task.done():
                 task.cancel()
+        with contextlib.suppress(Exception):
+            await database_sync_to_async(services.viewer_left)(self.sandbox, self.channel_name)
         await self._flush_audit()
         if self.role == "control" and self.user.is_staff and self.sandbox.owner_id != self.user.pk:
             await self._release()

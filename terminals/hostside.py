@@ -15,8 +15,7 @@ from functools import lru_cache
 
 from core.conf import vsb
 from core.errors import Conflict, InvalidInput, NotFound, OperationFailed, ServiceError
-from sandboxes import provisioning
-from sandboxes.choices import SandboxState
+from sandboxes import idle, provisioning
 from sandboxes.models import Sandbox
 from sandboxes.remote.errors import RemoteError
 from sandboxes.runtime import get_ca
@@ -59,8 +58,7 @@ def _sandbox(sandbox_id: str) -> Sandbox:
 def ssh_launch(sandbox: Sandbox, identity: str) -> SSHLaunch:
     """A fresh key and certificate for one pane's ssh, valid for minutes: ssh only needs it
     while it logs in; a respawned pane gets a new one."""
-    if sandbox.state != SandboxState.READY:
-        raise Conflict(f"Sandbox {sandbox.name} is {sandbox.state}.", code="invalid_state")
+    sandbox = idle.ensure_awake(sandbox)  # a paused or hibernated one is woken first
     credential = get_ca().issue(
         [sandbox.principal], ttl_seconds=vsb("CERT_TTL_SECONDS"), identity=identity[:200]
     )
@@ -110,6 +108,16 @@ def _find_pane(target: str, allowed: list[str]) -> PaneInfo:
     if not found:
         raise NotFound(f"No pane {target} in your sandboxes.", field="pane_id")
     return found[0]
+
+
+def _wake_pane_sandbox(info: PaneInfo, p: dict) -> None:
+    """The pane's ssh talks to its guest: a paused or hibernated sandbox is woken first (and
+    marked used), so what is typed arrives and what is read moves on."""
+    sandbox_id = (p.get("allowed_ids") or {}).get(TerminalSession.sandbox_hex_of(info.session_name))
+    if sandbox_id:
+        sandbox = _sandbox(sandbox_id)
+        if sandbox.state in idle.WAKEABLE:
+            idle.ensure_awake(sandbox)
 
 
 def _blocked(info: PaneInfo, blocked: list[str]) -> None:
@@ -228,6 +236,7 @@ def op_send(p: dict) -> dict:
         raise InvalidInput(f"unknown key name(s): {bad!r}", field="keys")
     target = _find_pane(p["pane_id"], p["allowed"])
     _blocked(target, p.get("blocked", []))
+    _wake_pane_sandbox(target, p)
     tmux = driver()
     if p.get("text"):
         tmux.send_text(target.pane_id, p["text"].encode("utf-8"))
@@ -238,6 +247,7 @@ def op_send(p: dict) -> dict:
 
 def op_read(p: dict) -> dict:
     target = _find_pane(p["pane_id"], p["allowed"])
+    _wake_pane_sandbox(target, p)
     last = p.get("last_n_lines")
     content = driver().capture(target.pane_id, last_n_lines=last, escapes=p.get("escapes", False))
     return {
@@ -255,8 +265,22 @@ def op_resize(p: dict) -> dict:
 
 def op_file(p: dict) -> dict:
     sandbox = _sandbox(p["sandbox_id"])
-    if sandbox.state != SandboxState.READY:
-        raise Conflict(f"Sandbox {sandbox.name} is {sandbox.state}.", code="invalid_state")
+    token = f"file-{uuid.uuid4().hex}"
+    # Held while it runs (an upload may outlast the idle time), woken before it starts.
+    idle.hold(sandbox.pk, token, idle.WORK_HOLD_SECONDS)
+    try:
+        return _file_op(idle.ensure_awake(sandbox), p)
+    finally:
+        idle.release(sandbox.pk, token)
+
+
+def op_wake(p: dict) -> dict:
+    """A terminal viewer connected: its sandbox runs while it watches."""
+    sandbox = idle.ensure_awake(_sandbox(p["sandbox_id"]))
+    return {"state": sandbox.state}
+
+
+def _file_op(sandbox: Sandbox, p: dict) -> dict:
     policy = PathPolicy.from_lists(vsb("FILE_ALLOW"), vsb("FILE_DENY"))
     action, kw = p["action"], dict(p.get("kwargs") or {})
     for attempt in (1, 2):
@@ -318,6 +342,7 @@ OPS = {
     "read": op_read,
     "resize": op_resize,
     "file": op_file,
+    "wake": op_wake,
 }
 
 

@@ -26,8 +26,9 @@ from core.errors import (
     TooLarge,
     from_http_status,
 )
+from sandboxes import idle
 from sandboxes import services as sandbox_services
-from sandboxes.choices import SandboxState
+from sandboxes.choices import IDLE_STATES, WAKEABLE_STATES, SandboxState
 from sandboxes.models import Host, Sandbox
 
 from . import blobs, tasks
@@ -64,7 +65,8 @@ def owned_sandbox(user, sandbox_id) -> Sandbox:
 
 
 def _require_ready(sandbox: Sandbox) -> None:
-    if sandbox.state != SandboxState.READY:
+    # Paused or hibernated: the host's worker wakes it before it uses the guest.
+    if sandbox.state not in WAKEABLE_STATES:
         raise Conflict(
             f"Sandbox {sandbox.name} is {sandbox.state}; terminals and files need it ready.",
             code="invalid_state",
@@ -290,7 +292,7 @@ def _close_rows(rows, reason: str) -> int:
 
 def list_sessions(sandbox: Sandbox) -> list[dict]:
     live = {}
-    if sandbox.state == SandboxState.READY:
+    if sandbox.state in WAKEABLE_STATES:
         live = {
             s["name"]: s
             for s in call_host(sandbox.host, "list_sessions", {"allowed": [sandbox.id.hex]})[
@@ -320,7 +322,7 @@ def list_sessions(sandbox: Sandbox) -> list[dict]:
 
 def list_sessions_of(user, sandbox: Sandbox | None = None) -> list[dict]:
     """The sessions of one sandbox, or of all the caller's ready sandboxes."""
-    sandboxes = [sandbox] if sandbox else owned_sandboxes(user).filter(state=SandboxState.READY)
+    sandboxes = [sandbox] if sandbox else owned_sandboxes(user).filter(state__in=WAKEABLE_STATES)
     return [session for sb in sandboxes for session in list_sessions(sb)]
 
 
@@ -520,6 +522,38 @@ def terminal_access(user, sandbox_id) -> dict | None:
         "sandbox": sandbox,
         "role": role,
         "taken_over_by": row.taken_over_by.get_username() if row else None,
+    }
+
+
+# --- viewers keep their sandbox awake --------------------------------------------------------
+
+
+def viewer_watching(sandbox: Sandbox, token: str) -> None:
+    """A websocket viewer (`token`: its channel) watches the sandbox's terminal: the idle
+    sweep leaves it running. Renewed every VIEWER_HOLD_SECONDS / 2 while it stays."""
+    idle.hold(sandbox.pk, token, idle.VIEWER_HOLD_SECONDS)
+
+
+def viewer_left(sandbox: Sandbox, token: str) -> None:
+    idle.release(sandbox.pk, token)
+
+
+def wake_for_viewer(sandbox: Sandbox) -> None:
+    """A viewer connected to a paused or hibernated sandbox: its host's worker wakes it, so
+    the screen moves and keystrokes arrive."""
+    sandbox.refresh_from_db(fields=["state"])
+    if sandbox.state in IDLE_STATES:
+        call_host(sandbox.host, "wake", {"sandbox_id": str(sandbox.pk)}, idle.POWER_TIMEOUT_SECONDS)
+
+
+def sandboxes_with_open_sessions(sandbox_ids: list[str]) -> set[str]:
+    """Which of these sandboxes have an open terminal session: never hibernated, since the
+    ssh in their tmux panes would not survive the restore (registered in apps.py)."""
+    return {
+        str(pk)
+        for pk in TerminalSession.objects.filter(
+            sandbox_id__in=sandbox_ids, closed_at__isnull=True
+        ).values_list("sandbox_id", flat=True)
     }
 
 

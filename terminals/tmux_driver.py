@@ -162,6 +162,10 @@ class SSHLaunch:
             "-o", "BatchMode=yes",
             "-o", "ConnectTimeout=15",
             "-o", "ServerAliveInterval=15",
+            # A paused sandbox does not answer: the pane's ssh must outlast a pause (a day)
+            # rather than hang up after 45 s. A destroyed guest's forwarded port closes, which
+            # ends it at once all the same.
+            "-o", "ServerAliveCountMax=5760",
             "-o", "LogLevel=ERROR",
             "-tt",
             "-p", str(self.port),

@@ -241,6 +241,12 @@ CELERY_BEAT_SCHEDULE = {
     "reconcile-hosts": control_beat(
         "sandboxes.reconcile_hosts", reconcile_interval, max(1, int(reconcile_interval) - 5)
     ),
+    # One idle sweep (pause, hibernate) per live host, on its own queue.
+    "idle-sweep": control_beat(
+        "sandboxes.sweep_idle_hosts",
+        env.float("VSB_IDLE_SWEEP_INTERVAL_SECONDS", default=30.0),
+        25,
+    ),
     "resend-lost-work": control_beat(
         "sandboxes.resend_lost_work", env.float("VSB_RESEND_INTERVAL_SECONDS", default=10.0), 9
     ),
@@ -381,6 +387,11 @@ VSB = {
     # `host_unavailable` (docs/fleet.md). Floats: the tests beat every second or two.
     "HEARTBEAT_SECONDS": env.float("VSB_HEARTBEAT_SECONDS", default=15.0),
     "HOST_DEAD_SECONDS": env.float("VSB_HOST_DEAD_SECONDS", default=90.0),
+    # Idle sandboxes (sandboxes/idle.py): a ready sandbox with no command, terminal viewer or
+    # file operation for IDLE_PAUSE_SECONDS is paused (vCPUs stopped, memory kept), and
+    # after IDLE_HIBERNATE_SECONDS hibernated (memory saved to disk); any use wakes it.
+    # 0: never.
+    **vsb_ints(IDLE_PAUSE_SECONDS=300, IDLE_HIBERNATE_SECONDS=3600),
     # Threads of each worker pool of a host (`manage.py worker <pool>`, core/queues.py).
     # Lifecycle steps are short; a command holds its thread (and nothing else: no database
     # connection) for as long as it runs, so the commands pool is the host's ceiling on

@@ -63,6 +63,7 @@ class SandboxSerializer(AnswerSerializer):
             "host_key",
             "created_at",
             "ready_at",
+            "last_used_at",
             "destroyed_at",
         ]
 
@@ -117,6 +118,15 @@ class CreateSnapshotSerializer(StrictInputSerializer):
 class WaitSerializer(StrictInputSerializer):
     wait_for_ip = serializers.BooleanField(required=False, default=False)
     wait = serializers.BooleanField(required=False, default=False)
+
+
+class PauseSerializer(StrictInputSerializer):
+    hibernate = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Save its memory to disk now (as the idle sweep does after "
+        "VSB_IDLE_HIBERNATE_SECONDS) instead of only stopping its vCPUs.",
+    )
 
 
 class OperationSerializer(AnswerSerializer):

@@ -18,7 +18,7 @@ from core.api.schema import errors
 from core.conf import vsb
 from core.errors import OperationFailed
 
-from .. import services
+from .. import idle, services
 from ..choices import OperationStatus
 from ..models import Host, Operation, Sandbox, SourceVM
 from .serializers import (
@@ -30,6 +30,7 @@ from .serializers import (
     HostListSerializer,
     HostStatusSerializer,
     OperationSerializer,
+    PauseSerializer,
     RunCommandSerializer,
     SandboxDetailSerializer,
     SandboxOperationSerializer,
@@ -212,6 +213,39 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         ("SHUTDOWN_TIMEOUT_SECONDS", 60),
         summary="Stop a sandbox (ACPI shutdown, then force off)",
     )
+
+    @extend_schema(
+        summary="Pause a sandbox",
+        description=(
+            "Stops the guest's vCPUs at once; its memory stays on the host. Any call that needs "
+            "the guest (a command, a terminal, a file, a snapshot, a diff) resumes it first, "
+            "transparently. With `hibernate: true` its memory is saved to disk and freed "
+            "(waking then takes seconds). A paused sandbox stays as it is (or is hibernated), "
+            "a hibernated one too. 409 while a command runs in it, or when it is not ready."
+        ),
+        request=PauseSerializer,
+        responses={200: SandboxDetailSerializer, **WAITED},
+    )
+    @action(detail=True, methods=["post"])
+    def pause(self, request, pk=None):
+        params = _input(PauseSerializer, request.data or {})
+        sandbox = idle.pause_sandbox(self.get_object(), request.user, **params)
+        return Response(SandboxDetailSerializer({"sandbox": sandbox}).data)
+
+    @extend_schema(
+        summary="Resume a paused or hibernated sandbox",
+        description=(
+            "Resumes a paused sandbox (milliseconds) or restores a hibernated one from its "
+            "saved memory (seconds) and answers once it is ready. A ready sandbox stays as it "
+            "is. No call needs this first: every call that needs the guest resumes it."
+        ),
+        request=None,
+        responses={200: SandboxDetailSerializer, **WAITED},
+    )
+    @action(detail=True, methods=["post"])
+    def resume(self, request, pk=None):
+        sandbox = idle.resume_sandbox(self.get_object(), request.user)
+        return Response(SandboxDetailSerializer({"sandbox": sandbox}).data)
 
     @extend_schema(
         summary="Run a command in the sandbox",

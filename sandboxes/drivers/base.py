@@ -120,6 +120,9 @@ class DomainInfo:
     persistent: bool = True
     disks: tuple[str, ...] = ()
     tags: dict[str, str] = field(default_factory=dict)
+    # A shut-off domain whose memory libvirt saved (managed save: a hibernated sandbox);
+    # start() restores it from there instead of booting.
+    managed_save: bool = False
 
 
 @dataclass(frozen=True)
@@ -152,15 +155,36 @@ class HypervisorDriver(Protocol):
         spec.name already exists carrying the same tags, return it unchanged."""
         ...
 
-    def start(self, name: str) -> None: ...
+    def start(self, name: str) -> None:
+        """Boot a shut-off domain, or restore it from its managed save image when it has
+        one (a hibernated sandbox), or resume it when paused. No-op when running."""
+        ...
+
+    def suspend(self, name: str) -> None:
+        """Pause the vCPUs (memory stays in the host's RAM). No-op when already paused;
+        PermanentDriverError when the domain is not running."""
+        ...
+
+    def resume(self, name: str) -> None:
+        """Resume a paused domain. No-op when running; PermanentDriverError when shut off."""
+        ...
+
+    def managed_save(self, name: str) -> None:
+        """Save the memory to libvirt's managed save image and stop QEMU (hibernate); the
+        next start() restores from it. No-op when already saved (shut off with an image)."""
+        ...
+
+    def managed_save_remove(self, name: str) -> None:
+        """Drop the managed save image (the next start boots afresh); none is success."""
+        ...
 
     def shutdown(self, name: str, timeout: float = 30.0) -> None:
         """ACPI shutdown, then force off after `timeout` seconds. No-op when already off."""
         ...
 
     def destroy(self, name: str, workdir: str | None = None) -> None:
-        """Force off, undefine (with snapshot metadata) and remove only files inside
-        `workdir`. A missing domain is success."""
+        """Force off, undefine (with snapshot metadata and the managed save image) and
+        remove only files inside `workdir`. A missing domain is success."""
         ...
 
     def state(self, name: str) -> str: ...

@@ -180,7 +180,50 @@ class FakeDriver:
             self._enter("start", name)
             dom = self._get(name)
             if dom.info.state != RUNNING:
-                dom.info = replace(dom.info, state=RUNNING)
+                # From a managed save image, when there is one: the image is used up.
+                dom.info = replace(dom.info, state=RUNNING, managed_save=False)
+
+    def suspend(self, name: str) -> None:
+        with self._lock:
+            self._enter("suspend", name)
+            dom = self._get(name)
+            if dom.info.state == PAUSED:
+                return
+            if dom.info.state != RUNNING:
+                raise base.PermanentDriverError(
+                    f"cannot pause domain {name!r}: it is {dom.info.state}"
+                )
+            dom.info = replace(dom.info, state=PAUSED)
+
+    def resume(self, name: str) -> None:
+        with self._lock:
+            self._enter("resume", name)
+            dom = self._get(name)
+            if dom.info.state == RUNNING:
+                return
+            if dom.info.state != PAUSED:
+                raise base.PermanentDriverError(
+                    f"cannot resume domain {name!r}: it is {dom.info.state}"
+                )
+            dom.info = replace(dom.info, state=RUNNING)
+
+    def managed_save(self, name: str) -> None:
+        with self._lock:
+            self._enter("managed_save", name)
+            dom = self._get(name)
+            if dom.info.state not in (RUNNING, PAUSED):
+                if dom.info.managed_save:
+                    return
+                raise base.PermanentDriverError(
+                    f"cannot hibernate domain {name!r}: it is not running"
+                )
+            dom.info = replace(dom.info, state=SHUTOFF, managed_save=True)
+
+    def managed_save_remove(self, name: str) -> None:
+        with self._lock:
+            self._enter("managed_save_remove", name)
+            dom = self._get(name)
+            dom.info = replace(dom.info, managed_save=False)
 
     def shutdown(self, name: str, timeout: float = 30.0) -> None:
         with self._lock:

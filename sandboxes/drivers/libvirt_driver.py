@@ -254,6 +254,7 @@ class LibvirtDriver:
             persistent=bool(dom.isPersistent()),
             disks=disk_sources(xml),
             tags=parse_tags(xml),
+            managed_save=_has_managed_save(dom),
         )
 
     def list_domains(self) -> list[DomainInfo]:
@@ -514,6 +515,56 @@ class LibvirtDriver:
 
         self._call("start", run, name)
 
+    def suspend(self, name: str) -> None:
+        def run(conn: libvirt.virConnect) -> None:
+            dom = self._lookup(conn, name)
+            state = _STATES.get(dom.state()[0], OTHER)
+            if state == PAUSED:
+                return
+            if state != RUNNING:
+                raise PermanentDriverError(f"cannot pause domain {name!r}: it is {state}")
+            dom.suspend()
+
+        self._call("pause", run, name)
+
+    def resume(self, name: str) -> None:
+        def run(conn: libvirt.virConnect) -> None:
+            dom = self._lookup(conn, name)
+            state = _STATES.get(dom.state()[0], OTHER)
+            if state == RUNNING:
+                return
+            if state != PAUSED:
+                raise PermanentDriverError(f"cannot resume domain {name!r}: it is {state}")
+            try:
+                dom.resume()
+            except libvirt.libvirtError:
+                # Resumed by someone else between our look and our call.
+                if _STATES.get(dom.state()[0], OTHER) == RUNNING:
+                    return
+                raise
+
+        self._call("resume", run, name)
+
+    def managed_save(self, name: str) -> None:
+        def run(conn: libvirt.virConnect) -> None:
+            dom = self._lookup(conn, name)
+            if dom.isActive() != 1:
+                if _has_managed_save(dom):
+                    return
+                raise PermanentDriverError(f"cannot hibernate domain {name!r}: it is not running")
+            # A paused domain is saved too; RUNNING: start() restores it running, not paused.
+            dom.managedSave(libvirt.VIR_DOMAIN_SAVE_RUNNING)
+
+        self._call("hibernate (managed save)", run, name)
+
+    def managed_save_remove(self, name: str) -> None:
+        def run(conn: libvirt.virConnect) -> None:
+            dom = self._lookup(conn, name)
+            if _has_managed_save(dom):
+                dom.managedSaveRemove(0)
+
+        self._call("removing the managed save image", run, name)
+
     def shutdown(self, name: str, timeout: float = 30.0) -> None:
         def ask(conn: libvirt.virConnect) -> libvirt.virDomain | None:
             dom = self._lookup(conn, name)
@@ -682,6 +733,15 @@ class LibvirtDriver:
                     time.sleep(0.1)
 
         self._call("setting the guest clock", run, name)
+
+
+def _has_managed_save(dom: libvirt.virDomain) -> bool:
+    try:
+        return dom.hasManagedSaveImage(0) == 1
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() in _FLAG_ERRORS:
+            return False  # a driver without managed save (test:///) has none
+        raise
 
 
 def _flush_guest(dom: libvirt.virDomain) -> None:

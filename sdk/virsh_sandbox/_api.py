@@ -362,6 +362,10 @@ class SandboxAPI(_SubClient):
 
     def _verb(self, verb: str, sandbox_id: str, wait: bool, wait_for_ip: bool | None):
         body = _body(wait=True if wait else None, wait_for_ip=wait_for_ip)
+        return (yield from self._post_verb(verb, sandbox_id, body, held=bool(wait or wait_for_ip)))
+
+    def _post_verb(self, verb: str, sandbox_id: str, body: dict | None, *, held: bool):
+        """POST /v1/sandboxes/{id}/<verb>; `held`: the server answers once the work is done."""
         return SandboxResponse.from_dict(
             (
                 yield Call(
@@ -369,7 +373,7 @@ class SandboxAPI(_SubClient):
                     "/v1/sandboxes/{sandbox_id}/" + verb,
                     {"sandbox_id": sandbox_id},
                     json=body,
-                    timeout=self._engine.wait_timeout if (wait or wait_for_ip) else None,
+                    timeout=self._engine.wait_timeout if held else None,
                 )
             )
         )
@@ -385,6 +389,18 @@ class SandboxAPI(_SubClient):
     def stop_sandbox(self, sandbox_id: str, *, wait: bool = True) -> SandboxResponse:
         """ACPI shutdown, then power off; with ``wait`` (default) returns once stopped."""
         return (yield from self._verb("stop", sandbox_id, wait, None))
+
+    @operation
+    def pause_sandbox(self, sandbox_id: str, *, hibernate: bool = False) -> SandboxResponse:
+        """Stop the guest's vCPUs now (its memory stays), or with ``hibernate`` save its
+        memory to disk; any later call that needs the guest wakes it by itself."""
+        body = _body(hibernate=True) if hibernate else None
+        return (yield from self._post_verb("pause", sandbox_id, body, held=True))
+
+    @operation
+    def resume_sandbox(self, sandbox_id: str) -> SandboxResponse:
+        """Resume a paused sandbox, or restore a hibernated one; returns once it is ready."""
+        return (yield from self._post_verb("resume", sandbox_id, None, held=True))
 
     @operation
     def destroy_sandbox(

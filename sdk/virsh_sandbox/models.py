@@ -241,6 +241,7 @@ class Sandbox(Model):
     host_key: str | None = None
     created_at: str | None = None
     ready_at: str | None = None
+    last_used_at: str | None = None
     destroyed_at: str | None = None
 
 

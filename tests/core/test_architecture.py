@@ -84,6 +84,10 @@ SERVICE_MODULES = {
         "the run services: inventories, dry runs and applies, their events and cancelling "
         "(playbooks/services.py holds diffs, playbooks and versions)"
     ),
+    "sandboxes/idle.py": (
+        "the idle services: a sandbox's last use, pausing, hibernating and waking it (its "
+        "state through lifecycle.transition, under the row lock the sweep and wakers share)"
+    ),
     "sandboxes/lifecycle.py": (
         "the state machine's one compare-and-set (transition): every write of a sandbox's state "
         "goes through it, with its audit event; the services and the tasks call it"

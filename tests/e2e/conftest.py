@@ -9,11 +9,13 @@ import os
 import shutil
 import signal
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
 from django.conf import settings
 
+from core import wakeups
 from sandboxes import services
 from tests.support import stack
 
@@ -142,6 +144,21 @@ def sandbox(e2e_stack):
     """A ready debian-base sandbox of alice's, shared by the module."""
     with e2e_stack.alice.ready_sandbox() as sandbox:
         yield sandbox
+
+
+def run_host_pass(e2e_stack, capture, task, kind: str, timeout: float) -> dict:
+    """One per-host pass (`task`: the reconcile, the idle sweep) on this host's worker, sent
+    as the beat's entry sends it; its report, published as a wake-up of `kind`."""
+    from sandboxes.models import Host
+
+    key = f"e2e-{kind}-{uuid.uuid4().hex}"
+    with e2e_stack.blocker.unblock():
+        host = Host.objects.get(name=settings.VSB["HOST_NAME"])
+        with capture(execute=True):
+            services.enqueue(task, host, host.pk, key)
+    report = wakeups.wait(key, timeout, kind=kind)
+    assert report is not None, f"the worker did not run the {kind} pass"
+    return report
 
 
 class E2EStack:

@@ -13,13 +13,12 @@ import pytest
 from django.conf import settings
 
 from audit.models import AuditEvent
-from core import queues, wakeups
-from sandboxes import services, tasks
+from core import queues
+from sandboxes import tasks
 from sandboxes.drivers.base import CloneSpec, PortForward
 from sandboxes.drivers.libvirt_driver import LibvirtDriver
-from sandboxes.models import Host
 from sandboxes.runtime import deployment_name
-from tests.e2e.conftest import image_dir
+from tests.e2e.conftest import image_dir, run_host_pass
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
 
@@ -44,13 +43,7 @@ def beat_reconcile(capture) -> None:
 
 def host_reconcile(e2e_stack, capture, timeout: float = 60) -> dict:
     """One pass on this host's worker; its report."""
-    key = f"e2e-reconcile-{uuid.uuid4().hex}"
-    with e2e_stack.blocker.unblock():
-        host = Host.objects.get(name=settings.VSB["HOST_NAME"])
-        with capture(execute=True):
-            services.enqueue(tasks.reconcile_host, host, host.pk, key)
-    report = wakeups.wait(key, timeout, kind="reconcile")
-    assert report is not None, "the worker did not run the reconcile"
+    report = run_host_pass(e2e_stack, capture, tasks.reconcile_host, "reconcile", timeout)
     assert "error" not in report, report
     return report
 

@@ -80,10 +80,9 @@ def test_committed_memory_counts_only_sandboxes_that_hold_memory(source, owner, 
 
 
 def test_the_memory_rule_is_one_set_of_states_that_free_it():
-    # Present states, and the ones the admission and idle work add: queued and paused hold
-    # (or are about to hold) memory; hibernated has it on disk.
+    # Queued and paused sandboxes hold (or are about to hold) memory; hibernated has it on disk.
     holding = {s for s in SandboxState.values if capacity.holds_memory(s)}
-    assert holding == set(SandboxState.values) - {"stopped", "destroyed", "error"}
+    assert holding == set(SandboxState.values) - {"stopped", "destroyed", "error", "hibernated"}
     assert capacity.holds_memory("queued") and capacity.holds_memory("paused")
     assert not capacity.holds_memory("hibernated")
 

@@ -88,6 +88,9 @@ CALLS: dict[str, Any] = {
     "SandboxAPI.get_sandbox": lambda c: c.sandbox.get_sandbox(SB, include_commands=True),
     "SandboxAPI.start_sandbox": lambda c: c.sandbox.start_sandbox(SB, wait_for_ip=True, wait=True),
     "SandboxAPI.stop_sandbox": lambda c: c.sandbox.stop_sandbox(SB, wait=True),
+    "SandboxAPI.pause_sandbox": lambda c: c.sandbox.pause_sandbox(SB),
+    "SandboxAPI.pause_sandbox(hibernate)": lambda c: c.sandbox.pause_sandbox(SB, hibernate=True),
+    "SandboxAPI.resume_sandbox": lambda c: c.sandbox.resume_sandbox(SB),
     "SandboxAPI.destroy_sandbox": lambda c: c.sandbox.destroy_sandbox(SB, wait=True),
     "SandboxAPI.run_sandbox_command": lambda c: c.sandbox.run_sandbox_command(
         SB, "true", timeout_sec=5, env={"A": "1"}, cwd="/tmp"

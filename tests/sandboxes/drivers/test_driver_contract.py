@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sandboxes.drivers.base import (
+    PAUSED,
     RUNNING,
     SHUTOFF,
     DomainNotFound,
@@ -81,6 +82,48 @@ def test_it_starts_and_shuts_down_and_both_are_idempotent(driver, make_spec):
     assert driver.state(spec.name) == SHUTOFF
     driver.shutdown(spec.name, timeout=5)
     assert driver.state(spec.name) == SHUTOFF
+
+
+def test_it_pauses_and_resumes_and_both_are_idempotent(driver, make_spec):
+    spec = make_spec()
+    driver.clone(spec)
+    with pytest.raises(PermanentDriverError, match="cannot pause"):
+        driver.suspend(spec.name)
+    driver.start(spec.name)
+    driver.suspend(spec.name)
+    driver.suspend(spec.name)
+    assert driver.state(spec.name) == PAUSED
+    driver.resume(spec.name)
+    driver.resume(spec.name)
+    assert driver.state(spec.name) == RUNNING
+
+
+def test_it_hibernates_into_a_managed_save_and_start_restores_from_it(driver, make_spec):
+    spec = make_spec()
+    driver.clone(spec)
+    driver.start(spec.name)
+    driver.suspend(spec.name)  # the sweep hibernates paused sandboxes
+    driver.managed_save(spec.name)
+    driver.managed_save(spec.name)
+    info = driver.get_domain(spec.name)
+    assert (info.state, info.managed_save) == (SHUTOFF, True)
+    driver.start(spec.name)
+    info = driver.get_domain(spec.name)
+    assert (info.state, info.managed_save) == (RUNNING, False)
+
+
+def test_it_drops_a_managed_save_image_and_destroys_a_hibernated_domain(driver, make_spec):
+    spec = make_spec()
+    driver.clone(spec)
+    driver.start(spec.name)
+    driver.managed_save(spec.name)
+    driver.managed_save_remove(spec.name)
+    driver.managed_save_remove(spec.name)
+    assert not driver.get_domain(spec.name).managed_save
+    driver.start(spec.name)
+    driver.managed_save(spec.name)
+    driver.destroy(spec.name)
+    assert driver.get_domain(spec.name) is None
 
 
 def test_it_destroys_a_running_domain_and_treats_a_missing_one_as_done(driver, make_spec):
