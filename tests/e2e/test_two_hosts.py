@@ -17,6 +17,7 @@ from django.conf import settings
 from audit.models import AuditEvent
 from sandboxes import services
 from sandboxes.models import Sandbox, SourceVM
+from tests.e2e.conftest import api_user
 from tests.e2e.conftest import test_domains as domains_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
@@ -105,6 +106,59 @@ def test_a_fork_stays_on_its_origins_host_where_the_rule_would_not_place_it(e2e_
     with api.ready_sandbox(from_sandbox=origin["id"], from_snapshot="fork-point") as fork:
         assert fork["host"] == origin["host"] != picked
         assert api.run(fork["id"], "echo forked")["stdout"] == "forked\n"
+
+
+@pytest.fixture(scope="module")
+def operator(e2e_stack):
+    """An operator who sees the fleet and drains hosts (module scope: the row is committed
+    for the web server to see)."""
+    return api_user(e2e_stack, "e2e-hugo", ["view_host", "drain_host"])
+
+
+def test_a_drained_host_takes_no_new_sandbox_and_its_own_keep_working(
+    e2e_stack, second_host, placed, operator
+):
+    api = e2e_stack.alice
+    status, fleet = operator.get("/v1/hosts")
+    assert status == 200, fleet
+    hosts = {h["name"]: h for h in fleet["hosts"]}
+    for name in (settings.VSB["HOST_NAME"], second_host.name):
+        # Both hosts' workers measured their machine (the same one here) and its guests.
+        seen = hosts[name]
+        assert seen["alive"] and seen["accepting"] and not seen["draining"], seen
+        assert seen["resources"]["memory_total_mb"] > 0 and seen["committed_memory_mb"] >= 256
+        assert seen["sandboxes"].get("ready", 0) >= 1
+    assert api.get("/v1/hosts")[0] == 404  # agents do not see the fleet
+
+    drained = rule_picks(e2e_stack)
+    other = next(
+        h for h in hosts if h in (settings.VSB["HOST_NAME"], second_host.name) and h != drained
+    )
+    status, body = operator.post(f"/v1/hosts/{drained}/drain", {})
+    assert status == 200 and body["draining"] is True, body
+    try:
+        assert rule_picks(e2e_stack) == other
+        # A new sandbox goes to the other host (created without booting: placement is the
+        # point), and the drained host's own sandbox keeps working.
+        status, created = api.post(
+            "/v1/sandboxes", {"source_vm_name": "debian-base", "auto_start": False}
+        )
+        assert status == 202, created
+        assert created["sandbox"]["host"] == other
+        assert api.wait_operation(created["operation"]["id"])["status"] == "succeeded"
+        api.destroy_sandbox(created["sandbox"]["id"])
+        staying = on_host(placed, drained)
+        assert api.run(staying["id"], "echo still-here")["stdout"] == "still-here\n"
+        status, fleet = operator.get(f"/v1/hosts/{drained}")
+        assert status == 200 and fleet["draining"] and not fleet["accepting"]
+    finally:
+        status, body = operator.post(f"/v1/hosts/{drained}/undrain", {})
+    assert status == 200 and body["draining"] is False, body
+    with e2e_stack.blocker.unblock():
+        verbs = list(
+            AuditEvent.objects.filter(verb__startswith="host.").values_list("verb", flat=True)
+        )
+    assert {"host.drain", "host.undrain"} <= set(verbs)
 
 
 def test_a_host_whose_worker_dies_is_reported_unavailable_and_reconciled_when_it_is_back(
