@@ -25,7 +25,7 @@ class WrittenByServicesAdmin(admin.ModelAdmin):
 @admin.register(Host)
 class HostAdmin(WrittenByServicesAdmin):
     list_display = ["name", "queue_name", "enabled", "capacity", "domain_type", "last_heartbeat"]
-    readonly_fields = ["queue_name", "last_heartbeat", "domain_type"]
+    readonly_fields = ["queue_name", "last_heartbeat", "domain_type", "boot_slots"]
     save_service = staticmethod(services.save_host)
     delete_service = staticmethod(services.delete_hosts)
 

@@ -1,6 +1,7 @@
 """The sandbox lifecycle: which state may follow which, and one race-free way to move.
 
-    requested → provisioning → booting → waiting_for_ip → ready ⇄ (stopping →) stopped
+    queued → requested → provisioning → booting → waiting_for_ip → ready ⇄ (stopping →) stopped
+    stopped | error → queued → booting (a start waiting for a boot slot: services.admit_boots)
     ready → stopped (the reconcile found the domain shut off: a host reboot)
     ready | stopped | error → restoring → waiting_for_ip (memory snapshot) | stopped
     any → destroying → destroyed;  transitional → error
@@ -22,6 +23,8 @@ from .choices import SandboxState as S
 from .models import Sandbox
 
 ALLOWED: dict[str, set[str]] = {
+    # queued: a create (→ requested) or a start (→ booting) waiting for a boot slot.
+    S.QUEUED: {S.REQUESTED, S.BOOTING, S.DESTROYING, S.ERROR},
     S.REQUESTED: {S.PROVISIONING, S.DESTROYING, S.ERROR},
     S.PROVISIONING: {S.BOOTING, S.STOPPED, S.DESTROYING, S.ERROR},
     S.BOOTING: {S.WAITING_FOR_IP, S.STOPPING, S.DESTROYING, S.ERROR},
@@ -30,8 +33,8 @@ ALLOWED: dict[str, set[str]] = {
     S.READY: {S.STOPPING, S.STOPPED, S.BOOTING, S.RESTORING, S.DESTROYING, S.ERROR},
     S.RESTORING: {S.WAITING_FOR_IP, S.STOPPED, S.DESTROYING, S.ERROR},
     S.STOPPING: {S.STOPPED, S.DESTROYING, S.ERROR},
-    S.STOPPED: {S.BOOTING, S.RESTORING, S.DESTROYING, S.ERROR},
-    S.ERROR: {S.DESTROYING, S.BOOTING, S.STOPPING, S.RESTORING},
+    S.STOPPED: {S.QUEUED, S.BOOTING, S.RESTORING, S.DESTROYING, S.ERROR},
+    S.ERROR: {S.DESTROYING, S.QUEUED, S.BOOTING, S.STOPPING, S.RESTORING},
     S.DESTROYING: {S.DESTROYED, S.ERROR},
     S.DESTROYED: set(),
 }

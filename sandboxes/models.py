@@ -27,6 +27,7 @@ host_name_validator = RegexValidator(
 
 TRANSITIONAL_STATES = (
     SandboxState.REQUESTED,
+    SandboxState.QUEUED,
     SandboxState.PROVISIONING,
     SandboxState.BOOTING,
     SandboxState.WAITING_FOR_IP,
@@ -50,6 +51,11 @@ class Host(models.Model):
     last_heartbeat = models.DateTimeField(null=True, blank=True)
     domain_type = models.CharField(
         max_length=8, blank=True, help_text="kvm or qemu (TCG), as the worker found it."
+    )
+    boot_slots = models.PositiveSmallIntegerField(
+        default=0,
+        help_text="Guests this host boots at once, as its worker reported it from its cores and "
+        "domain type (VSB_BOOT_CONCURRENCY overrides); 0: not reported yet.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -153,6 +159,12 @@ class Sandbox(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     ready_at = models.DateTimeField(null=True, blank=True)
+    queued_at = models.DateTimeField(
+        null=True, blank=True, help_text="When it joined its host's boot queue (FIFO order)."
+    )
+    queue_position = models.PositiveIntegerField(
+        null=True, blank=True, help_text="1 = booted next; null unless queued."
+    )
     destroyed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -153,6 +153,12 @@ def _resumed(op: Operation) -> bool:
     return False
 
 
+def _not_admitted(op: Operation) -> bool:
+    """A boot still waiting for its host's boot slot (a stray message: a resend, a worker's
+    recovery): nothing to do; its admission sends the task again (services.admit_boots)."""
+    return op.sandbox.state == SandboxState.QUEUED
+
+
 def operation_task(name: str):
     """A task carrying one Operation, by id: the body runs with the claimed Operation, and
     not at all when the operation is done or another worker holds it (`claim_operation`)."""
@@ -175,6 +181,8 @@ def _enqueue_wait(op: Operation, countdown: float) -> None:
 @operation_task("sandboxes.provision_sandbox")
 def provision_sandbox(self, op: Operation) -> None:
     sandbox = op.sandbox
+    if _not_admitted(op):
+        return
     if op.attempt > vsb("TASK_MAX_ATTEMPTS"):
         _fail_create(op, f"gave up after {op.attempt - 1} attempts")
         return
@@ -234,7 +242,7 @@ def provision_sandbox(self, op: Operation) -> None:
 @operation_task("sandboxes.start_sandbox")
 def start_sandbox(self, op: Operation) -> None:
     sandbox = op.sandbox
-    if _resumed(op):
+    if _not_admitted(op) or _resumed(op):
         return
     if sandbox.state != SandboxState.BOOTING:
         services.finish_operation(

@@ -28,11 +28,12 @@ _stop = threading.Event()
 
 
 def _heartbeat_loop(host_id: int, domain_type: str) -> None:
+    slots = services.boot_slots_for(domain_type, services.host_cores())
     while not _stop.wait(HEARTBEAT_SECONDS):
         try:
             close_old_connections()
             host = Host.objects.get(pk=host_id)
-            services.record_heartbeat(host, domain_type)
+            services.record_heartbeat(host, domain_type, slots)
         except Exception:  # noqa: BLE001 - a missed beat must not kill the thread
             log.exception("heartbeat failed")
         finally:
@@ -81,9 +82,17 @@ def on_worker_ready(sender=None, **_kwargs) -> None:
     log.info("worker for host %s serving %s", host.name, ", ".join(sorted(works)))
     if Work.LIFECYCLE in works:
         domain_type = _domain_type(get_driver(host.libvirt_uri))
-        services.record_heartbeat(host, domain_type)
-        log.info("host %s: domain type %s", host.name, domain_type or "?")
+        slots = services.boot_slots_for(domain_type, services.host_cores())
+        services.record_heartbeat(host, domain_type, slots)
+        log.info(
+            "host %s: domain type %s, boots %d guest(s) at once",
+            host.name,
+            domain_type or "?",
+            slots,
+        )
     recover(host, works)
+    if Work.LIFECYCLE in works:
+        services.admit_boots(host)  # what the previous process had no time to admit
     connection.close()
     if Work.LIFECYCLE in works:
         _stop.clear()
