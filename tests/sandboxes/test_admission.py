@@ -5,18 +5,17 @@ real guests at once (tests/e2e/test_admission.py)."""
 
 from __future__ import annotations
 
-import threading
 import time
 from datetime import timedelta
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from core.errors import OperationTimeout
 from sandboxes import services, tasks
 from sandboxes.choices import OperationStatus, SandboxState
 from sandboxes.models import Host, Operation, Sandbox
+from tests.support.races import at_once
 
 pytestmark = pytest.mark.django_db
 
@@ -256,20 +255,7 @@ def test_admitters_at_once_never_admit_more_than_the_slots(host, source, django_
         )
     for sandbox in Sandbox.objects.all():
         services.new_operation("create", sandbox, owner, deadline_seconds=None)
-    barrier = threading.Barrier(8)
-
-    def admit() -> None:
-        barrier.wait()
-        try:
-            services.admit_boots(host.pk)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=admit) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    at_once(lambda: services.admit_boots(host.pk))
     booting = Sandbox.objects.filter(state__in=services.BOOT_STATES).count()
     assert booting == 2
     assert sorted(
