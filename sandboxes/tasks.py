@@ -174,6 +174,9 @@ def operation_task(name: str):
     return register
 
 
+BANNER_PROBE_SECONDS = 5.0
+
+
 def _enqueue_wait(op: Operation, countdown: float) -> None:
     queues.enqueue(wait_ready, str(op.pk), host=op.host.name, countdown=countdown)
 
@@ -339,9 +342,15 @@ def wait_ready(self, op_id: str) -> None:
         return
     pinned = sandbox.host_key or console_key
     # The banner probe keeps a booting guest's half-open slirp connections from piling up;
-    # a restored guest is already listening, so go straight to the login.
+    # a restored guest is already listening, so go straight to the login. Its timeout is long:
+    # a guest not listening yet refuses at once (the probe returns early), and one that has
+    # accepted but is slow to answer (starved of CPU) must be waited for on that connection,
+    # not sent another every poll: each one is an sshd re-exec in the guest, and a starved
+    # TCG guest with dozens queued (seen: 63 in CLOSE-WAIT) never answers any of them.
     booting = op.kind != OperationKind.RESTORE
-    if booting and not ssh.probe_ssh_banner(sandbox.ssh_host, sandbox.ssh_port or 22, timeout=0.5):
+    if booting and not ssh.probe_ssh_banner(
+        sandbox.ssh_host, sandbox.ssh_port or 22, timeout=BANNER_PROBE_SECONDS
+    ):
         _enqueue_wait(op, poll)
         return
     try:
