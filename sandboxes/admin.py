@@ -43,6 +43,7 @@ class HostAdmin(WrittenByServicesAdmin):
         "sandbox_dir",
         "port_range_start",
         "port_range_end",
+        "boot_slots",
     ]
     save_service = staticmethod(services.save_host)
     delete_service = staticmethod(services.delete_hosts)

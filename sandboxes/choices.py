@@ -3,6 +3,8 @@ from django.db import models
 
 class SandboxState(models.TextChoices):
     REQUESTED = "requested"
+    # Waiting for one of its host's boot slots (services.admit_boots): a create or start.
+    QUEUED = "queued"
     PROVISIONING = "provisioning"
     BOOTING = "booting"
     WAITING_FOR_IP = "waiting_for_ip"

@@ -1,6 +1,7 @@
 """The sandbox lifecycle: which state may follow which, and one race-free way to move.
 
-    requested → provisioning → booting → waiting_for_ip → ready ⇄ (stopping →) stopped
+    queued → requested → provisioning → booting → waiting_for_ip → ready ⇄ (stopping →) stopped
+    stopped | error → queued → booting (a start waiting for a boot slot: services.admit_boots)
     ready → stopped (the reconcile found the domain shut off: a host reboot)
     ready ⇄ paused → hibernated → ready (idle: sandboxes/idle.py; woken by any use)
     paused | hibernated → stopping | restoring | destroying (they work from there too)
@@ -24,6 +25,8 @@ from .choices import SandboxState as S
 from .models import Sandbox
 
 ALLOWED: dict[str, set[str]] = {
+    # queued: a create (→ requested) or a start (→ booting) waiting for a boot slot.
+    S.QUEUED: {S.REQUESTED, S.BOOTING, S.DESTROYING, S.ERROR},
     S.REQUESTED: {S.PROVISIONING, S.DESTROYING, S.ERROR},
     S.PROVISIONING: {S.BOOTING, S.STOPPED, S.DESTROYING, S.ERROR},
     S.BOOTING: {S.WAITING_FOR_IP, S.STOPPING, S.DESTROYING, S.ERROR},
@@ -52,8 +55,8 @@ ALLOWED: dict[str, set[str]] = {
     S.HIBERNATED: {S.READY, S.STOPPING, S.STOPPED, S.RESTORING, S.DESTROYING, S.ERROR},
     S.RESTORING: {S.WAITING_FOR_IP, S.STOPPED, S.DESTROYING, S.ERROR},
     S.STOPPING: {S.STOPPED, S.DESTROYING, S.ERROR},
-    S.STOPPED: {S.BOOTING, S.RESTORING, S.DESTROYING, S.ERROR},
-    S.ERROR: {S.DESTROYING, S.BOOTING, S.STOPPING, S.RESTORING},
+    S.STOPPED: {S.QUEUED, S.BOOTING, S.RESTORING, S.DESTROYING, S.ERROR},
+    S.ERROR: {S.DESTROYING, S.QUEUED, S.BOOTING, S.STOPPING, S.RESTORING},
     S.DESTROYING: {S.DESTROYED, S.ERROR},
     S.DESTROYED: set(),
 }
@@ -85,11 +88,15 @@ def transition(sandbox_id, target: str, *, expected: Iterable[str] | None = None
             data = {"to": target}
             if fields.get("error"):
                 data["error"] = fields["error"][:500]
+            # The agent too, so that `?agent=` finds a sandbox's whole life (one read, in
+            # the transaction, only when the move happened).
+            agent = Sandbox.objects.filter(pk=sandbox_id).values_list("agent_id", flat=True)
             audit.record(
                 "sandbox.transition",
                 target_type="sandbox",
                 target_id=str(sandbox_id),
                 sandbox_id=sandbox_id,
+                agent=agent.first() or "",
                 data=data,
             )
     return updated == 1

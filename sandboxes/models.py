@@ -28,6 +28,7 @@ host_name_validator = RegexValidator(
 
 TRANSITIONAL_STATES = (
     SandboxState.REQUESTED,
+    SandboxState.QUEUED,
     SandboxState.PROVISIONING,
     SandboxState.BOOTING,
     SandboxState.WAITING_FOR_IP,
@@ -80,6 +81,11 @@ class Host(models.Model):
     )
     port_range_start = models.PositiveIntegerField(null=True, blank=True)
     port_range_end = models.PositiveIntegerField(null=True, blank=True)
+    boot_slots = models.PositiveSmallIntegerField(
+        default=0,
+        help_text="Guests this host boots at once, as its worker reported it from its cores and "
+        "domain type (VSB_BOOT_CONCURRENCY overrides); 0: not reported yet.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -213,6 +219,12 @@ class Sandbox(models.Model):
     # The last command, terminal or file operation (sandboxes/idle.py: written at most every
     # few seconds); the idle sweep pauses, then hibernates, a sandbox unused for long.
     last_used_at = models.DateTimeField(null=True, blank=True)
+    queued_at = models.DateTimeField(
+        null=True, blank=True, help_text="When it joined its host's boot queue (FIFO order)."
+    )
+    queue_position = models.PositiveIntegerField(
+        null=True, blank=True, help_text="1 = booted next; null unless queued."
+    )
     destroyed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

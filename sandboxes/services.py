@@ -10,7 +10,9 @@ is stopped. A fork is a new sandbox whose overlay starts from another sandbox's 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import socket
 import time
@@ -80,14 +82,19 @@ def record_host_setup(host: Host, *, sandbox_dir: str, port_range: tuple[int, in
     host.port_range_start, host.port_range_end = port_range
 
 
-def record_heartbeat(host: Host, domain_type: str = "", resources: dict | None = None) -> None:
-    """The worker's beat: it is alive, and (when given) its domain type and the figures it
-    measured (`Host.resources`, the shape in sandboxes/capacity.py)."""
+def record_heartbeat(
+    host: Host, domain_type: str = "", resources: dict | None = None, boot_slots: int = 0
+) -> None:
+    """The worker's beat: it is alive, and (when given) its domain type, the figures it
+    measured (`Host.resources`, the shape in sandboxes/capacity.py) and its boot slots
+    (`boot_slots_for`)."""
     fields = {"last_heartbeat": timezone.now()}
     if domain_type:
         fields["domain_type"] = domain_type
     if resources is not None:
         fields["resources"] = resources
+    if boot_slots:
+        fields["boot_slots"] = boot_slots
     Host.objects.filter(pk=host.pk).update(**fields)
 
 
@@ -151,8 +158,12 @@ def rooms(hosts: list[Host]) -> dict[int, capacity.HostRoom]:
 def _lock_hosts(hosts: list[Host]) -> list[Host]:
     """The hosts' rows again, locked until the transaction ends (in one order: no deadlock),
     so that two placements at once count each other's sandbox."""
+    # FOR NO KEY UPDATE, as admit_boots takes it: a transaction that inserted a row pointing
+    # at the host holds a key-share lock on it, which a plain FOR UPDATE would wait for.
     return list(
-        Host.objects.select_for_update().filter(pk__in=[h.pk for h in hosts]).order_by("pk")
+        Host.objects.select_for_update(no_key=True)
+        .filter(pk__in=[h.pk for h in hosts])
+        .order_by("pk")
     )
 
 
@@ -438,10 +449,12 @@ def new_operation(
     sandbox: Sandbox,
     user,
     *,
-    deadline_seconds: int,
+    deadline_seconds: int | None,
     snapshot: Snapshot | None = None,
     **input,
 ) -> Operation:
+    """The operation row for `kind` on `sandbox`, audited. `deadline_seconds` None: no
+    deadline yet (a queued boot gets its own when it is admitted: `admit_boots`)."""
     audit.record(f"sandbox.{kind}", user=user, target=sandbox, data=input)
     return Operation.objects.create(
         kind=kind,
@@ -451,7 +464,9 @@ def new_operation(
         queue=queues.queue_for(tasks.work_for_kind(kind), sandbox.host.name),
         requested_by=user,
         input=input,
-        deadline=timezone.now() + timedelta(seconds=deadline_seconds),
+        deadline=timezone.now() + timedelta(seconds=deadline_seconds)
+        if deadline_seconds is not None
+        else None,
         message="queued",
     )
 
@@ -517,7 +532,9 @@ def create_sandbox(
     api_key=None,
 ) -> Operation:
     """Register a sandbox and enqueue its creation on the chosen host. Returns the create
-    Operation; its sandbox is in `requested` until the worker picks it up. With
+    Operation; its sandbox is `queued` until one of the host's boot slots is free
+    (`admit_boots`; at once when one is), then `requested` until the worker picks it up
+    (a sandbox not auto-started needs no slot: `requested` at once). With
     `from_sandbox` + `from_snapshot` the sandbox is a fork: its disk starts from that
     snapshot, on the origin's host, and it boots with its own host key and machine-id.
     `api_key`: the key the request came with, whose quotas and default TTL apply
@@ -572,18 +589,26 @@ def create_sandbox(
                     ssh_port=allocate_port(host) if mode == NetworkMode.PORT_FORWARD else None,
                     workdir=host.workdir_for(f"sbx-{sandbox_id.hex[:8]}"),
                     forked_from=forked_from,
+                    **(
+                        {"state": SandboxState.QUEUED, "queued_at": timezone.now()}
+                        if auto_start
+                        else {}
+                    ),
                 )
                 egress.save_create_rules(sandbox, egress_rules, owner)
                 op = new_operation(
                     OperationKind.CREATE,
                     sandbox,
                     owner,
-                    deadline_seconds=vsb("READY_TIMEOUT_SECONDS") + 120,
+                    deadline_seconds=None if auto_start else _boot_deadline(OperationKind.CREATE),
                     auto_start=auto_start,
                 )
-                enqueue(tasks.provision_sandbox, host, str(op.id))
+                if auto_start:
+                    admit_boots(host)
+                else:
+                    enqueue(tasks.provision_sandbox, host, str(op.id))
             log.info("sandbox requested", extra={"sandbox_id": str(sandbox.id), "host": host.name})
-            return op
+            return _reloaded(op)
         except IntegrityError:
             # Another request took the same port (or name) at the same moment: pick again.
             continue
@@ -636,10 +661,24 @@ def _lifecycle_op(
 
 
 def start_sandbox(sandbox: Sandbox, user) -> Operation:
+    """Boot a stopped (or failed) sandbox: it queues for one of its host's boot slots like
+    a create (`admit_boots`), at once in `booting` when one is free."""
     if sandbox.state == SandboxState.READY:
         raise Conflict(f"Sandbox {sandbox.name} is already running.", code="invalid_state")
     require_live_host(sandbox.host, sandbox)
-    return _lifecycle_op(sandbox, user, OperationKind.START)
+    with transaction.atomic():
+        if not capacity.holds_memory(sandbox.state):
+            check_room(sandbox)  # it will hold memory again: room on its host first
+        if not lifecycle.transition(sandbox.pk, SandboxState.QUEUED, queued_at=timezone.now()):
+            sandbox.refresh_from_db(fields=["state"])
+            raise Conflict(
+                f"Sandbox {sandbox.name} is {sandbox.state}; cannot start it now.",
+                code="invalid_state",
+            )
+        sandbox.refresh_from_db()
+        op = new_operation(OperationKind.START, sandbox, user, deadline_seconds=None)
+        admit_boots(sandbox.host)
+    return _reloaded(op)
 
 
 def stop_sandbox(sandbox: Sandbox, user) -> Operation:
@@ -656,20 +695,46 @@ def destroy_sandbox(sandbox: Sandbox, user) -> Operation:
             return existing
     if sandbox.state == SandboxState.DESTROYED:
         raise Conflict(f"Sandbox {sandbox.name} is already destroyed.", code="invalid_state")
+    if sandbox.state == SandboxState.QUEUED:
+        with transaction.atomic():
+            # The host first, as admit_boots takes it: a queued sandbox is admitted or
+            # leaves the queue, never both.
+            _lock_host(sandbox.host_id)
+            with contextlib.suppress(Conflict):
+                op = _lifecycle_op(
+                    sandbox, user, OperationKind.DESTROY, expected=[SandboxState.QUEUED]
+                )
+                _leave_queue(sandbox)
+                return op
     return _lifecycle_op(sandbox, user, OperationKind.DESTROY)
+
+
+QUEUE_WAIT_LIMIT = 3600  # seconds a waiting request spends at most on a boot queue
 
 
 def wait_for_operation(op: Operation, timeout: float) -> Operation:
     """Block until the operation is done or `timeout` passes (then OperationTimeout). The
     worker pushes a wake-up when it closes an operation (finish_operation); the database
-    row stays the truth, re-read after every wake-up or second."""
-    op = wakeups.wait_until(
-        lambda: Operation.objects.get(pk=op.pk),
-        lambda current: current.is_done,
-        key=op.pk,
-        kind="operation",
-        timeout=timeout,
-    )
+    row stays the truth, re-read after every wake-up or second. A create or start queued
+    for a boot slot: `timeout` counts from its admission (at most QUEUE_WAIT_LIMIT more)."""
+    op_id = op.pk
+    give_up = time.monotonic() + timeout
+    limit = give_up + QUEUE_WAIT_LIMIT
+    while True:
+        op = wakeups.wait_until(
+            lambda: Operation.objects.get(pk=op_id),
+            lambda current: current.is_done,
+            key=op_id,
+            kind="operation",
+            timeout=max(0.0, give_up - time.monotonic()),
+        )
+        if op.is_done or op.kind not in ADMITTED_TO:
+            break
+        # Still waiting: time since its admission (none yet while queued) is what counts.
+        since = (timezone.now() - op.started_at).total_seconds() if op.started_at else 0.0
+        give_up = min(limit, time.monotonic() + timeout - since)
+        if give_up <= time.monotonic():
+            break
     if not op.is_done:
         raise OperationTimeout(
             f"Operation {op.kind} is still {op.status} ({op.message}) after {timeout:.0f} s; "
@@ -677,6 +742,168 @@ def wait_for_operation(op: Operation, timeout: float) -> Operation:
             code="timeout",
         )
     return op
+
+
+# --- Admission -----------------------------------------------------------------------------
+# A host boots at most `boot_slots(host)` guests at once (TCG guests booting together starve
+# each other past their readiness timeout); the other creates and starts wait in `queued`,
+# first come first served, and are admitted as boots end. Every decision is taken under a
+# lock on the Host row, so no two workers, requests or sweeps ever over-admit.
+
+# The states holding a boot slot: from admission (`requested` is an admitted create its
+# worker has not taken yet) until the guest is ready, failed, stopped or destroyed.
+BOOT_STATES = (
+    SandboxState.REQUESTED,
+    SandboxState.PROVISIONING,
+    SandboxState.BOOTING,
+    SandboxState.WAITING_FOR_IP,
+)
+# The operations that wait in the queue, and the state each is admitted to.
+ADMITTED_TO = {
+    OperationKind.CREATE: SandboxState.REQUESTED,
+    OperationKind.START: SandboxState.BOOTING,
+}
+
+
+def boot_slots_for(domain_type: str, cores: int) -> int:
+    """How many guests a host boots at once: VSB_BOOT_CONCURRENCY when set, else one per
+    core under TCG (a booting TCG guest keeps a core busy) and two per core under KVM."""
+    override = vsb("BOOT_CONCURRENCY")
+    if override > 0:
+        return override
+    return max(1, cores) * (2 if domain_type == "kvm" else 1)
+
+
+def host_cores() -> int:
+    """The cores this process may run on (the worker's, on its host)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def boot_slots(host: Host) -> int:
+    """The host's boot slots as its worker reported them; before it has, as this process
+    would derive them."""
+    return host.boot_slots or boot_slots_for(host.domain_type, host_cores())
+
+
+def _boot_deadline(kind: str) -> int:
+    """Seconds from a boot's admission to its operation's deadline."""
+    if kind == OperationKind.CREATE:
+        return vsb("READY_TIMEOUT_SECONDS") + 120
+    _, timeout_setting, margin = LIFECYCLE_VERBS[kind]
+    return vsb(timeout_setting) + margin
+
+
+def _lock_host(host_id) -> Host:
+    # NO KEY: inserting a sandbox or operation holds a KEY SHARE lock on its host, which a
+    # plain FOR UPDATE would wait for (two creates would deadlock).
+    return Host.objects.select_for_update(no_key=True).get(pk=host_id)
+
+
+def _reloaded(op: Operation) -> Operation:
+    return Operation.objects.select_related("sandbox", "host").get(pk=op.pk)
+
+
+def admit_boots(host: Host | int) -> list[Operation]:
+    """Admit the host's queued boots, oldest first, into its free boot slots: each moves to
+    the state its operation starts from, its operation's clock (the readiness timeout and
+    the deadline) starts now, and its task is sent on commit. The rest get their positions
+    (1 = next). Returns the operations admitted."""
+    with transaction.atomic():
+        host = _lock_host(getattr(host, "pk", host))
+        free = boot_slots(host) - Sandbox.objects.filter(host=host, state__in=BOOT_STATES).count()
+        queued = list(
+            Sandbox.objects.filter(host=host, state=SandboxState.QUEUED).order_by(
+                "queued_at", "created_at"
+            )
+        )
+        waiting_ops = {
+            op.sandbox_id: op
+            for op in Operation.objects.filter(
+                sandbox__in=queued, kind__in=list(ADMITTED_TO), status__in=OPEN_STATUSES
+            ).order_by("-created_at")
+        }
+        admitted, waiting = [], []
+        for sandbox in queued:
+            op = waiting_ops.get(sandbox.pk)
+            if op is None:
+                # Its operation was closed (failed by a sweep): nothing would ever boot it.
+                lifecycle.transition(
+                    sandbox.pk,
+                    SandboxState.ERROR,
+                    expected=[SandboxState.QUEUED],
+                    error="its boot was cancelled while it was queued",
+                    queue_position=None,
+                )
+            elif free <= 0:
+                waiting.append((sandbox, op))
+            elif _admit(host, sandbox, op):
+                admitted.append(op)
+                free -= 1
+        _number_queue(host, waiting)
+    if admitted:
+        log.info("host %s: admitted %d boot(s), %d queued", host.name, len(admitted), len(waiting))
+    return admitted
+
+
+def _admit(host: Host, sandbox: Sandbox, op: Operation) -> bool:
+    if not lifecycle.transition(
+        sandbox.pk,
+        ADMITTED_TO[op.kind],
+        expected=[SandboxState.QUEUED],
+        queued_at=None,
+        queue_position=None,
+    ):
+        return False  # it left the queue meanwhile (destroyed)
+    now = timezone.now()
+    Operation.objects.filter(pk=op.pk).update(
+        status=OperationStatus.PENDING,
+        attempt=0,  # a stray message's claim while it was queued is no attempt
+        started_at=now,
+        heartbeat_at=now,
+        deadline=now + timedelta(seconds=_boot_deadline(op.kind)),
+        message="admitted: a boot slot is free",
+    )
+    enqueue(tasks.TASK_FOR_KIND[op.kind], host, str(op.pk))
+    return True
+
+
+def _number_queue(host: Host, waiting: list[tuple[Sandbox, Operation]]) -> None:
+    """Write each waiting sandbox's position and its operation's message (only changes)."""
+    for position, (sandbox, op) in enumerate(waiting, 1):
+        message = f"queued: position {position} of {len(waiting)} on host {host.name}"
+        if sandbox.queue_position != position:
+            Sandbox.objects.filter(pk=sandbox.pk, state=SandboxState.QUEUED).update(
+                queue_position=position
+            )
+        if op.message != message:
+            Operation.objects.filter(pk=op.pk).update(message=message)
+
+
+def _leave_queue(sandbox: Sandbox) -> None:
+    """A queued sandbox is being destroyed: its waiting create or start ends (the ones
+    behind it move up: finish_operation admits and renumbers)."""
+    Sandbox.objects.filter(pk=sandbox.pk).update(queued_at=None, queue_position=None)
+    for op_id in Operation.objects.filter(
+        sandbox=sandbox, kind__in=list(ADMITTED_TO), status__in=OPEN_STATUSES
+    ).values_list("pk", flat=True):
+        finish_operation(
+            op_id,
+            OperationStatus.FAILED,
+            error="The sandbox was destroyed while it waited for a boot slot.",
+            message="destroyed while queued",
+        )
+
+
+def _admit_quietly(host_id) -> list[Operation]:
+    """admit_boots where a failure must not fail the caller (the periodic sweep admits)."""
+    try:
+        return admit_boots(host_id)
+    except Exception:  # noqa: BLE001
+        log.warning("could not admit queued boots on host %s", host_id, exc_info=True)
+        return []
 
 
 # --- Snapshots -----------------------------------------------------------------------------
@@ -1058,6 +1285,9 @@ def finish_operation(
             )
     if closed:
         _wake_quietly(op_id, {"status": status}, kind="operation")
+        if op.kind in LIFECYCLE_KINDS and op.host_id:
+            # A boot (or a stop or destroy) ended: its slot may be free for the next queued.
+            _admit_quietly(op.host_id)
     return closed
 
 
@@ -1089,7 +1319,7 @@ def orphaned_work(host: Host, *, kinds: list[str], commands: bool) -> tuple[list
         host=host,
         kind__in=kinds,
         status__in=[OperationStatus.PENDING, OperationStatus.RUNNING],
-    )
+    ).exclude(sandbox__state=SandboxState.QUEUED)  # not sent yet: admit_boots sends them
     # Their holds died with the previous process: the resumed tasks may claim them at once.
     open_ops.update(held_until=None)
     return list(open_ops.order_by("created_at")), len(running)
@@ -1156,6 +1386,8 @@ def resend_lost_work() -> dict[str, int]:
             status__in=[OperationStatus.PENDING, OperationStatus.RUNNING],
             kind__in=list(tasks.TASK_FOR_KIND),
         )
+        # A queued boot's task is sent at its admission, not before: nothing to lose yet.
+        .exclude(sandbox__state=SandboxState.QUEUED)
         .filter(Q(held_until__isnull=True) | Q(held_until__lt=now))
         .filter(Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True, created_at__lt=stale))
         .select_related("host", "sandbox")
@@ -1206,6 +1438,9 @@ def resend_lost_work() -> dict[str, int]:
         fields = finish_command(cmd.pk, status=CommandStatus.FAILED, error=error)
         transaction.on_commit(lambda cmd_id=cmd.pk, fields=fields: _wake_quietly(cmd_id, fields))
         counts["commands_failed"] += 1
+    # The safety net of admission: boots that ended without admitting the next (a lost
+    # message, a worker restart, an operation failed by the sweeps).
+    counts["admitted"] = sum(len(_admit_quietly(host.pk)) for host in alive)
     return counts
 
 

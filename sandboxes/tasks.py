@@ -153,6 +153,12 @@ def _resumed(op: Operation) -> bool:
     return False
 
 
+def _not_admitted(op: Operation) -> bool:
+    """A boot still waiting for its host's boot slot (a stray message: a resend, a worker's
+    recovery): nothing to do; its admission sends the task again (services.admit_boots)."""
+    return op.sandbox.state == SandboxState.QUEUED
+
+
 def operation_task(name: str):
     """A task carrying one Operation, by id: the body runs with the claimed Operation, and
     not at all when the operation is done or another worker holds it (`claim_operation`)."""
@@ -168,6 +174,9 @@ def operation_task(name: str):
     return register
 
 
+BANNER_PROBE_SECONDS = 5.0
+
+
 def _enqueue_wait(op: Operation, countdown: float) -> None:
     queues.enqueue(wait_ready, str(op.pk), host=op.host.name, countdown=countdown)
 
@@ -175,6 +184,8 @@ def _enqueue_wait(op: Operation, countdown: float) -> None:
 @operation_task("sandboxes.provision_sandbox")
 def provision_sandbox(self, op: Operation) -> None:
     sandbox = op.sandbox
+    if _not_admitted(op):
+        return
     if op.attempt > vsb("TASK_MAX_ATTEMPTS"):
         _fail_create(op, f"gave up after {op.attempt - 1} attempts")
         return
@@ -234,7 +245,7 @@ def provision_sandbox(self, op: Operation) -> None:
 @operation_task("sandboxes.start_sandbox")
 def start_sandbox(self, op: Operation) -> None:
     sandbox = op.sandbox
-    if _resumed(op):
+    if _not_admitted(op) or _resumed(op):
         return
     if sandbox.state != SandboxState.BOOTING:
         services.finish_operation(
@@ -331,9 +342,15 @@ def wait_ready(self, op_id: str) -> None:
         return
     pinned = sandbox.host_key or console_key
     # The banner probe keeps a booting guest's half-open slirp connections from piling up;
-    # a restored guest is already listening, so go straight to the login.
+    # a restored guest is already listening, so go straight to the login. Its timeout is long:
+    # a guest not listening yet refuses at once (the probe returns early), and one that has
+    # accepted but is slow to answer (starved of CPU) must be waited for on that connection,
+    # not sent another every poll: each one is an sshd re-exec in the guest, and a starved
+    # TCG guest with dozens queued (seen: 63 in CLOSE-WAIT) never answers any of them.
     booting = op.kind != OperationKind.RESTORE
-    if booting and not ssh.probe_ssh_banner(sandbox.ssh_host, sandbox.ssh_port or 22, timeout=0.5):
+    if booting and not ssh.probe_ssh_banner(
+        sandbox.ssh_host, sandbox.ssh_port or 22, timeout=BANNER_PROBE_SECONDS
+    ):
         _enqueue_wait(op, poll)
         return
     try:

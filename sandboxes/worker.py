@@ -47,17 +47,18 @@ def measure(host: Host, driver: HypervisorDriver, sandbox_dir: str) -> dict:
     return figures
 
 
-def beat(host: Host, domain_type: str = "") -> None:
-    """One heartbeat of the host's lifecycle pool, with its measured figures."""
+def beat(host: Host, domain_type: str = "", boot_slots: int = 0) -> None:
+    """One heartbeat of the host's lifecycle pool, with its measured figures and boot slots."""
     resources = measure(host, get_driver(host.libvirt_uri), vsb("SANDBOX_DIR"))
-    services.record_heartbeat(host, domain_type, resources)
+    services.record_heartbeat(host, domain_type, resources, boot_slots)
 
 
 def _heartbeat_loop(host_id: int, domain_type: str) -> None:
+    slots = services.boot_slots_for(domain_type, services.host_cores())
     while not _stop.wait(vsb("HEARTBEAT_SECONDS")):
         try:
             close_old_connections()
-            beat(Host.objects.get(pk=host_id), domain_type)
+            beat(Host.objects.get(pk=host_id), domain_type, slots)
         except Exception:  # noqa: BLE001 - a missed beat must not kill the thread
             log.exception("heartbeat failed")
         finally:
@@ -122,13 +123,20 @@ def on_worker_ready(sender=None, **_kwargs) -> None:
             host, sandbox_dir=vsb("SANDBOX_DIR"), port_range=vsb("PORT_RANGE")
         )
         domain_type = _domain_type(get_driver(host.libvirt_uri))
-        log.info("host %s: domain type %s", host.name, domain_type or "?")
+        slots = services.boot_slots_for(domain_type, services.host_cores())
+        log.info(
+            "host %s: domain type %s, boots %d guest(s) at once",
+            host.name,
+            domain_type or "?",
+            slots,
+        )
     recover(host, works)
     if Work.LIFECYCLE in works:
         reconcile_at_start(host)
         # The first beat after the reconcile: a host is offered for new sandboxes once its
         # rows match libvirt.
-        beat(host, domain_type)
+        beat(host, domain_type, slots)
+        services.admit_boots(host)  # what the previous process had no time to admit
     connection.close()
     if Work.LIFECYCLE in works:
         _stop.clear()

@@ -396,6 +396,10 @@ VSB = {
     # Lifecycle steps are short; a command holds its thread (and nothing else: no database
     # connection) for as long as it runs, so the commands pool is the host's ceiling on
     # commands, diffs and playbook runs at once; terminal operations are short.
+    # Guests a host boots at once (README "Limits"); the rest wait in the `queued` state.
+    # 0: derived by the host's worker from its cores: as many under TCG, twice as many
+    # under KVM (a TCG boot keeps a core busy; a KVM boot mostly waits).
+    **vsb_ints(BOOT_CONCURRENCY=0),
     **vsb_ints(
         WORKER_LIFECYCLE_THREADS=8,
         WORKER_COMMANDS_THREADS=32,

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from core.api.serializers import StrictInputSerializer
 
+from ..choices import SandboxState
 from ..models import Command, Host, Operation, Sandbox, Snapshot, SourceVM
 
 
@@ -47,6 +49,7 @@ class SandboxSerializer(AnswerSerializer):
             "available",
             "unavailable_reason",
             "state_changed_at",
+            "queue_position",
             "error",
             "host",
             "source_vm_name",
@@ -132,6 +135,18 @@ class PauseSerializer(StrictInputSerializer):
 class OperationSerializer(AnswerSerializer):
     host = serializers.CharField(source="host.name", read_only=True)
     sandbox_id = serializers.UUIDField(read_only=True)
+    queue_position = serializers.SerializerMethodField(
+        help_text="While this create or start waits for a boot slot of its host (its sandbox "
+        "is `queued`): its place in the host's queue, 1 = next; else null."
+    )
+
+    @extend_schema_field(serializers.IntegerField(allow_null=True))
+    def get_queue_position(self, op: Operation) -> int | None:
+        # op.sandbox comes with the operation (select_related): no query here.
+        sandbox = op.sandbox
+        if op.is_done or sandbox is None or sandbox.state != SandboxState.QUEUED:
+            return None
+        return sandbox.queue_position
 
     class Meta:
         model = Operation
@@ -145,6 +160,7 @@ class OperationSerializer(AnswerSerializer):
             "attempt",
             "progress",
             "message",
+            "queue_position",
             "error",
             "result",
             "created_at",

@@ -156,6 +156,9 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         description=(
             "Clones the source VM on a KVM host's worker. Answers 202 with the create operation; "
             "with `wait_for_ip: true` it answers 201 once the sandbox is ready (SSH answers). "
+            "A host boots only so many guests at once: beyond that the sandbox is `queued`, "
+            "first come first served, its `queue_position` (1 = next) on the sandbox and the "
+            "operation; the readiness timeout counts from the start of its boot. "
             "Without `ttl_seconds` the sandbox gets the default TTL (your key's, else the "
             "server's; none if that is 0). Past a quota of yours (live sandboxes, their total "
             "memory) it answers 409 `quota_exceeded`, naming the quota and the usage."

@@ -15,6 +15,9 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 TERMINAL_OPERATION_STATUSES = frozenset({"succeeded", "failed", "errored"})
+# Sandbox states on the way to ready: a wait treats them as in progress ("queued": waiting
+# for one of its host's boot slots, with ``queue_position``).
+BOOTING_STATES = frozenset({"queued", "requested", "provisioning", "booting", "waiting_for_ip"})
 
 
 @dataclass(repr=False)
@@ -225,6 +228,8 @@ class Sandbox(Model):
     available: bool | None = None
     unavailable_reason: str | None = None
     state_changed_at: str | None = None
+    # While `state` is "queued" (waiting for one of its host's boot slots): 1 = boots next.
+    queue_position: int | None = None
     error: str | None = None
     host: str | None = None
     source_vm_name: str | None = None
@@ -244,6 +249,11 @@ class Sandbox(Model):
     last_used_at: str | None = None
     destroyed_at: str | None = None
 
+    @property
+    def is_booting(self) -> bool:
+        """On its way to ready (queued for a boot slot included)."""
+        return self.state in BOOTING_STATES
+
 
 @dataclass(repr=False)
 class Operation(Model):
@@ -256,6 +266,8 @@ class Operation(Model):
     attempt: int | None = None
     progress: int | None = None
     message: str | None = None
+    # A create or start waiting for a boot slot (still "pending"): its place in the queue.
+    queue_position: int | None = None
     error: str | None = None
     result: Any = None
     created_at: str | None = None

@@ -28,7 +28,8 @@ def test_an_operator_filters_by_sandbox_agent_actor_verb_and_time(olivia, trail)
     by_actor = olivia.get("/v1/audit?actor=bob").json()["results"]
     assert by_actor and {e["actor"] for e in by_actor} == {"user:bob"}
     by_prefix = olivia.get("/v1/audit?verb=sandbox").json()["results"]
-    assert {e["verb"] for e in by_prefix} == {"sandbox.create"}
+    # Each create, and its admission to a boot slot (queued → requested).
+    assert {e["verb"] for e in by_prefix} == {"sandbox.create", "sandbox.transition"}
     assert olivia.get("/v1/audit?since=2999-01-01T00:00:00Z").json()["count"] == 0
 
 
@@ -46,7 +47,7 @@ def test_an_agent_sees_only_its_own_events(alice, trail):
 
 
 def test_it_exports_json_lines(olivia, trail):
-    response = olivia.get("/v1/audit/export?verb=sandbox")
+    response = olivia.get("/v1/audit/export?verb=sandbox.create")
     assert response["Content-Type"] == "application/x-ndjson"
     lines = b"".join(response.streaming_content).decode().splitlines()
     events = [json.loads(line) for line in lines]

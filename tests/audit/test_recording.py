@@ -47,9 +47,10 @@ def test_reads_are_not_recorded(alice):
 def test_a_lifecycle_transition_is_recorded(alice, host, source, sent_tasks):
     op = services.create_sandbox(alice.user, source_vm_name="debian-base")
     assert lifecycle.transition(op.sandbox_id, SandboxState.PROVISIONING)
-    event = AuditEvent.objects.get(verb="sandbox.transition")
+    # (The create itself moved it from queued to requested: admitted to a boot slot.)
+    event = AuditEvent.objects.filter(verb="sandbox.transition").latest("seq")
     assert event.sandbox_id == op.sandbox_id
-    assert event.actor == "system"
+    assert event.actor == "system" and event.agent == op.sandbox.agent_id
     assert event.data == {"to": "provisioning"}
 
 

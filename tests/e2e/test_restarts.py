@@ -39,6 +39,7 @@ pytestmark = pytest.mark.e2e
 LIMIT = 60  # seconds from a service going down to the operation having ended
 DONE = ("succeeded", "failed", "errored")
 TRANSITIONAL = (
+    "queued",
     "requested",
     "provisioning",
     "booting",

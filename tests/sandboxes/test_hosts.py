@@ -21,8 +21,10 @@ pytestmark = pytest.mark.django_db
 
 
 def live_host(name: str, memory_mb: int | None = None, **kw) -> Host:
-    """A host whose worker just beat, reporting `memory_mb` of memory (None: no report)."""
+    """A host whose worker just beat, reporting `memory_mb` of memory (None: no report) and
+    boot slots enough that no create here waits in the boot queue (test_admission.py)."""
     resources = {} if memory_mb is None else {"memory_total_mb": memory_mb}
+    kw.setdefault("boot_slots", 16)
     return Host.objects.create(name=name, last_heartbeat=timezone.now(), resources=resources, **kw)
 
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
-from django.db import connection
 
 from sandboxes import lifecycle
 from sandboxes.choices import SandboxState as S
 from sandboxes.models import Sandbox
+from tests.support.races import at_once
 
 
 @pytest.fixture
@@ -61,19 +59,5 @@ def test_it_lets_exactly_one_of_many_concurrent_callers_win(host, source, django
     sandbox = Sandbox.objects.create(
         name="sbx-race0001", owner=owner, host=host, source=source, agent_id="x"
     )
-    wins = []
-    barrier = threading.Barrier(8)
-
-    def attempt():
-        barrier.wait()
-        try:
-            wins.append(lifecycle.transition(sandbox.pk, S.DESTROYING))
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=attempt) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    wins = at_once(lambda: lifecycle.transition(sandbox.pk, S.DESTROYING))
     assert wins.count(True) == 1

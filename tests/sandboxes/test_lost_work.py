@@ -60,8 +60,10 @@ def ready_command(op: Operation, **fields) -> Command:
 
 
 def test_a_create_whose_task_was_never_delivered_is_sent_again(sweep, create_op, sent_tasks):
+    # Sent at its admission (its sign of life), which was at once: a boot slot was free.
     Operation.objects.filter(pk=create_op.pk).update(
-        created_at=timezone.now() - timedelta(seconds=STALE + 1)
+        created_at=timezone.now() - timedelta(seconds=STALE + 1),
+        heartbeat_at=timezone.now() - timedelta(seconds=STALE + 1),
     )
     assert sweep()["resent"] == 1
     assert sent_tasks == [("sandboxes.provision_sandbox", [str(create_op.pk)], QUEUE)]
@@ -112,6 +114,7 @@ def test_the_work_of_a_host_without_a_live_worker_waits_for_its_restart(sweep, c
         "failed": 0,
         "commands_resent": 0,
         "commands_failed": 0,
+        "admitted": 0,
     }
 
 

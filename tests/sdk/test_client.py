@@ -390,6 +390,30 @@ def test_it_waits_for_an_operation_and_reports_its_progress():
     assert seen == [(0, "queued"), (40, "booting"), (100, "ready")]  # unchanged polls not repeated
 
 
+def test_a_create_queued_for_a_boot_slot_is_waited_for_as_in_progress():
+    answers = [
+        {"status": "pending", "message": "queued: position 2 of 2 on host h1", "queue_position": 2},
+        {"status": "pending", "message": "queued: position 1 of 1 on host h1", "queue_position": 1},
+        {"status": "running", "message": "booting: waiting for SSH", "queue_position": None},
+        {"status": "succeeded", "message": "ready", "queue_position": None},
+    ]
+    rec = Recorder(
+        {
+            ("GET", "/v1/operations/op1"): lambda r: httpx.Response(
+                200, json={**answers.pop(0), "id": "op1", "kind": "create"}
+            )
+        }
+    )
+    seen = []
+    op = client_for(rec).operations.wait(
+        "op1", 30, on_progress=lambda o: seen.append(o.queue_position)
+    )
+    assert op.succeeded and seen == [2, 1, None, None]  # one report per change of message
+    queued = Sandbox.from_dict({"state": "queued", "queue_position": 1})
+    assert queued.is_booting and queued.queue_position == 1
+    assert not Sandbox.from_dict({"state": "ready"}).is_booting
+
+
 def test_it_raises_when_an_operation_fails_or_a_wait_runs_out():
     rec = Recorder(
         {

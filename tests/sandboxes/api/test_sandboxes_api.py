@@ -32,7 +32,10 @@ def test_it_creates_a_sandbox_and_queues_provisioning_on_the_hosts_queue(
         response = create(alice, vcpus=1, memory_mb=256, ttl_seconds=600)
     assert response.status_code == 202, response.content
     body = response.json()
+    # A boot slot of the host was free: admitted at once, for the worker to take.
     assert body["sandbox"]["state"] == SandboxState.REQUESTED
+    assert body["sandbox"]["queue_position"] is None
+    assert body["operation"]["queue_position"] is None
     assert body["sandbox"]["source_vm_name"] == "debian-base"
     assert body["sandbox"]["ssh_host"] == "127.0.0.1"
     low, high = settings.VSB["PORT_RANGE"]
