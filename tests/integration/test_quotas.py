@@ -73,8 +73,9 @@ def test_many_creates_at_once_from_one_agent_never_overshoot_its_quota(
     # Bridged networking: no SSH port is allocated, whose unique index would otherwise
     # serialise the creates by itself and hide a race.
     settings.VSB = {**settings.VSB, "NETWORK_MODE": "network"}
-    host.capacity = 20
-    host.save(update_fields=["capacity"])
+    # Room and boot slots for all: only the quota may refuse, and no create waits queued.
+    host.capacity, host.boot_slots = 20, 20
+    host.save(update_fields=["capacity", "boot_slots"])
     limit(alice, **limits)
     clients = [client_of(alice) for _ in range(8)]
     body = {"source_vm_name": "debian-base", "memory_mb": memory_mb}
