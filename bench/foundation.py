@@ -47,14 +47,14 @@ class Api:
     def __init__(self, url: str, key: str):
         self.url, self.key = url.rstrip("/"), key
 
-    def call(self, method: str, path: str, body=None):
+    def call(self, method: str, path: str, body=None, timeout: float = 600):
         req = urllib.request.Request(
             self.url + path,
             method=method,
             data=json.dumps(body).encode() if body is not None else None,
             headers={"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(req, timeout=600) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read() or b"null")
 
 

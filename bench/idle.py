@@ -70,7 +70,10 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 def cost(names: list[str], window: float) -> tuple[float, float]:
-    """(cores the domains' QEMU used over `window` s, host 1-min load average at its end)."""
+    """(cores the domains' QEMU used over `window` s, host 1-min load average at its end).
+    A window of settling first: the 1-min average still holds e^-1 of what was before a
+    window ago, e^-2 after two."""
+    time.sleep(window)
     pids = qemu_pids(names)
     before = cpu_seconds(pids)
     time.sleep(window)
@@ -113,6 +116,10 @@ def main() -> None:
     if args.reuse:
         listed = api.call("GET", "/v1/sandboxes?state=ready&limit=100")["results"]
         sandboxes = listed[: args.count]
+    # The baseline: the host's load average with none of them (the service and its
+    # workers idle), over the same window.
+    time.sleep(args.window)
+    empty_load = os.getloadavg()[0]
     started = time.monotonic()
     try:
         with concurrent.futures.ThreadPoolExecutor(args.batch) as pool:
@@ -126,7 +133,6 @@ def main() -> None:
         names = [s["name"] for s in sandboxes]
         for s in sandboxes:
             run(s)  # each has been used once, and has an SSH connection in the pool
-        time.sleep(20)  # let the boots' tail settle
 
         running_cores, running_load = cost(names, args.window)
         for s in sandboxes:
@@ -153,13 +159,14 @@ def main() -> None:
         after_hibernate = [run(s) for s in hibernated[: args.samples]]
 
         print(f"\n{len(sandboxes)} idle sandboxes, {args.window:.0f} s windows:")
+        print(f"  none yet: host load average {empty_load:.2f} (the baseline)")
         print(
             f"  running: their QEMU used {running_cores:.2f} cores; host load average "
-            f"{running_load:.2f}"
+            f"{running_load:.2f} (+{running_load - empty_load:.2f})"
         )
         print(
             f"  paused:  their QEMU used {paused_cores:.2f} cores; host load average "
-            f"{paused_load:.2f}   (target: paused add < 0.5)"
+            f"{paused_load:.2f} (+{paused_load - empty_load:.2f})   (target: paused add < 0.5)"
         )
         print("\nfirst command, p50:")
         print(f"  running sandbox:    {p50_ms(baseline)} (n={len(baseline)})")

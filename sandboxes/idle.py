@@ -43,7 +43,7 @@ from django.utils import timezone
 from audit import services as audit
 from core import queues, wakeups
 from core.conf import vsb
-from core.errors import Conflict, OperationFailed, OperationTimeout
+from core.errors import Conflict, OperationFailed, OperationTimeout, Unavailable
 
 from . import lifecycle, tasks
 from .choices import IDLE_STATES, WAKEABLE_STATES, CommandStatus, OperationStatus, SandboxState
@@ -281,11 +281,21 @@ def ensure_awake(sandbox: Sandbox) -> Sandbox:
 
     if sandbox.state not in WAKEABLE:
         raise Conflict(f"Sandbox {sandbox.name} is {sandbox.state}.", code="invalid_state")
+    from .services import check_room
+
     clock_behind = False
     with transaction.atomic():
+        room_checked = sandbox.state == S.HIBERNATED
+        if room_checked:
+            # It holds memory again once restored: room on its host first (Unavailable,
+            # code capacity, with the numbers). The host row before the sandbox's, the order
+            # admission and placement lock them in.
+            check_room(sandbox)
         row = _locked(sandbox.pk)
         if row.state not in WAKEABLE:
             raise Conflict(f"Sandbox {row.name} is {row.state}.", code="invalid_state")
+        if row.state == S.HIBERNATED and not room_checked:
+            check_room(row)  # hibernated by a sweep since it was read
         if row.state in IDLE:
             driver = driver_for(row)
             idle_for = (timezone.now() - row.state_changed_at).total_seconds()
@@ -399,6 +409,8 @@ def _power(sandbox: Sandbox, user, action: str) -> Sandbox:
         code = answer.get("code", "")
         if code in ("invalid_state", "busy"):
             raise Conflict(answer["error"], code=code)
+        if code == "capacity":  # a hibernated sandbox's host has no room for it now
+            raise Unavailable(answer["error"], code=code)
         raise OperationFailed(f"{action} failed: {answer['error']}", code=code or "failed")
     return Sandbox.objects.select_related("host", "source").get(pk=sandbox.pk)
 

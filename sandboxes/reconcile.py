@@ -11,6 +11,8 @@ libvirtd, and their domains are never touched. What it corrects (docs/architectu
   powered itself off) → `stopped`; `POST /start` boots it again; shut off *with a managed save
   image* → `hibernated` (the next use restores it);
 * a paused or hibernated row whose domain runs (`virsh resume`, `virsh start`) → `ready`;
+* a ready row whose domain is paused (an operator's `virsh suspend`) → `paused`: the next use
+  resumes it, where a command would otherwise wait on a frozen guest until its timeout;
 * a stopped row whose domain runs (someone ran `virsh start`) → a start operation by the
   system, which makes it ready once SSH answers with the pinned host key;
 * a domain of ours with no live row (a stray) → destroyed, with its workdir when that is a
@@ -39,7 +41,7 @@ from core.conf import vsb
 
 from . import services
 from .choices import SandboxState
-from .drivers.base import RUNNING, SHUTOFF, DomainInfo
+from .drivers.base import PAUSED, RUNNING, SHUTOFF, DomainInfo
 from .drivers.domain_xml import OVERLAY_NAME
 from .models import Host, Sandbox
 from .runtime import deployment_name, get_driver, get_ssh_pool
@@ -59,6 +61,7 @@ class Report:
     hibernated: list[str] = field(default_factory=list)
     woken: list[str] = field(default_factory=list)
     adopted: list[str] = field(default_factory=list)
+    paused: list[str] = field(default_factory=list)
     strays_waiting: list[str] = field(default_factory=list)
     strays_destroyed: list[str] = field(default_factory=list)
 
@@ -229,14 +232,21 @@ def _settle(driver, sandbox: Sandbox, listed: DomainInfo | None, report: Report)
         reason = f"its domain was found running while the sandbox was {sandbox.state}"
         if services.reconcile_sandbox(sandbox, S.READY, reason, domain=describe(domain), **fields):
             report.woken.append(sandbox.name)
+    elif sandbox.state == S.READY and domain.state == PAUSED:
+        # Settled rows only: a snapshot's own pause has its operation open.
+        if _still(driver, sandbox, PAUSED) is None:
+            return
+        reason = "its domain was found paused (virsh suspend); the next use resumes it"
+        if services.reconcile_sandbox(sandbox, S.PAUSED, reason, domain=describe(domain)):
+            report.paused.append(sandbox.name)
     elif sandbox.state == S.STOPPED and domain.state == RUNNING:
         if _still(driver, sandbox, RUNNING) is None:
             return
         reason = "its domain was found running; checking that SSH answers"
         if services.adopt_running_sandbox(sandbox, reason) is not None:
             report.adopted.append(sandbox.name)
-    # Paused (a snapshot in progress, an operator's `virsh suspend`), crashed or other:
-    # nothing the row can say about it; left to the operations and to people.
+    # Crashed or other: nothing the row can say about it; left to the operations and to
+    # people.
 
 
 def _still(driver, sandbox: Sandbox, state: str) -> DomainInfo | None:

@@ -483,6 +483,8 @@ def _run_command(cmd: Command) -> dict:
         return _finish_command(
             cmd.pk, status=CommandStatus.FAILED, error=f"sandbox is {sandbox.state}"
         )
+    except services.Unavailable as exc:  # hibernated, and its host has no room to restore it
+        return _finish_command(cmd.pk, status=CommandStatus.FAILED, error=exc.message)
     except DriverError as exc:
         return _finish_command(
             cmd.pk, status=CommandStatus.FAILED, error=f"waking the sandbox failed: {exc}"
@@ -663,12 +665,8 @@ def check_host_heartbeats() -> list[str]:
 
 @shared_task(name="sandboxes.reconcile_hosts", ignore_result=True)
 def reconcile_hosts() -> list[str]:
-    """The beat's entry (control): one reconcile per host with a live worker, on that host's
-    own queue, since it needs the host's libvirt."""
-    hosts = services.live_hosts()
-    for host in hosts:
-        services.enqueue(reconcile_host, host, host.pk)
-    return [h.name for h in hosts]
+    """The beat's entry (control): one reconcile per host with a live worker."""
+    return _on_each_live_host(reconcile_host)
 
 
 @shared_task(name="sandboxes.reconcile_host", ignore_result=True)
@@ -693,11 +691,16 @@ def reconcile_host(host_id: int, report_key: str = "") -> dict | None:
 
 @shared_task(name="sandboxes.sweep_idle_hosts", ignore_result=True)
 def sweep_idle_hosts() -> list[str]:
-    """The beat's entry (control): one idle sweep per host with a live worker, on that
-    host's own queue, since it needs the host's libvirt."""
+    """The beat's entry (control): one idle sweep per host with a live worker."""
+    return _on_each_live_host(sweep_idle_host)
+
+
+def _on_each_live_host(task) -> list[str]:
+    """Send `task(host_id)` to each host with a live worker, on that host's own queue (a
+    per-host pass needs the host's libvirt); the names of the hosts sent to."""
     hosts = services.live_hosts()
     for host in hosts:
-        services.enqueue(sweep_idle_host, host, host.pk)
+        services.enqueue(task, host, host.pk)
     return [h.name for h in hosts]
 
 

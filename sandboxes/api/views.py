@@ -240,10 +240,11 @@ class SandboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         description=(
             "Resumes a paused sandbox (milliseconds) or restores a hibernated one from its "
             "saved memory (seconds) and answers once it is ready. A ready sandbox stays as it "
-            "is. No call needs this first: every call that needs the guest resumes it."
+            "is. No call needs this first: every call that needs the guest resumes it. 503 "
+            "`capacity` when a hibernated sandbox's host has no room for its memory now."
         ),
         request=None,
-        responses={200: SandboxDetailSerializer, **WAITED},
+        responses={200: SandboxDetailSerializer, **WAITED, **errors(503)},
     )
     @action(detail=True, methods=["post"])
     def resume(self, request, pk=None):

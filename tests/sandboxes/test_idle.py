@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from audit.models import AuditEvent
 from core import wakeups
-from core.errors import Conflict
+from core.errors import Conflict, Unavailable
 from sandboxes import idle, provisioning, reconcile, services, tasks
 from sandboxes.choices import CommandStatus, OperationStatus, SandboxState
 from sandboxes.drivers.base import PAUSED, RUNNING, SHUTOFF
@@ -267,6 +267,26 @@ def test_a_command_on_a_hibernated_sandbox_restores_it_and_reconnects(
     assert sandbox.ready_at > before, "a new ready_at: every process's SSH pool reconnects"
 
 
+def test_a_hibernated_sandbox_is_not_restored_onto_a_host_with_no_room_for_its_memory(
+    host, driver, make_sandbox, fake_ssh
+):
+    # Hibernated, it held no memory; others took the host's room meanwhile.
+    sandbox = make_sandbox(S.HIBERNATED, idle_for=HIBERNATE_AFTER + 1, domain=RUNNING)
+    driver.managed_save(sandbox.name)
+    make_sandbox(S.READY)  # another 256 MiB guest, running
+    host.resources = {"memory_total_mb": sandbox.memory_mb + 100}
+    host.save(update_fields=["resources"])
+    cmd = Command.objects.create(sandbox=sandbox, command="echo hi", timeout_seconds=30)
+
+    fields = tasks.run_command.run(str(cmd.pk))
+
+    assert fields["status"] == CommandStatus.FAILED
+    assert f"Sandbox {sandbox.name} cannot start now" in fields["error"]
+    assert "committed" in fields["error"], fields["error"]
+    assert fake_ssh == []
+    assert state_of(sandbox) == S.HIBERNATED and driver.get_domain(sandbox.name).managed_save
+
+
 def test_a_command_on_a_stopped_sandbox_still_fails(driver, make_sandbox, fake_ssh):
     sandbox = make_sandbox(S.STOPPED, domain=SHUTOFF)
     cmd = Command.objects.create(sandbox=sandbox, command="true", timeout_seconds=30)
@@ -353,6 +373,24 @@ def test_an_explicit_pause_and_resume_answer_the_waiting_request(driver, make_sa
     assert state_of(sandbox) == S.READY and driver.state(sandbox.name) == RUNNING
 
 
+def test_an_explicit_resume_of_a_hibernated_sandbox_on_a_full_host_is_a_503_capacity(
+    host, driver, make_sandbox, owner, monkeypatch
+):
+    sandbox = make_sandbox(S.HIBERNATED, domain=RUNNING)
+    driver.managed_save(sandbox.name)
+    make_sandbox(S.READY)
+    host.resources = {"memory_total_mb": sandbox.memory_mb + 100}
+    host.save(update_fields=["resources"])
+    # The worker's half, run in place of the commands pool.
+    monkeypatch.setattr(idle.queues, "enqueue", lambda task, *args, host: idle.run_power(*args))
+
+    with pytest.raises(Unavailable, match="cannot start now") as refused:
+        idle.resume_sandbox(sandbox, owner)
+
+    assert refused.value.code == "capacity"
+    assert state_of(sandbox) == S.HIBERNATED
+
+
 def test_an_explicit_hibernation_saves_a_ready_or_paused_sandbox(driver, make_sandbox):
     for sandbox in (make_sandbox(), make_sandbox(S.PAUSED, domain=PAUSED)):
         idle.run_power(f"req-{sandbox.pk}", str(sandbox.pk), "hibernate")
@@ -380,6 +418,24 @@ def test_the_reconcile_marks_a_paused_sandbox_resumed_behind_its_back_ready(
     sandbox = make_sandbox(S.PAUSED, domain=RUNNING)
     report = reconcile.reconcile_host(host)
     assert report.woken == [sandbox.name] and state_of(sandbox) == S.READY
+
+
+def test_the_reconcile_marks_a_ready_sandbox_suspended_behind_its_back_paused_and_a_command_resumes_it(
+    host, driver, make_sandbox, fake_ssh
+):
+    sandbox = make_sandbox(S.READY, domain=RUNNING)
+    busy = make_sandbox(S.READY, domain=RUNNING)
+    driver.suspend(sandbox.name)  # an operator's `virsh suspend`
+    driver.suspend(busy.name)  # a snapshot's own pause: its operation is open
+    services.new_operation("snapshot", busy, None, deadline_seconds=60)
+
+    report = reconcile.reconcile_host(host)
+
+    assert report.paused == [sandbox.name]
+    assert state_of(sandbox) == S.PAUSED and state_of(busy) == S.READY
+    cmd = Command.objects.create(sandbox=sandbox, command="echo hi", timeout_seconds=30)
+    assert tasks.run_command.run(str(cmd.pk))["status"] == CommandStatus.FINISHED
+    assert state_of(sandbox) == S.READY and driver.state(sandbox.name) == RUNNING
 
 
 def test_the_reconcile_takes_a_saved_domain_for_hibernated_and_an_unsaved_one_for_stopped(

@@ -176,11 +176,11 @@ def test_it_takes_a_stopped_sandbox_whose_domain_runs_through_the_readiness_chec
 def test_it_leaves_settled_sandboxes_whose_domain_agrees_alone(host, driver, make_sandbox):
     ready = make_sandbox(SandboxState.READY, domain=RUNNING)
     stopped = make_sandbox(SandboxState.STOPPED, domain=SHUTOFF)
-    paused = make_sandbox(SandboxState.READY, domain=PAUSED)  # a snapshot being taken
+    paused = make_sandbox(SandboxState.PAUSED, domain=PAUSED)  # the idle sweep's pause
 
     assert not run_pass(host)
 
-    assert [state_of(s) for s in (ready, stopped, paused)] == ["ready", "stopped", "ready"]
+    assert [state_of(s) for s in (ready, stopped, paused)] == ["ready", "stopped", "paused"]
     assert not AuditEvent.objects.filter(verb="sandbox.reconciled").exists()
 
 
@@ -194,7 +194,8 @@ def test_it_leaves_a_sandbox_mid_transition_alone(host, driver, make_sandbox, st
 def test_it_leaves_a_settled_sandbox_with_an_open_operation_alone(host, driver, make_sandbox):
     vanished = make_sandbox(SandboxState.READY, domain=None)
     shut_off = make_sandbox(SandboxState.READY, domain=SHUTOFF)
-    for sandbox in (vanished, shut_off):
+    paused = make_sandbox(SandboxState.READY, domain=PAUSED)  # a snapshot being taken
+    for sandbox in (vanished, shut_off, paused):
         Operation.objects.create(
             kind=OperationKind.SNAPSHOT,
             sandbox=sandbox,
@@ -203,7 +204,7 @@ def test_it_leaves_a_settled_sandbox_with_an_open_operation_alone(host, driver, 
             status=OperationStatus.RUNNING,
         )
     assert not run_pass(host)
-    assert state_of(vanished) == state_of(shut_off) == SandboxState.READY
+    assert state_of(vanished) == state_of(shut_off) == state_of(paused) == SandboxState.READY
 
 
 def test_it_does_not_correct_a_sandbox_that_moved_since_the_pass_read_it(
