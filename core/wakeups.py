@@ -89,6 +89,15 @@ def wait(command_id, timeout: float, kind: str = "command") -> dict | None:
     return json.loads(popped[1]) if popped else None
 
 
+def release_connection() -> None:
+    """Before a long wait: give this thread's database connection back to the process's
+    pool (PostgreSQL), so many waiting requests do not hold as many connections. Inside a
+    transaction, or without a pool, the connection stays (reopening costs ~10 ms)."""
+    conn = connections["default"]
+    if conn.settings_dict.get("OPTIONS", {}).get("pool") and not conn.in_atomic_block:
+        conn.close()
+
+
 def wait_until(
     read: Callable[[], T],
     done: Callable[[T], bool],
@@ -111,6 +120,7 @@ def wait_until(
         left = deadline - time.monotonic()
         if left <= 0:
             return value
+        release_connection()
         wait(key, min(recheck, left), kind=kind)
 
 

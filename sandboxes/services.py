@@ -1108,6 +1108,7 @@ def wait_for_command(cmd: Command, timeout: float) -> Command:
     row is re-read every COMMAND_RECHECK_SECONDS in case a wake-up was lost (Redis
     restarted, or the command was failed by `resend_lost_work`)."""
     deadline = time.monotonic() + timeout
+    wakeups.release_connection()
     while cmd.status == CommandStatus.RUNNING and (left := deadline - time.monotonic()) > 0:
         fields = wakeups.wait(cmd.id, min(COMMAND_RECHECK_SECONDS, left))
         if fields:

@@ -11,6 +11,7 @@ from .base import (
     VSB_CREDENTIALS_KEY,
     env,
     local_redis_url,
+    pooled,
     throttle_rate,
 )
 
@@ -19,9 +20,11 @@ SECRET_KEY = SECRET_KEY or "test-only-secret-key"
 VSB_CREDENTIALS_KEY = VSB_CREDENTIALS_KEY or "test-only-credentials-key"
 
 DATABASES = {
-    "default": env.db(
-        "DATABASE_URL",
-        default="postgres://virsh_sandbox:virsh_sandbox@127.0.0.1:5432/virsh_sandbox",
+    "default": pooled(
+        env.db(
+            "DATABASE_URL",
+            default="postgres://virsh_sandbox:virsh_sandbox@127.0.0.1:5432/virsh_sandbox",
+        )
     )
 }
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
