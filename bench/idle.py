@@ -135,9 +135,11 @@ def main() -> None:
             run(s)  # each has been used once, and has an SSH connection in the pool
 
         running_cores, running_load = cost(names, args.window)
+        print(f"  running: {running_cores:.2f} cores, load {running_load:.2f}", flush=True)
         for s in sandboxes:
             pause(s)
         paused_cores, paused_load = cost(names, args.window)
+        print(f"  paused:  {paused_cores:.2f} cores, load {paused_load:.2f}", flush=True)
 
         probe = sandboxes[0]
         api.call("POST", f"/v1/sandboxes/{probe['id']}/resume")
@@ -147,6 +149,9 @@ def main() -> None:
         for s in sandboxes[1 : 1 + args.samples]:
             time.sleep(1)
             after_pause.append(run(s))  # it was paused: resume + the command
+        print(
+            f"  first command: running {p50_ms(baseline)}, paused {p50_ms(after_pause)}", flush=True
+        )
         hibernated = sandboxes[1 + args.samples : 1 + args.samples + args.hibernate]
         for s in hibernated:
             api.call("POST", f"/v1/sandboxes/{s['id']}/resume")

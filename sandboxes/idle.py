@@ -25,6 +25,7 @@ seen by the sweep (no pause) or finds the sandbox paused and wakes it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import threading
 import time
@@ -328,13 +329,27 @@ def ensure_awake(sandbox: Sandbox) -> Sandbox:
 
 def _set_clock(sandbox: Sandbox) -> None:
     """The guest's clock stood still while it was paused or saved (TCG has no kvmclock, and
-    KVM guests lag too): set it, so new SSH certificates are not "not yet valid" to it."""
+    KVM guests lag too): set it, so new SSH certificates are not "not yet valid" to it. The
+    wake waits CLOCK_SET_WAIT_SECONDS for it at most: the guest agent is the guest's, and the
+    bench saw one wake's clock set held 121 s by it ("Guest agent disappeared while executing
+    command"); the call then ends in its own thread."""
     from .provisioning import driver_for
 
+    setting = _clock_setters.submit(driver_for(sandbox).set_guest_time, sandbox.name)
     try:
-        driver_for(sandbox).set_guest_time(sandbox.name)
+        setting.result(timeout=CLOCK_SET_WAIT_SECONDS)
+    except concurrent.futures.TimeoutError:
+        log.warning(
+            "the clock of %s is not set %.0f s after waking it (its guest agent is slow); going on",
+            sandbox.name,
+            CLOCK_SET_WAIT_SECONDS,
+        )
     except Exception as exc:  # noqa: BLE001 - a late clock only matters to new logins
         log.warning("could not set the clock of %s after waking it: %s", sandbox.name, exc)
+
+
+CLOCK_SET_WAIT_SECONDS = 5.0
+_clock_setters = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="clock")
 
 
 def pause_now(sandbox: Sandbox, *, hibernate: bool = False) -> Sandbox:

@@ -5,6 +5,8 @@ states. (tests/e2e/test_idle.py does it with a real VM and a real worker.)"""
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from datetime import timedelta
 
@@ -247,6 +249,25 @@ def test_a_command_on_a_paused_sandbox_resumes_it_first_and_runs(driver, make_sa
     assert driver.domains[sandbox.name].time_set == 1
     sandbox.refresh_from_db()
     assert (timezone.now() - sandbox.last_used_at).total_seconds() < 5
+
+
+def test_a_guest_agent_that_does_not_answer_delays_the_wake_by_seconds_only(
+    driver, make_sandbox, fake_ssh, monkeypatch, caplog
+):
+    sandbox = make_sandbox(S.PAUSED, idle_for=PAUSE_AFTER + 1, domain=PAUSED)
+    answered = threading.Event()
+    monkeypatch.setattr(driver, "set_guest_time", lambda name: answered.wait(30))
+    monkeypatch.setattr(idle, "CLOCK_SET_WAIT_SECONDS", 0.3)
+    cmd = Command.objects.create(sandbox=sandbox, command="echo hi", timeout_seconds=30)
+    started = time.monotonic()
+    try:
+        fields = tasks.run_command.run(str(cmd.pk))
+    finally:
+        answered.set()
+
+    assert time.monotonic() - started < 5
+    assert fields["status"] == CommandStatus.FINISHED and fake_ssh == ["echo hi"]
+    assert "is not set" in caplog.text
 
 
 def test_a_command_on_a_hibernated_sandbox_restores_it_and_reconnects(
