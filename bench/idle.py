@@ -82,7 +82,7 @@ def cost(names: list[str], window: float) -> tuple[float, float]:
 
 
 def p50_ms(samples: list[float]) -> str:
-    return f"{statistics.median(samples) * 1000:.0f} ms"
+    return f"{statistics.median(samples) * 1000:.0f} ms" if samples else "-"
 
 
 def main() -> None:
@@ -120,6 +120,7 @@ def main() -> None:
     # workers idle), over the same window.
     time.sleep(args.window)
     empty_load = os.getloadavg()[0]
+    print(f"  none yet: load {empty_load:.2f}", flush=True)
     started = time.monotonic()
     try:
         with concurrent.futures.ThreadPoolExecutor(args.batch) as pool:
@@ -153,15 +154,13 @@ def main() -> None:
             f"  first command: running {p50_ms(baseline)}, paused {p50_ms(after_pause)}", flush=True
         )
         hibernated = sandboxes[1 + args.samples : 1 + args.samples + args.hibernate]
-        for s in hibernated:
-            api.call("POST", f"/v1/sandboxes/{s['id']}/resume")
-        time.sleep(5)
-        mem_before = mem_available_mib()
+        mem_before = mem_available_mib()  # they are paused: their memory is held
         for s in hibernated:
             pause(s, hibernate=True)
         time.sleep(5)
         mem_after = mem_available_mib()
         after_hibernate = [run(s) for s in hibernated[: args.samples]]
+        print(f"  after hibernation: {p50_ms(after_hibernate)}", flush=True)
 
         print(f"\n{len(sandboxes)} idle sandboxes, {args.window:.0f} s windows:")
         print(f"  none yet: host load average {empty_load:.2f} (the baseline)")
