@@ -50,6 +50,7 @@ from core.errors import Conflict, OperationFailed, OperationTimeout, Unavailable
 from . import lifecycle, tasks
 from .choices import IDLE_STATES, WAKEABLE_STATES, CommandStatus, OperationStatus, SandboxState
 from .models import Command, Host, Operation, Sandbox
+from .remote.ca import CLOCK_SKEW_SECONDS
 from .runtime import deployment_name
 
 log = logging.getLogger(__name__)
@@ -285,7 +286,7 @@ def ensure_awake(sandbox: Sandbox) -> Sandbox:
         raise Conflict(f"Sandbox {sandbox.name} is {sandbox.state}.", code="invalid_state")
     from .services import check_room
 
-    clock_behind = restored = False
+    clock_behind = restored = far_behind = False
     with transaction.atomic():
         room_checked = sandbox.state == S.HIBERNATED
         if room_checked:
@@ -305,6 +306,8 @@ def ensure_awake(sandbox: Sandbox) -> Sandbox:
             if row.state == S.PAUSED:
                 driver.resume(row.name)
                 clock_behind = idle_for > CLOCK_SYNC_AFTER_SECONDS
+                # Behind by more than certificates are back-dated: new logins need it set.
+                far_behind = idle_for > CLOCK_SKEW_SECONDS - 600
             else:
                 # Restored from the managed save image: a new QEMU, every TCP connection to
                 # the old one is gone. A new ready_at makes every process's pool reconnect.
@@ -323,21 +326,20 @@ def ensure_awake(sandbox: Sandbox) -> Sandbox:
             )
             row.refresh_from_db()
     if clock_behind:
-        _set_clock(row, wait=restored)
+        _set_clock(row, wait=restored or far_behind)
     touch(row.pk)
     return row
 
 
 def _set_clock(sandbox: Sandbox, *, wait: bool) -> None:
     """The guest's clock stood still while it was paused or saved (TCG has no kvmclock, and
-    KVM guests lag too): set it through the guest agent, so new SSH certificates are not
-    "not yet valid" to it. That takes ~1 s under TCG (the agent also writes the RTC), which
-    was most of a paused sandbox's first command (bench/idle.py: 1.8 s against 0.12 s), so
-    after a resume it follows a second later, beside the command: the SSH connection from before the pause
-    is still open, and only a new login needs the clock (the command's retry makes one a
-    moment later). After a restore from hibernation (`wait`) every connection is new: the
-    wake waits for the clock, CLOCK_SET_WAIT_SECONDS at most, since the agent is the
-    guest's (the bench saw one hold a set 121 s before it "disappeared")."""
+    KVM guests lag too): set it through the guest agent. That takes ~1 s under TCG (the agent
+    also writes the RTC), most of a paused sandbox's first command (bench/idle.py: 1.8 s
+    against 0.12 s), so after a resume it follows a second later, beside the command: SSH
+    certificates are back-dated a day (remote/ca.py), so a new login works meanwhile. After a
+    restore from hibernation, or a pause longer than that (`wait`), the wake waits for it,
+    CLOCK_SET_WAIT_SECONDS at most, since the agent is the guest's (the bench saw one hold a
+    set 121 s before it "disappeared")."""
     from .provisioning import driver_for
 
     driver = driver_for(sandbox)

@@ -32,8 +32,12 @@ from .errors import RemoteError
 MIN_TTL_SECONDS = 60
 MAX_TTL_SECONDS = 600
 DEFAULT_TTL_SECONDS = 300
-# Guest clocks drift, especially right after boot from a snapshot: back-date the start.
-CLOCK_SKEW_SECONDS = 60
+# Certificates start this long before they are signed. Guest clocks drift (right after a
+# boot from a snapshot), and a paused guest's clock stood still for as long as it was paused
+# (hours, when idle sandboxes are never hibernated): its first login after a resume must not
+# wait for the guest agent to set the clock. The start protects nothing (the certificate did
+# not exist before); its end, `ttl_seconds` after signing, is what limits it.
+CLOCK_SKEW_SECONDS = 24 * 3600
 
 # The permits sshd grants by default minus the ones an agent must not have: no tunnels into
 # or out of the guest network, no agent or X11 forwarding. PTY stays (interactive terminals).

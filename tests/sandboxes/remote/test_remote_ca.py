@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from sandboxes.remote.ca import CAError, CertificateAuthority
+from sandboxes.remote.ca import CLOCK_SKEW_SECONDS, CAError, CertificateAuthority
 
 
 def public_line(private) -> str:
@@ -105,8 +105,11 @@ def test_it_issues_a_certificate_with_the_promised_contents(ca, tmp_path):
     assert cred.principals == ("sandbox-a", "root")
     assert cred.identity == "agent:alice sbx:42"
     assert cred.valid_after.tzinfo is not None
-    assert before - timedelta(seconds=60) <= cred.valid_after <= after - timedelta(seconds=59)
-    assert cred.valid_before - cred.valid_after == timedelta(seconds=180)
+    # A day back: a paused guest's clock stood still (sandboxes/remote/ca.py).
+    skew = timedelta(seconds=CLOCK_SKEW_SECONDS)
+    assert skew == timedelta(days=1)
+    assert before - skew <= cred.valid_after <= after - skew + timedelta(seconds=1)
+    assert cred.valid_before - cred.valid_after == timedelta(seconds=120) + skew
     assert 0 < cred.serial < 2**63
     assert cred.private_key.startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
     assert "BEGIN" not in repr(cred)
@@ -154,7 +157,7 @@ def test_it_refuses_a_ttl_outside_the_bounds(ca, ttl, bound):
 @pytest.mark.parametrize("ttl", [60, 600])
 def test_it_accepts_the_ttl_bounds_themselves(ca, ttl):
     cred = ca.issue(["sandbox-a"], ttl_seconds=ttl)
-    assert (cred.valid_before - cred.valid_after).total_seconds() == ttl + 60
+    assert (cred.valid_before - cred.valid_after).total_seconds() == ttl + CLOCK_SKEW_SECONDS
 
 
 @pytest.mark.parametrize("principals", [[], ["a,b"], ["with space"], [""], "sandbox-a", ["x\n"]])
