@@ -342,14 +342,13 @@ def _set_clock(sandbox: Sandbox, *, wait: bool) -> None:
     set 121 s before it "disappeared")."""
     from .provisioning import driver_for
 
-    driver = driver_for(sandbox)
-    if not wait:
-        # A moment later: the guest has one vCPU, and the command it was woken for goes first.
-        after = CLOCK_SET_DELAY_SECONDS
-        _clock_setters.submit(_set_clock_later, driver, sandbox.name, after)
-        return
-    setting = _clock_setters.submit(driver.set_guest_time, sandbox.name)
+    # Not waited for: a moment later, as the guest has one vCPU and the command it was woken
+    # for goes first.
+    after = 0.0 if wait else CLOCK_SET_DELAY_SECONDS
+    setting = _clock_setters.submit(_set_clock_after, driver_for(sandbox), sandbox.name, after)
     setting.add_done_callback(lambda done: _clock_set(sandbox.name, done))
+    if not wait:
+        return
     with contextlib.suppress(Exception):  # a timeout, or the failure _clock_set logs
         setting.result(timeout=CLOCK_SET_WAIT_SECONDS)
     if not setting.done():
@@ -360,12 +359,9 @@ def _set_clock(sandbox: Sandbox, *, wait: bool) -> None:
         )
 
 
-def _set_clock_later(driver, name: str, after: float) -> None:
-    time.sleep(after)
-    try:
-        driver.set_guest_time(name)
-    except Exception as exc:  # noqa: BLE001 - a late clock only matters to new logins
-        log.warning("could not set the clock of %s after waking it: %s", name, exc)
+def _set_clock_after(driver, name: str, seconds: float) -> None:
+    time.sleep(seconds)
+    driver.set_guest_time(name)
 
 
 def _clock_set(name: str, setting: concurrent.futures.Future) -> None:
