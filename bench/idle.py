@@ -28,8 +28,12 @@ import time
 
 from foundation import bench_parser, parse_bench_args  # noqa: E402  (sets up Django and sys.path)
 
+from sandboxes.remote.ssh import ConnectionPool  # noqa: E402
+
+# How long the workers' SSH pool keeps an idle connection (its default).
+SSH_POOL_IDLE_SECONDS = ConnectionPool().max_idle_seconds
+
 WINDOW_SECONDS = 60.0
-SSH_POOL_IDLE_SECONDS = 120.0  # sandboxes/remote/ssh.py ConnectionPool.max_idle_seconds
 
 
 def mem_available_mib() -> float:

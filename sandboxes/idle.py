@@ -45,7 +45,14 @@ from django.utils import timezone
 from audit import services as audit
 from core import queues, wakeups
 from core.conf import vsb
-from core.errors import Conflict, OperationFailed, OperationTimeout, Unavailable
+from core.errors import (
+    Conflict,
+    OperationFailed,
+    OperationTimeout,
+    ServiceError,
+    from_http_status,
+    http_status,
+)
 
 from . import lifecycle, tasks
 from .choices import IDLE_STATES, WAKEABLE_STATES, CommandStatus, OperationStatus, SandboxState
@@ -442,13 +449,12 @@ def _power(sandbox: Sandbox, user, action: str) -> Sandbox:
             f"The worker of host {sandbox.host.name} did not {action} the sandbox in time.",
             code="worker_timeout",
         )
+    if "status" in answer:
+        raise from_http_status(answer["status"], answer["error"], code=answer["code"])
     if "error" in answer:
-        code = answer.get("code", "")
-        if code in ("invalid_state", "busy"):
-            raise Conflict(answer["error"], code=code)
-        if code == "capacity":  # a hibernated sandbox's host has no room for it now
-            raise Unavailable(answer["error"], code=code)
-        raise OperationFailed(f"{action} failed: {answer['error']}", code=code or "failed")
+        raise OperationFailed(
+            f"{action} failed: {answer['error']}", code=answer["code"] or "failed"
+        )
     return Sandbox.objects.select_related("host", "source").get(pk=sandbox.pk)
 
 
@@ -463,8 +469,8 @@ def run_power(request_id: str, sandbox_id: str, action: str) -> None:
         else:
             ensure_awake(sandbox)
         answer: dict = {"ok": True}
-    except Conflict as exc:
-        answer = {"error": exc.message, "code": exc.code}
+    except ServiceError as exc:  # refused (409, a 503 capacity): read back as it was raised
+        answer = {"error": exc.message, "code": exc.code, "status": http_status(exc)}
     except Exception as exc:  # noqa: BLE001 - the caller must hear why, not time out
         log.exception("%s of sandbox %s failed", action, sandbox_id)
         answer = {"error": f"{exc}", "code": getattr(exc, "code", "failed")}
